@@ -1,0 +1,227 @@
+"""One capture engine for every architecture, through ``transformers.AttentionInterface``.
+
+Models loaded with ``attn_implementation=ATTN_IMPLEMENTATION`` call :func:`atlas_attention` in every
+attention layer with per-head ``query [B, Hq, T, d]`` and ``key``/``value [B, Hkv, S, d]`` (keys after
+RoPE, before the GQA repeat). It computes attention itself (mask-aware, GQA-aware, optionally chunked
+over queries), multiplies each head's output by a gate (differentiable: head importance and pruning
+need it) and hands each layer's queries, keys and pattern chunks to *reducers*. The engine never
+holds more than one layer's pattern, and with chunking only ``chunk x S`` of it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+ATTN_IMPLEMENTATION = "atlas_capture"
+
+_ACTIVE: contextvars.ContextVar["CaptureSession | None"] = contextvars.ContextVar(
+    "atlas_capture_session", default=None
+)
+
+
+class UnsupportedArchitecture(RuntimeError):
+    """The model does not route attention through the transformers attention interface."""
+
+
+@dataclass
+class LayerView:
+    """What reducers see of one attention layer during one forward pass."""
+
+    layer: int
+    query: torch.Tensor  # [B, H, T, d] detached
+    key: torch.Tensor  # [B, H, S, d] detached, repeated to query heads (GQA), after RoPE
+    scaling: float
+    prompts: list[int]  # global prompt index of each batch row
+    lengths: list[int]  # real (unpadded) length of each batch row; padding is on the right
+    special: torch.Tensor | None = None  # [B, S] bool: special tokens ([CLS], [SEP], BOS, ...)
+
+
+class Reducer(Protocol):
+    """Receives one layer at a time; keeps only what it needs."""
+
+    def begin_layer(self, view: LayerView) -> None: ...
+
+    def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
+        """``pattern [B, H, tq, S]``: rows ``q0 .. q0+tq`` of the layer's attention (detached)."""
+
+    def end_layer(self, view: LayerView) -> None: ...
+
+    def hidden(self, layer: int, hidden: torch.Tensor, prompts: list[int], lengths: list[int]) -> None:
+        """``hidden [B, T, D]``: the residual stream after block ``layer`` (from output_hidden_states)."""
+
+
+class BaseReducer:
+    """No-op defaults so reducers implement only the hooks they need."""
+
+    def begin_layer(self, view: LayerView) -> None:
+        return None
+
+    def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
+        return None
+
+    def end_layer(self, view: LayerView) -> None:
+        return None
+
+    def hidden(self, layer: int, hidden: torch.Tensor, prompts: list[int], lengths: list[int]) -> None:
+        return None
+
+
+_FIRST_INT = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+def layer_index_map(model: nn.Module) -> dict[int, int]:
+    """``id(module) -> layer index`` for every module: ``layer_idx`` when the module has one,
+    else the first integer in its qualified name (``vit.encoder.layer.3.attention`` -> 3)."""
+    out: dict[int, int] = {}
+    for name, module in model.named_modules():
+        idx = getattr(module, "layer_idx", None)
+        if isinstance(idx, int):
+            out[id(module)] = idx
+            continue
+        m = _FIRST_INT.search(name)
+        if m:
+            out[id(module)] = int(m.group(1))
+    return out
+
+
+@dataclass
+class CaptureSession:
+    """Context manager that activates capture for forward passes run inside it.
+
+    ``gates [n_layers, n_heads]`` (may require grad) scale each head's output; ``chunk_size`` bounds
+    the number of query rows whose pattern exists at once (``None``: whole layer at once).
+    """
+
+    model: nn.Module
+    reducers: list = field(default_factory=list)
+    gates: torch.Tensor | None = None
+    chunk_size: int | None = None
+    prompts: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    special: torch.Tensor | None = None  # [B, T] bool, set per batch by the runner
+    calls: int = 0
+    _token: contextvars.Token | None = None
+    _layers: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._layers = layer_index_map(self.model)
+
+    def layer_of(self, module: nn.Module) -> int:
+        try:
+            return self._layers[id(module)]
+        except KeyError:
+            raise UnsupportedArchitecture(
+                f"cannot tell which layer {type(module).__name__} belongs to"
+            ) from None
+
+    def __enter__(self) -> "CaptureSession":
+        impl = getattr(self.model.config, "_attn_implementation", None)
+        if impl != ATTN_IMPLEMENTATION:
+            raise UnsupportedArchitecture(
+                f"model was loaded with attn_implementation={impl!r}; load it with "
+                f"attn_implementation={ATTN_IMPLEMENTATION!r} (see backend.engine.models)"
+            )
+        self.calls = 0
+        self._token = _ACTIVE.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _ACTIVE.reset(self._token)
+            self._token = None
+
+    def check_captured(self) -> None:
+        """Raise when a forward pass ran but no layer called the interface."""
+        if self.calls == 0:
+            raise UnsupportedArchitecture(
+                f"{type(self.model).__name__} does not use the transformers attention interface; "
+                "Attention Atlas cannot capture its attention yet"
+            )
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    # [B, Hkv, S, d] -> [B, Hkv * n_rep, S, d]; query head h uses key head h // n_rep
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def atlas_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: object,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eager-equivalent attention with gates and reducers. Returns ``(out [B, T, Hq, d], weights)``."""
+    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
+        raise UnsupportedArchitecture("learned attention-sink logits (s_aux) are not supported yet")
+    session = _ACTIVE.get()
+    b, hq, t, d = query.shape
+    n_rep = hq // key.shape[1]
+    key_r = _repeat_kv(key, n_rep)  # [B, Hq, S, d]
+    value_r = _repeat_kv(value, n_rep)  # [B, Hq, S, d]
+    s = key_r.shape[2]
+    scale = float(scaling) if scaling is not None else d**-0.5
+    softcap = kwargs.get("softcap")
+    chunk = t if session is None or not session.chunk_size else max(1, session.chunk_size)
+
+    view = None
+    gate = None
+    if session is not None:
+        session.calls += 1
+        layer = session.layer_of(module)
+        view = LayerView(
+            layer, query.detach(), key_r.detach(), scale, session.prompts, session.lengths, session.special
+        )
+        for r in session.reducers:
+            r.begin_layer(view)
+        if session.gates is not None:
+            gate = session.gates[layer].to(query.dtype).view(1, hq, 1, 1)
+
+    outs = []
+    weights_full = None
+    for q0 in range(0, t, chunk):
+        q1 = min(t, q0 + chunk)
+        scores = torch.matmul(query[:, :, q0:q1], key_r.transpose(2, 3)) * scale  # [B, Hq, tq, S]
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if attention_mask is not None:
+            mask = attention_mask[:, :, q0:q1, :s]
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + mask
+        weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        if session is not None:
+            detached = weights.detach()
+            for r in session.reducers:
+                r.chunk(view, q0, detached)
+        weights_d = nn.functional.dropout(weights, p=dropout, training=module.training)
+        out = torch.matmul(weights_d, value_r)  # [B, Hq, tq, d]
+        if gate is not None:
+            out = out * gate
+        outs.append(out)
+        if chunk >= t:
+            weights_full = weights
+    if session is not None:
+        for r in session.reducers:
+            r.end_layer(view)
+    attn_output = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    return attn_output.transpose(1, 2).contiguous(), weights_full
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, atlas_attention)
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])

@@ -1,0 +1,61 @@
+"""Every Redis key the project uses, built here and nowhere else.
+
+Layout (``P`` is the configured prefix, ``R`` a run id):
+
+- ``P:run:R``            hash: the run manifest (JSON-encoded field values)
+- ``P:run:R:t:NAME``     bytes: one array (see ``backend.tensor_io``), NAME from ``backend.names``
+- ``P:run:R:cancel``     string: present when a cancel was asked for
+- ``P:runs``             sorted set: run ids by creation time (the "recent runs" list)
+- ``P:derived:D``        bytes/JSON: a result derived from a run (e.g. a pruning experiment), D its digest
+- ``P:blob:D``           bytes: an uploaded file (image) addressed by its SHA-256
+- ``P:rate:C:M``         counter: requests of client C in minute M
+- ``P:active:C``         set: unfinished run ids submitted by client C
+"""
+
+from __future__ import annotations
+
+import re
+
+_SAFE = re.compile(r"^[A-Za-z0-9_.\-\[\],]+$")
+
+
+def _check(part: str) -> str:
+    if not _SAFE.match(part):
+        raise ValueError(f"unsafe key component: {part!r}")
+    return part
+
+
+def run_manifest(prefix: str, run_id: str) -> str:
+    return f"{prefix}:run:{_check(run_id)}"
+
+
+def run_tensor(prefix: str, run_id: str, name: str) -> str:
+    return f"{prefix}:run:{_check(run_id)}:t:{_check(name)}"
+
+
+def run_tensor_pattern(prefix: str, run_id: str) -> str:
+    return f"{prefix}:run:{_check(run_id)}:t:*"
+
+
+def run_cancel(prefix: str, run_id: str) -> str:
+    return f"{prefix}:run:{_check(run_id)}:cancel"
+
+
+def runs_index(prefix: str) -> str:
+    return f"{prefix}:runs"
+
+
+def derived(prefix: str, digest: str) -> str:
+    return f"{prefix}:derived:{_check(digest)}"
+
+
+def blob(prefix: str, digest: str) -> str:
+    return f"{prefix}:blob:{_check(digest)}"
+
+
+def rate(prefix: str, client: str, minute: int) -> str:
+    return f"{prefix}:rate:{_check(client)}:{minute}"
+
+
+def active_jobs(prefix: str, client: str) -> str:
+    return f"{prefix}:active:{_check(client)}"

@@ -1,0 +1,42 @@
+"""The grammar of captured and derived tensor names: the contract between worker and app.
+
+Captured per prompt ``p`` and layer ``l`` (TransformerLens-style names):
+    prompt.{p}.input_ids                  # [T] int64 token ids (padding removed)
+    prompt.{p}.blocks.{l}.attn.pattern    # [head, query_pos, key_pos] float32, rows sum to 1
+    prompt.{p}.blocks.{l}.attn.received  # [head, key_pos] mean attention received (Gu et al. alpha)
+    prompt.{p}.blocks.{l}.resid.absmax    # [T] largest |hidden activation| per token
+Derived over the run:
+    metrics.{name}                        # [layer, head] float32, e.g. metrics.sink_first
+    embedding.{l}.{h}.{method}            # [n_points, 2] float32 joint query/key map of one head
+    embedding.{l}.{h}.meta                # [n_points, 3] int32 (kind 0=query 1=key, prompt, position)
+"""
+
+from __future__ import annotations
+
+
+def prompt_input_ids(p: int) -> str:
+    return f"prompt.{p}.input_ids"
+
+
+def attn_pattern(p: int, layer: int) -> str:
+    return f"prompt.{p}.blocks.{layer}.attn.pattern"
+
+
+def attn_received(p: int, layer: int) -> str:
+    return f"prompt.{p}.blocks.{layer}.attn.received"
+
+
+def resid_absmax(p: int, layer: int) -> str:
+    return f"prompt.{p}.blocks.{layer}.resid.absmax"
+
+
+def metric(name: str) -> str:
+    return f"metrics.{name}"
+
+
+def embedding(layer: int, head: int, method: str) -> str:
+    return f"embedding.{layer}.{head}.{method}"
+
+
+def embedding_meta(layer: int, head: int) -> str:
+    return f"embedding.{layer}.{head}.meta"

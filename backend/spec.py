@@ -1,0 +1,108 @@
+"""What a run is: model, inputs and options, validated and canonicalised into a content address."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from backend import ENGINE_VERSION
+from backend.settings import Settings
+
+DTYPES = ("float32", "bfloat16", "float16")
+ANALYSES = ("attention", "metrics", "embedding", "importance")
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "dtype": "float32",
+    "analyses": ["attention", "metrics"],
+    "embedding_methods": ["umap"],
+    "max_points_per_head": 20_000,
+    "seed": 0,
+}
+
+
+class SpecError(ValueError):
+    """A run request that cannot be accepted; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A validated analysis request. ``inputs`` are prompts (text runs) or blob digests (image runs)."""
+
+    model: str
+    inputs: tuple[str, ...]
+    kind: str = "text"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def canonical(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["inputs"] = list(self.inputs)
+        return d
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def run_id_for(spec: RunSpec, model_fingerprint: str) -> str:
+    """Content address of a run: same model weights, inputs, options and engine -> same id."""
+    payload = canonical_json(
+        {"engine": ENGINE_VERSION, "model": model_fingerprint, "spec": spec.canonical()}
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def normalise_options(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """Fill defaults and reject unknown or ill-typed options."""
+    raw = dict(raw or {})
+    unknown = set(raw) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise SpecError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    opts = {**DEFAULT_OPTIONS, **raw}
+    if opts["dtype"] not in DTYPES:
+        raise SpecError(f"dtype must be one of {', '.join(DTYPES)}")
+    analyses = opts["analyses"]
+    if not isinstance(analyses, list) or not all(a in ANALYSES for a in analyses):
+        raise SpecError(f"analyses must be a list drawn from {', '.join(ANALYSES)}")
+    opts["analyses"] = sorted(set(analyses) | {"attention"})
+    methods = opts["embedding_methods"]
+    if not isinstance(methods, list) or not all(m in ("umap", "tsne", "pca") for m in methods):
+        raise SpecError("embedding_methods must be a list drawn from umap, tsne, pca")
+    opts["embedding_methods"] = sorted(set(methods))
+    for name in ("max_points_per_head", "seed"):
+        if not isinstance(opts[name], int) or isinstance(opts[name], bool) or opts[name] < 0:
+            raise SpecError(f"{name} must be a non-negative integer")
+    return opts
+
+
+def clean_prompts(prompts: Any, settings: Settings) -> tuple[str, ...]:
+    """Validate a list of prompts against the configured limits."""
+    if not isinstance(prompts, (list, tuple)):
+        raise SpecError("prompts must be a list of strings")
+    if not all(isinstance(p, str) for p in prompts):
+        raise SpecError("every prompt must be a string")
+    cleaned = tuple(p.strip() for p in prompts if p.strip())
+    if not cleaned:
+        raise SpecError("no prompt given: enter at least one non-empty line of text")
+    if len(cleaned) > settings.max_prompts:
+        raise SpecError(f"too many prompts: {len(cleaned)} given, the limit is {settings.max_prompts}")
+    for i, p in enumerate(cleaned):
+        if "\x00" in p:
+            raise SpecError(f"prompt {i + 1} contains a NUL byte")
+        if len(p) > settings.max_prompt_chars:
+            raise SpecError(
+                f"prompt {i + 1} has {len(p)} characters; the limit is {settings.max_prompt_chars}"
+            )
+    return cleaned
+
+
+def build_spec(model: Any, prompts: Any, options: Any, settings: Settings, kind: str = "text") -> RunSpec:
+    """Validate a raw request (from the UI, API or CLI) into a :class:`RunSpec`."""
+    if not isinstance(model, str) or not model.strip():
+        raise SpecError("model must be a non-empty string")
+    if options is not None and not isinstance(options, dict):
+        raise SpecError("options must be an object")
+    if kind not in ("text", "image"):
+        raise SpecError("kind must be 'text' or 'image'")
+    inputs = clean_prompts(prompts, settings)
+    return RunSpec(model=model.strip(), inputs=inputs, kind=kind, options=normalise_options(options))

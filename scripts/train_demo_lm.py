@@ -1,0 +1,492 @@
+#!/usr/bin/env python
+"""Train the tiny demo causal LM shipped in ``assets/models/tiny-pydoc-lm``.
+
+The model is a 4-layer Llama-style decoder (grouped-query attention: 4 query
+heads sharing 2 key/value heads, RoPE, SwiGLU MLP) trained from scratch on the
+English help texts that ship with CPython in ``pydoc_data.topics``.  A small
+byte-level BPE tokenizer is trained on the same training split.
+
+Everything runs offline on CPU in a few minutes::
+
+    .venv/bin/python scripts/train_demo_lm.py
+
+Split: topic keys are sorted; every 10th key (index 0, 10, 20, ...) is held
+out for validation, the rest is used for tokenizer + model training.
+
+Outputs (``assets/models/tiny-pydoc-lm/``): ``config.json``,
+``generation_config.json``, ``model.safetensors``, tokenizer files,
+``training_report.json`` and ``README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "assets" / "models" / "tiny-pydoc-lm"
+
+EOT = "<|endoftext|>"
+PAD = "<|pad|>"
+VOCAB_SIZE = 1024
+CONTEXT = 128
+SEED = 0
+# Held-out loss is also reported on this many leading validation blocks, so
+# the unit test can recompute a subset quickly and compare exactly.
+SUBSET_BLOCKS = 32
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_split() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Deterministic split of pydoc topics: every 10th sorted key is held out."""
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    train = [(k, topics[k]) for i, k in enumerate(keys) if i % 10 != 0]
+    val = [(k, topics[k]) for i, k in enumerate(keys) if i % 10 == 0]
+    return train, val
+
+
+def docs_sha256(docs: list[tuple[str, str]]) -> str:
+    h = hashlib.sha256()
+    for k, text in docs:
+        h.update(k.encode())
+        h.update(b"\0")
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def encode_stream(tokenizer, docs: list[tuple[str, str]]) -> list[int]:
+    """``<|endoftext|> doc0 <|endoftext|> doc1 ...`` as one token stream.
+
+    The tokenizer's post-processor prepends ``<|endoftext|>`` (acting as BOS),
+    so each document is encoded exactly as a user prompt would be.
+    """
+    ids: list[int] = []
+    for _, text in docs:
+        ids.extend(tokenizer(text)["input_ids"])
+    return ids
+
+
+def make_blocks(ids: list[int], context: int = CONTEXT) -> torch.Tensor:
+    n = len(ids) // context
+    return torch.tensor(ids[: n * context], dtype=torch.long).view(n, context)
+
+
+@torch.no_grad()
+def evaluate(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
+    """Mean next-token cross-entropy (nats) over all predicted positions."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, blocks.size(0), batch_size):
+        x = blocks[i : i + batch_size]
+        logits = model(input_ids=x).logits[:, :-1].float()
+        tgt = x[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="sum"
+        )
+        total += loss.item()
+        count += tgt.numel()
+    return total / count
+
+
+# --------------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(train_docs: list[tuple[str, str]]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=[EOT, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([t for _, t in train_docs], trainer=trainer)
+    eot_id = tok.token_to_id(EOT)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{EOT} $A",
+        pair=f"{EOT} $A {EOT} $B",
+        special_tokens=[(EOT, eot_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOT,
+        eos_token=EOT,
+        unk_token=None,
+        pad_token=PAD,
+        model_max_length=CONTEXT,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# ------------------------------------------------------------------- diagnostics
+
+
+@torch.no_grad()
+def attention_diagnostics(model, val_blocks: torch.Tensor, vocab_size: int, special: set[int]) -> dict:
+    """Per-head previous-token and induction scores (eager attention).
+
+    * previous_token: mean attention from position i to i-1 on held-out text.
+    * induction: on ``[bos] r r`` with r a random 50-token sequence, mean
+      attention from the second copy of token t to the token right after its
+      first occurrence (the classic induction-head pattern).
+    """
+    model.eval()
+    prev_impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        x = val_blocks[:16]
+        att = model(input_ids=x, output_attentions=True).attentions  # L x (B,H,T,T)
+        prev = []
+        for a in att:
+            diag = torch.diagonal(a, offset=-1, dim1=-2, dim2=-1)  # (B,H,T-1)
+            prev.append(diag.mean(dim=(0, 2)).tolist())
+
+        g = torch.Generator().manual_seed(1234)
+        n, reps = 50, 8
+        normal = torch.tensor([i for i in range(vocab_size) if i not in special])
+        r = normal[torch.randint(len(normal), (reps, n), generator=g)]
+        bos = torch.full((reps, 1), model.config.bos_token_id, dtype=torch.long)
+        seq = torch.cat([bos, r, r], dim=1)  # positions: 0 bos, 1..n first, n+1..2n second
+        out = model(input_ids=seq, output_attentions=True)
+        ind = []
+        for a in out.attentions:
+            q = torch.arange(n + 1, 2 * n + 1)
+            k = q - n + 1  # token after the earlier occurrence
+            ind.append(a[:, :, q, k].mean(dim=(0, 2)).tolist())
+        logits = out.logits[:, n + 1 : 2 * n].float()
+        tgt = seq[:, n + 2 : 2 * n + 1]
+        rep_loss_second = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), tgt.reshape(-1)
+        ).item()
+        logits1 = out.logits[:, 1:n].float()
+        tgt1 = seq[:, 2 : n + 1]
+        rep_loss_first = torch.nn.functional.cross_entropy(
+            logits1.reshape(-1, logits1.size(-1)), tgt1.reshape(-1)
+        ).item()
+    finally:
+        model.set_attn_implementation(prev_impl)
+
+    def best(scores):
+        flat = [(s, li, hi) for li, row in enumerate(scores) for hi, s in enumerate(row)]
+        s, li, hi = max(flat)
+        return {"layer": li, "head": hi, "score": round(s, 4)}
+
+    return {
+        "previous_token_score_per_layer_head": [[round(v, 4) for v in row] for row in prev],
+        "induction_score_per_layer_head": [[round(v, 4) for v in row] for row in ind],
+        "best_previous_token_head": best(prev),
+        "best_induction_head": best(ind),
+        "repeated_random_tokens_loss_first_copy": round(rep_loss_first, 4),
+        "repeated_random_tokens_loss_second_copy": round(rep_loss_second, 4),
+    }
+
+
+# ------------------------------------------------------------------------- main
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    seed_everything(SEED)
+    torch.use_deterministic_algorithms(True)
+
+    from transformers import LlamaConfig, LlamaForCausalLM, GenerationConfig
+    import transformers
+
+    t0 = time.time()
+    train_docs, val_docs = load_split()
+    tokenizer = train_tokenizer(train_docs)
+    eot_id = tokenizer.convert_tokens_to_ids(EOT)
+    pad_id = tokenizer.convert_tokens_to_ids(PAD)
+    vocab = len(tokenizer)
+
+    train_ids = encode_stream(tokenizer, train_docs)
+    val_ids = encode_stream(tokenizer, val_docs)
+    val_blocks = make_blocks(val_ids)
+    train_t = torch.tensor(train_ids, dtype=torch.long)
+    train_chars = sum(len(t) for _, t in train_docs)
+    print(
+        f"vocab={vocab} train_tokens={len(train_ids)} ({train_chars / len(train_ids):.2f} chars/token) "
+        f"val_tokens={len(val_ids)} val_blocks={val_blocks.size(0)}",
+        flush=True,
+    )
+
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=CONTEXT,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        attention_dropout=0.0,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+        pad_token_id=pad_id,
+        initializer_range=0.02,
+    )
+    model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"params={n_params:,}", flush=True)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
+    warmup = max(1, args.steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        prog = (step - warmup) / max(1, args.steps - warmup)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+
+    gen = torch.Generator().manual_seed(SEED)
+    max_start = train_t.numel() - CONTEXT - 1
+    curve = []
+    t_train = time.time()
+    model.train()
+    running = 0.0
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        starts = torch.randint(0, max_start, (args.batch_size,), generator=gen)
+        x = torch.stack([train_t[s : s + CONTEXT] for s in starts.tolist()])
+        out = model(input_ids=x, labels=x)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running += out.loss.item()
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            vl = evaluate(model, val_blocks)
+            model.train()
+            tl = running / ((step % args.eval_every) + 1)
+            running = 0.0
+            curve.append({"step": step + 1, "train_loss": round(tl, 4), "heldout_loss": round(vl, 4)})
+            print(
+                f"step {step + 1:5d} train_loss {tl:.4f} heldout_loss {vl:.4f} "
+                f"ppl {math.exp(vl):.2f} elapsed {time.time() - t_train:.0f}s",
+                flush=True,
+            )
+    train_seconds = time.time() - t_train
+
+    # Final metrics, computed exactly as the unit test recomputes them.
+    model.eval()
+    heldout_loss = evaluate(model, val_blocks)
+    subset_loss = evaluate(model, val_blocks[:SUBSET_BLOCKS])
+    train_eval_loss = evaluate(model, make_blocks(train_ids)[::10])
+    diag = attention_diagnostics(model, val_blocks, vocab, {eot_id, pad_id})
+    print(json.dumps({k: v for k, v in diag.items() if "per_layer" not in k}, indent=1), flush=True)
+
+    # Sample (greedy) for the README.
+    prompt = "The \"for\" statement"
+    enc = tokenizer(prompt, return_tensors="pt")
+    sample_ids = model.generate(**enc, max_new_tokens=60, do_sample=False, pad_token_id=pad_id)
+    sample = tokenizer.decode(sample_ids[0], skip_special_tokens=True)
+
+    out_dir: Path = args.out
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    model.generation_config = GenerationConfig(
+        bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=pad_id, max_length=CONTEXT
+    )
+    model.save_pretrained(out_dir)  # safetensors by default
+    tokenizer.save_pretrained(out_dir)
+
+    report = {
+        "model": "tiny-pydoc-lm",
+        "architecture": "LlamaForCausalLM",
+        "task": "causal language modelling",
+        "dataset": {
+            "name": "pydoc_data.topics (CPython help texts)",
+            "python_version": platform.python_version(),
+            "num_topics": len(train_docs) + len(val_docs),
+            "train_chars": train_chars,
+            "heldout_chars": sum(len(t) for _, t in val_docs),
+            "train_tokens": len(train_ids),
+            "heldout_tokens_scored": int(val_blocks.size(0) * (CONTEXT - 1)),
+            "heldout_sha256": docs_sha256(val_docs),
+        },
+        "split": {
+            "method": "sorted topic keys; index % 10 == 0 held out (tokenizer and model trained on the rest)",
+            "train_topics": len(train_docs),
+            "heldout_topics": [k for k, _ in val_docs],
+        },
+        "tokenizer": {
+            "type": "byte-level BPE (tokenizers library)",
+            "vocab_size": vocab,
+            "special_tokens": {"bos_eos": EOT, "pad": PAD},
+            "note": "post-processor prepends <|endoftext|> as BOS to every encoded text",
+        },
+        "config": {
+            "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size,
+            "num_hidden_layers": config.num_hidden_layers,
+            "num_attention_heads": config.num_attention_heads,
+            "num_key_value_heads": config.num_key_value_heads,
+            "context_length": CONTEXT,
+            "tie_word_embeddings": True,
+        },
+        "params": n_params,
+        "training": {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "context": CONTEXT,
+            "tokens_seen": args.steps * args.batch_size * CONTEXT,
+            "epochs": round(args.steps * args.batch_size * CONTEXT / len(train_ids), 2),
+            "optimizer": "AdamW(betas=(0.9,0.95), wd=0.1), cosine to 10%, 5% warmup, grad clip 1.0",
+            "peak_lr": args.lr,
+            "seed": SEED,
+            "threads": args.threads,
+            "curve": curve,
+        },
+        "metrics": {
+            "heldout_loss": round(heldout_loss, 5),
+            "heldout_perplexity": round(math.exp(heldout_loss), 3),
+            "heldout_bits_per_char": round(
+                heldout_loss * val_blocks.numel() * (CONTEXT - 1) / CONTEXT / math.log(2)
+                / sum(len(t) for _, t in val_docs),
+                4,
+            ),
+            "heldout_subset_blocks": SUBSET_BLOCKS,
+            "heldout_subset_loss": round(subset_loss, 5),
+            "train_loss_eval_mode": round(train_eval_loss, 5),
+            "uniform_baseline_loss": round(math.log(vocab), 5),
+            "loss_definition": (
+                "mean next-token cross-entropy (nats) over non-overlapping 128-token blocks of the "
+                "concatenated held-out token stream (remainder dropped; 127 predictions per block)"
+            ),
+        },
+        "attention_diagnostics": diag,
+        "greedy_sample": {"prompt": prompt, "output": sample},
+        "seconds": {"train": round(train_seconds, 1), "total": round(time.time() - t0, 1)},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": sys.version.split()[0],
+        },
+    }
+    (out_dir / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "README.md").write_text(render_readme(report))
+    size = sum(f.stat().st_size for f in out_dir.iterdir())
+    print(f"saved to {out_dir} ({size / 1e6:.2f} MB) in {time.time() - t0:.0f}s", flush=True)
+
+
+def render_readme(r: dict) -> str:
+    m, c, d, t = r["metrics"], r["config"], r["dataset"], r["training"]
+    diag = r["attention_diagnostics"]
+    bp, bi = diag["best_previous_token_head"], diag["best_induction_head"]
+    return f"""# tiny-pydoc-lm
+
+A **tiny demo** causal language model for Attention Atlas. It exists so the app
+has a small, offline, *actually trained* decoder whose attention heads show
+real structure. It is not a useful language model.
+
+* Architecture: `LlamaForCausalLM`, {c['num_hidden_layers']} layers, hidden {c['hidden_size']},
+  {c['num_attention_heads']} query heads sharing {c['num_key_value_heads']} key/value heads (GQA),
+  RoPE, SwiGLU MLP ({c['intermediate_size']}), tied embeddings, {r['params']:,} parameters (float32).
+* Context: trained on {c['context_length']}-token windows; longer inputs run (RoPE) but are out of distribution.
+* Tokenizer: byte-level BPE, vocab {r['tokenizer']['vocab_size']}, trained on the training split.
+  `<|endoftext|>` is BOS/EOS (prepended automatically by the tokenizer), `<|pad|>` is padding.
+* Data: the English help texts in CPython's `pydoc_data.topics`
+  (Python {d['python_version']}, {d['num_topics']} topics, ~{(d['train_chars'] + d['heldout_chars']) // 1000} KB).
+  Sorted topic keys with index % 10 == 0 are held out ({len(r['split']['heldout_topics'])} topics,
+  {d['heldout_chars']:,} characters): {', '.join(r['split']['heldout_topics'])}.
+* Training: {t['steps']} steps x {t['batch_size']} x {t['context']} tokens (~{t['epochs']} epochs over
+  {d['train_tokens']:,} training tokens), AdamW, CPU, 1 thread, {r['seconds']['train']:.0f} s. Seed {t['seed']}.
+
+## Results (held-out topics)
+
+| metric | value |
+|---|---|
+| held-out loss (nats/token) | {m['heldout_loss']:.3f} |
+| held-out perplexity | {m['heldout_perplexity']:.1f} |
+| held-out bits per character | {m['heldout_bits_per_char']:.2f} |
+| train loss (eval mode) | {m['train_loss_eval_mode']:.3f} |
+| uniform baseline loss, ln({r['tokenizer']['vocab_size']}) | {m['uniform_baseline_loss']:.3f} |
+
+The gap between train and held-out loss shows it memorises part of its tiny
+corpus. Output text is locally plausible reStructuredText-ish Python doc prose
+and grammar snippets, but not coherent. Greedy sample for
+`{r['greedy_sample']['prompt']}`:
+
+```
+{r['greedy_sample']['output']}
+```
+
+## Attention structure
+
+Measured with eager attention (`output_attentions=True`):
+
+* strongest previous-token head: layer {bp['layer']} head {bp['head']}
+  (mean attention to position i-1 on held-out text: {bp['score']:.2f});
+* strongest induction head: layer {bi['layer']} head {bi['head']}
+  (on a random 50-token sequence repeated twice, mean attention from the second copy
+  to the token after the first occurrence: {bi['score']:.2f});
+* loss on the repeated random tokens: {diag['repeated_random_tokens_loss_first_copy']:.2f} (first copy)
+  vs {diag['repeated_random_tokens_loss_second_copy']:.2f} (second copy) — a drop means in-context copying.
+
+Full per-head scores are in `training_report.json`.
+
+## Loading
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained("assets/models/tiny-pydoc-lm")
+model = AutoModelForCausalLM.from_pretrained("assets/models/tiny-pydoc-lm", attn_implementation="eager")
+out = model(**tok("The \\"if\\" statement", return_tensors="pt"), output_attentions=True)
+```
+
+Reproduce with `python scripts/train_demo_lm.py` (torch {r['versions']['torch']},
+transformers {r['versions']['transformers']}); small numeric differences across
+library versions / CPUs are expected.
+"""
+
+
+if __name__ == "__main__":
+    main()

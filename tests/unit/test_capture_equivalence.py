@@ -1,0 +1,108 @@
+"""With all gates at 1, the capture engine reproduces eager attention exactly (patterns and outputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backend.engine.capture import ATTN_IMPLEMENTATION, BaseReducer, CaptureSession, UnsupportedArchitecture
+from tests.unit.tiny_models import ALL_ARCHS, build, sample_inputs
+
+
+class KeepPatterns(BaseReducer):
+    """Test reducer: reassembles each layer's full pattern from its chunks."""
+
+    def __init__(self) -> None:
+        self.layers: dict[int, torch.Tensor] = {}
+        self.rows: list[torch.Tensor] = []
+
+    def begin_layer(self, view):
+        self.rows = []
+
+    def chunk(self, view, q0, pattern):
+        assert q0 == sum(r.shape[2] for r in self.rows)
+        self.rows.append(pattern.clone())
+
+    def end_layer(self, view):
+        assert view.layer not in self.layers, "two modules mapped to one layer"
+        self.layers[view.layer] = torch.cat(self.rows, dim=2)
+
+
+def _run(arch: str, chunk: int | None, gates: torch.Tensor | None = None):
+    eager = build(arch, "eager")
+    ours = build(arch, ATTN_IMPLEMENTATION)
+    ours.load_state_dict(eager.state_dict())
+    inputs = sample_inputs(arch)
+    with torch.no_grad():
+        ref = eager(**inputs, output_attentions=True)
+        keep = KeepPatterns()
+        with CaptureSession(ours, reducers=[keep], chunk_size=chunk, gates=gates) as session:
+            got = ours(**inputs)
+        session.check_captured()
+    return ref, got, keep
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_patterns_and_outputs_equal_eager(arch: str, chunk: int | None) -> None:
+    ref, got, keep = _run(arch, chunk)
+    assert sorted(keep.layers) == list(range(len(ref.attentions)))
+    for layer, ref_pattern in enumerate(ref.attentions):
+        assert keep.layers[layer].shape == ref_pattern.shape
+        assert (keep.layers[layer] - ref_pattern).abs().max().item() <= 1e-6
+    assert (got.logits - ref.logits).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_padding_rows_are_masked(arch: str) -> None:
+    """Keys beyond a sequence's real length get exactly zero attention (the mask trap)."""
+    _, _, keep = _run(arch, None)
+    for pattern in keep.layers.values():
+        assert pattern[1, :, :6, 6:].abs().max().item() == 0.0
+        assert torch.allclose(pattern[1, :, :6, :6].sum(-1), torch.ones(1))
+
+
+def test_causal_models_attend_only_backwards() -> None:
+    _, _, keep = _run("gpt2", None)
+    upper = torch.triu(torch.ones(9, 9, dtype=torch.bool), diagonal=1)
+    for pattern in keep.layers.values():
+        assert pattern[0][:, upper].abs().max().item() == 0.0
+
+
+def test_gate_zero_equals_zeroing_output_projection_input() -> None:
+    """Gate 0 on (layer 1, head 2) == zeroing that head's slice of the o_proj input (llama)."""
+    gates = torch.ones(2, 4)
+    gates[1, 2] = 0.0
+    _, got, _ = _run("llama", None, gates=gates)
+    model = build("llama", "eager")
+    head_dim = 32 // 4
+
+    def zero_head(module, args):
+        (x,) = args
+        x = x.clone()
+        x[..., 2 * head_dim : 3 * head_dim] = 0
+        return (x,)
+
+    handle = model.model.layers[1].self_attn.o_proj.register_forward_pre_hook(zero_head)
+    try:
+        with torch.no_grad():
+            ref = model(**sample_inputs("llama"))
+    finally:
+        handle.remove()
+    assert (got.logits - ref.logits).abs().max().item() <= 1e-5
+
+
+def test_session_refuses_model_loaded_without_capture() -> None:
+    model = build("bert", "eager")
+    with pytest.raises(UnsupportedArchitecture):
+        with CaptureSession(model):
+            pass
+
+
+def test_model_runs_normally_outside_a_session() -> None:
+    eager = build("gpt2", "eager")
+    ours = build("gpt2", ATTN_IMPLEMENTATION)
+    ours.load_state_dict(eager.state_dict())
+    inputs = sample_inputs("gpt2")
+    with torch.no_grad():
+        assert torch.allclose(ours(**inputs).logits, eager(**inputs).logits, atol=1e-5)
