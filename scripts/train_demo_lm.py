@@ -79,7 +79,8 @@ def encode_stream(tokenizer, docs: list[tuple[str, str]]) -> list[int]:
     """
     ids: list[int] = []
     for _, text in docs:
-        ids.extend(tokenizer(text)["input_ids"])
+        # backend encode == tokenizer(text)["input_ids"], minus the length warning
+        ids.extend(tokenizer.backend_tokenizer.encode(text).ids)
     return ids
 
 
@@ -206,6 +207,19 @@ def attention_diagnostics(model, val_blocks: torch.Tensor, vocab_size: int, spec
 # ------------------------------------------------------------------------- main
 
 
+def force_eager_attention(config_path: Path) -> None:
+    """Make ``from_pretrained`` default to eager attention.
+
+    Attention Atlas needs ``output_attentions=True``, which SDPA silently does
+    not support (it returns no attentions).  ``attn_implementation`` is read
+    back from config.json by transformers but never written by
+    ``save_pretrained``, so add it by hand.  Callers can still override it.
+    """
+    cfg = json.loads(config_path.read_text())
+    cfg["attn_implementation"] = "eager"
+    config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -217,9 +231,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--steps", type=int, default=1200)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
@@ -337,6 +351,7 @@ def main() -> None:
     )
     model.save_pretrained(out_dir)  # safetensors by default
     tokenizer.save_pretrained(out_dir)
+    force_eager_attention(out_dir / "config.json")
 
     report = {
         "model": "tiny-pydoc-lm",
