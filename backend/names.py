@@ -40,3 +40,8 @@ def embedding(layer: int, head: int, method: str) -> str:
 
 def embedding_meta(layer: int, head: int) -> str:
     return f"embedding.{layer}.{head}.meta"
+
+
+def resid_absmax_dim(p: int, layer: int) -> str:
+    """``[T]`` int64: the feature dimension where ``resid.absmax`` occurs, per token."""
+    return f"prompt.{p}.blocks.{layer}.resid.absmax_dim"

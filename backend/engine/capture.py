@@ -189,7 +189,8 @@ def atlas_attention(
         for r in session.reducers:
             r.begin_layer(view)
         if session.gates is not None:
-            gate = session.gates[layer].to(query.dtype).view(1, hq, 1, 1)
+            # gates [L, H] (shared by all rows) or [B, L, H] (one per batch row: per-example gradients)
+            gate = session.gates[..., layer, :].to(query.dtype).reshape(-1, hq, 1, 1)  # [1|B, Hq, 1, 1]
 
     outs = []
     weights_full = None

@@ -1,0 +1,178 @@
+"""Streaming reducers for the sink / head-role metrics and massive activations.
+
+They compute exactly the numbers of :mod:`backend.metrics` (the NumPy reference on full patterns; the
+definitions and their sources are documented there) while the capture engine hands them one chunk of
+query rows at a time: they keep per-row running sums over the chunk's query rows (``[B, H]``, plus the
+column sums ``[B, H, S]`` for the attention each key receives), never a pattern. Padded query rows and
+padded keys (``view.lengths``, padding on the right) are ignored. Running sums are float64, so the
+result does not depend on the chunk size beyond rounding (~1e-7).
+
+Aggregation over prompts: mean of the per-prompt values, each prompt weighted equally (as
+:func:`backend.metrics.mean_over_prompts`). Per-prompt values are kept by global prompt index, so a
+prompt seen twice is counted once (the last pass wins).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from backend import metrics as ref
+from backend import names
+from backend.engine.capture import BaseReducer, LayerView
+
+HEAD_METRICS = ("sink_first", "sink_special", "entropy", "distance", "previous_token")
+
+
+def _rows(view_prompts: list[int], view_lengths: list[int], batch: int, width: int) -> tuple[list[int], list[int]]:
+    """Prompt index and real length of each batch row (fallback: row index and full width)."""
+    prompts = list(view_prompts) if view_prompts else list(range(batch))
+    lengths = list(view_lengths) if view_lengths else [width] * batch
+    if len(prompts) != batch or len(lengths) != batch:
+        raise ValueError(f"batch of {batch} rows but {len(prompts)} prompt ids and {len(lengths)} lengths")
+    return prompts, lengths
+
+
+def _layer_mean(per_prompt: dict[tuple[int, int], np.ndarray], n_layers: int, shape: tuple[int, ...]) -> np.ndarray:
+    """``{(prompt, layer): value}`` -> ``[L, *shape]`` float32 mean over prompts (NaN for unseen layers)."""
+    out = np.full((n_layers, *shape), np.nan, dtype=np.float64)
+    for layer in range(n_layers):
+        vals = [v for (_, l), v in per_prompt.items() if l == layer]
+        if vals:
+            out[layer] = ref.mean_over_prompts(vals)
+    return out.astype(np.float32)
+
+
+class SinkMetricsReducer(BaseReducer):
+    """Per layer x head: ``sink_first``, ``sink_special``, ``entropy``, ``distance``, ``previous_token``
+    (mean over prompts), the sink rate, and every prompt's ``received`` (Gu et al. alpha) per layer.
+
+    ``causal`` selects the alpha denominator (queries ``t >= k`` for decoders, all queries for encoders);
+    the runner knows it from the model config. ``eps`` is the first-token sink threshold.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, causal: bool, eps: float = ref.SINK_EPS) -> None:
+        self.n_layers, self.n_heads, self.causal, self.eps = n_layers, n_heads, causal, eps
+        self._values: dict[str, dict[tuple[int, int], np.ndarray]] = {m: {} for m in HEAD_METRICS}
+        self._received: dict[tuple[int, int], np.ndarray] = {}  # (prompt, layer) -> [H, T_p] float32
+        self._acc: dict[str, torch.Tensor] = {}
+
+    # --- engine hooks -----------------------------------------------------------------------------
+
+    def begin_layer(self, view: LayerView) -> None:
+        b, h, t, _ = view.query.shape
+        s = view.key.shape[2]
+        if not 0 <= view.layer < self.n_layers or h != self.n_heads:
+            raise ValueError(
+                f"layer {view.layer} with {h} heads does not fit a reducer for {self.n_layers} x {self.n_heads}"
+            )
+        if t != s:
+            raise ValueError(f"sink metrics need self-attention without a cache (T={t}, S={s})")
+        dev, f64 = view.query.device, torch.float64
+        self._acc = {
+            "received": torch.zeros(b, h, s, dtype=f64, device=dev),  # column sums over seeing queries
+            "entropy": torch.zeros(b, h, dtype=f64, device=dev),  # sums over real query rows
+            "distance": torch.zeros(b, h, dtype=f64, device=dev),
+            "previous_token": torch.zeros(b, h, dtype=f64, device=dev),
+        }
+
+    def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
+        b, _, tq, s = pattern.shape  # [B, H, tq, S]
+        dev = pattern.device
+        _, lengths = _rows(view.prompts, view.lengths, b, s)
+        n = torch.tensor(lengths, device=dev)[:, None]  # [B, 1]
+        q = torch.arange(q0, q0 + tq, device=dev)  # [tq] query positions
+        k = torch.arange(s, device=dev)  # [S] key positions
+        real = (q[None, :, None] < n[:, :, None]) & (k[None, None, :] < n[:, :, None])  # [B, tq, S]
+        p = pattern.float() * real[:, None]  # [B, H, tq, S]; padded rows and keys -> 0
+        acc = self._acc
+        seen = p * (k[None, :] <= q[:, None]) if self.causal else p  # causal alpha: only t >= k
+        acc["received"] += seen.sum(dim=2, dtype=torch.float64)
+        ent = -torch.xlogy(p, p).sum(dim=-1)  # [B, H, tq]; xlogy(0, 0) = 0
+        acc["entropy"] += ent.sum(dim=-1, dtype=torch.float64)
+        dist = (q[:, None] - k[None, :]).abs().to(p.dtype)  # [tq, S]
+        acc["distance"] += (p * dist).sum(dim=-1).sum(dim=-1, dtype=torch.float64)
+        prev_idx = (q - 1).clamp(min=0).view(1, 1, tq, 1).expand(b, p.shape[1], tq, 1)
+        prev = p.gather(-1, prev_idx)[..., 0] * (q >= 1)  # [B, H, tq]: A[t, t-1], 0 for t = 0
+        acc["previous_token"] += prev.sum(dim=-1, dtype=torch.float64)
+
+    def end_layer(self, view: LayerView) -> None:
+        acc = {name: t.cpu().numpy() for name, t in self._acc.items()}
+        self._acc = {}
+        b, _, s = acc["received"].shape
+        prompts, lengths = _rows(view.prompts, view.lengths, b, s)
+        special = view.special.detach().bool().cpu().numpy() if view.special is not None else None
+        for row, (p, n) in enumerate(zip(prompts, lengths)):
+            if n < 1:
+                continue
+            denom = (n - np.arange(n)) if self.causal else np.full(n, n)
+            alpha = acc["received"][row, :, :n] / denom  # [H, T_p]
+            self._received[(p, view.layer)] = alpha.astype(np.float32)
+            sp = special[row, :n] if special is not None else None
+            vals = {
+                "sink_first": alpha[:, 0],
+                "sink_special": alpha[:, sp].mean(axis=1) if sp is not None and sp.any() else np.zeros(len(alpha)),
+                "entropy": acc["entropy"][row] / n,
+                "distance": acc["distance"][row] / n,
+                "previous_token": acc["previous_token"][row] / (n - 1) if n > 1 else np.zeros(len(alpha)),
+            }
+            for name, v in vals.items():
+                self._values[name][(p, view.layer)] = v
+
+    # --- results ----------------------------------------------------------------------------------
+
+    def results(self) -> dict[str, np.ndarray]:
+        """``metrics.{name}`` [L, H] float32 (NaN rows: layer never seen), ``metrics.sink_rate`` [] float32,
+        and ``prompt.{p}.blocks.{l}.attn.received`` [H, T_p] float32."""
+        out: dict[str, np.ndarray] = {}
+        for name in HEAD_METRICS:
+            out[names.metric(name)] = _layer_mean(self._values[name], self.n_layers, (self.n_heads,))
+        rate = ref.sink_rate(out[names.metric("sink_first")], self.eps)
+        out[names.metric("sink_rate")] = np.asarray(rate, dtype=np.float32)
+        for (p, layer), alpha in sorted(self._received.items()):
+            out[names.attn_received(p, layer)] = alpha
+        return out
+
+
+class MassiveActivationReducer(BaseReducer):
+    """Massive activations (Sun et al., 2024) from the residual stream after each block.
+
+    Per prompt and layer: ``resid.absmax [T_p]`` float32 (largest |h| per token), ``resid.absmax_dim
+    [T_p]`` int64 (its feature); per layer ``metrics.massive_ratio [L]`` float32: ``max_t top / median|h|``
+    (median over all of the prompt's ``T_p x D`` entries in that layer), mean over prompts.
+    """
+
+    def __init__(self, n_layers: int) -> None:
+        self.n_layers = n_layers
+        self._top: dict[tuple[int, int], np.ndarray] = {}
+        self._dim: dict[tuple[int, int], np.ndarray] = {}
+        self._ratio: dict[tuple[int, int], np.ndarray] = {}
+
+    def hidden(self, layer: int, hidden: torch.Tensor, prompts: list[int], lengths: list[int]) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} outside 0..{self.n_layers - 1}")
+        b, t, _ = hidden.shape  # [B, T, D]
+        prompts, lengths = _rows(prompts, lengths, b, t)
+        for row, (p, n) in enumerate(zip(prompts, lengths)):
+            if n < 1:
+                continue
+            h = hidden[row, :n].detach().float().abs()  # [T_p, D]
+            top, dim = h.max(dim=-1)  # first index on ties, like np.argmax
+            flat = h.flatten()
+            m = flat.numel()  # median as numpy defines it: mean of the two middle values when m is even
+            med = flat.kthvalue((m + 1) // 2).values
+            if m % 2 == 0:
+                med = (med + flat.kthvalue(m // 2 + 1).values) / 2
+            med = float(med)
+            top_np = top.cpu().numpy()
+            ratio = top_np.astype(np.float64) / med if med > 0 else np.full(n, np.inf)
+            self._top[(p, layer)] = top_np.astype(np.float32)
+            self._dim[(p, layer)] = dim.cpu().numpy().astype(np.int64)
+            self._ratio[(p, layer)] = np.asarray(ratio.max())
+
+    def results(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {names.metric("massive_ratio"): _layer_mean(self._ratio, self.n_layers, ())}
+        for (p, layer) in sorted(self._top):
+            out[names.resid_absmax(p, layer)] = self._top[(p, layer)]
+            out[names.resid_absmax_dim(p, layer)] = self._dim[(p, layer)]
+        return out

@@ -1,0 +1,177 @@
+"""The one job API: submit a run, read its status, cancel it. Jobs run on RQ over Redis.
+
+Jobs are enqueued by dotted path (the web process never imports the worker or torch) with RQ's JSON
+serializer (nothing is ever unpickled). The job id is the run id: content-addressed, so submitting
+the same analysis twice reuses the first run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from backend import keys
+from backend.cache import Cache
+from backend.model_refs import ModelRef, resolve_model
+from backend.settings import Settings
+from backend.spec import RunSpec, SpecError, build_spec, run_id_for
+
+TASK = "workers.tasks.run_analysis"
+FAILURE_TTL_S = 3600
+HEARTBEAT_S = 5
+"""The worker refreshes a running run's ``heartbeat`` this often; silence for 6x this means it died."""
+
+
+class RateLimited(RuntimeError):
+    """Too many requests or unfinished jobs for one client."""
+
+
+def queue_for(r: redis.Redis, settings: Settings) -> Queue:
+    return Queue(settings.queue_name, connection=r, serializer=JSONSerializer)
+
+
+def image_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_rate(r: redis.Redis, settings: Settings, client: str) -> None:
+    minute = int(time.time() // 60)
+    key = keys.rate(settings.key_prefix, client, minute)
+    pipe = r.pipeline()
+    pipe.incr(key)
+    pipe.expire(key, 120)
+    count = pipe.execute()[0]
+    if count > settings.rate_limit_per_minute:
+        raise RateLimited(f"rate limit: at most {settings.rate_limit_per_minute} submissions a minute")
+
+
+def _check_active(cache: Cache, settings: Settings, client: str) -> None:
+    key = keys.active_jobs(settings.key_prefix, client)
+    active = [rid.decode() for rid in cache.r.smembers(key)]
+    still = 0
+    for rid in active:
+        m = cache.manifest(rid)
+        if m and m["status"] in ("queued", "running"):
+            still += 1
+        else:
+            cache.r.srem(key, rid)
+    if still >= settings.max_active_jobs_per_client:
+        raise RateLimited(
+            f"you have {still} analyses still running; wait for one to finish (limit "
+            f"{settings.max_active_jobs_per_client})"
+        )
+
+
+def prepare(
+    model: Any, prompts: Any, options: Any, settings: Settings, kind: str | None = None
+) -> tuple[RunSpec, ModelRef, str]:
+    """Validate a request and compute its run id, without touching Redis."""
+    if not isinstance(model, str):
+        raise SpecError("model must be a string")
+    ref = resolve_model(model, settings)
+    spec = build_spec(ref.ref, prompts, options, settings, kind=kind or ref.kind)
+    if spec.kind != ref.kind:
+        raise SpecError(f"model {ref.ref} takes {ref.kind} inputs, not {spec.kind}")
+    return spec, ref, run_id_for(spec, ref.fingerprint)
+
+
+def model_summary(ref: ModelRef) -> dict[str, Any]:
+    return {
+        "ref": ref.ref, "path": str(ref.path), "fingerprint": ref.fingerprint, "model_type": ref.model_type,
+        "n_layers": ref.n_layers, "n_heads": ref.n_heads, "kind": ref.kind,
+    }
+
+
+def enqueue(cache: Cache, settings: Settings, run_id: str) -> None:
+    """(Re)queue the job for an existing manifest, replacing any finished RQ job of that id."""
+    q = queue_for(cache.r, settings)
+    try:
+        Job.fetch(run_id, connection=cache.r, serializer=JSONSerializer).delete()
+    except NoSuchJobError:
+        pass
+    q.enqueue_call(
+        TASK, args=(run_id,), job_id=run_id, timeout=settings.job_timeout_s, result_ttl=600,
+        failure_ttl=FAILURE_TTL_S, description=f"analysis {run_id}",
+    )
+
+
+def submit(
+    cache: Cache, settings: Settings, model: Any, prompts: Any, options: Any = None,
+    kind: str | None = None, client: str = "local",
+) -> tuple[str, bool]:
+    """Submit an analysis; returns ``(run_id, queued_now)``. A done or running twin is reused."""
+    spec, ref, run_id = prepare(model, prompts, options, settings, kind)
+    existing = cache.manifest(run_id)
+    if existing and existing["status"] in ("queued", "running"):
+        return run_id, False
+    if existing and existing["status"] == "done" and cache.has_arrays(run_id, list(existing["sizes"])[:50]):
+        return run_id, False
+    _check_rate(cache.r, settings, client)
+    _check_active(cache, settings, client)
+    cache.delete_arrays(run_id)
+    cache.create_run(run_id, spec.canonical(), model_summary(ref), client)
+    cache.r.sadd(keys.active_jobs(settings.key_prefix, client), run_id)
+    enqueue(cache, settings, run_id)
+    return run_id, True
+
+
+def recompute(cache: Cache, settings: Settings, run_id: str) -> bool:
+    """Requeue a run whose arrays were evicted or whose job died; False if it is unknown."""
+    m = cache.manifest(run_id)
+    if m is None:
+        return False
+    if m["status"] in ("queued", "running"):
+        return True
+    cache.delete_arrays(run_id)
+    cache.update(run_id, status="queued", stage="recomputing (cached results had expired)", progress=0.0, error="")
+    enqueue(cache, settings, run_id)
+    return True
+
+
+def status(cache: Cache, settings: Settings, run_id: str) -> dict[str, Any] | None:
+    """The manifest, reconciled with RQ: a job that died with its worker is reported failed."""
+    m = cache.manifest(run_id)
+    if m is None:
+        return None
+    if m["status"] in ("queued", "running"):
+        try:
+            job = Job.fetch(run_id, connection=cache.r, serializer=JSONSerializer)
+            rq_status = job.get_status(refresh=True)
+            rq_status = getattr(rq_status, "value", rq_status)
+        except NoSuchJobError:
+            rq_status = None
+        beat = m.get("heartbeat")
+        dead = m["status"] == "running" and beat is not None and time.time() - beat > 6 * HEARTBEAT_S
+        if dead or rq_status in (None, "failed", "stopped", "canceled"):
+            m = cache.manifest(run_id) or m  # the worker may have just finished
+            if m["status"] in ("queued", "running"):
+                msg = (
+                    "the worker stopped while running this analysis (crash, out of memory, or timeout); "
+                    "submit it again"
+                )
+                cache.update(run_id, status="failed", stage="failed", error=msg)
+                m.update(status="failed", stage="failed", error=msg)
+    return m
+
+
+def cancel(cache: Cache, settings: Settings, run_id: str) -> bool:
+    """Ask a run to stop: a queued job is removed, a running one stops at its next check."""
+    m = cache.manifest(run_id)
+    if m is None or m["status"] not in ("queued", "running"):
+        return False
+    cache.request_cancel(run_id)
+    try:
+        job = Job.fetch(run_id, connection=cache.r, serializer=JSONSerializer)
+        if job.get_status(refresh=True) in ("queued", "deferred", "scheduled"):
+            job.cancel()
+            cache.update(run_id, status="cancelled", stage="cancelled", error="cancelled by the user")
+    except NoSuchJobError:
+        pass
+    return True

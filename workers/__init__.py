@@ -1,0 +1,1 @@
+"""The queue worker: the only long-lived process that runs models."""

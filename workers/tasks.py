@@ -1,0 +1,159 @@
+"""Job orchestration only: read the run's spec, run the analysis, store arrays, record the outcome.
+
+Runs inside an RQ ``SimpleWorker`` (same process for every job), so the model registry below keeps
+models resident between jobs.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from backend.cache import Cache
+from backend.jobs import HEARTBEAT_S
+from backend.model_refs import ModelError, resolve_model
+from backend.redis_conn import connect
+from backend.settings import Settings, get_settings
+from backend.spec import SpecError
+
+_REGISTRY = None
+FLUSH_BYTES = 8 * 1024 * 1024
+
+
+def registry(settings: Settings):
+    """The process-wide resident model registry (created on first use)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        from backend.engine.models import ModelRegistry
+
+        _REGISTRY = ModelRegistry(settings)
+    return _REGISTRY
+
+
+class _Writer:
+    """Buffers emitted arrays and writes them to Redis in pipelines of about FLUSH_BYTES."""
+
+    def __init__(self, cache: Cache, run_id: str) -> None:
+        self.cache, self.run_id = cache, run_id
+        self.buf: list[tuple[str, np.ndarray]] = []
+        self.nbytes = 0
+        self.sizes: dict[str, int] = {}
+
+    def __call__(self, name: str, arr: np.ndarray) -> None:
+        self.buf.append((name, np.asarray(arr)))
+        self.nbytes += np.asarray(arr).nbytes
+        if self.nbytes >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.sizes.update(self.cache.put_arrays(self.run_id, self.buf))
+        self.buf, self.nbytes = [], 0
+
+
+class _Heartbeat(threading.Thread):
+    """Marks the run alive every HEARTBEAT_S seconds so a killed worker is noticed."""
+
+    def __init__(self, cache: Cache, run_id: str) -> None:
+        super().__init__(daemon=True)
+        self.cache, self.run_id = cache, run_id
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.cache.update(self.run_id, heartbeat=time.time())
+            except Exception:  # noqa: BLE001  (Redis blip: the next beat retries)
+                pass
+            self.stop.wait(HEARTBEAT_S)
+
+
+def _load_inputs(cache: Cache, spec: dict[str, Any]) -> list[Any]:
+    if spec["kind"] != "image":
+        return list(spec["inputs"])
+    from PIL import Image
+
+    images = []
+    for digest in spec["inputs"]:
+        data = cache.get_blob(digest)
+        if data is None:
+            raise SpecError(f"uploaded image {digest[:12]} is no longer stored; upload it again")
+        images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+    return images
+
+
+def _failure_message(exc: BaseException) -> str:
+    import torch
+
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower():
+        return (
+            "out of memory while running the model: try fewer or shorter prompts, "
+            "dtype bfloat16, or a smaller model"
+        )
+    if type(exc).__name__ == "JobTimeoutException":
+        return "the analysis took longer than the job timeout (ATLAS_JOB_TIMEOUT); try fewer prompts"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_analysis(run_id: str) -> str:
+    """RQ entry point: run the analysis of ``run_id``; the outcome is recorded in its manifest."""
+    from backend.engine.analyze import Cancelled, analyze
+    from backend.engine.capture import UnsupportedArchitecture
+
+    settings = get_settings()
+    cache = Cache(connect(settings), settings)
+    manifest = cache.manifest(run_id)
+    if manifest is None:
+        return "unknown run"
+    spec = manifest["spec"]
+    cache.delete_arrays(run_id)  # a retry never mixes with a crashed attempt's partial arrays
+    cache.update(run_id, status="running", stage="loading model", progress=0.0, started=time.time(),
+                 heartbeat=time.time(), error="")
+    beat = _Heartbeat(cache, run_id)
+    beat.start()
+    writer = _Writer(cache, run_id)
+    last = [0.0]
+
+    def progress(frac: float, stage: str) -> None:
+        now = time.time()
+        if now - last[0] > 0.25 or frac >= 1.0:
+            last[0] = now
+            cache.update(run_id, progress=round(float(frac), 4), stage=stage)
+
+    try:
+        ref = resolve_model(spec["model"], settings)
+        loaded = registry(settings).get(ref, spec["options"]["dtype"])
+        inputs = _load_inputs(cache, spec)
+        info = analyze(loaded, inputs, spec["options"], writer, progress,
+                       lambda: cache.cancel_requested(run_id), settings)
+        writer.flush()
+        cache.update(run_id, info=info.to_dict(), sizes=writer.sizes, status="done", stage="done",
+                     progress=1.0, finished=time.time())
+        return "done"
+    except Cancelled:
+        cache.delete_arrays(run_id)
+        cache.update(run_id, status="cancelled", stage="cancelled", error="cancelled by the user",
+                     finished=time.time())
+        return "cancelled"
+    except (ModelError, SpecError, UnsupportedArchitecture, ValueError) as exc:
+        cache.delete_arrays(run_id)
+        cache.update(run_id, status="failed", stage="failed", error=str(exc), finished=time.time())
+        return "failed"
+    except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
+        traceback.print_exc()
+        cache.delete_arrays(run_id)
+        cache.update(run_id, status="failed", stage="failed", error=_failure_message(exc),
+                     finished=time.time())
+        if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return "failed"
+    finally:
+        beat.stop.set()
+        import gc
+
+        gc.collect()
