@@ -122,3 +122,7 @@ def trustworthiness_score(X: np.ndarray, Y: np.ndarray, k: int = 10, metric: str
     from sklearn.manifold import trustworthiness
 
     return float(trustworthiness(np.asarray(X, np.float64), np.asarray(Y, np.float64), n_neighbors=k, metric=metric))
+
+
+def project_heads(points, method, seed, n_jobs=None, progress=None, should_cancel=None):  # placeholder
+    raise NotImplementedError

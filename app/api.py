@@ -1,0 +1,116 @@
+"""JSON API on the app's Flask server, for scripts and notebooks (documented in the README)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, jsonify, request
+
+from app import state
+from backend import jobs
+from backend.model_refs import ModelError
+from backend.spec import SpecError
+
+api = Blueprint("api", __name__, url_prefix="/api")
+
+
+def _error(message: str, code: int):
+    return jsonify({"error": message, "code": code}), code
+
+
+def run_url(run_id: str) -> str:
+    return f"{request.host_url.rstrip('/')}/runs/{run_id}"
+
+
+def client_id() -> str:
+    return (request.remote_addr or "local").replace(":", "_")
+
+
+@api.errorhandler(Exception)
+def _any_error(exc: Exception):
+    if isinstance(exc, state.REDIS_ERRORS):
+        return _error(state.REDIS_DOWN, 503)
+    if isinstance(exc, (SpecError, ModelError, state.ViewError)):
+        return _error(str(exc), 400)
+    if isinstance(exc, LookupError):
+        return _error(str(exc), 404)
+    if isinstance(exc, state.NotReady):
+        return _error(str(exc), 409)
+    if isinstance(exc, jobs.RateLimited):
+        return _error(str(exc), 429)
+    if hasattr(exc, "code") and isinstance(getattr(exc, "code"), int):
+        return _error(getattr(exc, "description", str(exc)), exc.code)  # type: ignore[attr-defined]
+    return _error(f"internal error: {type(exc).__name__}", 500)
+
+
+@api.post("/runs")
+def create_run():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return _error('body must be a JSON object: {"model": ..., "prompts": [...], "options": {...}}', 400)
+    model = body.get("model") or "all-MiniLM-L6-v2"
+    run_id, queued = jobs.submit(
+        state.cache(), state.settings(), model, body.get("prompts"), body.get("options"),
+        kind=body.get("kind"), client=client_id(),
+    )
+    return jsonify({"run_id": run_id, "url": run_url(run_id), "queued": queued}), 202 if queued else 200
+
+
+def status_body(m: dict[str, Any]) -> dict[str, Any]:
+    info = m.get("info") or {}
+    model = m.get("model") or {}
+    return {
+        "run_id": m["run_id"],
+        "status": m["status"] if m["status"] != "cancelled" else "failed",
+        "progress": m["progress"],
+        "stage": m["stage"],
+        "error": m["error"] or None,
+        "model": model.get("ref"),
+        "n_layers": info.get("n_layers", model.get("n_layers")),
+        "n_heads": info.get("n_heads", model.get("n_heads")),
+        "tokens": info.get("tokens", []),
+        "notices": info.get("notices", []),
+        "options": (m.get("spec") or {}).get("options"),
+        "created": m.get("created"),
+        "finished": m.get("finished"),
+    }
+
+
+@api.get("/runs")
+def list_runs():
+    runs = state.cache().recent_runs(50)
+    return jsonify({"runs": [
+        {"run_id": r["run_id"], "status": r["status"], "model": (r.get("model") or {}).get("ref"),
+         "n_inputs": len((r.get("spec") or {}).get("inputs", [])), "created": r["created"]}
+        for r in runs
+    ]})
+
+
+@api.get("/runs/<run_id>")
+def get_run(run_id: str):
+    m = state.run_status(run_id)
+    if m is None:
+        return _error(f"unknown run {run_id}", 404)
+    return jsonify(status_body(m))
+
+
+@api.post("/runs/<run_id>/cancel")
+def cancel_run(run_id: str):
+    if state.run_status(run_id) is None:
+        return _error(f"unknown run {run_id}", 404)
+    ok = jobs.cancel(state.cache(), state.settings(), run_id)
+    return jsonify({"run_id": run_id, "cancelled": ok})
+
+
+@api.get("/runs/<run_id>/attention")
+def get_attention(run_id: str):
+    args = request.args
+    for name in ("prompt", "layer", "head"):
+        if name not in args:
+            return _error(f"missing query parameter {name}", 400)
+    tokens, pat = state.pattern(run_id, args["prompt"], args["layer"], args["head"])
+    return jsonify({"tokens": tokens, "pattern": pat.round(6).tolist()})
+
+
+def register(server: Flask) -> None:
+    server.register_blueprint(api)

@@ -1,0 +1,25 @@
+"""Small reusable pieces of layout shared by pages."""
+
+from __future__ import annotations
+
+from dash import html
+
+
+def progress_bar(fraction: float, stage: str, status: str, bar_id: str = "progress") -> html.Div:
+    """An accessible progress bar (role=progressbar) with percent and stage text."""
+    pct = max(0.0, min(100.0, 100.0 * float(fraction or 0.0)))
+    return html.Div(className=f"progress status-{status}", id=bar_id, children=[
+        html.Div(className="progress-track", role="progressbar", **{
+            "aria-valuenow": f"{pct:.0f}", "aria-valuemin": "0", "aria-valuemax": "100",
+        }, children=html.Div(className="progress-fill", style={"width": f"{pct:.1f}%"})),
+        html.Span(f"{pct:.0f}% · {stage}", className="progress-label"),
+    ])
+
+
+def alert(message: str, kind: str = "error", alert_id: str | None = None) -> html.Div:
+    props = {"id": alert_id} if alert_id else {}
+    return html.Div(message, className=f"alert alert-{kind}", role="alert", **props)
+
+
+def help_text(text: str) -> html.Span:
+    return html.Span("?", className="help", title=text)

@@ -1,0 +1,46 @@
+"""The Dash app: root layout, pages, JSON API, all on one Flask server.
+
+``create_app()`` builds a fresh app (tests call it); ``server`` is the WSGI entry point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dash
+from dash import Dash, dcc, html
+
+from app import api
+
+HERE = Path(__file__).resolve().parent
+ASSETS = HERE.parent / "assets"
+
+
+def root_layout() -> html.Div:
+    return html.Div(className="atlas", children=[
+        html.Header(className="topbar", children=[
+            dcc.Link("Attention Atlas", href="/", className="brand"),
+            html.Nav(children=[
+                dcc.Link("New analysis", href="/", className="navlink"),
+                dcc.Link("Recent runs", href="/runs", className="navlink"),
+            ]),
+        ]),
+        html.Main(dash.page_container, className="content"),
+    ])
+
+
+def create_app() -> Dash:
+    app = Dash(
+        __name__, use_pages=True, pages_folder=str(HERE / "pages"), assets_folder=str(ASSETS),
+        suppress_callback_exceptions=True, title="Attention Atlas", update_title=None,
+    )
+    app.layout = root_layout
+    api.register(app.server)
+    app.server.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    return app
+
+
+def __getattr__(name: str):  # lazy WSGI entry point: `gunicorn app.main:server`
+    if name == "server":
+        return create_app().server
+    raise AttributeError(name)

@@ -1,0 +1,133 @@
+"""New analysis: the upload-your-own-prompt panel (paste prompts, upload files, pick a model)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import dash
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from app import state
+from app.components import alert
+from backend import jobs
+from backend.model_refs import DEFAULT_MODEL, ModelError, available_models
+from backend.spec import SpecError
+from backend.uploads import IMAGE_EXTENSIONS, UploadError, check_image, parse_upload
+
+dash.register_page(__name__, path="/", title="New analysis · Attention Atlas", name="New analysis")
+
+EXAMPLES = "The cat sat on the mat because it was tired.\nParis is the capital of France.\nThe keys to the cabinet are on the table."
+ANALYSIS_OPTIONS = [
+    {"label": "Attention patterns (always)", "value": "attention", "disabled": True},
+    {"label": "Sink & head metrics", "value": "metrics"},
+    {"label": "Joint query-key maps (UMAP)", "value": "embedding"},
+    {"label": "Head importance", "value": "importance"},
+]
+
+
+def limits_text() -> str:
+    s = state.settings()
+    return (
+        f"Limits: up to {s.max_prompts} prompts, {s.max_prompt_chars:,} characters each; prompts longer than "
+        f"{s.max_tokens} tokens (or the model's limit) are {'truncated with a notice' if s.truncate_long_prompts else 'refused'}; "
+        f"uploads up to {s.max_upload_bytes // 1024:,} KB (.txt one prompt per line, .csv with a 'prompt' column, "
+        ".jsonl with a \"prompt\" field; PNG/JPEG for image models)."
+    )
+
+
+def layout(**_query: str) -> html.Div:
+    models = available_models(state.settings())
+    return html.Div([
+        html.H2("New analysis"),
+        html.Div(className="card", children=[
+            html.Div(className="row", children=[
+                html.Div(className="field", style={"minWidth": "280px"}, children=[
+                    html.Label("Model", htmlFor="new-model"),
+                    dcc.Dropdown(id="new-model", options=[{"label": m, "value": m} for m in models],
+                                 value=DEFAULT_MODEL, clearable=False),
+                ]),
+                html.Div(className="field", style={"flex": "1"}, children=[
+                    html.Label("…or a HuggingFace hub id / local folder under the model roots", htmlFor="new-model-custom"),
+                    dcc.Input(id="new-model-custom", type="text", placeholder="e.g. gpt2 or /models/my-bert",
+                              debounce=True, style={"width": "100%"}),
+                ]),
+            ]),
+            html.Label("Prompts, one per line", htmlFor="new-prompts", style={"marginTop": "0.8rem", "display": "block"}),
+            dcc.Textarea(id="new-prompts", className="prompts", value=EXAMPLES),
+            dcc.Upload(id="new-upload", className="upload", multiple=True,
+                       children=html.Div(["Drop or ", html.A("choose files"), " (.txt, .csv, .jsonl, .png, .jpg)"])),
+            html.Div(id="new-upload-status"),
+            dcc.Store(id="new-images", data=[]),
+            html.Div(className="row", style={"marginTop": "0.8rem"}, children=[
+                dcc.Checklist(id="new-analyses", options=ANALYSIS_OPTIONS, value=["attention", "metrics"],
+                              inline=True, inputStyle={"marginRight": "4px", "marginLeft": "12px"}),
+            ]),
+            html.P(limits_text(), className="limits", id="new-limits"),
+            html.Button("Analyse", id="new-submit", className="btn", n_clicks=0),
+            dcc.Loading(html.Div(id="new-message"), type="dot"),
+            dcc.Location(id="new-redirect", refresh="callback-nav"),
+        ]),
+    ])
+
+
+@callback(
+    Output("new-prompts", "value"), Output("new-images", "data"), Output("new-upload-status", "children"),
+    Input("new-upload", "contents"), State("new-upload", "filename"), State("new-prompts", "value"),
+    State("new-images", "data"), prevent_initial_call=True,
+)
+def on_upload(contents, filenames, current, images):
+    """Text files fill the prompt box; images are stored (by digest) for an image model."""
+    if not contents:
+        return no_update, no_update, no_update
+    s = state.settings()
+    prompts: list[str] = []
+    images = list(images or [])
+    notes = []
+    try:
+        for content, name in zip(contents, filenames):
+            data = base64.b64decode(content.split(",", 1)[1])
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                check_image(name, data, s)
+                digest = hashlib.sha256(data).hexdigest()
+                state.cache().put_blob(digest, data)
+                images.append({"name": name, "digest": digest})
+                notes.append(f"{name}: image stored")
+            else:
+                got = parse_upload(name, data, s)
+                prompts.extend(got)
+                notes.append(f"{name}: {len(got)} prompt(s)")
+    except UploadError as exc:
+        return no_update, no_update, alert(str(exc))
+    except state.REDIS_ERRORS:
+        return no_update, no_update, alert(state.REDIS_DOWN)
+    text = "\n".join(prompts) if prompts else current
+    return text, images, alert("; ".join(notes), "info")
+
+
+@callback(
+    Output("new-message", "children"), Output("new-redirect", "href"),
+    Input("new-submit", "n_clicks"),
+    State("new-model", "value"), State("new-model-custom", "value"), State("new-prompts", "value"),
+    State("new-images", "data"), State("new-analyses", "value"), prevent_initial_call=True,
+)
+def on_submit(_n, model, custom, text, images, analyses):
+    model = (custom or "").strip() or model or DEFAULT_MODEL
+    s = state.settings()
+    try:
+        from backend.model_refs import resolve_model
+
+        kind = resolve_model(model, s).kind
+        if kind == "image":
+            inputs = [im["digest"] for im in images or []]
+            if not inputs:
+                raise SpecError("this is an image model: upload at least one PNG or JPEG image")
+        else:
+            inputs = (text or "").splitlines()
+        run_id, _ = jobs.submit(state.cache(), s, model, inputs, {"analyses": list(analyses or [])},
+                                kind=kind, client="browser")
+    except (SpecError, ModelError, jobs.RateLimited) as exc:
+        return alert(str(exc)), no_update
+    except state.REDIS_ERRORS:
+        return alert(state.REDIS_DOWN), no_update
+    return alert("Submitted; opening the run…", "info"), f"/runs/{run_id}"

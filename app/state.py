@@ -1,0 +1,102 @@
+"""Per-process access to settings and the Redis cache for pages and API handlers."""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import numpy as np
+import redis
+
+from backend import jobs, names
+from backend.cache import Cache
+from backend.redis_conn import RedisUnavailable, connect
+from backend.settings import Settings, get_settings
+
+_lock = threading.Lock()
+_cache: Cache | None = None
+_url: str | None = None
+
+REDIS_DOWN = (
+    "The cache (Redis) is not reachable right now. Nothing you submitted is lost; "
+    "this page retries on its own."
+)
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, RedisUnavailable)
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def cache() -> Cache:
+    """A cache bound to the current REDIS_URL (reconnects if it changed)."""
+    global _cache, _url
+    s = get_settings()
+    with _lock:
+        if _cache is None or _url != s.redis_url:
+            _cache = Cache(connect(s), s)
+            _url = s.redis_url
+        return _cache
+
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def run_status(run_id: str) -> dict[str, Any] | None:
+    """The reconciled manifest, or None for an unknown (or malformed) run id."""
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        return None
+    return jobs.status(cache(), settings(), run_id)
+
+
+class ViewError(ValueError):
+    """Bad view parameters (layer 999, unknown prompt...): a 4xx in the API, a message in pages."""
+
+
+class NotReady(RuntimeError):
+    """The run is not finished, or its arrays were evicted and are being recomputed."""
+
+
+def check_index(name: str, value: Any, upper: int) -> int:
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise ViewError(f"{name} must be an integer") from None
+    if not 0 <= v < upper:
+        raise ViewError(f"{name} must be between 0 and {upper - 1}")
+    return v
+
+
+def done_manifest(run_id: str) -> dict[str, Any]:
+    m = run_status(run_id)
+    if m is None:
+        raise LookupError(f"unknown run {run_id}")
+    if m["status"] != "done":
+        raise NotReady(f"run is {m['status']}")
+    return m
+
+
+def load_array(run_id: str, name: str) -> np.ndarray:
+    """One array of a finished run; an evicted array triggers a recompute and raises NotReady."""
+    arr = cache().get_array(run_id, name)
+    if arr is None:
+        if name not in (done_manifest(run_id).get("sizes") or {}):
+            raise ViewError(f"this run has no {name} (was that analysis selected?)")
+        jobs.recompute(cache(), settings(), run_id)
+        raise NotReady("cached results had expired; recomputing")
+    return arr
+
+
+def pattern(run_id: str, prompt: int, layer: int, head: int) -> tuple[list[str], np.ndarray]:
+    """Tokens and the ``[query, key]`` pattern of one head for one prompt (validated indices)."""
+    m = done_manifest(run_id)
+    info = m["info"]
+    p = check_index("prompt", prompt, len(info["tokens"]))
+    l = check_index("layer", layer, info["n_layers"])
+    h = check_index("head", head, info["n_heads"])
+    name = names.attn_pattern(p, l)
+    if name not in m["sizes"]:
+        raise ViewError(f"prompt {p} is longer than the pattern limit; its full pattern is not stored")
+    arr = load_array(run_id, name)
+    return info["tokens"][p], np.asarray(arr[h])

@@ -1,0 +1,282 @@
+"""Head importance and pruning curves (Michel, Levy, Neubig, NeurIPS 2019; REFERENCES.md section 2).
+
+A gate ``xi[l, h]`` (1 by default) multiplies each head's output before the output projection (the
+capture engine's gates). Importance ``I[l, h] = E_x |dL(x)/d xi[l, h]|``: the absolute value is taken
+*per example*, as the reference defines it (the paper's released code takes ``|.|`` of each *batch*
+gradient instead, which lets gradients of different examples cancel). The loss ``L(x)`` per model type
+is documented in :mod:`backend.engine.losses`.
+
+Per-example gradients in one backward pass: the gates handed to the engine have shape ``[B, L, H]``
+(one copy per batch row, all equal to the current mask). Rows of a batch never interact in the forward
+pass, and every per-example loss ``L(x_b)`` depends only on row ``b`` (the encoder's contrastive
+targets are fixed and detached), so ``d(sum_b L(x_b))/d gates[b] = dL(x_b)/d xi`` exactly: batching
+changes the cost, not the numbers. (A model whose rows interact, e.g. a mixture-of-experts with
+capacity limits, would break this; none of the supported families do.)
+
+Pruning (paper section 4): remove ``step_fraction`` of all heads per step, lowest importance first,
+recomputing importance over the remaining heads after each step (``recompute=True``); a layer may
+lose all its heads, as in the paper (the residual stream carries on). With ``normalise_layers`` the
+scores are divided by their l2 norm within each layer over the remaining heads (the paper's default).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from backend.engine.capture import CaptureSession
+from backend.engine.losses import loss_terms, metrics_from, model_inputs, prepare_targets
+
+Progress = Callable[[int, int], None] | None
+ShouldCancel = Callable[[], bool] | None
+ORDERS = ("importance", "random", "reverse")
+
+
+class Cancelled(RuntimeError):
+    """``should_cancel()`` returned True; no partial result."""
+
+
+def model_shape(model: nn.Module) -> tuple[int, int]:
+    """``(n_layers, n_heads)`` (query heads) from the config."""
+    cfg = model.config.get_text_config()
+    return int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
+
+
+def _gates(model: nn.Module, gates) -> torch.Tensor:
+    n_layers, n_heads = model_shape(model)
+    if gates is None:
+        return torch.ones(n_layers, n_heads)
+    g = torch.as_tensor(np.asarray(gates, dtype=np.float64) if not torch.is_tensor(gates) else gates)
+    if tuple(g.shape) != (n_layers, n_heads):
+        raise ValueError(f"gates must have shape {(n_layers, n_heads)}, got {tuple(g.shape)}")
+    return g.detach().to(torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32)
+
+
+def _batch_size(batch: dict) -> int:
+    return next(v.shape[0] for v in model_inputs(batch).values() if torch.is_tensor(v))
+
+
+class _EvalMode:
+    """Eval mode (no dropout) for the duration, restoring the caller's mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.was = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was)
+
+
+def _pass(model, batches, task, targets, gates, grad, should_cancel=None, progress=None):
+    """One pass over the data at ``gates [L, H]``: metrics, and with ``grad`` the summed per-example
+    ``|dL(x)/d xi|`` ``[L, H]`` and the number of examples that have a loss."""
+    n_layers, n_heads = gates.shape
+    imp = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    n_examples, loss_sum, count, correct = 0, 0.0, 0, 0
+    with _EvalMode(model):
+        for i, (batch, tgt) in enumerate(zip(batches, targets)):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("cancelled")
+            if grad:
+                g = gates.expand(_batch_size(batch), n_layers, n_heads).clone().requires_grad_(True)
+                with CaptureSession(model, gates=g) as session:  # g [B, L, H]
+                    terms = loss_terms(task, model, batch, tgt)
+                session.check_captured()
+                w = terms.weight
+                (grad_g,) = torch.autograd.grad((terms.per_example * w).sum(), g)  # [B, L, H]
+                imp += grad_g.detach().abs()[w].sum(0).to(torch.float64)
+                n_examples += int(w.sum())
+            else:
+                with torch.no_grad(), CaptureSession(model, gates=gates) as session:
+                    terms = loss_terms(task, model, batch, tgt)
+                session.check_captured()
+            loss_sum, count, correct = loss_sum + terms.loss_sum, count + terms.count, correct + terms.correct
+            if progress is not None:
+                progress(i + 1, len(batches))
+    return imp, n_examples, metrics_from(task, loss_sum, count, correct)
+
+
+def _normalise(imp: np.ndarray, alive: np.ndarray | None = None) -> np.ndarray:
+    """Divide each layer's scores by their l2 norm (over the ``alive`` heads only)."""
+    x = imp if alive is None else np.where(alive, imp, 0.0)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-20)
+
+
+def head_importance(
+    model: nn.Module,
+    batches: list[dict],
+    task: str,
+    normalise_layers: bool = False,
+    progress: Progress = None,
+    should_cancel: ShouldCancel = None,
+    *,
+    targets: list[dict] | None = None,
+    gates=None,
+) -> np.ndarray:
+    """``I [L, H]`` = mean over examples of ``|dL(x)/d xi[l, h]|`` at ``gates`` (default all 1).
+
+    ``targets`` from :func:`backend.engine.losses.prepare_targets` (computed with defaults when None);
+    ``progress(done_batches, n_batches)``; ``should_cancel()`` is polled between batches.
+    Cost: one forward + backward per batch, whatever the batch size (per-example gates).
+    """
+    if targets is None:
+        targets = prepare_targets(task, model, batches)
+    base = _gates(model, gates)
+    imp, n, _ = _pass(model, batches, task, targets, base, True, should_cancel, progress)
+    out = imp.numpy() / max(n, 1)
+    return _normalise(out) if normalise_layers else out
+
+
+def evaluate_with_gates(model: nn.Module, batches: list[dict], task: str, gates, *, targets=None) -> dict:
+    """``loss``, ``perplexity`` (LMs, else None), ``accuracy``, ``count`` at ``gates [L, H]``."""
+    if targets is None:
+        targets = prepare_targets(task, model, batches)
+    _, _, metrics = _pass(model, batches, task, targets, _gates(model, gates), False)
+    return metrics
+
+
+def _order(scores: np.ndarray, alive: np.ndarray, descending: bool) -> np.ndarray:
+    """Flat indices of alive heads, lowest score first (highest with ``descending``), ties by index."""
+    flat = np.flatnonzero(alive.ravel())
+    s = scores.ravel()[flat]
+    return flat[np.argsort(-s if descending else s, kind="stable")]
+
+
+def pruning_curve(
+    model: nn.Module,
+    batches: list[dict],
+    task: str,
+    order: str = "importance",
+    step_fraction: float = 0.1,
+    seeds=(0, 1, 2),
+    recompute: bool = True,
+    progress: Progress = None,
+    *,
+    should_cancel: ShouldCancel = None,
+    targets: list[dict] | None = None,
+    normalise_layers: bool = True,
+) -> dict:
+    """Metric against the fraction of heads removed, from 0 to 1 in steps of ``step_fraction``.
+
+    ``order``: ``"importance"`` (least important first), ``"reverse"`` (most important first) or
+    ``"random"`` (one random order per seed; ``loss``/``perplexity``/``accuracy`` are the means over
+    seeds, ``*_std`` the population standard deviations, ``per_seed`` the raw curves). Returns lists
+    ``fractions``, ``n_removed``, ``loss``, ``perplexity`` (None for non-LMs), ``accuracy`` and
+    ``removed`` (``[layer, head]`` in removal order; one list per seed for random).
+    ``progress(done_steps, n_steps)``.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}")
+    if not 0 < step_fraction <= 1:
+        raise ValueError("step_fraction must be in (0, 1]")
+    if targets is None:
+        targets = prepare_targets(task, model, batches)
+    n_layers, n_heads = model_shape(model)
+    total = n_layers * n_heads
+    step = max(1, int(round(step_fraction * total)))
+    counts = list(range(0, total, step)) + [total]  # heads removed at each point
+    base = _gates(model, None)
+    out = {
+        "task": task, "order": order, "recompute": recompute, "step_fraction": step_fraction,
+        "n_layers": n_layers, "n_heads": n_heads, "n_removed": counts,
+        "fractions": [c / total for c in counts], "label_source": targets[0].get("label_source"),
+    }
+    if order == "random":
+        return {**out, **_random_curves(model, batches, task, targets, base, counts, seeds, progress,
+                                        should_cancel)}
+    curve: dict[str, list] = {"loss": [], "perplexity": [], "accuracy": []}
+    alive = np.ones((n_layers, n_heads), dtype=bool)
+    removed: list[list[int]] = []
+    scores = None
+    for k, c in enumerate(counts):
+        need = c < total and (recompute or scores is None)
+        gates = base * torch.as_tensor(alive, dtype=base.dtype)
+        imp, n, metrics = _pass(model, batches, task, targets, gates, need, should_cancel)
+        for key in curve:
+            curve[key].append(metrics[key])
+        if progress is not None:
+            progress(k + 1, len(counts))
+        if c == total:
+            break
+        if need:
+            scores = imp.numpy() / max(n, 1)
+            scores = _normalise(scores, alive) if normalise_layers else scores
+        for flat in _order(scores, alive, order == "reverse")[: counts[k + 1] - c]:
+            layer, head = divmod(int(flat), n_heads)
+            alive[layer, head] = False
+            removed.append([layer, head])
+    if task not in ("causal_lm", "masked_lm"):
+        curve["perplexity"] = None
+    return {**out, **curve, "removed": removed}
+
+
+def _random_curves(model, batches, task, targets, base, counts, seeds, progress, should_cancel) -> dict:
+    n_layers, n_heads = base.shape
+    per_seed: dict[str, list] = {"loss": [], "perplexity": [], "accuracy": []}
+    removed = []
+    n_steps, done = len(seeds) * len(counts), 0
+    for seed in seeds:
+        perm = torch.randperm(n_layers * n_heads, generator=torch.Generator().manual_seed(int(seed)))
+        removed.append([list(divmod(int(f), n_heads)) for f in perm])
+        rows: dict[str, list] = {key: [] for key in per_seed}
+        for c in counts:
+            gates = base.flatten().clone()
+            gates[perm[:c]] = 0
+            _, _, metrics = _pass(model, batches, task, targets, gates.view(n_layers, n_heads), False,
+                                  should_cancel)
+            for key in rows:
+                rows[key].append(metrics[key])
+            done += 1
+            if progress is not None:
+                progress(done, n_steps)
+        for key in rows:
+            per_seed[key].append(rows[key])
+    out: dict = {"seeds": list(seeds), "removed": removed, "per_seed": per_seed}
+    for key, rows in per_seed.items():
+        if task not in ("causal_lm", "masked_lm") and key == "perplexity":
+            out[key] = out[f"{key}_std"] = None
+            continue
+        arr = np.asarray(rows, dtype=np.float64)  # [S, K]
+        out[key], out[f"{key}_std"] = arr.mean(0).tolist(), arr.std(0).tolist()
+    return out
+
+
+def top_predictions(
+    model: nn.Module, batch: dict, task: str, gates=None, k: int = 5, position: int = -1, *,
+    mask_token_id: int | None = None,
+) -> list[tuple[int, float]]:
+    """Top-``k`` ``(token_id or class_id, probability)`` for one prompt at ``gates``.
+
+    Causal LM: next token after real position ``position`` (-1: the last real token; negative values
+    count from the last real token). Masked LM: at ``position``, or with -1 at the first mask token
+    (``mask_token_id``, default ``config.mask_token_id``). Classifier: the classes. Encoders have no
+    output distribution (ValueError).
+    """
+    if _batch_size(batch) != 1:
+        raise ValueError("top_predictions takes a batch with one prompt")
+    if task == "encoder":
+        raise ValueError("a sentence encoder has no output distribution to rank")
+    with _EvalMode(model), torch.no_grad(), CaptureSession(model, gates=_gates(model, gates)):
+        logits = model(**model_inputs(batch)).logits[0]  # [T, V] or [C]
+    if task != "classifier":
+        ids = batch["input_ids"][0]
+        n = int(batch["attention_mask"][0].sum()) if batch.get("attention_mask") is not None else len(ids)
+        if task == "masked_lm" and position == -1:
+            mask_id = mask_token_id if mask_token_id is not None else getattr(model.config, "mask_token_id", None)
+            hits = (ids[:n] == mask_id).nonzero().flatten() if mask_id is not None else []
+            if len(hits) == 0:
+                raise ValueError("no mask token in the prompt: pass position= or put a mask token in it")
+            pos = int(hits[0])
+        else:
+            pos = position if position >= 0 else n + position
+        if not 0 <= pos < n:
+            raise ValueError(f"position {position} is outside the prompt's {n} real tokens")
+        logits = logits[pos]
+    probs = torch.softmax(logits.to(torch.float64), dim=-1)
+    top = torch.topk(probs, min(k, probs.shape[-1]))
+    return [(int(i), float(p)) for i, p in zip(top.indices, top.values)]

@@ -1,0 +1,93 @@
+"""Pure functions from arrays to Plotly figures (no Redis, no Dash): pages only wire them."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+FONT = dict(family="Inter, system-ui, sans-serif", size=12)
+
+
+def _base(fig: go.Figure, title: str, height: int) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT,
+        margin=dict(l=60, r=20, t=40, b=40), template="plotly_white",
+    )
+    return fig
+
+
+def _labels(tokens: Sequence[str]) -> list[str]:
+    """Unique axis labels (Plotly merges equal category labels): ``3:the``."""
+    return [f"{i}:{t}" for i, t in enumerate(tokens)]
+
+
+def pattern_heatmap(tokens: Sequence[str], pattern: np.ndarray, title: str = "", query: int | None = None) -> go.Figure:
+    """``pattern [query_pos, key_pos]`` as a heatmap, queries down, keys across; hover shows both tokens."""
+    labels = _labels(tokens)
+    fig = go.Figure(
+        go.Heatmap(
+            z=pattern.astype(np.float32), x=labels, y=labels, colorscale="Blues", zmin=0, zmax=float(max(pattern.max(), 1e-9)),
+            hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.4f}<extra></extra>",
+            colorbar=dict(title="attn"),
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title="query")
+    fig.update_xaxes(title="key", tickangle=-60)
+    if query is not None:
+        fig.add_shape(type="rect", xref="paper", x0=0, x1=1, yref="y", y0=query - 0.5, y1=query + 0.5,
+                      line=dict(color="#d62728", width=2))
+    n = len(tokens)
+    return _base(fig, title, height=max(320, min(900, 18 * n + 120)))
+
+
+def attention_row(tokens: Sequence[str], weights: np.ndarray, query: int, title: str = "") -> go.Figure:
+    """Where token ``query`` attends: one bar per key position."""
+    labels = _labels(tokens)
+    fig = go.Figure(
+        go.Bar(x=labels, y=weights.astype(np.float32), marker_color="#1f77b4",
+               hovertemplate="key %{x}<br>attention %{y:.4f}<extra></extra>")
+    )
+    fig.update_yaxes(title="attention", rangemode="tozero")
+    fig.update_xaxes(tickangle=-60)
+    return _base(fig, title or f"attention from {labels[query]}", height=300)
+
+
+def attention_lines(tokens: Sequence[str], pattern: np.ndarray, query: int | None = None,
+                    title: str = "", min_weight: float = 0.02) -> go.Figure:
+    """bertviz-style lines: queries on the left, keys on the right, line opacity = attention."""
+    n = len(tokens)
+    xs, ys, fig = [], [], go.Figure()
+    rows = [query] if query is not None else list(range(n))
+    for q in rows:
+        for k in range(n):
+            w = float(pattern[q, k])
+            if w < min_weight:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[0, 1], y=[q, k], mode="lines", line=dict(color=f"rgba(31,119,180,{min(1.0, 0.15 + w)})", width=1 + 6 * w),
+                hoverinfo="text", text=f"{tokens[q]} → {tokens[k]}: {w:.3f}", showlegend=False,
+            ))
+    for side, x in (("query", -0.02), ("key", 1.02)):
+        fig.add_trace(go.Scatter(
+            x=[x] * n, y=list(range(n)), mode="text", text=list(tokens),
+            textposition="middle left" if side == "query" else "middle right", showlegend=False,
+            hovertemplate=f"{side} %{{text}}<extra></extra>",
+        ))
+        xs.append(x)
+    fig.update_xaxes(visible=False, range=[-0.6, 1.6])
+    fig.update_yaxes(visible=False, autorange="reversed")
+    return _base(fig, title, height=max(300, 22 * n + 80))
+
+
+def layer_head_heatmap(values: np.ndarray, title: str, colorbar: str, hover_name: str = "value") -> go.Figure:
+    """A ``[layer, head]`` grid of one metric; click a cell to open that head."""
+    layers, heads = values.shape
+    fig = go.Figure(go.Heatmap(
+        z=values.astype(np.float32), x=[f"H{h}" for h in range(heads)], y=[f"L{l}" for l in range(layers)],
+        colorscale="Viridis", colorbar=dict(title=colorbar),
+        hovertemplate=f"layer %{{y}} head %{{x}}<br>{hover_name} %{{z:.4f}}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed")
+    return _base(fig, title, height=max(280, 34 * layers + 100))
