@@ -114,3 +114,24 @@ def get_attention(run_id: str):
 
 def register(server: Flask) -> None:
     server.register_blueprint(api)
+
+
+@api.get("/runs/<run_id>/metrics")
+def get_metrics(run_id: str):
+    values, info = state.metrics(run_id)
+    return jsonify({"n_layers": info["n_layers"], "n_heads": info["n_heads"], "metrics": values})
+
+
+@api.get("/runs/<run_id>/received")
+def get_received(run_id: str):
+    for name in ("prompt", "layer"):
+        if name not in request.args:
+            return _error(f"missing query parameter {name}", 400)
+    tokens, rec = state.received(run_id, request.args["prompt"], request.args["layer"])
+    return jsonify({"tokens": tokens, "received": rec.round(6).tolist()})
+
+
+@api.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+def not_found(rest: str):
+    """Any other /api path is a JSON 404 (never the HTML app)."""
+    return _error(f"no such API endpoint: /api/{rest}", 404)

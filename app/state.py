@@ -100,3 +100,26 @@ def pattern(run_id: str, prompt: int, layer: int, head: int) -> tuple[list[str],
         raise ViewError(f"prompt {p} is longer than the pattern limit; its full pattern is not stored")
     arr = load_array(run_id, name)
     return info["tokens"][p], np.asarray(arr[h])
+
+
+def metrics(run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every ``metrics.*`` array of a finished run, as plain lists/numbers, plus the run info."""
+    m = done_manifest(run_id)
+    out: dict[str, Any] = {}
+    for name in sorted(m.get("sizes") or {}):
+        if name.startswith("metrics."):
+            arr = load_array(run_id, name)
+            out[name.split(".", 1)[1]] = float(arr) if arr.ndim == 0 else np.round(arr.astype(np.float64), 6).tolist()
+    return out, m["info"]
+
+
+def received(run_id: str, prompt: Any, layer: Any) -> tuple[list[str], np.ndarray]:
+    """Tokens and ``[head, key_pos]`` attention received per position (Gu et al. alpha)."""
+    m = done_manifest(run_id)
+    info = m["info"]
+    p = check_index("prompt", prompt, len(info["tokens"]))
+    l = check_index("layer", layer, info["n_layers"])
+    name = names.attn_received(p, l)
+    if name not in (m.get("sizes") or {}):
+        raise ViewError("this run has no sink metrics; submit it with the 'metrics' analysis")
+    return info["tokens"][p], load_array(run_id, name)

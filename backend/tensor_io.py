@@ -18,7 +18,8 @@ MAGIC = b"AAT1"
 
 def encode(array: np.ndarray, compress: bool = False) -> bytes:
     """Serialise one array. ``compress`` uses zlib (level 1: fast, worth it for sparse patterns)."""
-    arr = np.ascontiguousarray(array)
+    arr = np.asarray(array)
+    arr = arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
     if arr.dtype.name not in _ALLOWED_DTYPES:
         raise TypeError(f"dtype {arr.dtype} cannot be stored")
     payload = arr.tobytes()

@@ -21,6 +21,13 @@ MARKER="$VENV/.atlas-installed"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
+# pip, quiet; errors still show. The one warning dropped is the machine-wide pip config pointing at local index
+# folders that lack a package ("Location 'file:///...' is ignored: it is neither a file nor a directory").
+pip_install() {
+    "$PY" -m pip install --quiet --disable-pip-version-check "$@" \
+        2> >(grep -v --line-buffered 'is ignored: it is neither a file nor a directory' >&2 || true)
+}
+
 if [[ ! -x "$PY" ]]; then
     say "creating $VENV"
     python3 -m venv "$VENV"
@@ -39,7 +46,7 @@ EOF
 )"
 if [[ "$installed_torch" != "$TORCH_VERSION" ]]; then
     say "installing torch==$TORCH_VERSION${installed_torch:+ (found $installed_torch)}"
-    "$PY" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+    pip_install "torch==$TORCH_VERSION"
 fi
 
 # --- the package, editable, with test extras ---------------------------------------------------------------------
@@ -55,7 +62,7 @@ have="$(cat "$MARKER" 2>/dev/null || true)"
 if [[ "$want" != "$have" || ! -x "$VENV/bin/attention-atlas" || "${ATLAS_SETUP_FORCE:-0}" == "1" ]]; then
     say "installing attention-atlas (editable, with [test] extras)"
     rm -f "$MARKER"
-    "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+    pip_install -e ".[test]"
     # The package pins torch==2.13.0, so pip must have left the CPU wheel alone; check anyway.
     "$PY" - <<EOF
 import importlib.metadata as m, sys

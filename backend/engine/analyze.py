@@ -136,8 +136,14 @@ def patch_tokens(loaded: LoadedModel) -> list[str]:
 
 
 def make_reducers(loaded: LoadedModel, options: dict[str, Any], emit: Emit, settings: Settings) -> list:
-    """The reducers a run's analyses ask for (the contract: each may have ``results()``)."""
+    """The reducers a run's analyses ask for; each may have ``results() -> {name: array}``."""
     reducers: list = [PatternStore(emit, settings.max_pattern_tokens)]
+    analyses = options.get("analyses", [])
+    if "metrics" in analyses:
+        from backend.engine.metric_reducers import MassiveActivationReducer, SinkMetricsReducer
+
+        reducers.append(SinkMetricsReducer(loaded.n_layers, loaded.n_heads, loaded.causal))
+        reducers.append(MassiveActivationReducer(loaded.n_layers))
     for factory in EXTRA_REDUCERS:
         r = factory(loaded, options)
         if r is not None:
@@ -146,10 +152,11 @@ def make_reducers(loaded: LoadedModel, options: dict[str, Any], emit: Emit, sett
 
 
 EXTRA_REDUCERS: list[Callable[[LoadedModel, dict], Any]] = []
-"""Factories registered by analysis modules (metrics, embeddings); each returns a reducer or None."""
+"""Factories of further reducers (each returns a reducer or None): the embedding stage adds one."""
 
-POST_STAGES: list[Callable[..., None]] = []
-"""Stages after the capture pass: ``stage(loaded, inputs, options, reducers, emit, progress, should_cancel)``."""
+POST_STAGES: list[Any] = []
+"""Stages after the capture pass, each with ``wanted(options)`` and
+``stage(loaded, inputs, options, reducers, emit, progress, should_cancel, info)``."""
 
 
 def _capture_pass(

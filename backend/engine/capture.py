@@ -190,7 +190,7 @@ def atlas_attention(
             r.begin_layer(view)
         if session.gates is not None:
             # gates [L, H] (shared by all rows) or [B, L, H] (one per batch row: per-example gradients)
-            gate = session.gates[..., layer, :].to(query.dtype).reshape(-1, hq, 1, 1)  # [1|B, Hq, 1, 1]
+            gate = session.gates[..., layer, :].to(device=query.device, dtype=query.dtype).reshape(-1, hq, 1, 1)  # [1|B, Hq, 1, 1]
 
     outs = []
     weights_full = None
@@ -200,7 +200,8 @@ def atlas_attention(
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         if attention_mask is not None:
-            mask = attention_mask[:, :, q0:q1, :s]
+            # [B, 1, T, S] (or [B, 1, 1, S], broadcast over queries)
+            mask = attention_mask[:, :, q0:q1, :s] if attention_mask.shape[2] > 1 else attention_mask[..., :s]
             if mask.dtype == torch.bool:
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             else:

@@ -83,11 +83,15 @@ class SinkMetricsReducer(BaseReducer):
         n = torch.tensor(lengths, device=dev)[:, None]  # [B, 1]
         q = torch.arange(q0, q0 + tq, device=dev)  # [tq] query positions
         k = torch.arange(s, device=dev)  # [S] key positions
-        real = (q[None, :, None] < n[:, :, None]) & (k[None, None, :] < n[:, :, None])  # [B, tq, S]
-        p = pattern.float() * real[:, None]  # [B, H, tq, S]; padded rows and keys -> 0
+        p = pattern.float()  # [B, H, tq, S]; at most two chunk-sized temporaries live at once
+        if min(lengths) < s:  # padded rows and keys -> 0
+            real = (q[None, :, None] < n[:, :, None]) & (k[None, None, :] < n[:, :, None])  # [B, tq, S]
+            p = p * real[:, None]
         acc = self._acc
-        seen = p * (k[None, :] <= q[:, None]) if self.causal else p  # causal alpha: only t >= k
-        acc["received"] += seen.sum(dim=2, dtype=torch.float64)
+        if self.causal:  # alpha counts only the queries t >= k (the causal mask already zeroes the rest)
+            acc["received"] += (p * (k[None, :] <= q[:, None])).sum(dim=2, dtype=torch.float64)
+        else:
+            acc["received"] += p.sum(dim=2, dtype=torch.float64)
         ent = -torch.xlogy(p, p).sum(dim=-1)  # [B, H, tq]; xlogy(0, 0) = 0
         acc["entropy"] += ent.sum(dim=-1, dtype=torch.float64)
         dist = (q[:, None] - k[None, :]).abs().to(p.dtype)  # [tq, S]

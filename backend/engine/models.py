@@ -67,10 +67,11 @@ def _model_class(ref: ModelRef, trust_remote_code: bool) -> type:
 
 
 def _is_causal(model: nn.Module) -> bool:
-    cfg = model.config
-    return bool(getattr(cfg, "is_decoder", False)) or type(model).__name__.endswith(
-        ("ForCausalLM", "LMHeadModel")
-    )
+    """True when the attention modules are causal (decoders), from the modules themselves."""
+    flags = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    if flags:
+        return any(flags)
+    return bool(getattr(model.config, "is_decoder", False))
 
 
 def load_model(ref: ModelRef, settings: Settings, dtype: str = "float32") -> LoadedModel:

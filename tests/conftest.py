@@ -1,0 +1,168 @@
+"""Shared fixtures: a real Redis (db 13 under a unique key prefix), a real worker process, the real
+app served over HTTP, and headless Chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TEST_REDIS = "redis://127.0.0.1:6379/13"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis: ATLAS_TEST_REDIS_URL (default local db 13), else a private redis-server."""
+    url = os.environ.get("ATLAS_TEST_REDIS_URL", DEFAULT_TEST_REDIS)
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        yield url
+        return
+    except redis.ConnectionError:
+        pass
+    from backend.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(workdir=Path("/tmp/atlas-test-redis"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def atlas_env(redis_url: str):
+    """Process environment for this test session: unique key prefix and queue, offline hub."""
+    tag = f"atlas-test-{uuid.uuid4().hex[:8]}"
+    env = {
+        "REDIS_URL": redis_url, "ATLAS_KEY_PREFIX": tag, "ATLAS_QUEUE": tag, "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false", "ATLAS_RATE_LIMIT": "1000", "ATLAS_MAX_ACTIVE_JOBS": "100",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    r = redis.Redis.from_url(redis_url)
+    run_ids = [x.decode() for x in r.zrange(f"{tag}:runs", 0, -1)]
+    doomed = list(r.scan_iter(f"{tag}:*", count=1000)) + list(r.scan_iter(f"rq:*{tag}*", count=1000))
+    for rid in run_ids:
+        doomed += list(r.scan_iter(f"rq:*{rid}*", count=100))
+    for i in range(0, len(doomed), 500):
+        r.delete(*doomed[i : i + 500])
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture()
+def cache(atlas_env):
+    from backend.cache import Cache
+    from backend.redis_conn import connect
+    from backend.settings import get_settings
+
+    s = get_settings()
+    return Cache(connect(s), s)
+
+
+def start_worker(env: dict[str, str], preload: bool = True) -> subprocess.Popen:
+    """Start ``python -m workers.main`` and wait until it listens on the queue."""
+    full = {**os.environ, **env, "ATLAS_PRELOAD": "1" if preload else "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "workers.main"], cwd=ROOT, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    r = redis.Redis.from_url(env["REDIS_URL"])
+    deadline = time.time() + 120
+    from rq import Worker
+
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited early:\n{proc.stdout.read()}")
+        if any(w.name.endswith(f"-{proc.pid}") for w in Worker.all(connection=r)):
+            return proc
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("worker did not start within 120 s")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def worker(atlas_env):
+    proc = start_worker(atlas_env)
+    yield proc
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def live_app(atlas_env):
+    """The real app served by ``attention-atlas serve --no-worker`` on a free port; yields its URL."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "serve", "--no-worker", "--port", str(port)],
+        cwd=ROOT, env={**os.environ, **atlas_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited early:\n{proc.stdout.read()}")
+        try:
+            urllib.request.urlopen(url + "/api/runs", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield url
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian chromium (scripts/test.sh does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def wait_done(base_url: str, run_id: str, timeout: float = 240) -> dict:
+    """Poll the API until the run finishes; returns the final status body and the statuses seen."""
+    import json
+    import urllib.request
+
+    seen = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"{base_url}/api/runs/{run_id}", timeout=10) as resp:
+            body = json.loads(resp.read())
+        seen.append((body["status"], body["progress"]))
+        if body["status"] in ("done", "failed"):
+            body["_seen"] = seen
+            return body
+        time.sleep(0.1)
+    raise TimeoutError(f"run {run_id} did not finish; last {seen[-3:]}")

