@@ -11,7 +11,7 @@ from backend import ENGINE_VERSION
 from backend.settings import Settings
 
 DTYPES = ("float32", "bfloat16", "float16")
-ANALYSES = ("attention", "metrics", "embedding", "importance")
+ANALYSES = ("attention", "metrics", "embedding", "importance", "roles", "streaming")
 DEFAULT_OPTIONS: dict[str, Any] = {
     "dtype": "float32",
     "analyses": ["attention", "metrics"],

@@ -159,6 +159,19 @@ POST_STAGES: list[Any] = []
 ``stage(loaded, inputs, options, reducers, emit, progress, should_cancel, info)``."""
 
 
+STAGE_MODULES = (
+    # modules that append their stage to POST_STAGES (and reducer factories to EXTRA_REDUCERS) on import
+)
+
+
+def load_stages() -> None:
+    """Import the stage modules once (they register themselves)."""
+    import importlib
+
+    for mod in STAGE_MODULES:
+        importlib.import_module(mod)
+
+
 def _capture_pass(
     loaded: LoadedModel,
     inputs: Sequence[Any],
@@ -231,6 +244,7 @@ def analyze(
         model_class=type(loaded.model).__name__, device=str(loaded.device), dtype=loaded.dtype,
     )
     reducers = make_reducers(loaded, options, emit, settings)
+    load_stages()
     stages = [s for s in POST_STAGES if s.wanted(options)]  # type: ignore[attr-defined]
     n_parts = 1 + len(stages)
 
