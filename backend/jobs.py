@@ -8,6 +8,7 @@ the same analysis twice reuses the first run.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ from backend.spec import RunSpec, SpecError, build_spec, run_id_for
 
 TASK = "workers.tasks.run_analysis"
 FAILURE_TTL_S = 3600
-HEARTBEAT_S = 5
+HEARTBEAT_S = float(os.environ.get("ATLAS_HEARTBEAT_S", "5"))
 """The worker refreshes a running run's ``heartbeat`` this often; silence for 6x this means it died."""
 
 

@@ -45,3 +45,16 @@ def embedding_meta(layer: int, head: int) -> str:
 def resid_absmax_dim(p: int, layer: int) -> str:
     """``[T]`` int64: the feature dimension where ``resid.absmax`` occurs, per token."""
     return f"prompt.{p}.blocks.{layer}.resid.absmax_dim"
+
+
+STREAMING_KINDS = ("nll_full", "nll_window", "nll_sink", "params", "reassigned")
+
+
+def streaming(kind: str) -> str:
+    """StreamingLLM experiment on the run's first prompt (``backend.engine.streaming``):
+    ``streaming.nll_full|nll_window|nll_sink`` ``[T-1]`` float32 per-token NLL (nats) of token ``t+1``,
+    ``streaming.params`` ``[window, sinks]`` int32, ``streaming.reassigned`` ``[]`` int32 (1: the sink
+    positions were re-assigned within the cache as in the paper, 0: original positions)."""
+    if kind not in STREAMING_KINDS:
+        raise ValueError(f"unknown streaming array {kind!r}")
+    return f"streaming.{kind}"

@@ -90,7 +90,10 @@ def _load_inputs(cache: Cache, spec: dict[str, Any]) -> list[Any]:
 def _failure_message(exc: BaseException) -> str:
     import torch
 
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text or (
+        "can't allocate memory" in text
+    ):
         return (
             "out of memory while running the model: try fewer or shorter prompts, "
             "dtype bfloat16, or a smaller model"

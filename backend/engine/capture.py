@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextvars
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -107,6 +107,9 @@ class CaptureSession:
     prompts: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     special: torch.Tensor | None = None  # [B, T] bool, set per batch by the runner
+    # optional ``score_mod(view, q0, scores [B, H, tq, S]) -> scores``: edits the raw logits of query rows
+    # q0.. before softcap and mask (StreamingLLM's re-assigned sink positions: backend.engine.streaming)
+    score_mod: Callable[[LayerView, int, torch.Tensor], torch.Tensor] | None = None
     calls: int = 0
     _token: contextvars.Token | None = None
     _layers: dict[int, int] = field(default_factory=dict)
@@ -197,6 +200,8 @@ def atlas_attention(
     for q0 in range(0, t, chunk):
         q1 = min(t, q0 + chunk)
         scores = torch.matmul(query[:, :, q0:q1], key_r.transpose(2, 3)) * scale  # [B, Hq, tq, S]
+        if session is not None and session.score_mod is not None:
+            scores = session.score_mod(view, q0, scores)
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         if attention_mask is not None:

@@ -46,13 +46,15 @@ def model_shape(model: nn.Module) -> tuple[int, int]:
 
 
 def _gates(model: nn.Module, gates) -> torch.Tensor:
+    """``gates [L, H]`` (tensor, array, nested lists or None for all ones) as a float tensor."""
     n_layers, n_heads = model_shape(model)
     if gates is None:
-        return torch.ones(n_layers, n_heads)
-    g = torch.as_tensor(np.asarray(gates, dtype=np.float64) if not torch.is_tensor(gates) else gates)
+        gates = torch.ones(n_layers, n_heads)
+    g = gates.detach() if torch.is_tensor(gates) else torch.as_tensor(np.asarray(gates, dtype=np.float64))
     if tuple(g.shape) != (n_layers, n_heads):
         raise ValueError(f"gates must have shape {(n_layers, n_heads)}, got {tuple(g.shape)}")
-    return g.detach().to(torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32)
+    wide = next(model.parameters()).dtype == torch.float64  # float64 models keep float64 gates
+    return g.to(torch.float64 if wide else torch.float32)
 
 
 def _batch_size(batch: dict) -> int:

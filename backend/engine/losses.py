@@ -248,13 +248,14 @@ class LossTerms:
 
 
 def _token_terms(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> LossTerms:
-    # logits [B, T, V], labels [B, T], valid [B, T] bool
-    logits = _wide(logits)
-    nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")  # [B, T]
-    nll = nll * valid
+    # logits [B, T, V], labels [B, T], valid [B, T] bool; only the valid positions are scored
+    picked = _wide(logits[valid])  # [n, V]
+    gold = labels[valid]  # [n]
+    nll = F.cross_entropy(picked, gold, reduction="none")  # [n]
+    rows = valid.nonzero()[:, 0]  # [n] batch row of each scored token
     n = valid.sum(1)  # [B]
-    per_example = nll.sum(1) / n.clamp(min=1)
-    correct = ((logits.argmax(-1) == labels) & valid).sum()
+    per_example = torch.zeros(valid.shape[0], dtype=nll.dtype).index_add(0, rows, nll) / n.clamp(min=1)
+    correct = (picked.argmax(-1) == gold).sum()
     return LossTerms(per_example, n > 0, nll.sum(), int(n.sum()), int(correct))
 
 

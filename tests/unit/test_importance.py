@@ -1,0 +1,343 @@
+"""Head importance, pruning and the per-task losses against direct computations on tiny models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
+)
+
+from backend.engine.capture import ATTN_IMPLEMENTATION, CaptureSession
+from backend.engine.importance import (
+    Cancelled,
+    evaluate_with_gates,
+    head_importance,
+    model_shape,
+    pruning_curve,
+    top_predictions,
+)
+from backend.engine.losses import loss_fn, loss_terms, model_task, prepare_targets
+from tests.unit.tiny_models import ALL_ARCHS, COMMON, build, sample_inputs
+
+MASK_ID = 4  # the tiny vocabulary has no tokenizer: token 4 plays [MASK]
+HEAD_DIM = 32 // 4
+PROJECTION = {  # the output projection of layer l (its input is the heads' concatenated outputs)
+    "bert": "bert.encoder.layer.{}.attention.output.dense",
+    "encoder": "encoder.layer.{}.attention.output.dense",
+    "gpt2": "transformer.h.{}.attn.c_proj",
+    "llama": "model.layers.{}.self_attn.o_proj",
+    "vit": "vit.layers.{}.attention.o_proj",
+}
+
+
+def _build(arch: str, attn: str, dtype: torch.dtype = torch.float32):
+    """Tiny models from tiny_models, plus ``encoder``: a headless BertModel (the MiniLM case)."""
+    if arch != "encoder":
+        return build(arch, attn, dtype)
+    torch.manual_seed(0)
+    cfg = BertConfig(**COMMON, max_position_embeddings=64)
+    cfg._attn_implementation = attn
+    return BertModel(cfg).to(dtype).eval()
+
+
+def _inputs(arch: str, dtype: torch.dtype = torch.float32) -> dict:
+    b = sample_inputs("bert" if arch == "encoder" else arch)
+    if "pixel_values" in b:
+        b["pixel_values"] = b["pixel_values"].to(dtype)
+    return b
+
+
+def _pair(arch: str, dtype: torch.dtype = torch.float32):
+    """(ours, eager) with the same weights."""
+    eager = _build(arch, "eager", dtype)
+    ours = _build(arch, ATTN_IMPLEMENTATION, dtype)
+    ours.load_state_dict(eager.state_dict())
+    return ours, eager
+
+
+def _targets(model, batches):
+    return prepare_targets(model_task(model), model, batches, mask_token_id=MASK_ID)
+
+
+def _silence(module: torch.nn.Module, head: int) -> None:
+    """Zero the weights that read ``head``'s slice of the projection input (Linear or GPT-2 Conv1D)."""
+    sl = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
+    with torch.no_grad():
+        if isinstance(module, torch.nn.Linear):
+            module.weight[:, sl] = 0
+        else:
+            module.weight[sl, :] = 0
+
+
+# ------------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit", "encoder"])
+def test_gate_gradients_match_central_differences(arch: str) -> None:
+    """Per-example gate gradients ([B, L, H] gates) equal central differences (float64), and
+    head_importance is the mean of their absolute values."""
+    model = _build(arch, ATTN_IMPLEMENTATION, torch.float64)
+    task, batch = model_task(model), _inputs(arch, torch.float64)
+    tgt = _targets(model, [batch])
+    n_layers, n_heads = model_shape(model)
+
+    def f(g: torch.Tensor) -> torch.Tensor:
+        with CaptureSession(model, gates=g):
+            return loss_terms(task, model, batch, tgt[0]).per_example.sum()
+
+    g = torch.ones(2, n_layers, n_heads, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(f(g), g)
+    eps, fd = 1e-2, torch.zeros_like(grad)  # softmax runs in float32 inside the engine: eps 1e-2
+    with torch.no_grad():
+        for i in range(grad.numel()):
+            e = torch.zeros(grad.numel(), dtype=torch.float64)
+            e[i] = eps
+            e = e.view_as(grad)
+            fd.view(-1)[i] = (f(1 + e) - f(1 - e)) / (2 * eps)
+    assert fd.abs().max() > 0
+    assert ((grad - fd).norm() / fd.norm()).item() < 1e-3
+    imp = head_importance(model, [batch], task, targets=tgt)
+    expected = fd.abs().mean(0).numpy()
+    assert np.linalg.norm(imp - expected) / np.linalg.norm(expected) < 1e-3
+
+
+@pytest.mark.parametrize("arch", ["llama", "encoder"])
+def test_batching_does_not_change_importance(arch: str) -> None:
+    """One padded batch of two == two unpadded batches of one (per-example gradients are exact)."""
+    model = _build(arch, ATTN_IMPLEMENTATION, torch.float64)
+    task, batch = model_task(model), _inputs(arch)
+    singles = [{k: v[i : i + 1, : 9 if i == 0 else 6] for k, v in batch.items()} for i in range(2)]
+    together = head_importance(model, [batch], task, targets=_targets(model, [batch]))
+    apart = head_importance(model, singles, task, targets=_targets(model, singles))
+    np.testing.assert_allclose(apart, together, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit"])
+def test_silent_head_has_zero_importance(arch: str) -> None:
+    model = _build(arch, ATTN_IMPLEMENTATION)
+    _silence(model.get_submodule(PROJECTION[arch].format(0)), 1)
+    batch = _inputs(arch)
+    imp = head_importance(model, [batch], model_task(model), targets=_targets(model, [batch]))
+    assert imp[0, 1] == 0.0
+    assert (np.delete(imp.ravel(), 1) > 0).all()
+
+
+def test_layer_normalisation() -> None:
+    model = _build("gpt2", ATTN_IMPLEMENTATION)
+    batch = _inputs("gpt2")
+    raw = head_importance(model, [batch], "causal_lm")
+    norm = head_importance(model, [batch], "causal_lm", normalise_layers=True)
+    np.testing.assert_allclose(np.linalg.norm(norm, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(norm, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------- losses by hand
+
+
+def _hand_metrics(arch: str, eager, batch: dict, tgt: dict) -> tuple[float, float | None, float]:
+    """Loss, perplexity, accuracy computed directly from the eager model's outputs."""
+    with torch.no_grad():
+        if arch in ("gpt2", "llama"):
+            logits = eager(**batch).logits.double()
+            nll, hits, n = 0.0, 0, 0
+            for row in range(2):
+                length = int(batch["attention_mask"][row].sum())
+                pred, gold = logits[row, : length - 1], batch["input_ids"][row, 1:length]
+                nll += F.cross_entropy(pred, gold, reduction="sum").item()
+                hits += int((pred.argmax(-1) == gold).sum())
+                n += length - 1
+            return nll / n, math.exp(nll / n), hits / n
+        if arch == "bert":
+            logits = eager(input_ids=tgt["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+            where = tgt["labels"] != -100
+            pred, gold = logits[where], tgt["labels"][where]
+            nll = F.cross_entropy(pred, gold).item()
+            return nll, math.exp(nll), (pred.argmax(-1) == gold).double().mean().item()
+        if arch == "vit":
+            logits = eager(pixel_values=batch["pixel_values"]).logits.double()
+            nll = F.cross_entropy(logits, batch["labels"]).item()
+            return nll, None, (logits.argmax(-1) == batch["labels"]).double().mean().item()
+        hidden = eager(**batch).last_hidden_state.double()  # encoder
+        m = batch["attention_mask"].double().unsqueeze(-1)
+        z = F.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+        logits = z @ tgt["targets"].double().T / 0.05
+        nll = F.cross_entropy(logits, torch.arange(2)).item()
+        return nll, None, (logits.argmax(-1) == torch.arange(2)).double().mean().item()
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit", "encoder"])
+def test_gate_zero_equals_zeroing_projection_input(arch: str) -> None:
+    """evaluate_with_gates with gate (1, 2) at 0 == the eager model with that head's slice of the
+    output projection's input zeroed by a forward pre-hook, loss computed by hand."""
+    ours, eager = _pair(arch)
+    batch = _inputs(arch)
+    if arch == "vit":
+        batch["labels"] = torch.tensor([0, 2])
+    tgt = _targets(ours, [batch])
+    gates = torch.ones(model_shape(ours))
+    gates[1, 2] = 0.0
+    got = evaluate_with_gates(ours, [batch], model_task(ours), gates, targets=tgt)
+
+    def zero_head(module, args):
+        x = args[0].clone()
+        x[..., 2 * HEAD_DIM : 3 * HEAD_DIM] = 0
+        return (x, *args[1:])
+
+    handle = eager.get_submodule(PROJECTION[arch].format(1)).register_forward_pre_hook(zero_head)
+    try:
+        loss, ppl, acc = _hand_metrics(arch, eager, {k: v for k, v in batch.items()}, tgt[0])
+    finally:
+        handle.remove()
+    assert got["loss"] == pytest.approx(loss, rel=1e-5)
+    assert got["accuracy"] == pytest.approx(acc)
+    if ppl is None:
+        assert got["perplexity"] is None
+    else:
+        assert got["perplexity"] == pytest.approx(ppl, rel=1e-5)
+    # and loss_fn, the scalar used for gradients, agrees with the data-set loss on one batch
+    with torch.no_grad(), CaptureSession(ours, gates=gates):
+        assert loss_fn(model_task(ours), ours, batch, tgt[0]).item() == pytest.approx(loss, rel=1e-5)
+
+
+def test_classifier_falls_back_to_own_predictions() -> None:
+    model = _build("vit", ATTN_IMPLEMENTATION)
+    batch = _inputs("vit")
+    tgt = _targets(model, [batch])
+    assert tgt[0]["label_source"] == "model"
+    with torch.no_grad():
+        assert torch.equal(tgt[0]["labels"], model(**batch).logits.argmax(-1))
+    assert evaluate_with_gates(model, [batch], "classifier", None, targets=tgt)["accuracy"] == 1.0
+    assert _targets(model, [{**batch, "labels": torch.tensor([1, 1])}])[0]["label_source"] == "given"
+
+
+def test_masked_positions_are_seeded_and_skip_special_tokens() -> None:
+    model = _build("bert", ATTN_IMPLEMENTATION)
+    batch = _inputs("bert")
+    batch["input_ids"][:, 0] = 2  # a [CLS]-like token, declared special below
+    a = prepare_targets("masked_lm", model, [batch], mask_token_id=MASK_ID, special_token_ids=[0, 2])[0]
+    b = prepare_targets("masked_lm", model, [batch], mask_token_id=MASK_ID, special_token_ids=[0, 2])[0]
+    c = prepare_targets("masked_lm", model, [batch], mask_token_id=MASK_ID, special_token_ids=[0, 2],
+                        seed=1)[0]
+    assert torch.equal(a["labels"], b["labels"]) and not torch.equal(a["labels"], c["labels"])
+    picked = a["labels"] != -100
+    assert picked.sum(1).tolist() == [max(1, round(0.15 * 8)), max(1, round(0.15 * 5))]
+    assert not picked[:, 0].any() and not picked[1, 6:].any()  # never special, never padding
+    assert (a["input_ids"][picked] == MASK_ID).all() and torch.equal(a["input_ids"][~picked],
+                                                                     batch["input_ids"][~picked])
+    assert torch.equal(a["labels"][picked], batch["input_ids"][picked])
+    with pytest.raises(ValueError, match="mask token"):
+        prepare_targets("masked_lm", model, [batch])
+
+
+def test_encoder_needs_two_prompts() -> None:
+    model = _build("encoder", ATTN_IMPLEMENTATION)
+    one = {k: v[:1] for k, v in _inputs("encoder").items()}
+    with pytest.raises(ValueError, match="two prompts"):
+        prepare_targets("encoder", model, [one])
+
+
+# ----------------------------------------------------------------------------------- pruning
+
+
+@pytest.mark.parametrize("order", ["importance", "reverse", "random"])
+def test_pruning_curve_shapes(order: str) -> None:
+    model = _build("gpt2", ATTN_IMPLEMENTATION)
+    batches = [_inputs("gpt2")]
+    steps: list[tuple[int, int]] = []
+    curve = pruning_curve(model, batches, "causal_lm", order=order, step_fraction=0.25, seeds=(0, 1, 2),
+                          progress=lambda d, n: steps.append((d, n)))
+    assert curve["n_removed"] == [0, 2, 4, 6, 8]
+    fr = curve["fractions"]
+    assert fr[0] == 0.0 and fr[-1] == 1.0 and all(a < b for a, b in zip(fr, fr[1:]))
+    for key in ("loss", "perplexity", "accuracy"):
+        assert len(curve[key]) == len(fr)
+    full = evaluate_with_gates(model, batches, "causal_lm", None)
+    empty = evaluate_with_gates(model, batches, "causal_lm", torch.zeros(2, 4))
+    assert curve["loss"][0] == pytest.approx(full["loss"]) and curve["loss"][-1] == pytest.approx(empty["loss"])
+    assert steps[-1][0] == steps[-1][1] == len(steps)
+    if order == "random":
+        assert np.asarray(curve["per_seed"]["loss"]).shape == (3, 5)
+        assert curve["loss_std"][0] == 0.0 and len(curve["loss_std"]) == 5
+        orders = curve["removed"]
+    else:
+        orders = [curve["removed"]]
+    for removed in orders:
+        assert sorted(map(tuple, removed)) == [(l, h) for l in range(2) for h in range(4)]
+
+
+def test_importance_order_removes_least_important_first() -> None:
+    model = _build("llama", ATTN_IMPLEMENTATION)
+    batches = [_inputs("llama")]
+    imp = head_importance(model, batches, "causal_lm", normalise_layers=True)
+    curve = pruning_curve(model, batches, "causal_lm", step_fraction=0.25)
+    first = {tuple(x) for x in curve["removed"][:2]}
+    lowest = {divmod(int(i), 4) for i in np.argsort(imp.ravel(), kind="stable")[:2]}
+    assert first == lowest
+    reverse = pruning_curve(model, batches, "causal_lm", order="reverse", step_fraction=0.25, recompute=False)
+    assert {tuple(x) for x in reverse["removed"][:2]} == {divmod(int(i), 4) for i in np.argsort(-imp.ravel())[:2]}
+
+
+def test_cancel_stops_between_batches() -> None:
+    model = _build("gpt2", ATTN_IMPLEMENTATION)
+    with pytest.raises(Cancelled):
+        head_importance(model, [_inputs("gpt2")], "causal_lm", should_cancel=lambda: True)
+
+
+# ------------------------------------------------------------------------- tasks, top-k
+
+
+@pytest.mark.parametrize(
+    "model_cls, cfg, task",
+    [
+        (BertModel, BertConfig(**COMMON), "encoder"),
+        (BertForSequenceClassification, BertConfig(**COMMON, num_labels=3), "classifier"),
+        (ViTModel, ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                             intermediate_size=64, image_size=16, patch_size=4), "encoder"),
+        (ViTForImageClassification, ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                              intermediate_size=64, image_size=16, patch_size=4,
+                                              num_labels=3), "classifier"),
+    ],
+)
+def test_model_task_for_extra_classes(model_cls, cfg, task) -> None:
+    assert model_task(model_cls(cfg)) == task
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_model_task_for_tiny_models(arch: str) -> None:
+    expected = {"bert": "masked_lm", "roberta": "masked_lm", "vit": "classifier"}.get(arch, "causal_lm")
+    assert model_task(build(arch, ATTN_IMPLEMENTATION)) == expected
+
+
+def test_model_task_rejects_regression() -> None:
+    with pytest.raises(ValueError, match="single-label"):
+        model_task(BertForSequenceClassification(BertConfig(**COMMON, num_labels=1)))
+
+
+def test_top_predictions_match_eager_softmax() -> None:
+    ours, eager = _pair("gpt2")
+    row = {k: v[1:2] for k, v in _inputs("gpt2").items()}  # padded: real length 6
+    gates = torch.ones(2, 4)
+    top = top_predictions(ours, row, "causal_lm", gates, k=5)
+    with torch.no_grad():
+        probs = torch.softmax(eager(**row).logits[0, 5].double(), -1)
+    ref = torch.topk(probs, 5)
+    assert [t for t, _ in top] == ref.indices.tolist()
+    np.testing.assert_allclose([p for _, p in top], ref.values.numpy(), rtol=1e-5)
+    ours_b = _build("bert", ATTN_IMPLEMENTATION)
+    masked = {k: v[:1].clone() for k, v in _inputs("bert").items()}
+    masked["input_ids"][0, 3] = MASK_ID
+    at_mask = top_predictions(ours_b, masked, "masked_lm", None, k=3, mask_token_id=MASK_ID)
+    assert at_mask == top_predictions(ours_b, masked, "masked_lm", None, k=3, position=3)
+    classes = top_predictions(_build("vit", ATTN_IMPLEMENTATION), {k: v[:1] for k, v in _inputs("vit").items()},
+                              "classifier", None, k=5)
+    assert len(classes) == 3 and sum(p for _, p in classes) == pytest.approx(1.0)
