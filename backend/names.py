@@ -9,6 +9,7 @@ Derived over the run:
     metrics.{name}                        # [layer, head] float32, e.g. metrics.sink_first
     embedding.{l}.{h}.{method}            # [n_points, 2] float32 joint query/key map of one head
     embedding.{l}.{h}.meta                # [n_points, 3] int32 (kind 0=query 1=key, prompt, position)
+    roles.{name}                          # head atlas extras, e.g. roles.dominant [layer, head] int32
 """
 
 from __future__ import annotations
@@ -58,3 +59,9 @@ def streaming(kind: str) -> str:
     if kind not in STREAMING_KINDS:
         raise ValueError(f"unknown streaming array {kind!r}")
     return f"streaming.{kind}"
+
+
+def role_array(name: str) -> str:
+    """Head-atlas arrays besides ``metrics.*``: ``roles.dominant`` [L, H] int32 (codes in
+    ``backend.head_roles.ROLES``), ``roles.positional_profile`` [L, H, 2K+1], ``roles.retrieval_recall`` [trials]."""
+    return f"roles.{name}"

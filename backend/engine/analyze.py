@@ -161,6 +161,8 @@ POST_STAGES: list[Any] = []
 
 STAGE_MODULES = (
     # modules that append their stage to POST_STAGES (and reducer factories to EXTRA_REDUCERS) on import
+    "backend.engine.streaming",
+    "backend.engine.roles",
 )
 
 
@@ -243,8 +245,8 @@ def analyze(
         n_layers=loaded.n_layers, n_heads=loaded.n_heads, causal=loaded.causal, kind=loaded.kind,
         model_class=type(loaded.model).__name__, device=str(loaded.device), dtype=loaded.dtype,
     )
+    load_stages()  # before make_reducers: stage modules register reducer factories on import
     reducers = make_reducers(loaded, options, emit, settings)
-    load_stages()
     stages = [s for s in POST_STAGES if s.wanted(options)]  # type: ignore[attr-defined]
     n_parts = 1 + len(stages)
 

@@ -30,7 +30,7 @@ from torch import nn
 from backend.engine.capture import CaptureSession
 from backend.engine.losses import loss_terms, metrics_from, model_inputs, prepare_targets
 
-Progress = Callable[[int, int], None] | None
+Progress = Callable[[float, str], None] | None  # (fraction done in [0, 1], stage), as in analyze.py
 ShouldCancel = Callable[[], bool] | None
 ORDERS = ("importance", "random", "reverse")
 
@@ -54,7 +54,7 @@ def _gates(model: nn.Module, gates) -> torch.Tensor:
     if tuple(g.shape) != (n_layers, n_heads):
         raise ValueError(f"gates must have shape {(n_layers, n_heads)}, got {tuple(g.shape)}")
     wide = next(model.parameters()).dtype == torch.float64  # float64 models keep float64 gates
-    return g.to(torch.float64 if wide else torch.float32)
+    return g.to(next(model.parameters()).device, torch.float64 if wide else torch.float32)
 
 
 def _batch_size(batch: dict) -> int:
@@ -91,7 +91,7 @@ def _pass(model, batches, task, targets, gates, grad, should_cancel=None, progre
                 session.check_captured()
                 w = terms.weight
                 (grad_g,) = torch.autograd.grad((terms.per_example * w).sum(), g)  # [B, L, H]
-                imp += grad_g.detach().abs()[w].sum(0).to(torch.float64)
+                imp += grad_g.detach().abs()[w].sum(0).to("cpu", torch.float64)
                 n_examples += int(w.sum())
             else:
                 with torch.no_grad(), CaptureSession(model, gates=gates) as session:
@@ -99,7 +99,7 @@ def _pass(model, batches, task, targets, gates, grad, should_cancel=None, progre
                 session.check_captured()
             loss_sum, count, correct = loss_sum + terms.loss_sum, count + terms.count, correct + terms.correct
             if progress is not None:
-                progress(i + 1, len(batches))
+                progress((i + 1) / len(batches), f"head importance: batch {i + 1}/{len(batches)}")
     return imp, n_examples, metrics_from(task, loss_sum, count, correct)
 
 
@@ -123,7 +123,7 @@ def head_importance(
     """``I [L, H]`` = mean over examples of ``|dL(x)/d xi[l, h]|`` at ``gates`` (default all 1).
 
     ``targets`` from :func:`backend.engine.losses.prepare_targets` (computed with defaults when None);
-    ``progress(done_batches, n_batches)``; ``should_cancel()`` is polled between batches.
+    ``progress(fraction, stage)`` after each batch; ``should_cancel()`` is polled between batches.
     Cost: one forward + backward per batch, whatever the batch size (per-example gates).
     """
     if targets is None:
@@ -170,7 +170,7 @@ def pruning_curve(
     seeds, ``*_std`` the population standard deviations, ``per_seed`` the raw curves). Returns lists
     ``fractions``, ``n_removed``, ``loss``, ``perplexity`` (None for non-LMs), ``accuracy`` and
     ``removed`` (``[layer, head]`` in removal order; one list per seed for random).
-    ``progress(done_steps, n_steps)``.
+    ``progress(fraction, stage)`` after each step; ``should_cancel()`` is polled between batches.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}")
@@ -197,12 +197,12 @@ def pruning_curve(
     scores = None
     for k, c in enumerate(counts):
         need = c < total and (recompute or scores is None)
-        gates = base * torch.as_tensor(alive, dtype=base.dtype)
+        gates = base * torch.as_tensor(alive, dtype=base.dtype, device=base.device)
         imp, n, metrics = _pass(model, batches, task, targets, gates, need, should_cancel)
         for key in curve:
             curve[key].append(metrics[key])
         if progress is not None:
-            progress(k + 1, len(counts))
+            progress((k + 1) / len(counts), f"pruning ({order}): step {k + 1}/{len(counts)}")
         if c == total:
             break
         if need:
@@ -228,14 +228,14 @@ def _random_curves(model, batches, task, targets, base, counts, seeds, progress,
         rows: dict[str, list] = {key: [] for key in per_seed}
         for c in counts:
             gates = base.flatten().clone()
-            gates[perm[:c]] = 0
+            gates[perm[:c].to(gates.device)] = 0
             _, _, metrics = _pass(model, batches, task, targets, gates.view(n_layers, n_heads), False,
                                   should_cancel)
             for key in rows:
                 rows[key].append(metrics[key])
             done += 1
             if progress is not None:
-                progress(done, n_steps)
+                progress(done / n_steps, f"pruning (random, seed {seed}): step {done}/{n_steps}")
         for key in rows:
             per_seed[key].append(rows[key])
     out: dict = {"seeds": list(seeds), "removed": removed, "per_seed": per_seed}

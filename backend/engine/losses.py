@@ -180,7 +180,7 @@ def prepare_targets(
         raise ValueError("the encoder (contrastive) objective needs at least two prompts")
     out, start = [], 0
     for e in embs:
-        index = torch.arange(start, start + e.shape[0])
+        index = torch.arange(start, start + e.shape[0], device=e.device)
         out.append({"task": task, "targets": targets, "index": index, "temperature": temperature})
         start += e.shape[0]
     return out
@@ -204,10 +204,10 @@ def _mlm_targets(model, batches, seed, tokenizer, mask_token_id, special_ids, pr
     vocab = int(cfg.vocab_size)
     out, offset = [], 0
     for batch in batches:
-        ids = batch["input_ids"]  # [B, T]
-        eligible = _real_mask(batch) & ~torch.isin(ids, torch.tensor(special_ids))
+        ids = batch["input_ids"].cpu()  # [B, T]; picked on the CPU (seeded CPU generators)
+        eligible = _real_mask(batch).cpu() & ~torch.isin(ids, torch.tensor(special_ids))
         if batch.get("special_tokens_mask") is not None:
-            eligible &= ~batch["special_tokens_mask"].bool()
+            eligible &= ~batch["special_tokens_mask"].cpu().bool()
         masked, labels = ids.clone(), torch.full_like(ids, -100)
         for row in range(ids.shape[0]):
             g = torch.Generator().manual_seed(seed * 1_000_003 + offset + row)
@@ -224,7 +224,9 @@ def _mlm_targets(model, batches, seed, tokenizer, mask_token_id, special_ids, pr
             rand_tok = torch.randint(0, vocab, (k,), generator=g)
             new = torch.where(u < 0.8, torch.full_like(rand_tok, mask_token_id), rand_tok)
             masked[row, pick] = torch.where(u < 0.9, new, ids[row, pick])
-        out.append({"task": "masked_lm", "input_ids": masked, "labels": labels, "rule": rule})
+        device = batch["input_ids"].device
+        out.append({"task": "masked_lm", "input_ids": masked.to(device), "labels": labels.to(device),
+                    "rule": rule})
         offset += ids.shape[0]
     return out
 
@@ -254,7 +256,7 @@ def _token_terms(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
     nll = F.cross_entropy(picked, gold, reduction="none")  # [n]
     rows = valid.nonzero()[:, 0]  # [n] batch row of each scored token
     n = valid.sum(1)  # [B]
-    per_example = torch.zeros(valid.shape[0], dtype=nll.dtype).index_add(0, rows, nll) / n.clamp(min=1)
+    per_example = nll.new_zeros(valid.shape[0]).index_add(0, rows, nll) / n.clamp(min=1)
     correct = (picked.argmax(-1) == gold).sum()
     return LossTerms(per_example, n > 0, nll.sum(), int(n.sum()), int(correct))
 

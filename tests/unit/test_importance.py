@@ -253,7 +253,7 @@ def test_encoder_needs_two_prompts() -> None:
 def test_pruning_curve_shapes(order: str) -> None:
     model = _build("gpt2", ATTN_IMPLEMENTATION)
     batches = [_inputs("gpt2")]
-    steps: list[tuple[int, int]] = []
+    steps: list[tuple[float, str]] = []
     curve = pruning_curve(model, batches, "causal_lm", order=order, step_fraction=0.25, seeds=(0, 1, 2),
                           progress=lambda d, n: steps.append((d, n)))
     assert curve["n_removed"] == [0, 2, 4, 6, 8]
@@ -264,7 +264,9 @@ def test_pruning_curve_shapes(order: str) -> None:
     full = evaluate_with_gates(model, batches, "causal_lm", None)
     empty = evaluate_with_gates(model, batches, "causal_lm", torch.zeros(2, 4))
     assert curve["loss"][0] == pytest.approx(full["loss"]) and curve["loss"][-1] == pytest.approx(empty["loss"])
-    assert steps[-1][0] == steps[-1][1] == len(steps)
+    fracs = [f for f, _ in steps]
+    assert fracs[-1] == 1.0 and fracs == sorted(fracs) and len(fracs) == (15 if order == "random" else 5)
+    assert all(isinstance(stage, str) and "pruning" in stage for _, stage in steps)
     if order == "random":
         assert np.asarray(curve["per_seed"]["loss"]).shape == (3, 5)
         assert curve["loss_std"][0] == 0.0 and len(curve["loss_std"]) == 5

@@ -1,0 +1,318 @@
+"""The "roles" stage: per-head role scores for the head atlas (definitions: ``REFERENCES.md`` section 5 and
+:mod:`backend.head_roles`; the per-pattern numbers come from :mod:`backend.metrics`).
+
+After the run's capture pass (which gives ``metrics.previous_token``, ``metrics.sink_first`` and
+``metrics.entropy`` on the run's prompts; this module adds the sink-metrics reducer when the run did not
+ask for "metrics") the stage runs the model on synthetic inputs:
+
+1. **Repeated random tokens** (Olsson et al. 2022): ``N_SEQS`` sequences of ``L`` distinct token ids drawn
+   uniformly (seeded by the run's ``seed``) from the vocabulary minus the tokenizer's special ids and
+   ``[unusedN]`` placeholders, each repeated twice and framed by the tokenizer's own special tokens (BOS
+   for Llama-style LMs, ``[CLS] ... [SEP]`` for BERT, none for GPT-2). ``L = min(SEQ_LEN, (limit - frame) // 2)``.
+   On them: ``metrics.induction`` (:func:`backend.metrics.induction_score`), ``metrics.duplicate_token``
+   (:func:`backend.metrics.duplicate_token_score` over the whole sequence), and the positional profile
+   (:func:`backend.metrics.positional_profile`, offsets ``|d| <= 8``) -> ``metrics.positional_peak`` (the
+   offset with the most mean attention) and ``metrics.positional_mass`` (that attention); the full profile
+   is ``roles.positional_profile [L, H, 17]``. Each number is the mean over the sequences. The synthetic
+   inputs are used for the positional profile because they are long and of equal length: on short prompts
+   the largest offsets have a single query, which a first-token sink makes look like a positional head.
+2. **Retrieval** (Wu et al. 2024), causal LMs with an LM head only: ``len(DEPTHS)`` prompts of the tokenizer's
+   prefix + a haystack of random tokens with a needle of ``CUE_LEN + NEEDLE_LEN`` distinct random tokens
+   (none of them in the haystack) at 20/50/80 % depth + the needle's first ``CUE_LEN`` tokens as the cue;
+   then ``NEEDLE_LEN`` greedy steps with the KV cache, capturing each head's top-attended position for the
+   query that produces each token. The needle scored is the part after the cue. Per trial the score is
+   :func:`backend.head_roles.retrieval_hits`; ``metrics.retrieval`` is the mean over the trials whose
+   greedy output recalls more than half of the needle (ROUGE-1 on token ids, Wu et al.'s filter), 0 for
+   every head (with a notice) when no trial does. ``roles.retrieval_recall [trials]`` keeps each recall.
+   Simplifications against the paper: random-token haystack and needle instead of essays and a sentence,
+   a copy cue instead of a natural-language question (so the test does not depend on instruction
+   following or on the model's language), contexts of at most ``NIAH_MAX_TOKENS`` tokens instead of up to
+   50k, 3 depths x 1 length; every generated token is scored, including the first (the released code
+   skips the step computed from the prompt pass).
+3. ``roles.dominant [L, H]`` int32: :func:`backend.head_roles.dominant_roles` (code table ``ROLES``).
+
+All ``metrics.*`` arrays are float32 ``[L, H]``. Progress and cancellation are checked between sequences
+and generation steps.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from backend import head_roles, names
+from backend import metrics as ref
+from backend.engine import analyze
+from backend.engine.capture import BaseReducer, CaptureSession, LayerView
+from backend.engine.models import LoadedModel
+
+N_SEQS = 4
+SEQ_LEN = 32
+DEPTHS = (0.2, 0.5, 0.8)
+CUE_LEN = 4
+NEEDLE_LEN = 8
+NIAH_MAX_TOKENS = 160
+_UNUSED = re.compile(r"^[\[<]unused\d+[\]>]$")
+
+
+class PatternCollector(BaseReducer):
+    """Keeps every layer's full pattern of one unpadded batch: ``patterns[l] [B, H, T, T]`` float32."""
+
+    def __init__(self) -> None:
+        self.patterns: dict[int, np.ndarray] = {}
+
+    def begin_layer(self, view: LayerView) -> None:
+        b, h, t, _ = view.query.shape
+        self.patterns[view.layer] = np.zeros((b, h, t, view.key.shape[2]), dtype=np.float32)
+
+    def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
+        self.patterns[view.layer][:, :, q0 : q0 + pattern.shape[2]] = pattern.float().cpu().numpy()
+
+
+class TopKey(BaseReducer):
+    """Each head's most-attended key position for the *last* query row: ``top[l] [B, H]`` int64."""
+
+    def __init__(self) -> None:
+        self.top: dict[int, np.ndarray] = {}
+
+    def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
+        if q0 + pattern.shape[2] == view.query.shape[2]:  # the chunk holding the last query
+            self.top[view.layer] = pattern[:, :, -1, :].float().argmax(dim=-1).cpu().numpy()
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+
+def special_frame(tok: Any) -> tuple[list[int], list[int]]:
+    """The special ids the tokenizer puts before and after a text: ``([BOS], [])``, ``([CLS], [SEP])``..."""
+    for probe in ("x", "a", "the"):
+        full = list(tok(probe, add_special_tokens=True)["input_ids"])
+        bare = list(tok(probe, add_special_tokens=False)["input_ids"])
+        for i in range(len(full) - len(bare) + 1):
+            if bare and full[i : i + len(bare)] == bare:
+                return full[:i], full[i + len(bare) :]
+    return [], []
+
+
+def candidate_ids(tok: Any, vocab_size: int) -> np.ndarray:
+    """Token ids random sequences may use: the vocabulary minus special ids and ``[unusedN]`` placeholders."""
+    n = min(int(vocab_size), len(tok))
+    special = set(int(i) for i in tok.all_special_ids)
+    toks = tok.convert_ids_to_tokens(list(range(n)))
+    ok = [i for i, t in enumerate(toks) if i not in special and not (isinstance(t, str) and _UNUSED.match(t))]
+    return np.asarray(ok, dtype=np.int64)
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
+    """``n`` ids from ``pool``, distinct when the pool is large enough."""
+    return rng.choice(pool, size=n, replace=n > len(pool))
+
+
+def repeated_sequences(rng: np.random.Generator, pool: np.ndarray, n_seqs: int, length: int) -> np.ndarray:
+    """``[n_seqs, length]`` random ids (distinct within a sequence when possible), one row per sequence."""
+    return np.stack([_draw(rng, pool, length) for _ in range(n_seqs)])
+
+
+def token_limit(loaded: LoadedModel) -> int:
+    from backend.settings import get_settings
+
+    return analyze._token_limit(loaded, get_settings())
+
+
+# --- the passes -------------------------------------------------------------------------------------
+
+
+def _forward(loaded: LoadedModel, ids: torch.Tensor, reducers: list, **kwargs: Any):
+    session = CaptureSession(loaded.model, reducers=reducers, prompts=list(range(ids.shape[0])),
+                             lengths=[ids.shape[1]] * ids.shape[0])
+    with torch.no_grad(), session:
+        out = loaded.model(input_ids=ids.to(loaded.device), **kwargs)
+    session.check_captured()
+    return out
+
+
+def repeated_token_scores(loaded: LoadedModel, seqs: np.ndarray, prefix: Sequence[int], suffix: Sequence[int],
+                          should_cancel: Callable[[], bool] = lambda: False,
+                          progress: Callable[[float], None] = lambda f: None) -> dict[str, np.ndarray]:
+    """Induction, duplicate-token and positional scores on ``seqs [N, L]`` each repeated twice.
+
+    Returns ``induction``, ``duplicate_token``, ``positional_peak``, ``positional_mass`` (``[layers, heads]``
+    float32) and ``positional_profile`` (``[layers, heads, 2K+1]``), each the mean over the sequences.
+    """
+    n_layers, n_heads, K = loaded.n_layers, loaded.n_heads, head_roles.POSITIONAL_MAX_OFFSET
+    L = seqs.shape[1]
+    per_seq: dict[str, list[np.ndarray]] = {"induction": [], "duplicate_token": [], "profile": []}
+    for i, seq in enumerate(seqs):
+        if should_cancel():
+            raise analyze.Cancelled("cancelled by the user")
+        tokens = np.concatenate([prefix, seq, seq, suffix]).astype(np.int64)
+        collector = PatternCollector()
+        _forward(loaded, torch.as_tensor(tokens)[None], [collector],
+                 attention_mask=torch.ones(1, len(tokens), dtype=torch.long, device=loaded.device))
+        ind, dup, prof = (np.zeros((n_layers, n_heads)), np.zeros((n_layers, n_heads)),
+                          np.zeros((n_layers, n_heads, 2 * K + 1)))
+        for layer, pat in collector.patterns.items():
+            A = pat[0]  # [H, T, T]
+            ind[layer] = ref.induction_score(A, L, offset=len(prefix))
+            dup[layer] = ref.duplicate_token_score(A, tokens)
+            prof[layer] = ref.positional_profile(A, K)
+        per_seq["induction"].append(ind)
+        per_seq["duplicate_token"].append(dup)
+        per_seq["profile"].append(prof)
+        progress((i + 1) / len(seqs))
+    profile = ref.mean_over_prompts(per_seq["profile"])  # [L, H, 2K+1]
+    peak = profile.argmax(axis=-1)
+    return {
+        "induction": ref.mean_over_prompts(per_seq["induction"]).astype(np.float32),
+        "duplicate_token": ref.mean_over_prompts(per_seq["duplicate_token"]).astype(np.float32),
+        "positional_peak": (peak - K).astype(np.float32),
+        "positional_mass": np.take_along_axis(profile, peak[..., None], axis=-1)[..., 0].astype(np.float32),
+        "positional_profile": profile.astype(np.float32),
+    }
+
+
+def needle_prompt(rng: np.random.Generator, pool: np.ndarray, prefix: Sequence[int], context_len: int,
+                  depth: float) -> tuple[list[int], int, int, list[int]]:
+    """A synthetic needle-in-a-haystack prompt of ``context_len`` tokens.
+
+    Returns ``(prompt ids, needle start, needle end, needle ids)``: the needle (the part to be generated)
+    sits at ``start .. end - 1``, right after its ``CUE_LEN`` cue tokens; the prompt ends with the cue.
+    """
+    needle_all = _draw(rng, pool, CUE_LEN + NEEDLE_LEN)
+    rest = np.setdiff1d(pool, needle_all) if len(pool) > 2 * len(needle_all) else pool
+    n_hay = context_len - len(prefix) - len(needle_all) - CUE_LEN
+    if n_hay < 1:
+        raise ValueError(f"context of {context_len} tokens is too short for a needle")
+    hay = rng.choice(rest, size=n_hay, replace=True)
+    cut = int(round(depth * n_hay))
+    ids = list(prefix) + hay[:cut].tolist() + needle_all.tolist() + hay[cut:].tolist() + needle_all[:CUE_LEN].tolist()
+    start = len(prefix) + cut + CUE_LEN
+    return ids, start, start + NEEDLE_LEN, needle_all[CUE_LEN:].tolist()
+
+
+def greedy_with_top_keys(loaded: LoadedModel, prompt: Sequence[int], steps: int,
+                         should_cancel: Callable[[], bool] = lambda: False) -> tuple[list[int], np.ndarray]:
+    """Greedy generation with the KV cache; returns the generated ids and ``top [steps, layers, heads]``,
+    each head's top-attended position for the query whose logits gave each generated token."""
+    ids = torch.as_tensor(list(prompt), dtype=torch.long)[None]
+    generated: list[int] = []
+    tops: list[np.ndarray] = []
+    past = None
+    for _ in range(steps):
+        if should_cancel():
+            raise analyze.Cancelled("cancelled by the user")
+        top = TopKey()
+        out = _forward(loaded, ids, [top], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        nxt = int(out.logits[0, -1].float().argmax())
+        generated.append(nxt)
+        tops.append(np.stack([top.top[l][0] for l in range(loaded.n_layers)]))  # [layers, heads]
+        ids = torch.tensor([[nxt]], dtype=torch.long)
+    return generated, np.stack(tops)
+
+
+def retrieval_scores(loaded: LoadedModel, rng: np.random.Generator, pool: np.ndarray, prefix: Sequence[int],
+                     context_len: int, should_cancel: Callable[[], bool] = lambda: False,
+                     progress: Callable[[float], None] = lambda f: None) -> tuple[np.ndarray, np.ndarray]:
+    """``(retrieval [layers, heads] float32, recall [trials] float32)`` over the ``DEPTHS`` trials."""
+    credited, recalls = [], []
+    for i, depth in enumerate(DEPTHS):
+        prompt, start, end, needle = needle_prompt(rng, pool, prefix, context_len, depth)
+        generated, top = greedy_with_top_keys(loaded, prompt, NEEDLE_LEN, should_cancel)
+        recall = head_roles.copy_recall(generated, needle)
+        recalls.append(recall)
+        if recall > head_roles.RETRIEVAL_MIN_RECALL:
+            credited.append(head_roles.retrieval_hits(top, generated, prompt + generated, start, end))
+        progress((i + 1) / len(DEPTHS))
+    scores = np.mean(credited, axis=0) if credited else np.zeros((loaded.n_layers, loaded.n_heads))
+    return scores.astype(np.float32), np.asarray(recalls, dtype=np.float32)
+
+
+# --- the stage --------------------------------------------------------------------------------------
+
+
+def _vocab_size(loaded: LoadedModel) -> int:
+    cfg = loaded.model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return int(getattr(cfg, "vocab_size", 0) or len(loaded.preprocessor))
+
+
+def _run_metrics(reducers: list) -> dict[str, np.ndarray]:
+    from backend.engine.metric_reducers import SinkMetricsReducer
+
+    for r in reducers:
+        if isinstance(r, SinkMetricsReducer):
+            out = r.results()
+            return {k: out[names.metric(k)] for k in ("previous_token", "sink_first", "entropy")}
+    return {}
+
+
+def roles_stage(loaded: LoadedModel, inputs: Sequence[Any], options: dict[str, Any], reducers: list,
+                emit: Callable[[str, np.ndarray], None], progress: Callable[[float, str], None],
+                should_cancel: Callable[[], bool], info: Any) -> None:
+    """Emit the role scores, ``roles.*`` arrays and ``roles.dominant`` (see the module docstring)."""
+    if loaded.kind != "text":
+        info.notices.append("Head roles need a text model (random-token and needle inputs); skipped.")
+        return
+    tok = loaded.preprocessor
+    rng = np.random.default_rng([int(options.get("seed", 0)), 2022])
+    prefix, suffix = special_frame(tok)
+    pool = candidate_ids(tok, _vocab_size(loaded))
+    limit = token_limit(loaded)
+    seq_len = min(SEQ_LEN, (limit - len(prefix) - len(suffix)) // 2)
+    if seq_len < 2 or len(pool) < 2:
+        info.notices.append("Head roles: the model's context or vocabulary is too small; skipped.")
+        return
+    causal_lm = loaded.causal and hasattr(loaded.model, "get_output_embeddings") and (
+        loaded.model.get_output_embeddings() is not None)
+    share = 0.5 if causal_lm else 1.0
+    progress(0.0, "roles: repeated random tokens")
+    seqs = repeated_sequences(rng, pool, N_SEQS, seq_len)
+    scores = repeated_token_scores(
+        loaded, seqs, prefix, suffix, should_cancel,
+        lambda f: progress(share * f, "roles: repeated random tokens"),
+    )
+    emit(names.role_array("positional_profile"), scores.pop("positional_profile"))
+    if causal_lm:
+        context_len = min(limit - NEEDLE_LEN, NIAH_MAX_TOKENS)
+        retrieval, recall = retrieval_scores(
+            loaded, rng, pool, prefix, context_len, should_cancel,
+            lambda f: progress(share + (1 - share) * f, "roles: needle in a haystack"),
+        )
+        scores["retrieval"] = retrieval
+        emit(names.role_array("retrieval_recall"), recall)
+        if not (recall > head_roles.RETRIEVAL_MIN_RECALL).any():
+            info.notices.append(
+                f"Retrieval: the model did not reproduce the needle in any of {len(recall)} trials (best recall "
+                f"{float(recall.max()):.2f}), so no head could be credited; every retrieval score is 0."
+            )
+    elif loaded.causal:
+        info.notices.append("Retrieval scores need a causal LM with an LM head; this model has none.")
+    for key, arr in scores.items():
+        emit(names.metric(key), np.asarray(arr, dtype=np.float32))
+    all_scores = {**scores, **_run_metrics(reducers)}
+    emit(names.role_array("dominant"), head_roles.dominant_roles(all_scores))
+    progress(1.0, "roles: done")
+
+
+roles_stage.wanted = lambda options: "roles" in options.get("analyses", [])  # type: ignore[attr-defined]
+
+
+def _sink_metrics_for_roles(loaded: LoadedModel, options: dict[str, Any]):
+    """The roles need previous_token, sink_first and entropy on the run's prompts: add the sink-metrics
+    reducer when the run did not ask for "metrics" (which adds it already)."""
+    analyses = options.get("analyses", [])
+    if "roles" in analyses and "metrics" not in analyses and loaded.kind == "text":
+        from backend.engine.metric_reducers import SinkMetricsReducer
+
+        return SinkMetricsReducer(loaded.n_layers, loaded.n_heads, loaded.causal)
+    return None
+
+
+if roles_stage not in analyze.POST_STAGES:
+    analyze.POST_STAGES.append(roles_stage)
+if _sink_metrics_for_roles not in analyze.EXTRA_REDUCERS:
+    analyze.EXTRA_REDUCERS.append(_sink_metrics_for_roles)
