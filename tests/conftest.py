@@ -84,7 +84,7 @@ def start_worker(env: dict[str, str], preload: bool = True) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "workers.main"], cwd=ROOT, env=full,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     r = redis.Redis.from_url(env["REDIS_URL"])
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # loading torch + MiniLM; generous for a loaded machine
     from rq import Worker
 
     while time.time() < deadline:
@@ -94,7 +94,7 @@ def start_worker(env: dict[str, str], preload: bool = True) -> subprocess.Popen:
             return proc
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("worker did not start within 120 s")
+    raise RuntimeError("worker did not start within 300 s")
 
 
 def stop_process(proc: subprocess.Popen) -> None:
