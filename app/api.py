@@ -131,6 +131,19 @@ def get_received(run_id: str):
     return jsonify({"tokens": tokens, "received": rec.round(6).tolist()})
 
 
+@api.get("/runs/<run_id>/rollout")
+def get_rollout(run_id: str):
+    """Attention rollout of one image of a ViT run: ``?image=I&fusion=mean|max|min&discard=0.9``."""
+    from app import vit_data  # noqa: PLC0415
+
+    if "image" not in request.args:
+        return _error("missing query parameter image", 400)
+    grid, _, fusion, discard = vit_data.rollout(
+        run_id, request.args["image"], request.args.get("fusion", "mean"), request.args.get("discard", "0")
+    )
+    return jsonify({"grid": grid.round(8).tolist(), "fusion": fusion, "discard": discard})
+
+
 @api.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 def not_found(rest: str):
     """Any other /api path is a JSON 404 (never the HTML app)."""

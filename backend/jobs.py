@@ -80,6 +80,9 @@ def prepare(
     spec = build_spec(ref.ref, prompts, options, settings, kind=kind or ref.kind)
     if spec.kind != ref.kind:
         raise SpecError(f"model {ref.ref} takes {ref.kind} inputs, not {spec.kind}")
+    n_classes = len(ref.config.get("id2label") or {}) or int(ref.config.get("num_labels") or 0)
+    if "labels" in spec.options and n_classes and max(spec.options["labels"]) >= n_classes:
+        raise SpecError(f"labels must be class ids below {n_classes} (the number of classes of {ref.ref})")
     return spec, ref, run_id_for(spec, ref.fingerprint)
 
 

@@ -65,3 +65,28 @@ def role_array(name: str) -> str:
     """Head-atlas arrays besides ``metrics.*``: ``roles.dominant`` [L, H] int32 (codes in
     ``backend.head_roles.ROLES``), ``roles.positional_profile`` [L, H, 2K+1], ``roles.retrieval_recall`` [trials]."""
     return f"roles.{name}"
+
+
+def resid_norm(p: int, layer: int) -> str:
+    """``[T]`` float32: L2 norm of each token's hidden state after block ``layer`` (image runs; high-norm
+    tokens, Darcet et al. 2024)."""
+    return f"prompt.{p}.blocks.{layer}.resid.norm"
+
+
+IMPORTANCE_META = "importance.meta"
+"""``[n]`` uint8: UTF-8 JSON describing the importance stage (task, objective, label source, prompts used,
+baseline metrics, pruning settings); see ``backend.engine.importance_stage``."""
+PRUNING_ORDERS = ("importance", "random", "reverse")
+PRUNING_KEYS = ("fractions", "loss", "perplexity", "accuracy", "loss_std", "perplexity_std", "accuracy_std",
+                "removed")
+
+
+def pruning(order: str, key: str) -> str:
+    """Pruning curves (Michel et al. 2019; ``backend.engine.importance_stage``): ``pruning.{order}.fractions``
+    ``[K]`` float32 fraction of heads removed, ``.loss|.perplexity|.accuracy`` ``[K]`` float32 (perplexity for
+    LMs only; random order: the mean over seeds, with ``*_std``), ``.removed`` int32 ``[n, 2]`` (layer, head)
+    in removal order (random: ``[seeds, n, 2]``). Head importance itself is ``metrics.importance`` and
+    ``metrics.importance_normalised`` ``[layer, head]`` float32."""
+    if order not in PRUNING_ORDERS or key not in PRUNING_KEYS:
+        raise ValueError(f"unknown pruning array {order}.{key}")
+    return f"pruning.{order}.{key}"

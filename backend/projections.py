@@ -5,17 +5,25 @@ logit) -> :func:`normalise_qk` (translate keys onto the query centroid, equalise
 ``[n + m, d]`` -> :func:`project` / :func:`project_heads` -> ``[n + m, 2]`` float32.
 
 Speed (FEASIBILITY.md "Projections"; measured by ``benchmarks/bench_embeddings.py``): a default
-``umap.UMAP(metric="cosine")`` per head spends its time in NN-descent, the spectral initialisation and 200
-epochs of layout. :func:`project_heads` instead, per head: L2-normalises the rows (Euclidean distance on the unit
-sphere ranks neighbours exactly as the cosine distance does), reduces them with PCA to ``FAST_PCA_DIMS`` dims
-(used *only* for the neighbour search), finds the exact k nearest neighbours with blocked matrix products,
-builds UMAP's fuzzy graph from them (``precomputed_knn``: no NN-descent) and lays it out from a PCA start with
-``FAST_EPOCHS`` epochs. Heads are spread over worker processes when there is more than one core to use.
-numba compiles UMAP's kernels once per process: call :func:`warm_up` when a worker process starts.
+``umap.UMAP(metric="cosine")`` per head spends most of its time in the spectral initialisation and in 200 epochs
+of layout with 5 negative samples per edge. The fast path (:func:`project` with ``fast=True``, used by
+:func:`project_heads`) keeps UMAP's model (cosine 15-NN graph, same fuzzy graph, same curve ``a, b``, same SGD)
+and changes only its costs:
+
+- neighbours: NN-descent with UMAP's own settings (exact below 4,096 points, as UMAP does), on the data
+  projected to ``FAST_PCA_DIMS`` dims by an uncentred SVD when heads are wider (Llama-style 128 dims);
+- start from the PCA map instead of the spectral embedding (seconds per head saved, and on attention heads it
+  scored the same or better trustworthiness in our measurements);
+- ``FAST_EPOCHS`` epochs with ``FAST_NEGATIVE_RATE`` negative samples per edge instead of 200 x 5;
+- the SGD epoch is UMAP's own kernel compiled with ``nogil=True``, so heads run on threads at once (one per
+  core) while each head stays single-threaded and seeded: the map does not depend on the thread count.
+
+numba compiles these kernels once per process (10-80 s): call :func:`warm_up` when a worker process starts.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Callable, Sequence
@@ -24,9 +32,9 @@ import numpy as np
 
 METHODS = ("umap", "tsne", "pca")
 N_NEIGHBORS = 15  # UMAP's default
-FAST_EPOCHS = 150  # UMAP's default is 200 above 10k points, 500 below
-FAST_PCA_DIMS = 24  # dims kept for the neighbour search in the fast path (head dims are 32-128)
-_KNN_BLOCK = 2048  # query rows per block of the exact neighbour search: [block, n] float32 at a time
+FAST_EPOCHS = 120  # UMAP's default is 200 above 10k points, 500 below
+FAST_NEGATIVE_RATE = 3  # UMAP's default is 5
+FAST_PCA_DIMS = 32  # dims kept for the neighbour search in the fast path (head dims are 32-128)
 
 
 class Cancelled(RuntimeError):
@@ -124,5 +132,272 @@ def trustworthiness_score(X: np.ndarray, Y: np.ndarray, k: int = 10, metric: str
     return float(trustworthiness(np.asarray(X, np.float64), np.asarray(Y, np.float64), n_neighbors=k, metric=metric))
 
 
-def project_heads(points, method, seed, n_jobs=None, progress=None, should_cancel=None):  # placeholder
-    raise NotImplementedError
+# ----------------------------------------------------------------------------------------------------------
+# Projections
+
+
+def _as_points(points: np.ndarray) -> np.ndarray:
+    x = np.asarray(points, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"points must be [n, d], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("points contain NaN or infinite values")
+    return np.ascontiguousarray(x)
+
+
+def _tiny(x: np.ndarray) -> np.ndarray | None:
+    """Maps for sets too small for neighbour graphs: the PCA map (zeros below 2 points)."""
+    n = len(x)
+    if n >= 2 * N_NEIGHBORS:
+        return None
+    return _pca(x, 0)
+
+
+def _pca(x: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    n, d = x.shape
+    out = np.zeros((n, 2), dtype=np.float32)
+    r = min(2, n, d)
+    if n >= 2 and r > 0:
+        out[:, :r] = PCA(n_components=r, random_state=seed).fit_transform(x)
+    return out
+
+
+def _tsne(x: np.ndarray, seed: int, fast: bool) -> np.ndarray:
+    from sklearn.manifold import TSNE
+
+    n = len(x)
+    if n < 5:
+        return _pca(x, seed)
+    # sklearn's PCA start (scaled to std 1e-4) is the same for every seed; a seeded jitter of 1 % of its spread
+    # makes the seed mean something (another seed, another draw of the map) without losing the PCA start
+    init = _pca(x, seed).astype(np.float64)
+    init = init / max(float(np.std(init[:, 0])), 1e-12) * 1e-4
+    init += np.random.default_rng(seed).normal(scale=1e-6, size=init.shape)
+    tsne = TSNE(
+        n_components=2,
+        perplexity=min(50.0, (n - 1) / 3.0),
+        metric="cosine",
+        init=init,
+        random_state=seed,
+        max_iter=500 if fast else 1000,  # 250 of them with early exaggeration either way
+    )
+    return tsne.fit_transform(x).astype(np.float32)
+
+
+def _umap_default(x: np.ndarray, seed: int) -> np.ndarray:
+    import umap
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return umap.UMAP(metric="cosine", random_state=seed).fit_transform(x).astype(np.float32)
+
+
+def _search_space(x: np.ndarray) -> np.ndarray:
+    """Rows for the neighbour search: projected on the top ``FAST_PCA_DIMS`` right singular vectors of the
+    *uncentred* data when ``d`` is larger (best low-rank fit of all dot products, so cosines survive;
+    centring, as sklearn's PCA does, would change them)."""
+    if x.shape[1] <= FAST_PCA_DIMS:
+        return x
+    x64 = x.astype(np.float64)
+    _, vecs = np.linalg.eigh(x64.T @ x64)  # ascending eigenvalues
+    return np.ascontiguousarray(x64 @ vecs[:, ::-1][:, :FAST_PCA_DIMS], dtype=np.float32)
+
+
+def _knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine k nearest neighbours (self first): exact below 4,096 points, NN-descent above (as UMAP does)."""
+    n = len(x)
+    if n < 4096:
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        dist = np.maximum(1.0 - unit @ unit.T, 0.0)
+        np.fill_diagonal(dist, -1.0)  # self first, as NN-descent returns it
+        k = min(k, n)
+        idx = np.argpartition(dist, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (n, 1))
+        d = np.take_along_axis(dist, idx, axis=1)
+        order = np.lexsort((idx, d), axis=1)  # by distance, ties by index: deterministic
+        idx, d = np.take_along_axis(idx, order, axis=1), np.take_along_axis(d, order, axis=1)
+        return idx.astype(np.int32), np.maximum(d, 0.0).astype(np.float32)
+    from pynndescent import NNDescent
+
+    index = NNDescent(
+        x,
+        n_neighbors=k,
+        metric="cosine",
+        random_state=np.random.RandomState(seed),
+        n_trees=min(64, 5 + int(round(n**0.5 / 20.0))),  # UMAP's choices
+        n_iters=max(5, int(round(np.log2(n)))),
+        max_candidates=60,
+        low_memory=True,
+        n_jobs=1,
+        compressed=False,
+    )
+    idx, d = index.neighbor_graph
+    return idx, d
+
+
+_EPOCH = None  # UMAP's SGD epoch compiled with nogil=True, so threads can lay out several heads at once
+
+
+def _epoch_fn():
+    global _EPOCH
+    if _EPOCH is None:
+        import numba
+        from umap.layouts import _optimize_layout_euclidean_single_epoch
+
+        _EPOCH = numba.njit(_optimize_layout_euclidean_single_epoch, fastmath=True, parallel=False, nogil=True)
+    return _EPOCH
+
+
+def _layout(graph, init: np.ndarray, n_epochs: int, seed: int, negative_sample_rate: int) -> np.ndarray:
+    """UMAP's layout (``simplicial_set_embedding`` + ``optimize_layout_euclidean``, single-threaded and seeded,
+    no densMAP) with the per-epoch kernel compiled nogil."""
+    from umap.umap_ import make_epochs_per_sample
+
+    a, b = _ab()
+    graph = graph.tocoo()
+    graph.sum_duplicates()
+    lo, hi = init.min(0), init.max(0)
+    emb = (10.0 * (init - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32, order="C")
+    if graph.nnz == 0:
+        return emb
+    graph.data[graph.data < graph.data.max() / float(n_epochs)] = 0.0
+    graph.eliminate_zeros()
+    eps = make_epochs_per_sample(graph.data, n_epochs)
+    head, tail = graph.row, graph.col
+    rng = np.random.RandomState(seed)
+    rng_state = rng.randint(np.iinfo(np.int32).min + 1, np.iinfo(np.int32).max - 1, 3).astype(np.int64)
+    rng_per_sample = np.full((len(emb), 3), rng_state, dtype=np.int64) + emb[:, 0].astype(np.float64).view(
+        np.int64
+    ).reshape(-1, 1)
+    eps_neg = eps / negative_sample_rate
+    next_neg = eps_neg.copy()
+    next_sample = eps.copy()
+    dummy = np.zeros(1, dtype=np.float32)
+    epoch = _epoch_fn()
+    for n in range(n_epochs):
+        alpha = 1.0 * (1.0 - n / float(n_epochs))
+        epoch(
+            emb, emb, head, tail, len(emb), eps, a, b, rng_per_sample, 1.0, 2, True, alpha,
+            eps_neg, next_neg, next_sample, n, False, dummy, dummy, 0, 0, 0, 0, dummy, dummy, 0,
+        )
+    return emb
+
+
+@functools.lru_cache(maxsize=1)
+def _ab() -> tuple[float, float]:
+    """UMAP's curve parameters for its defaults ``spread=1.0, min_dist=0.1``."""
+    from umap.umap_ import find_ab_params
+
+    a, b = find_ab_params(1.0, 0.1)
+    return float(a), float(b)
+
+
+def _umap_fast(x: np.ndarray, seed: int) -> np.ndarray:
+    from umap.umap_ import fuzzy_simplicial_set, noisy_scale_coords
+
+    rng = np.random.RandomState(seed)
+    idx, dist = _knn(_search_space(x), N_NEIGHBORS, seed)
+    graph, _, _ = fuzzy_simplicial_set(
+        x, N_NEIGHBORS, rng, "cosine", knn_indices=idx, knn_dists=dist
+    )
+    init = noisy_scale_coords(_pca(x, seed), rng, max_coord=10, noise=0.0001)
+    return _layout(graph, init, FAST_EPOCHS, seed, FAST_NEGATIVE_RATE).astype(np.float32)
+
+
+def project(points: np.ndarray, method: str, seed: int = 0, fast: bool = True) -> np.ndarray:
+    """2-D map ``[n, 2]`` float32 of ``points [n, d]``, the same for the same seed.
+
+    ``umap``: cosine metric; ``fast`` uses the pipeline of the module docstring, else ``umap.UMAP(metric=
+    "cosine", random_state=seed)`` with defaults. ``tsne``: sklearn, perplexity ``min(50, (n - 1) / 3)``,
+    cosine, PCA start with a seeded 1 % jitter (``fast``: 500 iterations instead of 1,000). ``pca``: the first two principal components.
+    Sets too small for a neighbour graph (fewer than ``2 * N_NEIGHBORS`` points) get the PCA map.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown projection method {method!r}; expected one of {', '.join(METHODS)}")
+    x = _as_points(points)
+    if method == "pca":
+        return _pca(x, seed)
+    tiny = _tiny(x)
+    if tiny is not None:
+        return tiny
+    if method == "tsne":
+        return _tsne(x, seed, fast)
+    return _umap_fast(x, seed) if fast else _umap_default(x, seed)
+
+
+def project_heads(
+    points: Sequence[np.ndarray],
+    method: str,
+    seed: int = 0,
+    n_jobs: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> list[np.ndarray]:
+    """:func:`project` (``fast=True``) of every head's joint point set ``points[i] [n_i, d]`` -> ``[n_i, 2]``.
+
+    Heads run on ``n_jobs`` threads (default :func:`default_jobs`: one per core this process may use); UMAP's
+    heavy kernels release the GIL. Each head's map depends only on its points and ``seed``, not on the thread
+    count or order. ``progress(done)`` is called as heads finish (in order); ``should_cancel()`` is checked
+    before each head starts and raises :class:`Cancelled` (heads already running finish first).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if method not in METHODS:
+        raise ValueError(f"unknown projection method {method!r}; expected one of {', '.join(METHODS)}")
+    n = len(points)
+    jobs = max(1, min(n_jobs or default_jobs(), n or 1))
+    out: list[np.ndarray | None] = [None] * n
+    should_cancel = should_cancel or (lambda: False)
+
+    def one(i: int) -> np.ndarray:
+        if should_cancel():
+            raise Cancelled("projection cancelled")
+        return project(points[i], method, seed, fast=True)
+
+    if jobs == 1:
+        for i in range(n):
+            out[i] = one(i)
+            if progress is not None:
+                progress(i + 1)
+        return out  # type: ignore[return-value]
+    _epoch_fn()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(one, i) for i in range(n)]
+        try:
+            for i, fut in enumerate(futures):
+                out[i] = fut.result()
+                if progress is not None:
+                    progress(i + 1)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return out  # type: ignore[return-value]
+
+
+def default_jobs() -> int:
+    """Threads for :func:`project_heads`: the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def warm_up() -> float:
+    """Compile UMAP's numba kernels (NN-descent, fuzzy graph, layout) on tiny inputs; returns seconds spent.
+
+    Call once when a worker process starts: the first fit otherwise pays 10-80 s of compilation.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4200, 8)).astype(np.float32)  # >= 4,096 points: the NN-descent path
+    idx, dist = _knn(x, N_NEIGHBORS, 0)
+    _knn(x[:300], N_NEIGHBORS, 0)
+    from umap.umap_ import fuzzy_simplicial_set
+
+    graph, _, _ = fuzzy_simplicial_set(x, N_NEIGHBORS, np.random.RandomState(0), "cosine", knn_indices=idx, knn_dists=dist)
+    _layout(graph, _pca(x, 0), 2, 0, FAST_NEGATIVE_RATE)
+    return time.perf_counter() - t0

@@ -19,6 +19,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "max_points_per_head": 20_000,
     "seed": 0,
 }
+OPTIONAL_OPTIONS = ("labels",)
+"""Options that are absent unless given (so runs without them keep their run ids): ``labels``, one class id
+per input, the targets of a classifier's head-importance loss (``backend.engine.losses``)."""
 
 
 class SpecError(ValueError):
@@ -55,7 +58,7 @@ def run_id_for(spec: RunSpec, model_fingerprint: str) -> str:
 def normalise_options(raw: dict[str, Any] | None) -> dict[str, Any]:
     """Fill defaults and reject unknown or ill-typed options."""
     raw = dict(raw or {})
-    unknown = set(raw) - set(DEFAULT_OPTIONS)
+    unknown = set(raw) - set(DEFAULT_OPTIONS) - set(OPTIONAL_OPTIONS)
     if unknown:
         raise SpecError(f"unknown option(s): {', '.join(sorted(unknown))}")
     opts = {**DEFAULT_OPTIONS, **raw}
@@ -69,6 +72,14 @@ def normalise_options(raw: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(methods, list) or not all(m in ("umap", "tsne", "pca") for m in methods):
         raise SpecError("embedding_methods must be a list drawn from umap, tsne, pca")
     opts["embedding_methods"] = sorted(set(methods))
+    if opts.get("labels", ()) is None:
+        del opts["labels"]
+    elif "labels" in opts:
+        labels = opts["labels"]
+        if not isinstance(labels, list) or not labels or not all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in labels
+        ):
+            raise SpecError("labels must be a non-empty list of non-negative integer class ids, one per input")
     for name in ("max_points_per_head", "seed"):
         if not isinstance(opts[name], int) or isinstance(opts[name], bool) or opts[name] < 0:
             raise SpecError(f"{name} must be a non-negative integer")
@@ -105,4 +116,10 @@ def build_spec(model: Any, prompts: Any, options: Any, settings: Settings, kind:
     if kind not in ("text", "image"):
         raise SpecError("kind must be 'text' or 'image'")
     inputs = clean_prompts(prompts, settings)
-    return RunSpec(model=model.strip(), inputs=inputs, kind=kind, options=normalise_options(options))
+    opts = normalise_options(options)
+    if "labels" in opts and len(opts["labels"]) != len(inputs):
+        raise SpecError(
+            f"labels: {len(opts['labels'])} given for {len(inputs)} input(s) (after dropping empty lines); "
+            "give one class id per input"
+        )
+    return RunSpec(model=model.strip(), inputs=inputs, kind=kind, options=opts)

@@ -109,3 +109,29 @@ def check_image(name: str, data: bytes, settings: Settings) -> tuple[int, int]:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise UploadError(f"{name}: not a valid PNG or JPEG image") from None
     return w, h
+
+
+def parse_labels(name: str, data: bytes, settings: Settings) -> list[int] | None:
+    """Class ids from the ``label`` column of a ``.csv`` upload, one per prompt that
+    :func:`parse_upload` returns (rows with an empty prompt are skipped there and here), or None when
+    the file has no such column. They feed the run option ``labels`` (a classifier's head-importance
+    targets, ``backend.engine.losses``); labels must be non-negative integers."""
+    if not name.lower().endswith(".csv"):
+        return None
+    prompts = parse_upload(name, data, settings)  # same checks and errors as the prompts themselves
+    rows = [r for r in csv.reader(io.StringIO(_decode_text(name, data)), strict=True) if any(c.strip() for c in r)]
+    header = [c.strip().lower() for c in rows[0]]
+    col = next((c for c in ("prompt", "text", "sentence") if c in header), None)
+    if col is None or "label" not in header:
+        return None
+    i, j = header.index(col), header.index("label")
+    labels = []
+    for n, r in enumerate(rows[1:], start=2):
+        if not r[i].strip():
+            continue
+        raw = r[j].strip() if len(r) > j else ""
+        if not raw.isdigit():
+            raise UploadError(f"{name}: row {n} has label {raw!r}; labels must be non-negative integers (class ids)")
+        labels.append(int(raw))
+    assert len(labels) == len(prompts)
+    return labels

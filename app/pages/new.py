@@ -10,6 +10,7 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import state
 from app.components import alert
+from app.sample_picker import sample_picker
 from backend import jobs
 from backend.model_refs import DEFAULT_MODEL, ModelError, available_models
 from backend.spec import SpecError
@@ -23,6 +24,8 @@ ANALYSIS_OPTIONS = [
     {"label": "Sink & head metrics", "value": "metrics"},
     {"label": "Joint query-key maps (UMAP)", "value": "embedding"},
     {"label": "Head importance", "value": "importance"},
+    {"label": "Head roles (head atlas)", "value": "roles"},
+    {"label": "StreamingLLM experiment (causal LMs: first prompt, long text)", "value": "streaming"},
 ]
 
 
@@ -58,6 +61,7 @@ def layout(**_query: str) -> html.Div:
             dcc.Upload(id="new-upload", className="upload", multiple=True,
                        children=html.Div(["Drop or ", html.A("choose files"), " (.txt, .csv, .jsonl, .png, .jpg)"])),
             html.Div(id="new-upload-status"),
+            sample_picker(),
             dcc.Store(id="new-images", data=[]),
             html.Div(className="row", style={"marginTop": "0.8rem"}, children=[
                 dcc.Checklist(id="new-analyses", options=ANALYSIS_OPTIONS, value=["attention", "metrics"],

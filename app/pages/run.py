@@ -132,10 +132,9 @@ def setup_controls(info, view, run_id):
             clamp(view["layer"], info["n_layers"]), clamp(view["head"], info["n_heads"]), links)
 
 
-VIEW_LINKS: list[tuple[str, str]] = []
-"""(url segment, label) of further views of a run; pages register themselves here."""
-VIEW_NEEDS: dict[str, str] = {}
-"""url segment -> prefix of an array name the run must have for the link to show."""
+# (url segment, label) of further views of a run, and the array prefix each needs; pages register
+# themselves through app.view_links.register_view (a page importing this module would load it twice)
+from app.view_links import VIEW_LINKS, VIEW_NEEDS  # noqa: E402
 
 
 @callback(

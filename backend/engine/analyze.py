@@ -127,12 +127,19 @@ def _text_batch(loaded: LoadedModel, ids: list[list[int]]) -> tuple[dict, torch.
     return {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev)}, special.to(dev)
 
 
-def patch_tokens(loaded: LoadedModel) -> list[str]:
-    """Display names of a ViT's tokens: CLS, then patches row by row (and registers if any)."""
+def patch_tokens(loaded: LoadedModel, size: tuple[int, int] | None = None) -> list[str]:
+    """Display names of a ViT's tokens: CLS, registers if any (``[REG0]``...), then patches row by row.
+
+    ``size`` is the (height, width) of the preprocessed pixels (processors may crop away from
+    ``config.image_size``); without it the config's square ``image_size`` is assumed."""
     cfg = loaded.model.config
-    grid = cfg.image_size // cfg.patch_size
-    toks = ["[CLS]"] + [f"patch r{r} c{c}" for r in range(grid) for c in range(grid)]
-    return toks
+    patch = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
+    if size is None:
+        side = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
+        size = (side, side)
+    rows, cols = size[0] // patch, size[1] // patch
+    regs = [f"[REG{i}]" for i in range(int(getattr(cfg, "num_register_tokens", 0) or 0))]
+    return ["[CLS]"] + regs + [f"patch r{r} c{c}" for r in range(rows) for c in range(cols)]
 
 
 def make_reducers(loaded: LoadedModel, options: dict[str, Any], emit: Emit, settings: Settings) -> list:
@@ -163,6 +170,8 @@ STAGE_MODULES = (
     # modules that append their stage to POST_STAGES (and reducer factories to EXTRA_REDUCERS) on import
     "backend.engine.streaming",
     "backend.engine.roles",
+    "backend.engine.token_norms",
+    "backend.engine.importance_stage",
 )
 
 
@@ -204,6 +213,9 @@ def _capture_pass(
         rows = list(rows)
         if loaded.kind == "image":
             pix = loaded.preprocessor(images=[inputs[i] for i in rows], return_tensors="pt")["pixel_values"]
+            if n == 0:  # the patch grid of the processed size (processors may crop or resize)
+                toks = patch_tokens(loaded, tuple(pix.shape[-2:]))
+                info.tokens = [toks for _ in inputs]
             batch = {"pixel_values": pix.to(loaded.device, dtype=next(model.parameters()).dtype)}
             lengths = [len(info.tokens[0])] * len(rows)
             special = torch.zeros((len(rows), lengths[0]), dtype=torch.bool, device=loaded.device)

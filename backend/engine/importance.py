@@ -27,16 +27,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from backend.engine.analyze import Cancelled  # noqa: F401  (one class: the worker catches it; re-exported)
 from backend.engine.capture import CaptureSession
-from backend.engine.losses import loss_terms, metrics_from, model_inputs, prepare_targets
+from backend.engine.losses import (
+    metrics_from,
+    model_inputs,
+    model_output,
+    prepare_targets,
+    targets_from_output,
+    terms_from_output,
+)
 
 Progress = Callable[[float, str], None] | None  # (fraction done in [0, 1], stage), as in analyze.py
 ShouldCancel = Callable[[], bool] | None
 ORDERS = ("importance", "random", "reverse")
-
-
-class Cancelled(RuntimeError):
-    """``should_cancel()`` returned True; no partial result."""
 
 
 def model_shape(model: nn.Module) -> tuple[int, int]:
@@ -74,29 +78,44 @@ class _EvalMode:
         self.model.train(self.was)
 
 
+def _fused_targets(task: str, batch: dict, out: torch.Tensor) -> dict:
+    """Targets from this very pass's outputs (valid only at all-one gates, where they equal the
+    ungated outputs bit for bit): saves the separate ungated forward of ``prepare_targets``."""
+    if task == "classifier" and batch.get("labels") is not None:
+        return {"task": task, "labels": batch["labels"].long(), "label_source": "given"}
+    return targets_from_output(task, out if task == "classifier" else [out])[0]
+
+
+def _can_fuse(task: str, batches: list[dict], gates: torch.Tensor) -> bool:
+    """Classifiers: targets are per batch. Encoders: they span all batches, so one batch only."""
+    ones = bool((gates == 1).all())
+    return ones and (task == "classifier" or (task == "encoder" and len(batches) == 1))
+
+
 def _pass(model, batches, task, targets, gates, grad, should_cancel=None, progress=None):
     """One pass over the data at ``gates [L, H]``: metrics, and with ``grad`` the summed per-example
-    ``|dL(x)/d xi|`` ``[L, H]`` and the number of examples that have a loss."""
+    ``|dL(x)/d xi|`` ``[L, H]`` and the number of examples that have a loss. ``targets=None``: taken
+    from the pass's own outputs (see :func:`_can_fuse`)."""
     n_layers, n_heads = gates.shape
     imp = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     n_examples, loss_sum, count, correct = 0, 0.0, 0, 0
     with _EvalMode(model):
-        for i, (batch, tgt) in enumerate(zip(batches, targets)):
+        for i, batch in enumerate(batches):
+            tgt = None if targets is None else targets[i]
             if should_cancel is not None and should_cancel():
                 raise Cancelled("cancelled")
+            # per-example gates [B, L, H] for gradients, the shared [L, H] otherwise
+            g = gates.expand(_batch_size(batch), n_layers, n_heads).clone().requires_grad_() if grad else gates
+            with torch.set_grad_enabled(grad), CaptureSession(model, gates=g) as session:
+                out = model_output(task, model, batch, tgt)
+            session.check_captured()
+            tgt = _fused_targets(task, batch, out) if tgt is None else tgt
+            terms = terms_from_output(task, out, batch, tgt)
             if grad:
-                g = gates.expand(_batch_size(batch), n_layers, n_heads).clone().requires_grad_(True)
-                with CaptureSession(model, gates=g) as session:  # g [B, L, H]
-                    terms = loss_terms(task, model, batch, tgt)
-                session.check_captured()
-                w = terms.weight
+                w = terms.weight  # [B] examples that have a loss
                 (grad_g,) = torch.autograd.grad((terms.per_example * w).sum(), g)  # [B, L, H]
                 imp += grad_g.detach().abs()[w].sum(0).to("cpu", torch.float64)
                 n_examples += int(w.sum())
-            else:
-                with torch.no_grad(), CaptureSession(model, gates=gates) as session:
-                    terms = loss_terms(task, model, batch, tgt)
-                session.check_captured()
             loss_sum, count, correct = loss_sum + terms.loss_sum, count + terms.count, correct + terms.correct
             if progress is not None:
                 progress((i + 1) / len(batches), f"head importance: batch {i + 1}/{len(batches)}")
@@ -122,13 +141,15 @@ def head_importance(
 ) -> np.ndarray:
     """``I [L, H]`` = mean over examples of ``|dL(x)/d xi[l, h]|`` at ``gates`` (default all 1).
 
-    ``targets`` from :func:`backend.engine.losses.prepare_targets` (computed with defaults when None);
-    ``progress(fraction, stage)`` after each batch; ``should_cancel()`` is polled between batches.
-    Cost: one forward + backward per batch, whatever the batch size (per-example gates).
+    ``targets`` from :func:`backend.engine.losses.prepare_targets` (computed with defaults when None;
+    for classifiers, and encoders given one batch, at all-one gates they come from the gradient pass
+    itself, identical and one forward cheaper); ``progress(fraction, stage)`` after each batch;
+    ``should_cancel()`` is polled between batches. Cost: one forward + backward per batch, whatever
+    the batch size (per-example gates).
     """
-    if targets is None:
-        targets = prepare_targets(task, model, batches)
     base = _gates(model, gates)
+    if targets is None and not _can_fuse(task, batches, base):
+        targets = prepare_targets(task, model, batches)
     imp, n, _ = _pass(model, batches, task, targets, base, True, should_cancel, progress)
     out = imp.numpy() / max(n, 1)
     return _normalise(out) if normalise_layers else out
@@ -136,9 +157,10 @@ def head_importance(
 
 def evaluate_with_gates(model: nn.Module, batches: list[dict], task: str, gates, *, targets=None) -> dict:
     """``loss``, ``perplexity`` (LMs, else None), ``accuracy``, ``count`` at ``gates [L, H]``."""
-    if targets is None:
+    base = _gates(model, gates)
+    if targets is None and not _can_fuse(task, batches, base):
         targets = prepare_targets(task, model, batches)
-    _, _, metrics = _pass(model, batches, task, targets, _gates(model, gates), False)
+    _, _, metrics = _pass(model, batches, task, targets, base, False)
     return metrics
 
 

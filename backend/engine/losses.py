@@ -169,17 +169,23 @@ def prepare_targets(
                 out.append({"task": task, "labels": batch["labels"].long(), "label_source": "given"})
                 continue
             with torch.no_grad(), _ungated(model):
-                logits = model(**model_inputs(batch)).logits
-            out.append({"task": task, "labels": logits.argmax(-1), "label_source": "model"})
+                out.append(targets_from_output(task, model_output(task, model, batch, {}), temperature)[0])
         return out
-    # encoder
-    with torch.no_grad(), _ungated(model):
-        embs = [_pool(model, b) for b in batches]
-    targets = torch.cat(embs).detach()  # [N, D]
+    with torch.no_grad(), _ungated(model):  # encoder
+        embs = [model_output(task, model, b, {}) for b in batches]  # [B_i, D] each
+    return targets_from_output(task, embs, temperature)
+
+
+def targets_from_output(task: str, outputs, temperature: float = ENCODER_TEMPERATURE) -> list[dict]:
+    """Targets from *ungated* outputs of :func:`model_output`: classifier ``logits [B, C]`` -> its
+    argmax labels (one dict); encoder: a list of every batch's ``z [B_i, D]`` -> one dict per batch."""
+    if task == "classifier":
+        return [{"task": task, "labels": outputs.detach().argmax(-1), "label_source": "model"}]
+    targets = torch.cat([e.detach() for e in outputs])  # [N, D]
     if targets.shape[0] < 2:
         raise ValueError("the encoder (contrastive) objective needs at least two prompts")
     out, start = [], 0
-    for e in embs:
+    for e in outputs:
         index = torch.arange(start, start + e.shape[0], device=e.device)
         out.append({"task": task, "targets": targets, "index": index, "temperature": temperature})
         start += e.shape[0]
@@ -261,34 +267,40 @@ def _token_terms(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
     return LossTerms(per_example, n > 0, nll.sum(), int(n.sum()), int(correct))
 
 
+def model_output(task: str, model: nn.Module, batch: dict, targets: dict) -> torch.Tensor:
+    """Run the model (inside whatever gated session is active): logits ``[B, T, V]`` for LMs (on the
+    masked ids for MLM), ``[B, C]`` for classifiers, pooled normalised ``z [B, D]`` for encoders."""
+    if task == "encoder":
+        return _pool(model, batch)
+    if task == "masked_lm":
+        return model(**{**model_inputs(batch), "input_ids": targets["input_ids"]}).logits
+    if task in TASKS:
+        return model(**model_inputs(batch)).logits
+    raise ValueError(f"unknown task {task!r}")
+
+
+def terms_from_output(task: str, out: torch.Tensor, batch: dict, targets: dict) -> LossTerms:
+    """The loss of :func:`model_output`'s ``out``."""
+    if task == "causal_lm":
+        ids, mask = batch["input_ids"], _real_mask(batch)
+        return _token_terms(out[:, :-1], ids[:, 1:], mask[:, :-1] & mask[:, 1:])
+    if task == "masked_lm":
+        labels = targets["labels"]
+        return _token_terms(out, labels, labels != -100)
+    if task == "classifier":
+        logits, labels = _wide(out), targets["labels"]  # [B, C], [B]
+    else:  # encoder: similarities to every prompt's ungated embedding
+        logits = out @ targets["targets"].to(out.dtype).T / targets["temperature"]  # [B, N]
+        labels = targets["index"]  # [B]
+    per_example = F.cross_entropy(logits, labels, reduction="none")
+    correct = int((logits.argmax(-1) == labels).sum())
+    ones = torch.ones_like(labels, dtype=torch.bool)
+    return LossTerms(per_example, ones, per_example.sum(), len(labels), correct)
+
+
 def loss_terms(task: str, model: nn.Module, batch: dict, targets: dict) -> LossTerms:
     """Run the model on ``batch`` (inside whatever gated session is active) and compute the loss."""
-    if task == "causal_lm":
-        logits = model(**model_inputs(batch)).logits  # [B, T, V]
-        ids, mask = batch["input_ids"], _real_mask(batch)
-        valid = mask[:, :-1] & mask[:, 1:]
-        return _token_terms(logits[:, :-1], ids[:, 1:], valid)
-    if task == "masked_lm":
-        inputs = {**model_inputs(batch), "input_ids": targets["input_ids"]}
-        labels = targets["labels"]
-        return _token_terms(model(**inputs).logits, labels, labels != -100)
-    if task == "classifier":
-        logits = _wide(model(**model_inputs(batch)).logits)  # [B, C]
-        labels = targets["labels"]
-        per_example = F.cross_entropy(logits, labels, reduction="none")
-        correct = int((logits.argmax(-1) == labels).sum())
-        ones = torch.ones_like(labels, dtype=torch.bool)
-        return LossTerms(per_example, ones, per_example.sum(), len(labels), correct)
-    if task == "encoder":
-        z = _pool(model, batch)  # [B, D]
-        t = targets["targets"].to(z.dtype)  # [N, D]
-        logits = z @ t.T / targets["temperature"]  # [B, N]
-        index = targets["index"]
-        per_example = F.cross_entropy(logits, index, reduction="none")
-        correct = int((logits.argmax(-1) == index).sum())
-        ones = torch.ones_like(index, dtype=torch.bool)
-        return LossTerms(per_example, ones, per_example.sum(), len(index), correct)
-    raise ValueError(f"unknown task {task!r}")
+    return terms_from_output(task, model_output(task, model, batch, targets), batch, targets)
 
 
 def loss_fn(task: str, model: nn.Module, batch: dict, targets: dict) -> torch.Tensor:

@@ -28,6 +28,9 @@ def test_submit_progress_run_page_and_shared_url(live_app, worker, browser) -> N
     page.click("text=layer 3")
     page.click("#run-head")
     page.click("text=head 5")
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('#run-tokens .token')).some(b => b.textContent === '<')"
+    )
     tokens = page.locator("#run-tokens .token")
     assert "<" in tokens.all_inner_texts()  # the prompt's markup is shown as text, not run
     tokens.nth(2).click()

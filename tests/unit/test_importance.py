@@ -122,6 +122,17 @@ def test_batching_does_not_change_importance(arch: str) -> None:
     np.testing.assert_allclose(apart, together, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.parametrize("arch", ["vit", "encoder"])
+def test_targets_from_the_gradient_pass_equal_prepared_targets(arch: str) -> None:
+    """Without targets, classifiers and one-batch encoders take them from the pass itself."""
+    model = _build(arch, ATTN_IMPLEMENTATION)
+    task, batch = model_task(model), _inputs(arch)
+    fused = head_importance(model, [batch], task)
+    np.testing.assert_array_equal(fused, head_importance(model, [batch], task, targets=_targets(model, [batch])))
+    ev = evaluate_with_gates(model, [batch], task, None)
+    assert ev == evaluate_with_gates(model, [batch], task, None, targets=_targets(model, [batch]))
+
+
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit"])
 def test_silent_head_has_zero_importance(arch: str) -> None:
     model = _build(arch, ATTN_IMPLEMENTATION)

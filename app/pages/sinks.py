@@ -1,0 +1,324 @@
+"""Attention sinks and massive activations of one run.
+
+* a layer x head grid of one metric (first-token mass, special-token mass, entropy, distance), the sink
+  rate with its threshold and source; click a cell to open that head on the run page;
+* for one prompt: the attention each position receives (Gu et al. alpha) per head of one layer or of
+  all layers, and the massive activations (largest |hidden| per token and layer, Sun et al. 2024);
+* the StreamingLLM experiment (running perplexity: full, window, window + sinks) when the run has it.
+
+View state (metric, prompt, layer) lives in the URL query string; initial values come from the
+layout's query arguments and the callbacks only write ``search`` (no read/write cycle).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import dash
+import numpy as np
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from app import state
+from app.components import alert, help_text, progress_bar
+from app.view_links import register_view
+from backend import names
+from backend import figures_sinks as fs
+
+# order: Dash matches templates in registry order with fnmatch ('*' also matches '/'), and pages without an
+# order sort by module name, so '/runs/<run_id>' (pages.run) would swallow '/runs/<id>/sinks' (pages.sinks)
+dash.register_page(__name__, path_template="/runs/<run_id>/sinks", title="Attention sinks · Attention Atlas",
+                   name="Attention sinks", order=1)
+register_view("sinks", "Attention sinks", needs="metrics.sink_first")
+
+GRID_METRICS = ("sink_first", "sink_special", "entropy", "distance")
+SINK_SOURCE = (
+    "Sink rate: the fraction of heads (over all layers) whose first token receives alpha(first) > eps, "
+    "with alpha(k) the mean attention key k receives from the queries that see it and eps = 0.3, as in "
+    "Gu et al., ICLR 2025, 'When Attention Sink Emerges in Language Models: An Empirical View'. "
+    "Attention sinks: Xiao et al., ICLR 2024, 'Efficient Streaming Language Models with Attention Sinks'."
+)
+MASSIVE_SOURCE = (
+    "Massive activations (Sun et al., 2024): a few hidden-state entries of magnitude ~100+ and up to "
+    "~10,000x the median, at fixed feature dimensions and on a few tokens. Colour: the largest |activation| "
+    "of each token after each block; hover: the feature dimension where it occurs. Row labels: the layer's "
+    "largest |activation| divided by the median |activation| of the prompt's layer (mean over prompts)."
+)
+STREAMING_SOURCE = (
+    "StreamingLLM (Xiao et al., ICLR 2024) on the run's first prompt: per-token NLL with full causal "
+    "attention, with a window of the last W keys, and with the window plus the first k tokens (attention "
+    "sinks); the curves are the running perplexity exp(mean NLL so far)."
+)
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def _layer_value(value: Any) -> int | str:
+    return "all" if value == "all" else _int(value)
+
+
+def layout(run_id: str | None = None, **query: str) -> html.Div:
+    metric = query.get("metric") if query.get("metric") in GRID_METRICS else "sink_first"
+    view = {"metric": metric, "prompt": _int(query.get("prompt")), "layer": _layer_value(query.get("layer"))}
+    return html.Div([
+        dcc.Store(id="sinks-run-id", data=run_id),
+        dcc.Store(id="sinks-info"),
+        dcc.Store(id="sinks-view", data=view),
+        dcc.Location(id="sinks-url", refresh=False),
+        dcc.Location(id="sinks-go", refresh="callback-nav"),
+        dcc.Interval(id="sinks-poll", interval=800, n_intervals=0),
+        html.Div(className="card", children=[
+            html.H2(["Attention sinks ", help_text(SINK_SOURCE)]),
+            html.Div(className="row", children=[
+                dcc.Link("← run page", href=f"/runs/{run_id}", className="navlink", id="sinks-back"),
+                dcc.Link("compare with another run", href=f"/compare?a={run_id}", className="navlink"),
+            ]),
+            html.Div(id="sinks-status"),
+            html.Div(id="sinks-notices"),
+        ]),
+        html.Div(id="sinks-grid-card", className="card", style={"display": "none"}, children=[
+            html.Div(className="row", children=[
+                html.Div(className="field", children=[
+                    html.Label(["Metric ", html.Span(id="sinks-metric-help")]),
+                    dcc.Dropdown(id="sinks-metric", clearable=False, value=metric, style={"minWidth": "300px"},
+                                 options=[{"label": fs.METRICS[m]["label"], "value": m} for m in GRID_METRICS]),
+                ]),
+                html.Button("Download grid (CSV)", id="sinks-csv-btn", className="btn secondary", n_clicks=0),
+                html.Button("Download grid (JSON)", id="sinks-json-btn", className="btn secondary", n_clicks=0),
+                dcc.Download(id="sinks-download"),
+            ]),
+            html.P(id="sinks-rate", className="sink-rate"),
+            dcc.Graph(id="sinks-grid", config={"displaylogo": False}),
+            html.P("Hover a cell for its value; click a cell to open that head on the run page. "
+                   "Red outlines: heads with a first-token sink (alpha > eps).", className="muted"),
+        ]),
+        html.Div(id="sinks-prompt-card", className="card", style={"display": "none"}, children=[
+            html.Div(className="row", children=[
+                html.Div(className="field", children=[html.Label("Prompt"),
+                                                      dcc.Dropdown(id="sinks-prompt", clearable=False)]),
+                html.Div(className="field", children=[html.Label("Layer"),
+                                                      dcc.Dropdown(id="sinks-layer", clearable=False)]),
+            ]),
+            html.Div(id="sinks-prompt-error"),
+            dcc.Graph(id="sinks-received", config={"displaylogo": False}),
+            html.P(["Massive activations ", help_text(MASSIVE_SOURCE)], className="muted"),
+            dcc.Graph(id="sinks-massive", config={"displaylogo": False}),
+        ]),
+        html.Div(id="sinks-streaming-card", className="card", style={"display": "none"}, children=[
+            html.H3(["StreamingLLM experiment ", help_text(STREAMING_SOURCE)]),
+            html.Div(id="sinks-streaming-text", className="muted"),
+            dcc.Graph(id="sinks-streaming", config={"displaylogo": False}),
+        ]),
+    ])
+
+
+def load_info(run_id: str) -> dict[str, Any]:
+    """What the page needs of a finished run (small): tokens, shape, array names, every metrics.* value."""
+    m = state.done_manifest(run_id)
+    info = m["info"] or {}
+    sizes = sorted(m.get("sizes") or {})
+    metrics = state.metrics(run_id)[0] if any(s.startswith("metrics.") for s in sizes) else {}
+    return {"tokens": info.get("tokens", []), "n_layers": info["n_layers"], "n_heads": info["n_heads"],
+            "causal": info.get("causal"), "sizes": sizes, "metrics": metrics,
+            "model": (m.get("model") or {}).get("ref")}
+
+
+@callback(
+    Output("sinks-info", "data"), Output("sinks-poll", "disabled"), Output("sinks-status", "children"),
+    Output("sinks-notices", "children"),
+    Input("sinks-poll", "n_intervals"), State("sinks-run-id", "data"),
+)
+def poll(_n, run_id):
+    """Wait for the run to finish, then hand its info to the views."""
+    try:
+        m = state.run_status(run_id)
+        if m is None:
+            return None, True, alert(f"No run with id {run_id}."), ""
+        if m["status"] in ("failed", "cancelled"):
+            return None, True, alert(m.get("error") or f"run {m['status']}"), ""
+        if m["status"] != "done":
+            return no_update, False, progress_bar(m["progress"], m["stage"], m["status"]), ""
+        info = load_info(run_id)
+    except state.REDIS_ERRORS:
+        return no_update, False, alert(state.REDIS_DOWN, "warn"), no_update
+    except state.NotReady as exc:
+        return no_update, False, alert(str(exc), "info"), no_update
+    except (state.ViewError, LookupError) as exc:
+        return None, True, alert(str(exc)), ""
+    notices = [alert(n, "warn") for n in (m.get("info") or {}).get("notices", [])]
+    text = html.Span(f"{info['model']} · {info['n_layers']} layers x {info['n_heads']} heads · "
+                     f"{len(info['tokens'])} prompt(s)", className="muted")
+    return info, True, text, notices
+
+
+@callback(
+    Output("sinks-grid-card", "style"), Output("sinks-prompt-card", "style"), Output("sinks-streaming-card", "style"),
+    Output("sinks-prompt", "options"), Output("sinks-prompt", "value"),
+    Output("sinks-layer", "options"), Output("sinks-layer", "value"),
+    Input("sinks-info", "data"), State("sinks-view", "data"),
+)
+def setup(info, view):
+    hidden = {"display": "none"}
+    if not info:
+        return hidden, hidden, hidden, [], None, [], None
+    toks = info["tokens"]
+    prompts = [{"label": f"{i + 1}: {' '.join(t[:12])[:60]}", "value": i} for i, t in enumerate(toks)]
+    layers = [{"label": "all layers x heads", "value": "all"}] + [
+        {"label": f"layer {l}", "value": l} for l in range(info["n_layers"])]
+    prompt = view["prompt"] if 0 <= view["prompt"] < len(toks) else 0
+    layer = view["layer"] if view["layer"] == "all" or 0 <= view["layer"] < info["n_layers"] else 0
+    shown = {"display": "block"}
+    has = lambda prefix: any(s.startswith(prefix) for s in info["sizes"])  # noqa: E731
+    return (shown if info["metrics"] else hidden, shown if has("prompt.") else hidden,
+            shown if has("streaming.nll_full") else hidden, prompts, prompt, layers, layer)
+
+
+@callback(Output("sinks-url", "search"), Input("sinks-metric", "value"), Input("sinks-prompt", "value"),
+          Input("sinks-layer", "value"), State("sinks-info", "data"), prevent_initial_call=True)
+def sync_url(metric, prompt, layer, info):
+    """Mirror the view into the URL (write only: the layout reads it on load)."""
+    if not info or metric is None or prompt is None or layer is None:
+        return no_update
+    return "?" + urlencode({"metric": metric, "prompt": prompt, "layer": layer})
+
+
+def sink_rate_text(metrics: dict[str, Any]) -> list:
+    first = np.asarray(metrics.get("sink_first", []), dtype=np.float64)
+    rate = metrics.get("sink_rate")
+    if rate is None or first.size == 0:
+        return ["No sink rate for this run."]
+    n_sink = int((first > fs.SINK_EPS).sum())
+    return [html.B(f"Sink rate {rate:.3f}"),
+            f": {n_sink} of {first.size} heads have alpha(first) > eps = {fs.SINK_EPS} (Gu et al., ICLR 2025) ",
+            help_text(SINK_SOURCE)]
+
+
+@callback(Output("sinks-grid", "figure"), Output("sinks-rate", "children"), Output("sinks-metric-help", "children"),
+          Input("sinks-metric", "value"), Input("sinks-info", "data"))
+def render_grid(metric, info):
+    if not info or not info["metrics"] or metric not in GRID_METRICS:
+        return no_update, no_update, no_update
+    values = info["metrics"].get(metric)
+    if values is None:
+        return fs.head_grid(np.zeros((1, 1)), metric, "not in this run"), "", ""
+    grid = np.asarray(values, dtype=np.float64)
+    title = f"{fs.METRICS[metric]['label']} per layer x head (mean over {len(info['tokens'])} prompt(s))"
+    return fs.head_grid(grid, metric, title), sink_rate_text(info["metrics"]), help_text(fs.METRICS[metric]["help"])
+
+
+@callback(Output("sinks-go", "href"), Input("sinks-grid", "clickData"), State("sinks-run-id", "data"),
+          State("sinks-prompt", "value"), prevent_initial_call=True)
+def open_head(click, run_id, prompt):
+    """Clicking a cell opens that head on the run page."""
+    try:
+        pt = click["points"][0]
+        layer, head = int(pt["y"]), int(pt["x"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return no_update
+    return f"/runs/{run_id}?" + urlencode({"prompt": prompt or 0, "layer": layer, "head": head})
+
+
+def received_rows(run_id: str, prompt: int, layer: int | str, n_layers: int) -> tuple[list[str], np.ndarray, list[str]]:
+    """Tokens, ``[rows, T]`` attention received and row labels for one layer or all layers."""
+    if layer == "all":
+        parts, tokens = [], []
+        for l in range(n_layers):
+            tokens, rec = state.received(run_id, prompt, l)
+            parts.append(np.asarray(rec))
+        h = parts[0].shape[0]
+        return tokens, np.concatenate(parts, axis=0), [f"L{l} H{i}" for l in range(n_layers) for i in range(h)]
+    tokens, rec = state.received(run_id, prompt, layer)
+    return tokens, np.asarray(rec), [f"H{i}" for i in range(rec.shape[0])]
+
+
+def massive_arrays(run_id: str, prompt: int, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    top = [state.load_array(run_id, names.resid_absmax(prompt, l)) for l in range(n_layers)]
+    dims = [state.load_array(run_id, names.resid_absmax_dim(prompt, l)) for l in range(n_layers)]
+    return np.stack(top), np.stack(dims)  # [L, T], [L, T]
+
+
+@callback(Output("sinks-received", "figure"), Output("sinks-massive", "figure"), Output("sinks-prompt-error", "children"),
+          Input("sinks-prompt", "value"), Input("sinks-layer", "value"), State("sinks-run-id", "data"),
+          State("sinks-info", "data"))
+def render_prompt(prompt, layer, run_id, info):
+    if not info or prompt is None or layer is None:
+        return no_update, no_update, no_update
+    errors, rec_fig, mas_fig = [], no_update, no_update
+    try:
+        state.check_index("prompt", prompt, len(info["tokens"]))
+        if layer != "all":
+            state.check_index("layer", layer, info["n_layers"])
+        tokens, rec, rows = received_rows(run_id, prompt, layer, info["n_layers"])
+        where = "all layers x heads" if layer == "all" else f"layer {layer}"
+        rec_fig = fs.received_heatmap(tokens, rec, rows, f"prompt {prompt + 1}, {where}: attention received per position "
+                                                         "(mean over the queries that see it)")
+    except (state.ViewError, state.NotReady, LookupError) as exc:
+        errors.append(alert(str(exc), "warn"))
+    except state.REDIS_ERRORS:
+        return no_update, no_update, alert(state.REDIS_DOWN, "warn")
+    try:
+        if names.resid_absmax(prompt, 0) in info["sizes"]:
+            top, dims = massive_arrays(run_id, prompt, info["n_layers"])
+            ratio = info["metrics"].get("massive_ratio")
+            mas_fig = fs.massive_heatmap(info["tokens"][prompt], top, dims, np.asarray(ratio, dtype=np.float64)
+                                         if ratio is not None else None,
+                                         f"prompt {prompt + 1}: largest |activation| per token after each block")
+    except (state.ViewError, state.NotReady, LookupError) as exc:
+        errors.append(alert(str(exc), "warn"))
+    except state.REDIS_ERRORS:
+        return no_update, no_update, alert(state.REDIS_DOWN, "warn")
+    return rec_fig, mas_fig, errors
+
+
+@callback(Output("sinks-streaming", "figure"), Output("sinks-streaming-text", "children"),
+          Input("sinks-info", "data"), State("sinks-run-id", "data"))
+def render_streaming(info, run_id):
+    if not info or names.streaming("nll_full") not in info["sizes"]:
+        return no_update, no_update
+    try:
+        arr = {k: state.load_array(run_id, names.streaming(k)) for k in ("nll_full", "nll_window", "nll_sink", "params")}
+        reassigned = (bool(int(state.load_array(run_id, names.streaming("reassigned"))))
+                      if names.streaming("reassigned") in info["sizes"] else False)
+    except (state.ViewError, state.NotReady, LookupError) as exc:
+        return no_update, alert(str(exc), "warn")
+    except state.REDIS_ERRORS:
+        return no_update, alert(state.REDIS_DOWN, "warn")
+    window, sinks = (int(x) for x in arr["params"])
+    ppl = {k: float(np.exp(np.mean(arr[k]))) for k in ("nll_full", "nll_window", "nll_sink")}
+    text = (f"First prompt, {len(arr['nll_full']) + 1} tokens; window W = {window}, sinks k = {sinks}; "
+            f"{'sink positions re-assigned within the cache (as in the paper)' if reassigned else 'original positions'}. "
+            f"Perplexity: full {ppl['nll_full']:.2f}, window {ppl['nll_window']:.2f}, window + sinks {ppl['nll_sink']:.2f}.")
+    fig = fs.streaming_curves(arr["nll_full"], arr["nll_window"], arr["nll_sink"], window, sinks, reassigned)
+    return fig, text
+
+
+def grid_csv(values: np.ndarray) -> str:
+    """``[layer, head]`` -> CSV with a header row ``layer,head_0,...``."""
+    buf = io.StringIO()
+    buf.write("layer," + ",".join(f"head_{h}" for h in range(values.shape[1])) + "\n")
+    for l, row in enumerate(values):
+        buf.write(f"{l}," + ",".join("" if not np.isfinite(v) else f"{v:.6g}" for v in row) + "\n")
+    return buf.getvalue()
+
+
+@callback(Output("sinks-download", "data"), Input("sinks-csv-btn", "n_clicks"), Input("sinks-json-btn", "n_clicks"),
+          State("sinks-metric", "value"), State("sinks-info", "data"), State("sinks-run-id", "data"),
+          prevent_initial_call=True)
+def download(_csv, _json, metric, info, run_id):
+    if not info or metric not in (info.get("metrics") or {}):
+        return no_update
+    grid = np.asarray(info["metrics"][metric], dtype=np.float64)
+    stem = f"{metric}_{run_id[:8]}"
+    if dash.ctx.triggered_id == "sinks-csv-btn":
+        return dict(content=grid_csv(grid), filename=f"{stem}.csv")
+    body = {"run_id": run_id, "model": info.get("model"), "metric": metric, "n_layers": info["n_layers"],
+            "n_heads": info["n_heads"], "eps": fs.SINK_EPS, "sink_rate": info["metrics"].get("sink_rate"),
+            "values": [[None if not np.isfinite(v) else float(v) for v in row] for row in grid]}
+    return dict(content=json.dumps(body), filename=f"{stem}.json")

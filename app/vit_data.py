@@ -1,0 +1,100 @@
+"""Data of the ViT patch-attention view for pages and the API: validated parameters, a run's patterns,
+token norms and image bytes (stored arrays of finished runs never change: runs are content-addressed,
+so loaded patterns are memoised)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from threading import Lock
+from typing import Any
+
+import numpy as np
+
+from app import state
+from backend import names, vit
+
+_MEMO: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+_MEMO_MAX = 32
+_lock = Lock()
+
+
+def _array(run_id: str, name: str) -> np.ndarray:
+    key = (run_id, name)
+    with _lock:
+        if key in _MEMO:
+            _MEMO.move_to_end(key)
+            return _MEMO[key]
+    arr = np.asarray(state.load_array(run_id, name))
+    with _lock:
+        _MEMO[key] = arr
+        while len(_MEMO) > _MEMO_MAX:
+            _MEMO.popitem(last=False)
+    return arr
+
+
+def image_run(run_id: str) -> tuple[dict[str, Any], vit.TokenLayout]:
+    """The finished manifest of an image run and its token layout (ViewError for a text run)."""
+    m = state.done_manifest(run_id)
+    info = m.get("info") or {}
+    if info.get("kind") != "image" or not info.get("tokens"):
+        raise state.ViewError("this run is not an image run: the patch view needs a ViT run on images")
+    try:
+        layout = vit.token_layout(info["tokens"][0])
+    except ValueError as exc:
+        raise state.ViewError(str(exc)) from None
+    return m, layout
+
+
+def check_image(m: dict[str, Any], image: Any) -> int:
+    return state.check_index("image", image, len(m["info"]["tokens"]))
+
+
+def check_fusion(fusion: Any) -> str:
+    if fusion not in vit.FUSIONS:
+        raise state.ViewError(f"fusion must be one of {', '.join(vit.FUSIONS)}")
+    return str(fusion)
+
+
+def check_discard(discard: Any) -> float:
+    try:
+        d = float(discard)
+    except (TypeError, ValueError):
+        raise state.ViewError("discard must be a number in [0, 1)") from None
+    if not 0.0 <= d < 1.0:  # also refuses nan
+        raise state.ViewError("discard must be a number in [0, 1)")
+    return d
+
+
+def layer_pattern(run_id: str, m: dict[str, Any], image: int, layer: int) -> np.ndarray:
+    """``[H, T, T]`` of one image and layer."""
+    name = names.attn_pattern(image, layer)
+    if name not in (m.get("sizes") or {}):
+        raise state.ViewError(f"image {image} has no stored pattern for layer {layer}")
+    return _array(run_id, name)
+
+
+def rollout(run_id: str, image: Any, fusion: Any = "mean", discard: Any = 0.0) -> tuple[np.ndarray, vit.TokenLayout, str, float]:
+    """Validated rollout of one image: ``(grid [rows, cols], layout, fusion, discard)``."""
+    m, layout = image_run(run_id)
+    p = check_image(m, image)
+    fusion, discard = check_fusion(fusion), check_discard(discard)
+    pats = [layer_pattern(run_id, m, p, l) for l in range(int(m["info"]["n_layers"]))]
+    return vit.rollout_grid(pats, layout, fusion, discard), layout, fusion, discard
+
+
+def norms(run_id: str, m: dict[str, Any], image: int) -> np.ndarray | None:
+    """``[L, T]`` token norms of one image, or None when the run has none (e.g. an older run)."""
+    sizes = m.get("sizes") or {}
+    n_layers = int(m["info"]["n_layers"])
+    wanted = [names.resid_norm(image, l) for l in range(n_layers)]
+    if not all(w in sizes for w in wanted):
+        return None
+    return np.stack([_array(run_id, w) for w in wanted])
+
+
+def image_bytes(m: dict[str, Any], image: int) -> bytes | None:
+    """The image as uploaded (None when its blob is gone)."""
+    inputs = (m.get("spec") or {}).get("inputs") or []
+    if not 0 <= image < len(inputs):
+        return None
+    return state.cache().get_blob(inputs[image])

@@ -1,0 +1,178 @@
+"""Figures of the attention-sink views (pure: arrays in, ``go.Figure`` out; no Redis, no Dash).
+
+Long prompts: token axes are numeric positions (hover shows ``position:token``), never one tick per
+token, and every ``z`` goes to Plotly as a float32 NumPy array (sent as a typed array, not a JSON list).
+Definitions and sources of the numbers: :mod:`backend.metrics` (REFERENCES.md section 3).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from backend.figures import FONT
+
+SINK_EPS = 0.3
+
+METRICS: dict[str, dict[str, str]] = {
+    "sink_first": {
+        "label": "first-token mass alpha(first)",
+        "unit": "alpha",
+        "help": "Mean attention the first token receives from the queries that see it, alpha(first) "
+                "(Gu et al., ICLR 2025, 'When Attention Sink Emerges in Language Models'); a head has a "
+                "first-token sink when alpha > eps = 0.3. StreamingLLM (Xiao et al., ICLR 2024) showed that "
+                "causal LMs put much attention on the first tokens whatever they mean.",
+    },
+    "sink_special": {
+        "label": "special-token mass",
+        "unit": "alpha",
+        "help": "Mean of alpha(k) over the special tokens ([CLS], [SEP], BOS...); BERT heads put much "
+                "attention on [CLS]/[SEP] (Clark et al., 2019, 'What Does BERT Look At?').",
+    },
+    "entropy": {
+        "label": "attention entropy (nats)",
+        "unit": "nats",
+        "help": "Mean over queries of the entropy of the attention row (natural log): 0 = one key, "
+                "log(#keys) = uniform.",
+    },
+    "distance": {
+        "label": "mean attention distance (tokens)",
+        "unit": "tokens",
+        "help": "Mean over queries of sum_j A[t, j] |t - j|: how far a head looks, in tokens.",
+    },
+}
+
+
+def _base(fig: go.Figure, title: str, height: int, margin_l: int = 70) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT,
+        margin=dict(l=margin_l, r=20, t=44, b=44), template="plotly_white",
+    )
+    return fig
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+
+
+def token_labels(tokens: Sequence[str]) -> list[str]:
+    """``position:token`` (unique, so Plotly never merges two positions)."""
+    return [f"{i}:{t}" for i, t in enumerate(tokens)]
+
+
+def _token_axis(fig: go.Figure, n: int, max_ticks: int = 60) -> None:
+    """Category axis of ``position:token`` labels; Plotly thins the tick labels to ``max_ticks``."""
+    fig.update_xaxes(type="category", tickangle=-60, nticks=min(n, max_ticks), title="key position:token")
+
+
+def head_grid(values: np.ndarray, metric: str, title: str = "", eps: float | None = SINK_EPS,
+              zmax: float | None = None) -> go.Figure:
+    """``values [layer, head]`` of ``metric``: layer down, head across, numbers on hover; for the sink
+    metrics the cells above ``eps`` are outlined. ``clickData`` points carry ``x`` = head, ``y`` = layer."""
+    v = _f32(values)
+    layers, heads = v.shape
+    meta = METRICS.get(metric, {"label": metric, "unit": metric})
+    sink = metric in ("sink_first", "sink_special")
+    finite = v[np.isfinite(v)]
+    hi = zmax if zmax is not None else (1.0 if sink else float(finite.max()) if finite.size else 1.0)
+    show_text = layers * heads <= 400
+    fig = go.Figure(go.Heatmap(
+        z=v, x=np.arange(heads), y=np.arange(layers), colorscale="Blues" if sink else "Viridis",
+        zmin=0.0, zmax=max(hi, 1e-9), colorbar=dict(title=meta["unit"]),
+        texttemplate="%{z:.2f}" if show_text else None, textfont=dict(size=9),
+        hovertemplate=f"layer %{{y}} head %{{x}}<br>{meta['label']} %{{z:.4f}}<br>click: open this head<extra></extra>",
+        xgap=1, ygap=1,
+    ))
+    if sink and eps is not None and show_text:  # outlines (one shape each) only on grids small enough to read
+        ly, hx = np.nonzero(v > eps)
+        for l, h in zip(ly.tolist(), hx.tolist()):
+            fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5,
+                          line=dict(color="#d62728", width=2))
+    fig.update_xaxes(title="head", tickmode="linear", dtick=1 if heads <= 32 else max(1, heads // 16))
+    fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if layers <= 48 else 4)
+    return _base(fig, title or meta["label"], height=max(300, min(900, 28 * layers + 120)))
+
+
+def diff_grid(a: np.ndarray, b: np.ndarray, metric: str, title: str = "") -> go.Figure:
+    """``b - a`` of two ``[layer, head]`` grids of the same shape, diverging colours centred on 0."""
+    a, b = _f32(a), _f32(b)
+    if a.shape != b.shape:
+        raise ValueError(f"grids differ in shape: {a.shape} vs {b.shape}")
+    d = b - a
+    finite = np.abs(d[np.isfinite(d)])
+    lim = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    meta = METRICS.get(metric, {"label": metric, "unit": metric})
+    fig = go.Figure(go.Heatmap(
+        z=d, x=np.arange(a.shape[1]), y=np.arange(a.shape[0]), colorscale="RdBu_r", zmid=0.0,
+        zmin=-lim, zmax=lim, colorbar=dict(title="B - A"), xgap=1, ygap=1,
+        hovertemplate=f"layer %{{y}} head %{{x}}<br>B - A {meta['label']} %{{z:+.4f}}<extra></extra>",
+    ))
+    fig.update_xaxes(title="head", tickmode="linear", dtick=1 if a.shape[1] <= 32 else max(1, a.shape[1] // 16))
+    fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if a.shape[0] <= 48 else 4)
+    return _base(fig, title or f"difference B - A: {meta['label']}", height=max(300, min(900, 28 * a.shape[0] + 120)))
+
+
+def received_heatmap(tokens: Sequence[str], received: np.ndarray, rows: Sequence[str], title: str = "") -> go.Figure:
+    """``received [row, key_pos]``: attention each position receives (Gu et al. alpha), rows = heads of
+    one layer or all layers x heads (``rows`` their labels)."""
+    r = _f32(received)
+    n_rows, n = r.shape
+    if len(tokens) != n or len(rows) != n_rows:
+        raise ValueError(f"received {r.shape} does not match {len(rows)} rows x {len(tokens)} tokens")
+    fig = go.Figure(go.Heatmap(
+        z=r, x=token_labels(tokens), y=list(rows), colorscale="Blues", zmin=0.0,
+        zmax=float(max(np.nanmax(r) if r.size else 0.0, 1e-9)), colorbar=dict(title="alpha"),
+        hovertemplate="key %{x}<br>%{y}<br>alpha (mean attention received) %{z:.4f}<extra></extra>",
+    ))
+    _token_axis(fig, n)
+    fig.update_yaxes(type="category", autorange="reversed", nticks=min(n_rows, 48))
+    return _base(fig, title, height=max(300, min(1100, 14 * n_rows + 160)))
+
+
+def massive_heatmap(tokens: Sequence[str], absmax: np.ndarray, dims: np.ndarray,
+                    layer_ratio: np.ndarray | None = None, title: str = "") -> go.Figure:
+    """Massive activations (Sun et al., 2024): ``absmax [layer, T]`` largest |hidden| per token after each
+    block, ``dims [layer, T]`` its feature; ``layer_ratio [layer]`` the layer's max / median |h| (shown in
+    the row labels and on hover)."""
+    z = _f32(absmax)
+    n_layers, n = z.shape
+    ratio = np.asarray(layer_ratio, dtype=np.float64) if layer_ratio is not None else np.full(n_layers, np.nan)
+    rows = [f"L{l} ({ratio[l]:,.0f}x median)" if np.isfinite(ratio[l]) else f"L{l}" for l in range(n_layers)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=token_labels(tokens), y=rows, colorscale="Magma", zmin=0.0, colorbar=dict(title="max |h|"),
+        customdata=np.ascontiguousarray(np.asarray(dims), dtype=np.int32),
+        hovertemplate=("token %{x}<br>layer %{y}<br>max |activation| %{z:.2f}"
+                       "<br>at feature dim %{customdata}<extra></extra>"),
+    ))
+    _token_axis(fig, n)
+    fig.update_xaxes(title="token position:token")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return _base(fig, title, height=max(300, min(900, 24 * n_layers + 150)), margin_l=110)
+
+
+def running_perplexity(nll: np.ndarray) -> np.ndarray:
+    """``exp(cumulative mean NLL)`` after each predicted token."""
+    nll = np.asarray(nll, dtype=np.float64)
+    return np.exp(np.cumsum(nll) / np.arange(1, len(nll) + 1))
+
+
+def streaming_curves(full: np.ndarray, window: np.ndarray, sink: np.ndarray, window_size: int, sinks: int,
+                     reassigned: bool = True, title: str = "") -> go.Figure:
+    """Running perplexity along the text for full, window and window + sink attention (StreamingLLM)."""
+    fig = go.Figure()
+    x = np.arange(1, len(full) + 1)  # predicted token position
+    for name, arr, colour in (("full attention", full, "#2f6fde"), (f"window (W={window_size})", window, "#c8372d"),
+                              (f"window + {sinks} sink tokens", sink, "#2e9e5b")):
+        fig.add_trace(go.Scatter(x=x, y=running_perplexity(arr).astype(np.float32), mode="lines", name=name,
+                                 line=dict(color=colour, width=2),
+                                 hovertemplate=f"{name}<br>token %{{x}}<br>running perplexity %{{y:.2f}}<extra></extra>"))
+    evict = window_size + sinks - 1  # first query whose window no longer reaches the first tokens
+    if evict < len(full):
+        fig.add_vline(x=evict, line=dict(color="#999", dash="dot"),
+                      annotation_text="first token leaves the window", annotation_position="top left")
+    fig.update_xaxes(title="token position")
+    fig.update_yaxes(title="running perplexity", type="log")
+    pos = "sink positions re-assigned in the cache" if reassigned else "original positions"
+    return _base(fig, title or f"StreamingLLM: running perplexity ({pos})", height=380)
