@@ -14,7 +14,12 @@ from pathlib import Path
 from backend.settings import REPO_ROOT, get_settings
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # runs the `finally` below: children and Redis are stopped
+
+
 def _serve(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     embedded = None
     children: list[subprocess.Popen] = []
     if not os.environ.get("REDIS_URL"):
