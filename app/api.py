@@ -148,3 +148,6 @@ def get_rollout(run_id: str):
 def not_found(rest: str):
     """Any other /api path is a JSON 404 (never the HTML app)."""
     return _error(f"no such API endpoint: /api/{rest}", 404)
+
+
+from app import api_prune  # noqa: E402,F401  (registers the live pruning endpoints on this blueprint)

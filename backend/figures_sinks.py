@@ -162,16 +162,16 @@ def streaming_curves(full: np.ndarray, window: np.ndarray, sink: np.ndarray, win
                      reassigned: bool = True, title: str = "") -> go.Figure:
     """Running perplexity along the text for full, window and window + sink attention (StreamingLLM)."""
     fig = go.Figure()
-    x = np.arange(1, len(full) + 1)  # predicted token position
+    x = np.arange(1, len(full) + 1)  # position of the predicted token (query t predicts t + 1)
     for name, arr, colour in (("full attention", full, "#2f6fde"), (f"window (W={window_size})", window, "#c8372d"),
                               (f"window + {sinks} sink tokens", sink, "#2e9e5b")):
         fig.add_trace(go.Scatter(x=x, y=running_perplexity(arr).astype(np.float32), mode="lines", name=name,
                                  line=dict(color=colour, width=2),
                                  hovertemplate=f"{name}<br>token %{{x}}<br>running perplexity %{{y:.2f}}<extra></extra>"))
-    evict = window_size + sinks - 1  # first query whose window no longer reaches the first tokens
-    if evict < len(full):
-        fig.add_vline(x=evict, line=dict(color="#999", dash="dot"),
-                      annotation_text="first token leaves the window", annotation_position="top left")
+    drop = window_size + 1  # x of the first prediction made by a query (t = W) whose window misses token 0
+    if drop <= len(full):
+        fig.add_vline(x=drop, line=dict(color="#999", dash="dot"),
+                      annotation_text="window drops the first token", annotation_position="top left")
     fig.update_xaxes(title="token position")
     fig.update_yaxes(title="running perplexity", type="log")
     pos = "sink positions re-assigned in the cache" if reassigned else "original positions"

@@ -8,6 +8,7 @@ the same analysis twice reuses the first run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from rq.serializers import JSONSerializer
 from backend import keys
 from backend.cache import Cache
 from backend.model_refs import ModelRef, resolve_model
+from backend.prune_spec import check_heads, check_prompt, prune_digest
 from backend.settings import Settings
 from backend.spec import RunSpec, SpecError, build_spec, run_id_for
 
@@ -179,3 +181,68 @@ def cancel(cache: Cache, settings: Settings, run_id: str) -> bool:
     except NoSuchJobError:
         pass
     return True
+
+
+# ------------------------------------------------------------------------------- live pruning
+
+PRUNE_TASK = "workers.tasks.run_prune"
+
+
+def put_prune(cache: Cache, digest: str, record: dict[str, Any], ttl_s: int) -> None:
+    """Write a pruning job's record (queued / running / done / failed) under ``keys.derived``."""
+    cache.r.set(keys.derived(cache.prefix, digest), json.dumps(record), ex=max(1, int(ttl_s)))
+
+
+def prune_status(cache: Cache, settings: Settings, digest: str) -> dict[str, Any] | None:
+    """A pruning job's record, reconciled with RQ (a job that died is reported failed); None if unknown."""
+    raw = cache.r.get(keys.derived(cache.prefix, digest))
+    if raw is None:
+        return None
+    rec = json.loads(raw)
+    if rec.get("status") in ("queued", "running"):
+        try:
+            job = Job.fetch(digest, connection=cache.r, serializer=JSONSerializer)
+            rq_status = job.get_status(refresh=True)
+            rq_status = getattr(rq_status, "value", rq_status)
+        except NoSuchJobError:  # (missing for a moment between the record and the enqueue)
+            rq_status = None if time.time() - rec.get("created", 0) > 10 else "queued"
+        if rq_status in (None, "failed", "stopped", "canceled"):
+            again = cache.r.get(keys.derived(cache.prefix, digest))  # the worker may have just finished
+            rec = json.loads(again) if again is not None else rec
+            if rec.get("status") in ("queued", "running"):
+                rec.update(status="failed", error="the worker stopped while running this pruning job; run it again")
+                put_prune(cache, digest, rec, FAILURE_TTL_S)
+    return rec
+
+
+def submit_prune(
+    cache: Cache, settings: Settings, run_id: str, heads: Any, prompt: Any = None, client: str = "local",
+) -> tuple[str, dict[str, Any]]:
+    """Switch ``heads`` off in a finished run's model: returns ``(digest, record)``. The digest (SHA-256 of
+    run, sorted heads and prompt) is the job id; a done, queued or running twin is reused, a failed one
+    retried. The worker (``workers.tasks.run_prune``) stores the result with the result TTL."""
+    m = cache.manifest(run_id)
+    if m is None:
+        raise LookupError(f"unknown run {run_id}")
+    if m["status"] != "done" or not m.get("info"):
+        raise SpecError(f"the run is {m['status']}; pruning needs a finished run")
+    info = m["info"]
+    heads = check_heads(heads, int(info["n_layers"]), int(info["n_heads"]))
+    prompt = check_prompt(prompt, len(m["spec"]["inputs"]))
+    digest = prune_digest(run_id, heads, prompt)
+    existing = prune_status(cache, settings, digest)
+    if existing and existing.get("status") in ("done", "queued", "running"):
+        return digest, existing
+    _check_rate(cache.r, settings, client)
+    record = {"job": digest, "run_id": run_id, "heads": heads, "prompt": prompt, "status": "queued",
+              "stage": "queued", "progress": 0.0, "created": time.time()}
+    put_prune(cache, digest, record, settings.job_timeout_s + 600)
+    try:
+        Job.fetch(digest, connection=cache.r, serializer=JSONSerializer).delete()
+    except NoSuchJobError:
+        pass
+    queue_for(cache.r, settings).enqueue_call(
+        PRUNE_TASK, args=(digest, run_id, heads, prompt), job_id=digest, timeout=settings.job_timeout_s,
+        result_ttl=600, failure_ttl=FAILURE_TTL_S, description=f"prune {run_id} {len(heads)} head(s)",
+    )
+    return digest, record

@@ -298,9 +298,7 @@ def _umap_fast(x: np.ndarray, seed: int) -> np.ndarray:
 
     rng = np.random.RandomState(seed)
     idx, dist = _knn(_search_space(x), N_NEIGHBORS, seed)
-    graph, _, _ = fuzzy_simplicial_set(
-        x, N_NEIGHBORS, rng, "cosine", knn_indices=idx, knn_dists=dist
-    )
+    graph, _, _ = fuzzy_simplicial_set(x, N_NEIGHBORS, rng, "cosine", knn_indices=idx, knn_dists=dist)
     init = noisy_scale_coords(_pca(x, seed), rng, max_coord=10, noise=0.0001)
     return _layout(graph, init, FAST_EPOCHS, seed, FAST_NEGATIVE_RATE).astype(np.float32)
 
@@ -310,8 +308,8 @@ def project(points: np.ndarray, method: str, seed: int = 0, fast: bool = True) -
 
     ``umap``: cosine metric; ``fast`` uses the pipeline of the module docstring, else ``umap.UMAP(metric=
     "cosine", random_state=seed)`` with defaults. ``tsne``: sklearn, perplexity ``min(50, (n - 1) / 3)``,
-    cosine, PCA start with a seeded 1 % jitter (``fast``: 500 iterations instead of 1,000). ``pca``: the first two principal components.
-    Sets too small for a neighbour graph (fewer than ``2 * N_NEIGHBORS`` points) get the PCA map.
+    cosine, PCA start with a seeded 1 % jitter (``fast``: 500 iterations instead of 1,000). ``pca``: the first
+    two principal components. Sets too small for a neighbour graph (fewer than ``2 * N_NEIGHBORS`` points) get the PCA map.
     """
     if method not in METHODS:
         raise ValueError(f"unknown projection method {method!r}; expected one of {', '.join(METHODS)}")
@@ -355,25 +353,48 @@ def project_heads(
             raise Cancelled("projection cancelled")
         return project(points[i], method, seed, fast=True)
 
-    if jobs == 1:
-        for i in range(n):
-            out[i] = one(i)
-            if progress is not None:
-                progress(i + 1)
+    start = 0
+    if jobs > 1 and method == "umap" and not _numba_threadsafe():
+        # the first head initialises numba's threading layer; with one that is not thread-safe (workqueue: no
+        # OpenMP or TBB runtime), concurrent parallel kernels would abort the process, so go one at a time
+        start = _serial(one, range(1), out, progress)
+        if not _numba_threadsafe():
+            jobs = 1
+    if jobs == 1 or n - start <= 1:
+        _serial(one, range(start, n), out, progress)
         return out  # type: ignore[return-value]
     _epoch_fn()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(one, i) for i in range(n)]
+        futures = {i: pool.submit(one, i) for i in range(start, n)}
         try:
-            for i, fut in enumerate(futures):
+            for i, fut in futures.items():
                 out[i] = fut.result()
                 if progress is not None:
                     progress(i + 1)
         except BaseException:
-            for fut in futures:
+            for fut in futures.values():
                 fut.cancel()
             raise
     return out  # type: ignore[return-value]
+
+
+def _serial(one: Callable[[int], np.ndarray], idx: range, out: list, progress: Callable[[int], None] | None) -> int:
+    for i in idx:
+        out[i] = one(i)
+        if progress is not None:
+            progress(i + 1)
+    return idx.stop
+
+
+def _numba_threadsafe() -> bool:
+    """Whether numba's parallel kernels may run from several threads at once (OpenMP or TBB layer);
+    False while no parallel kernel has run yet (the layer is chosen then)."""
+    import numba
+
+    try:
+        return numba.threading_layer() in ("omp", "tbb")
+    except ValueError:
+        return False
 
 
 def default_jobs() -> int:
@@ -398,6 +419,8 @@ def warm_up() -> float:
     _knn(x[:300], N_NEIGHBORS, 0)
     from umap.umap_ import fuzzy_simplicial_set
 
-    graph, _, _ = fuzzy_simplicial_set(x, N_NEIGHBORS, np.random.RandomState(0), "cosine", knn_indices=idx, knn_dists=dist)
+    graph, _, _ = fuzzy_simplicial_set(
+        x, N_NEIGHBORS, np.random.RandomState(0), "cosine", knn_indices=idx, knn_dists=dist
+    )
     _layout(graph, _pca(x, 0), 2, 0, FAST_NEGATIVE_RATE)
     return time.perf_counter() - t0

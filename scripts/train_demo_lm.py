@@ -46,8 +46,6 @@ SEED = 0
 # Held-out loss is also reported on this many leading validation blocks, so
 # the unit test can recompute a subset quickly and compare exactly.
 SUBSET_BLOCKS = 32
-# Copy windows (see sample_batch): an 8-24 token sequence repeated 2-4 times.
-COPY_MIN, COPY_MAX, COPY_REPS = 8, 24, 4
 
 
 # --------------------------------------------------------------------------- data
@@ -108,11 +106,19 @@ def evaluate(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
     return total / count
 
 
-def sample_batch(train_t: torch.Tensor, batch_size: int, repeat_frac: float, gen: torch.Generator) -> torch.Tensor:
+def sample_batch(
+    train_t: torch.Tensor,
+    batch_size: int,
+    repeat_frac: float,
+    gen: torch.Generator,
+    copy_len: tuple[int, int] = (8, 24),
+    copy_reps: int = 4,
+) -> torch.Tensor:
     """Random 128-token windows of the training stream, some with a copy signal.
 
-    A fraction ``repeat_frac`` of the windows starts with ``s`` repeated 2-4
-    times, followed by ordinary pydoc text; ``s`` is 8-24 pydoc tokens drawn
+    A fraction ``repeat_frac`` of the windows starts with ``s`` repeated
+    2..``copy_reps`` times, followed by ordinary pydoc text; ``s`` is
+    ``copy_len[0]``..``copy_len[1]`` pydoc tokens drawn
     from random positions of the training stream (pydoc tokens in random
     order).  The repeats can only be predicted by looking back at the earlier
     copy, which is what previous-token + induction heads do.
@@ -128,8 +134,8 @@ def sample_batch(train_t: torch.Tensor, batch_size: int, repeat_frac: float, gen
     for _ in range(batch_size):
         a = int(torch.randint(0, n - CONTEXT, (1,), generator=gen))
         if torch.rand(1, generator=gen).item() < repeat_frac:
-            ln = int(torch.randint(COPY_MIN, COPY_MAX + 1, (1,), generator=gen))
-            reps = int(torch.randint(2, COPY_REPS + 1, (1,), generator=gen))
+            ln = int(torch.randint(copy_len[0], copy_len[1] + 1, (1,), generator=gen))
+            reps = int(torch.randint(2, copy_reps + 1, (1,), generator=gen))
             snip = train_t[torch.randint(0, n, (ln,), generator=gen)]
             prefix = snip.repeat(reps)[: CONTEXT - 16]
             rows.append(torch.cat([prefix, train_t[a : a + CONTEXT - prefix.numel()]]))
@@ -262,10 +268,10 @@ def seed_everything(seed: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="training device; final evaluation always runs on CPU")
     ap.add_argument(
@@ -274,6 +280,10 @@ def main() -> None:
         default=0.5,
         help="fraction of training windows with a repeated random-order pydoc token sequence (see sample_batch)",
     )
+    ap.add_argument("--copy-min", type=int, default=8)
+    ap.add_argument("--copy-max", type=int, default=24)
+    ap.add_argument("--copy-reps", type=int, default=4)
+    ap.add_argument("--decay-frac", type=float, default=0.3, help="LR is constant, then cosine-decays to 10%% over this final fraction of steps")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -333,10 +343,14 @@ def main() -> None:
     )
     warmup = max(1, args.steps // 20)
 
-    def lr_at(step: int) -> float:
+    decay_start = int(args.steps * (1 - args.decay_frac))
+
+    def lr_at(step: int) -> float:  # warmup, constant, cosine to 10% at the end
         if step < warmup:
             return args.lr * (step + 1) / warmup
-        prog = (step - warmup) / max(1, args.steps - warmup)
+        if step < decay_start:
+            return args.lr
+        prog = (step - decay_start) / max(1, args.steps - decay_start)
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
 
     gen = torch.Generator().manual_seed(SEED)
@@ -347,7 +361,9 @@ def main() -> None:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x = sample_batch(train_t, args.batch_size, args.repeat_frac, gen).to(args.device)
+        x = sample_batch(
+            train_t, args.batch_size, args.repeat_frac, gen, (args.copy_min, args.copy_max), args.copy_reps
+        ).to(args.device)
         out = model(input_ids=x, labels=x)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -441,10 +457,14 @@ def main() -> None:
             "context": CONTEXT,
             "tokens_seen": args.steps * args.batch_size * CONTEXT,
             "epochs": round(args.steps * args.batch_size * CONTEXT / len(train_ids), 2),
-            "optimizer": "AdamW(betas=(0.9,0.95), wd=0.1), cosine to 10%, 5% warmup, grad clip 1.0",
+            "optimizer": f"AdamW(betas=(0.9,0.95), wd=0.1), 5% warmup, constant, cosine to 10% over the last {args.decay_frac:.0%}, grad clip 1.0",
             "peak_lr": args.lr,
             "repeat_frac": args.repeat_frac,
-            "repeat_note": "this fraction of training windows starts with s repeated 2-4 times then pydoc text; s = 8-24 pydoc tokens drawn from random positions of the training stream",
+            "repeat_note": (
+                f"this fraction of training windows starts with s repeated 2-{args.copy_reps} times, then pydoc "
+                f"text; s = {args.copy_min}-{args.copy_max} pydoc tokens drawn from random positions of the "
+                "training stream"
+            ),
             "seed": SEED,
             "threads": args.threads,
             "device": args.device,
@@ -486,6 +506,20 @@ def render_readme(r: dict) -> str:
     m, c, d, t = r["metrics"], r["config"], r["dataset"], r["training"]
     diag = r["attention_diagnostics"]
     bp, bi = diag["best_previous_token_head"], diag["best_induction_head"]
+    l1 = diag["repeated_random_tokens_loss_first_copy"]
+    l2 = diag["repeated_random_tokens_loss_second_copy"]
+    if bi["score"] >= 0.2 and l2 < l1 - 0.5:
+        induction_verdict = (
+            f"There is an induction-like head (layer {bi['layer']} head {bi['head']}, score {bi['score']:.2f}) "
+            f"and the loss on the second copy drops ({l1:.2f} -> {l2:.2f}): the model copies in context."
+        )
+    else:
+        induction_verdict = (
+            f"**No real induction head formed** in this training budget: the best induction score is "
+            f"{bi['score']:.2f} (layer {bi['layer']} head {bi['head']}; chance level is ~0.01-0.02) and the "
+            f"loss on the second copy of a repeated sequence does not drop ({l1:.2f} -> {l2:.2f}). Do not "
+            "present any head of this model as an induction head."
+        )
     return f"""# tiny-pydoc-lm
 
 A **tiny demo** causal language model for Attention Atlas. It exists so the app
@@ -502,8 +536,16 @@ real structure. It is not a useful language model.
   (Python {d['python_version']}, {d['num_topics']} topics, ~{(d['train_chars'] + d['heldout_chars']) // 1000} KB).
   Sorted topic keys with index % 10 == 0 are held out ({len(r['split']['heldout_topics'])} topics,
   {d['heldout_chars']:,} characters): {', '.join(r['split']['heldout_topics'])}.
+  The help texts differ between Python versions, so the split and tokenizer depend on the
+  Python that ran the script (recorded in `training_report.json`).
 * Training: {t['steps']} steps x {t['batch_size']} x {t['context']} tokens (~{t['epochs']} epochs over
-  {d['train_tokens']:,} training tokens), AdamW, device `{t['device']}`, {r['seconds']['train']:.0f} s. Seed {t['seed']}.
+  {d['train_tokens']:,} training tokens), AdamW, peak LR {t['peak_lr']}, device `{t['device']}`,
+  {r['seconds']['train']:.0f} s wall time on a shared machine. Seed {t['seed']}.
+* Copy windows: {t['repeat_frac']:.0%} of training windows: {t['repeat_note'].removeprefix('this fraction of training windows ')}.
+  Meant to push the model towards in-context copying. In our runs this made the
+  previous-token heads sharper (best score ~0.45 on plain text only vs ~0.7-0.9 with copy
+  windows) but did not produce an induction head within a CPU-sized budget (see below).
+  Evaluation uses plain held-out text only.
 
 ## Results (held-out topics)
 
@@ -512,12 +554,11 @@ real structure. It is not a useful language model.
 | held-out loss (nats/token) | {m['heldout_loss']:.3f} |
 | held-out perplexity | {m['heldout_perplexity']:.1f} |
 | held-out bits per character | {m['heldout_bits_per_char']:.2f} |
-| train loss (eval mode) | {m['train_loss_eval_mode']:.3f} |
+| train loss (eval mode, plain text) | {m['train_loss_eval_mode']:.3f} |
 | uniform baseline loss, ln({r['tokenizer']['vocab_size']}) | {m['uniform_baseline_loss']:.3f} |
 
-The gap between train and held-out loss shows it memorises part of its tiny
-corpus. Output text is locally plausible reStructuredText-ish Python doc prose
-and grammar snippets, but not coherent. Greedy sample for
+Output text is locally plausible reStructuredText-ish Python doc prose and
+grammar snippets, but not coherent. Greedy sample for
 `{r['greedy_sample']['prompt']}`:
 
 ```
@@ -530,28 +571,28 @@ Measured with eager attention (`output_attentions=True`):
 
 * strongest previous-token head: layer {bp['layer']} head {bp['head']}
   (mean attention to position i-1 on held-out text: {bp['score']:.2f});
-* strongest induction head: layer {bi['layer']} head {bi['head']}
-  (on a random 50-token sequence repeated twice, mean attention from the second copy
-  to the token after the first occurrence: {bi['score']:.2f});
-* loss on the repeated random tokens: {diag['repeated_random_tokens_loss_first_copy']:.2f} (first copy)
-  vs {diag['repeated_random_tokens_loss_second_copy']:.2f} (second copy) — a drop means in-context copying.
+* induction test: 8 sequences of 50 pydoc tokens in random order, each repeated twice;
+  induction score = mean attention from the second copy to the token after the earlier
+  occurrence. {induction_verdict}
 
-Full per-head scores are in `training_report.json`.
+Per-head scores for every layer are in `training_report.json`.
 
 ## Loading
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained("assets/models/tiny-pydoc-lm")
-model = AutoModelForCausalLM.from_pretrained("assets/models/tiny-pydoc-lm", attn_implementation="eager")
+model = AutoModelForCausalLM.from_pretrained("assets/models/tiny-pydoc-lm")
 out = model(**tok("The \\"if\\" statement", return_tensors="pt"), output_attentions=True)
 ```
 
-Reproduce with `python scripts/train_demo_lm.py` (torch {r['versions']['torch']},
-transformers {r['versions']['transformers']}); small numeric differences across
-library versions / CPUs are expected.
-"""
+`config.json` sets `attn_implementation: "eager"` so `output_attentions=True`
+works without extra arguments (SDPA returns no attention maps).
 
+Reproduce with `python scripts/train_demo_lm.py` (torch {r['versions']['torch']},
+transformers {r['versions']['transformers']}, Python {r['versions']['python']}); small numeric
+differences across library versions / CPUs are expected.
+"""
 
 if __name__ == "__main__":
     main()

@@ -78,18 +78,34 @@ def cache(atlas_env):
     return Cache(connect(s), s)
 
 
+LOG_DIR = Path(os.environ.get("ATLAS_TEST_LOG_DIR", "/tmp/atlas-test-logs"))
+
+
+def log_file(name: str):
+    """A log file for a child process (never a pipe: an unread pipe fills up and blocks the child)."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    return open(LOG_DIR / f"{name}-{uuid.uuid4().hex[:6]}.log", "w+")
+
+
+def _tail(f) -> str:
+    f.flush()
+    f.seek(0)
+    return f.read()[-4000:]
+
+
 def start_worker(env: dict[str, str], preload: bool = True) -> subprocess.Popen:
     """Start ``python -m workers.main`` and wait until it listens on the queue."""
     full = {**os.environ, **env, "ATLAS_PRELOAD": "1" if preload else "0"}
+    log = log_file("worker")
     proc = subprocess.Popen([sys.executable, "-m", "workers.main"], cwd=ROOT, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     r = redis.Redis.from_url(env["REDIS_URL"])
     deadline = time.time() + 300  # loading torch + MiniLM; generous for a loaded machine
     from rq import Worker
 
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited early:\n{proc.stdout.read()}")
+            raise RuntimeError(f"worker exited early:\n{_tail(log)}")
         if any(w.name.endswith(f"-{proc.pid}") for w in Worker.all(connection=r)):
             return proc
         time.sleep(0.2)
@@ -118,9 +134,10 @@ def worker(atlas_env):
 def live_app(atlas_env):
     """The real app served by ``attention-atlas serve --no-worker`` on a free port; yields its URL."""
     port = _free_port()
+    log = log_file("app")
     proc = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "serve", "--no-worker", "--port", str(port)],
-        cwd=ROOT, env={**os.environ, **atlas_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, env={**os.environ, **atlas_env}, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     import urllib.request
@@ -128,7 +145,7 @@ def live_app(atlas_env):
     deadline = time.time() + 60
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"app exited early:\n{proc.stdout.read()}")
+            raise RuntimeError(f"app exited early:\n{_tail(log)}")
         try:
             urllib.request.urlopen(url + "/api/runs", timeout=2)
             break

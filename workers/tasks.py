@@ -160,3 +160,46 @@ def run_analysis(run_id: str) -> str:
         import gc
 
         gc.collect()
+
+
+def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
+    """RQ entry point of a live pruning job (``backend.jobs.submit_prune``): metrics with every head and
+    with ``heads`` switched off, top predictions for input ``prompt``; the record under ``keys.derived``
+    goes running -> done (result TTL) or failed."""
+    from backend.engine.importance_stage import prune_experiment
+    from backend.jobs import FAILURE_TTL_S, put_prune
+
+    settings = get_settings()
+    cache = Cache(connect(settings), settings)
+    base = {"job": digest, "run_id": run_id, "heads": heads, "prompt": prompt, "created": time.time()}
+    last = [0.0]
+
+    def progress(frac: float, stage: str) -> None:
+        now = time.time()
+        if now - last[0] > 0.25 or frac >= 1.0:
+            last[0] = now
+            put_prune(cache, digest, {**base, "status": "running", "stage": stage, "progress": round(float(frac), 4)},
+                      settings.job_timeout_s + 600)
+
+    try:
+        progress(0.0, "loading model")
+        manifest = cache.manifest(run_id)
+        if manifest is None or manifest.get("status") != "done":
+            raise SpecError("the run is unknown or not finished")
+        spec = manifest["spec"]
+        loaded = registry(settings).get(resolve_model(spec["model"], settings), spec["options"]["dtype"])
+        inputs = _load_inputs(cache, spec)
+        tokens = (manifest.get("info") or {}).get("tokens") if spec["kind"] == "text" else None
+        result = prune_experiment(loaded, inputs, tokens, spec["options"], heads, prompt, progress)
+        put_prune(cache, digest, {**base, **result, "status": "done", "stage": "done", "progress": 1.0,
+                                  "finished": time.time()}, settings.result_ttl_s)
+        return "done"
+    except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
+        if not isinstance(exc, (ModelError, SpecError, ValueError)):
+            traceback.print_exc()
+        msg = str(exc) if isinstance(exc, (ModelError, SpecError, ValueError)) else _failure_message(exc)
+        put_prune(cache, digest, {**base, "status": "failed", "stage": "failed", "error": msg,
+                                  "finished": time.time()}, FAILURE_TTL_S)
+        if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return "failed"

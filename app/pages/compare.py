@@ -78,18 +78,17 @@ def _describe(label: str, run_id: str, d: dict[str, Any], grid: np.ndarray) -> s
             f"{grid.shape[0]} x {grid.shape[1]}{rate}")
 
 
-def _one(label: str, run_id: str, metric: str) -> tuple[Any, str, np.ndarray | None, Any, bool]:
-    """Figure, description, grid, message and retry flag of one side."""
+def _one(label: str, run_id: str, metric: str) -> tuple[str, np.ndarray | None, Any, bool]:
+    """Description, grid, message and retry flag of one side."""
     if not run_id:
-        return no_update, f"Run {label}: paste a run id", None, None, False
+        return f"Run {label}: paste a run id", None, None, False
     try:
         grid, desc = run_grid(run_id, metric)
     except state.NotReady as exc:
-        return no_update, f"Run {label}: {exc}", None, None, True
+        return f"Run {label}: {exc}", None, None, True
     except (state.ViewError, LookupError) as exc:
-        return no_update, "", None, alert(f"Run {label}: {exc}", "warn"), False
-    fig = fs.head_grid(grid, metric, f"{label}: {fs.METRICS[metric]['label']}")
-    return fig, _describe(f"Run {label}", run_id, desc, grid), grid, None, False
+        return "", None, alert(f"Run {label}: {exc}", "warn"), False
+    return _describe(f"Run {label}", run_id, desc, grid), grid, None, False
 
 
 @callback(
@@ -106,8 +105,13 @@ def render(a, b, metric, _n):
         sides = [_one("A", a, metric), _one("B", b, metric)]
     except state.REDIS_ERRORS:
         return (no_update,) * 6 + (alert(state.REDIS_DOWN, "warn"), no_update, False)
-    (fig_a, text_a, grid_a, msg_a, retry_a), (fig_b, text_b, grid_b, msg_b, retry_b) = sides
+    (text_a, grid_a, msg_a, retry_a), (text_b, grid_b, msg_b, retry_b) = sides
     messages = [m for m in (msg_a, msg_b) if m is not None]
+    finite = [g[np.isfinite(g)] for g in (grid_a, grid_b) if g is not None]
+    zmax = max((float(f.max()) for f in finite if f.size), default=None)  # one colour scale for both sides
+    zmax = 1.0 if metric in ("sink_first", "sink_special") else zmax
+    fig_a, fig_b = (no_update if g is None else fs.head_grid(g, metric, f"{label}: {fs.METRICS[metric]['label']}", zmax=zmax)
+                    for label, g in (("A", grid_a), ("B", grid_b)))
     diff_fig, diff_style = no_update, HIDDEN
     if grid_a is not None and grid_b is not None:
         if grid_a.shape == grid_b.shape:

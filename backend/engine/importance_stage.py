@@ -40,6 +40,7 @@ from backend.engine import analyze
 from backend.engine.importance import evaluate_with_gates, head_importance, model_shape, pruning_curve, top_predictions
 from backend.engine.losses import model_task, prepare_targets
 from backend.engine.models import LoadedModel
+from backend.prune_spec import check_heads
 
 MAX_CURVE_PROMPTS = 32
 """Pruning curves and live pruning use the run's first inputs, at most this many."""
@@ -241,27 +242,6 @@ if importance_stage not in analyze.POST_STAGES:
 # ---------------------------------------------------------------------------- live pruning
 
 
-def check_heads(heads: Any, n_layers: int, n_heads: int) -> list[list[int]]:
-    """``[[layer, head], ...]`` validated (pairs of integers in range, no duplicates), sorted."""
-    if not isinstance(heads, list):
-        raise ValueError('heads must be a list of [layer, head] pairs, e.g. {"heads": [[0, 3], [2, 5]]}')
-    out, seen = [], set()
-    for i, pair in enumerate(heads):
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
-                and all(isinstance(x, int) and not isinstance(x, bool) for x in pair)):
-            raise ValueError(f"heads[{i}] must be a pair of integers [layer, head], got {pair!r}")
-        layer, head = pair
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"heads[{i}]: layer {layer} is out of range (the model has layers 0..{n_layers - 1})")
-        if not 0 <= head < n_heads:
-            raise ValueError(f"heads[{i}]: head {head} is out of range (each layer has heads 0..{n_heads - 1})")
-        if (layer, head) in seen:
-            raise ValueError(f"heads[{i}]: head [{layer}, {head}] is listed twice")
-        seen.add((layer, head))
-        out.append([layer, head])
-    return sorted(out)
-
-
 def gates_for(n_layers: int, n_heads: int, heads: Sequence[Sequence[int]]) -> np.ndarray:
     """``[L, H]`` ones with zeros at the switched-off heads."""
     g = np.ones((n_layers, n_heads), dtype=np.float64)
@@ -283,12 +263,13 @@ def _prediction_batch(loaded: LoadedModel, task: str, inp: Any, tokens: Sequence
         if hits:
             pos = hits[0]
             what = f"the first {tok.mask_token} token (position {pos})"
-        else:  # mask the last real non-special token
+        else:  # mask the last real non-special token, preferring one with a letter or digit (not '.')
             special = set(tok.all_special_ids)
             cand = [i for i, t in enumerate(ids.tolist()) if t not in special]
             if not cand:
                 raise ValueError("the prompt has no token to mask")
-            pos = cand[-1]
+            wordy = [i for i in cand if any(ch.isalnum() for ch in tokens[i])]
+            pos = (wordy or cand)[-1]
             what = f"masked token {tokens[pos]!r} (position {pos}, replaced by {tok.mask_token})"
             batch["input_ids"] = batch["input_ids"].clone()
             batch["input_ids"][0, pos] = tok.mask_token_id

@@ -88,10 +88,12 @@ class SinkMetricsReducer(BaseReducer):
             real = (q[None, :, None] < n[:, :, None]) & (k[None, None, :] < n[:, :, None])  # [B, tq, S]
             p = p * real[:, None]
         acc = self._acc
+        # column sums in float32 within the chunk, float64 across chunks: sum(dim=2, dtype=float64) over the
+        # query dim is ~14x slower on CPU (benchmarks/bench_sinks_long.py); the difference is ~1e-7
         if self.causal:  # alpha counts only the queries t >= k (the causal mask already zeroes the rest)
-            acc["received"] += (p * (k[None, :] <= q[:, None])).sum(dim=2, dtype=torch.float64)
+            acc["received"] += (p * (k[None, :] <= q[:, None])).sum(dim=2).double()
         else:
-            acc["received"] += p.sum(dim=2, dtype=torch.float64)
+            acc["received"] += p.sum(dim=2).double()
         ent = -torch.xlogy(p, p).sum(dim=-1)  # [B, H, tq]; xlogy(0, 0) = 0
         acc["entropy"] += ent.sum(dim=-1, dtype=torch.float64)
         dist = (q[:, None] - k[None, :]).abs().to(p.dtype)  # [tq, S]

@@ -13,10 +13,15 @@ raises another prompt's share, so trimming while streaming is exact: the final s
 ``backend.projections.sample_indices(lengths, max_points_per_head // 2, seed)`` picks offline, the same tokens for
 every head and layer, independent of batch size and order. Memory stays below about twice the budget per head
 (trimming happens when a layer's store exceeds ``2 x`` the token budget).
+
+Logits: the engine computes ``scaling * q . k`` (then the mask, and for soft-capped models ``cap * tanh(logit /
+cap)``); the stored vectors are ``sqrt(scaling) * q`` and ``sqrt(scaling) * k``, so their dot product is the logit
+before any soft cap. Keys are those the engine hands over: after RoPE, repeated to query heads under GQA.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence as SequenceABC
 from typing import Callable, Sequence
 
 import numpy as np
@@ -56,7 +61,8 @@ class QKSampleReducer(BaseReducer):
         if sum(len(pos) for pos, _, _ in store.values()) > 2 * max(self.token_budget, 1):
             for p, (pos, q, k) in list(store.items()):
                 a = alloc[p]
-                store[p] = (pos[:a], q[:, :a], k[:, :a])
+                if a < len(pos):
+                    store[p] = (pos[:a].copy(), q[:, :a].copy(), k[:, :a].copy())  # copies free the rest
         root = float(view.scaling) ** 0.5
         for b, p in enumerate(view.prompts):
             p = int(p)
@@ -100,6 +106,23 @@ class QKSampleReducer(BaseReducer):
         return out
 
 
+class _JointPoints(SequenceABC):
+    """Each head's joint set ``[n_q + n_k, d]`` (queries first), built when asked: only the heads being
+    projected are in memory twice, not all of them."""
+
+    def __init__(self, samples: Samples, heads: list[tuple[int, int]], normalise: bool) -> None:
+        self.samples, self.heads, self.normalise = samples, heads, normalise
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        q, k = self.samples[self.heads[i]][:2]
+        if self.normalise:
+            q, k = normalise_qk(q, k)
+        return np.concatenate([q, k]).astype(np.float32, copy=False)
+
+
 def compute_head_maps(
     samples: Samples,
     methods: Sequence[str],
@@ -117,7 +140,9 @@ def compute_head_maps(
     position). ``normalise``: AttentionViz translation + scaling (:func:`backend.projections.normalise_qk`).
     ``raw=True`` adds the un-normalised map under method ``f"{method}_raw"``. ``progress(done, total)`` counts
     (head, variant) projections; ``should_cancel()`` is checked between heads and raises
-    ``backend.engine.analyze.Cancelled``.
+    ``backend.engine.analyze.Cancelled``. Each variant runs :func:`backend.projections.project_heads` over all
+    heads (``n_jobs`` threads); the numba kernels must be warm (``projections.warm_up()``) or the first head
+    pays the compile.
     """
     heads = sorted(samples)
     out: dict[str, np.ndarray] = {}
@@ -132,12 +157,7 @@ def compute_head_maps(
         out[names.embedding_meta(l, h)] = np.concatenate([kind, np.concatenate([qm, km]).astype(np.int32)], axis=1)
     for name, norm in variants:
         method = name.removesuffix("_raw")
-        points = []
-        for key in heads:
-            q, k = samples[key][0], samples[key][1]
-            if norm:
-                q, k = normalise_qk(q, k)
-            points.append(np.concatenate([q, k]).astype(np.float32))
+        points = _JointPoints(samples, heads, norm)
 
         def tick(i: int, done0: int = done) -> None:
             if progress is not None:

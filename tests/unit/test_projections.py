@@ -113,7 +113,7 @@ def _blobs(n: int = 120, d: int = 8, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("method", ["pca", "tsne", "umap"])
 def test_projection_shape_dtype_and_seed(method: str) -> None:
-    x = _blobs()
+    x = _blobs(n=60 if method == "tsne" else 120)
     y = projections.project(x, method, seed=1)
     assert y.shape == (len(x), 2) and y.dtype == np.float32 and np.isfinite(y).all()
     assert np.array_equal(y, projections.project(x, method, seed=1))
@@ -125,6 +125,17 @@ def test_projection_shape_dtype_and_seed(method: str) -> None:
 def test_tiny_sets_get_a_map_too(n: int) -> None:
     y = projections.project(_blobs(n=max(n, 1))[:n], "umap", seed=0)
     assert y.shape == (n, 2) and y.dtype == np.float32 and np.isfinite(y).all()
+
+
+def test_wide_heads_search_neighbours_in_a_subspace_that_keeps_dot_products() -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(200, 10)) @ rng.normal(size=(10, 96))).astype(np.float32)  # rank 10 in 96 dims
+    z = projections._search_space(x)
+    assert z.shape == (200, projections.FAST_PCA_DIMS)
+    gram = x.astype(np.float64) @ x.T
+    assert np.allclose(z.astype(np.float64) @ z.T, gram, atol=1e-3 * np.abs(gram).max())
+    y = projections.project(x, "umap", seed=0)
+    assert y.shape == (200, 2) and np.isfinite(y).all()
 
 
 def test_project_rejects_unknown_method_and_nan() -> None:
@@ -146,8 +157,9 @@ def test_project_heads_is_independent_of_threads_and_reports_progress() -> None:
     heads = [_blobs(n=90 + 10 * i, seed=i) for i in range(3)]
     seen: list[int] = []
     one = projections.project_heads(heads, "umap", seed=3, n_jobs=1, progress=seen.append)
-    two = projections.project_heads(heads, "umap", seed=3, n_jobs=2)
-    assert seen == [1, 2, 3]
+    seen2: list[int] = []
+    two = projections.project_heads(heads, "umap", seed=3, n_jobs=2, progress=seen2.append)
+    assert seen == seen2 == [1, 2, 3]
     for x, a, b in zip(heads, one, two):
         assert a.shape == (len(x), 2) and np.array_equal(a, b)
         assert np.array_equal(a, projections.project(x, "umap", seed=3))
@@ -242,9 +254,12 @@ def test_reducer_respects_cap_and_streams_to_the_offline_sample(cap: int) -> Non
     _llama_run(streamed, [([p, p + 1], seqs[p : p + 2]) for p in range(0, 10, 2)])
     at_once = QKSampleReducer(2, 4, max_points_per_head=cap, seed=5)
     _llama_run(at_once, [(list(range(10)), seqs)])
+    backwards = QKSampleReducer(2, 4, max_points_per_head=cap, seed=5)
+    _llama_run(backwards, [([p + 1, p], [seqs[p + 1], seqs[p]]) for p in range(8, -1, -2)])
     expected = projections.sample_indices(lengths, cap // 2, seed=5)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    a, b = streamed.results(), at_once.results()
+    a, b, c = streamed.results(), at_once.results(), backwards.results()
+    assert sorted(a) == sorted(b) == sorted(c) == [(l, h) for l in range(2) for h in range(4)]
     for key in a:
         q, k, qm, km = a[key]
         assert len(q) + len(k) <= cap and len(q) == min(cap // 2, sum(lengths))
@@ -252,6 +267,7 @@ def test_reducer_respects_cap_and_streams_to_the_offline_sample(cap: int) -> Non
         assert np.all(qm[:, 1] < np.asarray(lengths)[qm[:, 0]])
         assert np.array_equal(qm, b[key][2])
         assert np.allclose(q, b[key][0], atol=1e-5) and np.allclose(k, b[key][1], atol=1e-5)
+        assert np.array_equal(qm, c[key][2]) and np.allclose(q, c[key][0], atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------

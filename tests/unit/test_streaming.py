@@ -177,6 +177,7 @@ def test_stage_skips_encoders_with_a_notice() -> None:
     assert any("StreamingLLM" in n and "causal" in n for n in info.notices)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEMO_LM.is_dir(), reason="demo LM not built")
 def test_demo_lm_one_pass_equals_token_by_token() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
