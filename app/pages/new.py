@@ -14,7 +14,7 @@ from app.sample_picker import sample_picker
 from backend import jobs
 from backend.model_refs import DEFAULT_MODEL, ModelError, available_models
 from backend.spec import SpecError
-from backend.uploads import IMAGE_EXTENSIONS, UploadError, check_image, parse_upload
+from backend.uploads import IMAGE_EXTENSIONS, UploadError, check_image, parse_labels, parse_upload
 
 dash.register_page(__name__, path="/", title="New analysis · Attention Atlas", name="New analysis")
 
@@ -63,6 +63,7 @@ def layout(**_query: str) -> html.Div:
             html.Div(id="new-upload-status"),
             sample_picker(),
             dcc.Store(id="new-images", data=[]),
+            dcc.Store(id="new-labels"),  # {"text", "labels"} from CSV 'label' columns, used while the text is unchanged
             html.Div(className="row", style={"marginTop": "0.8rem"}, children=[
                 dcc.Checklist(id="new-analyses", options=ANALYSIS_OPTIONS, value=["attention", "metrics"],
                               inline=True, inputStyle={"marginRight": "4px", "marginLeft": "12px"}),
@@ -77,15 +78,16 @@ def layout(**_query: str) -> html.Div:
 
 @callback(
     Output("new-prompts", "value"), Output("new-images", "data"), Output("new-upload-status", "children"),
-    Input("new-upload", "contents"), State("new-upload", "filename"), State("new-prompts", "value"),
+    Output("new-labels", "data"), Input("new-upload", "contents"), State("new-upload", "filename"), State("new-prompts", "value"),
     State("new-images", "data"), prevent_initial_call=True,
 )
 def on_upload(contents, filenames, current, images):
     """Text files fill the prompt box; images are stored (by digest) for an image model."""
     if not contents:
-        return no_update, no_update, no_update
+        return no_update, no_update, no_update, no_update
     s = state.settings()
     prompts: list[str] = []
+    labels: list[int] | None = []
     images = list(images or [])
     notes = []
     try:
@@ -99,23 +101,27 @@ def on_upload(contents, filenames, current, images):
                 notes.append(f"{name}: image stored")
             else:
                 got = parse_upload(name, data, s)
+                got_labels = parse_labels(name, data, s)
                 prompts.extend(got)
-                notes.append(f"{name}: {len(got)} prompt(s)")
+                labels = labels + got_labels if labels is not None and got_labels is not None else None
+                notes.append(f"{name}: {len(got)} prompt(s)" + (" with labels" if got_labels is not None else ""))
     except UploadError as exc:
-        return no_update, no_update, alert(str(exc))
+        return no_update, no_update, alert(str(exc)), no_update
     except state.REDIS_ERRORS:
-        return no_update, no_update, alert(state.REDIS_DOWN)
+        return no_update, no_update, alert(state.REDIS_DOWN), no_update
     text = "\n".join(prompts) if prompts else current
-    return text, images, alert("; ".join(notes), "info")
+    kept = {"text": text, "labels": labels} if prompts and labels else None
+    return text, images, alert("; ".join(notes), "info"), kept
 
 
 @callback(
     Output("new-message", "children"), Output("new-redirect", "href"),
     Input("new-submit", "n_clicks"),
     State("new-model", "value"), State("new-model-custom", "value"), State("new-prompts", "value"),
-    State("new-images", "data"), State("new-analyses", "value"), prevent_initial_call=True,
+    State("new-images", "data"), State("new-analyses", "value"), State("new-labels", "data"),
+    prevent_initial_call=True,
 )
-def on_submit(_n, model, custom, text, images, analyses):
+def on_submit(_n, model, custom, text, images, analyses, labels=None):
     model = (custom or "").strip() or model or DEFAULT_MODEL
     s = state.settings()
     try:
@@ -128,8 +134,12 @@ def on_submit(_n, model, custom, text, images, analyses):
                 raise SpecError("this is an image model: upload at least one PNG or JPEG image")
         else:
             inputs = (text or "").splitlines()
-        run_id, _ = jobs.submit(state.cache(), s, model, inputs, {"analyses": list(analyses or [])},
-                                kind=kind, client="browser")
+        options = {"analyses": list(analyses or [])}
+        if labels and kind == "text" and labels.get("text") == text and len(labels["labels"]) == len(
+            [p for p in inputs if p.strip()]
+        ):  # the CSV's labels, while the text is as uploaded
+            options["labels"] = labels["labels"]
+        run_id, _ = jobs.submit(state.cache(), s, model, inputs, options, kind=kind, client="browser")
     except (SpecError, ModelError, jobs.RateLimited) as exc:
         return alert(str(exc)), no_update
     except state.REDIS_ERRORS:

@@ -81,3 +81,27 @@ def test_toggle_heads_run_and_compare(live_app, run_id, browser) -> None:
     page.wait_for_function("document.querySelector('#run-row .gtitle')?.textContent.includes('layer 1 head 2')",
                            timeout=60_000)
     page.close()
+
+
+def test_csv_labels_reach_the_run_options(live_app, worker, browser) -> None:
+    """A CSV with a 'label' column fills the prompts and sends its labels with the run (option 'labels').
+    The demo LM is no classifier: the run says they were ignored."""
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.goto(live_app + "/")
+    page.wait_for_selector("#new-prompts")
+    page.click("#new-model")
+    page.get_by_role("option", name="tiny-pydoc-lm", exact=True).click()
+    page.get_by_text("Head importance", exact=True).click()
+    csv = b"text,label\nA list is a mutable sequence.,1\n,0\nStrings are immutable.,0\n"
+    page.set_input_files("#new-upload input[type=file]",
+                         files=[{"name": "labelled.csv", "mimeType": "text/csv", "buffer": csv}])
+    page.wait_for_function("document.querySelector('#new-upload-status')?.textContent"
+                           ".includes('labelled.csv: 2 prompt(s) with labels')")
+    page.click("#new-submit")
+    page.wait_for_url(re.compile(r".*/runs/[0-9a-f]{32}$"), timeout=30_000)
+    run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    done = wait_done(live_app, run_id)
+    assert done["status"] == "done" and done["options"]["labels"] == [1, 0]
+    assert "importance" in done["options"]["analyses"]
+    assert any("labels were ignored" in n for n in done["notices"])
+    page.close()
