@@ -122,6 +122,15 @@ def get_metrics(run_id: str):
     return jsonify({"n_layers": info["n_layers"], "n_heads": info["n_heads"], "metrics": values})
 
 
+@api.get("/runs/<run_id>/embedding")
+def get_embedding(run_id: str):
+    for name in ("layer", "head"):
+        if name not in request.args:
+            return _error(f"missing query parameter {name}", 400)
+    points = state.embedding(run_id, request.args["layer"], request.args["head"], request.args.get("method", "umap"))
+    return jsonify({"points": points})
+
+
 @api.get("/runs/<run_id>/received")
 def get_received(run_id: str):
     for name in ("prompt", "layer"):

@@ -123,3 +123,27 @@ def received(run_id: str, prompt: Any, layer: Any) -> tuple[list[str], np.ndarra
     if name not in (m.get("sizes") or {}):
         raise ViewError("this run has no sink metrics; submit it with the 'metrics' analysis")
     return info["tokens"][p], load_array(run_id, name)
+
+
+EMBED_METHODS = ("umap", "tsne", "pca", "umap_raw", "tsne_raw", "pca_raw")
+
+
+def embedding(run_id: str, layer: Any, head: Any, method: Any) -> list[dict[str, Any]]:
+    """Points of one head's joint query-key map: x, y, kind, prompt, position, token."""
+    m = done_manifest(run_id)
+    info = m["info"]
+    l = check_index("layer", layer, info["n_layers"])
+    h = check_index("head", head, info["n_heads"])
+    if method not in EMBED_METHODS:
+        raise ViewError(f"method must be one of {', '.join(EMBED_METHODS)}")
+    name = names.embedding(l, h, method)
+    if name not in (m.get("sizes") or {}):
+        raise ViewError(f"this run has no {method} map; submit it with the 'embedding' analysis and that method")
+    xy = load_array(run_id, name)
+    meta = load_array(run_id, names.embedding_meta(l, h))
+    tokens = info["tokens"]
+    return [
+        {"x": float(x), "y": float(y), "kind": "query" if k == 0 else "key", "prompt": int(p),
+         "position": int(pos), "token": tokens[p][pos]}
+        for (x, y), (k, p, pos) in zip(xy.tolist(), meta.tolist())
+    ]

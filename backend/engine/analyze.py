@@ -172,6 +172,7 @@ STAGE_MODULES = (
     "backend.engine.roles",
     "backend.engine.token_norms",
     "backend.engine.importance_stage",
+    "backend.engine.embedding_stage",
 )
 
 

@@ -103,3 +103,24 @@ def test_unsupported_model_fails_cleanly_and_worker_goes_on(live_app, worker, tm
     _, good = _call(live_app, "/api/runs", {"prompts": ["after the failure"]})
     assert wait_done(live_app, good["run_id"])["status"] == "done"
     assert worker.poll() is None
+
+
+def test_embedding_points_for_each_head(live_app, worker) -> None:
+    prompts = ["Queries and keys share one map.", "Near points mean high attention."]
+    code, body = _call(live_app, "/api/runs", {"prompts": prompts, "options": {
+        "analyses": ["embedding"], "embedding_methods": ["pca"]}})
+    assert code == 202
+    final = wait_done(live_app, body["run_id"])
+    assert final["status"] == "done", final
+    n_tokens = sum(len(t) for t in final["tokens"])
+    for layer, head in [(0, 0), (5, 11)]:
+        for method in ("pca", "pca_raw"):
+            code, emb = _call(live_app, f"/api/runs/{body['run_id']}/embedding?layer={layer}&head={head}&method={method}")
+            assert code == 200
+            pts = emb["points"]
+            assert len(pts) == 2 * n_tokens
+            assert sum(p["kind"] == "query" for p in pts) == n_tokens
+            for p in pts:
+                assert final["tokens"][p["prompt"]][p["position"]] == p["token"]
+    code, err = _call(live_app, f"/api/runs/{body['run_id']}/embedding?layer=0&head=0&method=umap")
+    assert code == 400 and "no umap map" in err["error"]

@@ -1,0 +1,42 @@
+"""The "embedding" stage: sample each head's queries and keys during capture, then project them jointly
+(AttentionViz normalisation; UMAP/t-SNE/PCA) per head, with and without normalisation (``*_raw``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backend.engine import analyze
+from backend.engine.qk_reducer import QKSampleReducer, compute_head_maps
+
+
+class EmbeddingSampler(QKSampleReducer):
+    """The QK sampler as a run reducer: it emits nothing itself; the stage below projects its samples."""
+
+    def samples(self) -> dict:
+        return QKSampleReducer.results(self)
+
+    def results(self) -> dict:
+        return {}
+
+
+def _factory(loaded, options: dict[str, Any]):
+    if "embedding" not in options.get("analyses", []):
+        return None
+    return EmbeddingSampler(loaded.n_layers, loaded.n_heads, int(options["max_points_per_head"]), int(options["seed"]))
+
+
+def embedding_stage(loaded, inputs, options, reducers, emit, progress, should_cancel, info) -> None:
+    sampler = next(r for r in reducers if isinstance(r, EmbeddingSampler))
+
+    def report(done: int, total: int) -> None:
+        progress(done / max(total, 1), f"query-key maps: {done}/{total}")
+
+    maps = compute_head_maps(sampler.samples(), options["embedding_methods"], seed=int(options["seed"]),
+                             normalise=True, raw=True, progress=report, should_cancel=should_cancel)
+    for name, arr in maps.items():
+        emit(name, arr)
+
+
+embedding_stage.wanted = lambda options: "embedding" in options.get("analyses", [])  # type: ignore[attr-defined]
+analyze.EXTRA_REDUCERS.append(_factory)
+analyze.POST_STAGES.append(embedding_stage)
