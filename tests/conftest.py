@@ -183,3 +183,19 @@ def wait_done(base_url: str, run_id: str, timeout: float = 240) -> dict:
             return body
         time.sleep(0.1)
     raise TimeoutError(f"run {run_id} did not finish; last {seen[-3:]}")
+
+
+def api_call(base: str, path: str, body: object | None = None, timeout: float = 30) -> tuple[int, dict]:
+    """GET (or POST a JSON body) to the app's API; returns (HTTP status, decoded JSON), errors included."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method="GET" if body is None else "POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())

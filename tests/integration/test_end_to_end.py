@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 import torch
 
 from backend import keys, names, tensor_io
-from tests.conftest import wait_done
+from tests.conftest import api_call, wait_done
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROMPTS = ["The cat sat on the mat.", "Paris is the capital of France, and it is large.", "Hello"]
 
 
-def _call(base: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(base + path, method="POST" if body is not None else "GET",
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
+_call = api_call
 
 def _direct_patterns(prompt: str) -> tuple[list[str], tuple]:
     """MiniLM's attention computed directly with eager attention and output_attentions."""

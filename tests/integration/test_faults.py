@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,21 +18,12 @@ import pytest
 import redis
 
 from backend import keys, names
-from tests.conftest import ROOT, _free_port, start_worker, stop_process, wait_done
+from tests.conftest import api_call, ROOT, _free_port, start_worker, stop_process, wait_done
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _call(base: str, path: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
-    req = urllib.request.Request(base + path, method="POST" if body is not None else "GET",
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
+_call = api_call
 
 def _serve(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = _free_port()

@@ -3,16 +3,13 @@ direct computation with ``evaluate_with_gates`` / ``top_predictions`` in this pr
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 
 from backend import names
-from tests.conftest import wait_done
+from tests.conftest import api_call, wait_done
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,16 +20,7 @@ PROMPTS = ['The "if" statement is used for conditional execution.',
 HEADS = [[2, 0], [0, 1], [3, 3]]
 
 
-def _call(base: str, path: str, body: object | None = None) -> tuple[int, dict]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
+_call = api_call
 
 def _wait_prune(base: str, run_id: str, job: str, timeout: float = 120) -> dict:
     deadline = time.time() + timeout
