@@ -8,7 +8,6 @@ that it agrees with the number recorded in ``training_report.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -50,22 +49,15 @@ def test_checkpoint_files(folder: Path) -> None:
 # ----------------------------------------------------------------------------- LM
 
 
-def _heldout_docs() -> list[tuple[str, str]]:
-    # Same split as scripts/train_demo_lm.py: sorted keys, index % 10 == 0 held out.
-    from pydoc_data.topics import topics
+def _training_script():
+    """The LM training script as a module: the test uses its own split and digest, not copies."""
+    import importlib.util
 
-    keys = sorted(topics)
-    return [(k, topics[k]) for i, k in enumerate(keys) if i % 10 == 0]
-
-
-def _docs_sha256(docs: list[tuple[str, str]]) -> str:
-    h = hashlib.sha256()
-    for k, text in docs:
-        h.update(k.encode())
-        h.update(b"\0")
-        h.update(text.encode())
-        h.update(b"\0")
-    return h.hexdigest()
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_lm.py"
+    spec = importlib.util.spec_from_file_location("train_demo_lm", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_lm_heldout_loss() -> None:
@@ -83,7 +75,8 @@ def test_lm_heldout_loss() -> None:
     enc = tok('The "for" statement')
     assert enc["input_ids"][0] == tok.bos_token_id == cfg.bos_token_id
 
-    docs = _heldout_docs()
+    script = _training_script()
+    docs = script.load_split()[1]
     ids: list[int] = []
     for _, text in docs:
         ids.extend(tok.backend_tokenizer.encode(text).ids)
@@ -100,7 +93,7 @@ def test_lm_heldout_loss() -> None:
     m = report["metrics"]
     assert m["heldout_loss"] < 0.65 * uniform
     assert m["heldout_perplexity"] == pytest.approx(math.exp(m["heldout_loss"]), rel=1e-3)
-    if _docs_sha256(docs) == report["dataset"]["heldout_sha256"]:
+    if script.docs_sha256(docs) == report["dataset"]["heldout_sha256"]:
         # Same pydoc text as at training time -> must reproduce the number.
         assert loss == pytest.approx(m["heldout_subset_loss"], abs=2e-3)
     else:  # another Python version ships different help texts
