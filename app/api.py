@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, jsonify, request
 
-from app import state
+from app import maps_data, state
 from backend import jobs
 from backend.model_refs import ModelError
 from backend.spec import SpecError
@@ -127,7 +127,7 @@ def get_embedding(run_id: str):
     for name in ("layer", "head"):
         if name not in request.args:
             return _error(f"missing query parameter {name}", 400)
-    points = state.embedding(run_id, request.args["layer"], request.args["head"], request.args.get("method", "umap"))
+    points = maps_data.points(run_id, request.args["layer"], request.args["head"], request.args.get("method", "umap"))
     return jsonify({"points": points})
 
 

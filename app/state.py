@@ -88,6 +88,15 @@ def load_array(run_id: str, name: str) -> np.ndarray:
     return arr
 
 
+def load_arrays(run_id: str, names_: list[str]) -> list[np.ndarray]:
+    """Several arrays of a finished run in one round trip; like :func:`load_array` when any is missing."""
+    arrs = cache().get_arrays(run_id, names_)
+    for i, (name, arr) in enumerate(zip(names_, arrs)):
+        if arr is None:
+            arrs[i] = load_array(run_id, name)  # raises ViewError or NotReady (and starts the recompute)
+    return arrs  # type: ignore[return-value]
+
+
 def pattern(run_id: str, prompt: int, layer: int, head: int) -> tuple[list[str], np.ndarray]:
     """Tokens and the ``[query, key]`` pattern of one head for one prompt (validated indices)."""
     m = done_manifest(run_id)
@@ -123,27 +132,3 @@ def received(run_id: str, prompt: Any, layer: Any) -> tuple[list[str], np.ndarra
     if name not in (m.get("sizes") or {}):
         raise ViewError("this run has no sink metrics; submit it with the 'metrics' analysis")
     return info["tokens"][p], load_array(run_id, name)
-
-
-EMBED_METHODS = ("umap", "tsne", "pca", "umap_raw", "tsne_raw", "pca_raw")
-
-
-def embedding(run_id: str, layer: Any, head: Any, method: Any) -> list[dict[str, Any]]:
-    """Points of one head's joint query-key map: x, y, kind, prompt, position, token."""
-    m = done_manifest(run_id)
-    info = m["info"]
-    l = check_index("layer", layer, info["n_layers"])
-    h = check_index("head", head, info["n_heads"])
-    if method not in EMBED_METHODS:
-        raise ViewError(f"method must be one of {', '.join(EMBED_METHODS)}")
-    name = names.embedding(l, h, method)
-    if name not in (m.get("sizes") or {}):
-        raise ViewError(f"this run has no {method} map; submit it with the 'embedding' analysis and that method")
-    xy = load_array(run_id, name)
-    meta = load_array(run_id, names.embedding_meta(l, h))
-    tokens = info["tokens"]
-    return [
-        {"x": float(x), "y": float(y), "kind": "query" if k == 0 else "key", "prompt": int(p),
-         "position": int(pos), "token": tokens[p][pos]}
-        for (x, y), (k, p, pos) in zip(xy.tolist(), meta.tolist())
-    ]

@@ -4,32 +4,19 @@ so loaded patterns are memoised)."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from threading import Lock
 from typing import Any
 
 import numpy as np
 
 from app import state
-from backend import names, vit
+from app.memo import LRU
+from backend import figures_vit, names, vit
 
-_MEMO: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-_MEMO_MAX = 32
-_lock = Lock()
+_MEMO: LRU[np.ndarray] = LRU(32)
 
 
 def _array(run_id: str, name: str) -> np.ndarray:
-    key = (run_id, name)
-    with _lock:
-        if key in _MEMO:
-            _MEMO.move_to_end(key)
-            return _MEMO[key]
-    arr = np.asarray(state.load_array(run_id, name))
-    with _lock:
-        _MEMO[key] = arr
-        while len(_MEMO) > _MEMO_MAX:
-            _MEMO.popitem(last=False)
-    return arr
+    return _MEMO.get((run_id, name), lambda: np.asarray(state.load_array(run_id, name)))
 
 
 def image_run(run_id: str) -> tuple[dict[str, Any], vit.TokenLayout]:
@@ -98,3 +85,26 @@ def image_bytes(m: dict[str, Any], image: int) -> bytes | None:
     if not 0 <= image < len(inputs):
         return None
     return state.cache().get_blob(inputs[image])
+
+
+_DISPLAY: LRU[tuple[str | None, int, int]] = LRU(32)
+
+
+def display(run_id: str, image: int, rows: int, cols: int) -> tuple[str | None, int, int]:
+    """The displayed image of a run's input ``image`` (data URI, width, height), memoised by blob digest
+    (a missing blob is not memoised: it may come back)."""
+    m = state.done_manifest(run_id)
+    inputs = (m.get("spec") or {}).get("inputs") or []
+    key = (str(inputs[image]) if 0 <= image < len(inputs) else "", rows, cols)
+    layout = vit.TokenLayout(n_prefix=1, rows=rows, cols=cols)
+
+    def make() -> tuple[str | None, int, int]:
+        data = image_bytes(m, image)
+        if data is None:
+            raise LookupError("image blob missing")
+        return figures_vit.display_image(data, layout)
+
+    try:
+        return _DISPLAY.get(key, make)
+    except LookupError:
+        return figures_vit.display_image(None, layout)

@@ -89,6 +89,13 @@ class Cache:
         blob = self.r.get(keys.run_tensor(self.prefix, run_id, name))
         return None if blob is None else tensor_io.decode(blob)
 
+    def get_arrays(self, run_id: str, names: list[str]) -> list[np.ndarray | None]:
+        """Several arrays in one round trip (MGET); None where one is missing."""
+        if not names:
+            return []
+        blobs = self.r.mget([keys.run_tensor(self.prefix, run_id, n) for n in names])
+        return [None if b is None else tensor_io.decode(b) for b in blobs]
+
     def has_arrays(self, run_id: str, names: list[str]) -> bool:
         if not names:
             return True

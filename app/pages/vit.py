@@ -176,25 +176,6 @@ def _layout(info: dict) -> vit.TokenLayout:
                            registers=tuple(info.get("registers") or ()))
 
 
-_DISPLAY: dict[tuple[str, int, int], tuple[str | None, int, int]] = {}
-
-
-def _display(run_id: str, image: int, rows: int, cols: int) -> tuple[str | None, int, int]:
-    """The displayed image (data URI, width, height), memoised by blob digest (a missing blob is not)."""
-    m = state.done_manifest(run_id)
-    inputs = (m.get("spec") or {}).get("inputs") or []
-    key = (str(inputs[image]) if 0 <= image < len(inputs) else "", rows, cols)
-    if key in _DISPLAY:
-        return _DISPLAY[key]
-    data = vit_data.image_bytes(m, image)
-    out = figures_vit.display_image(data, vit.TokenLayout(n_prefix=1, rows=rows, cols=cols))
-    if data is not None:
-        if len(_DISPLAY) >= 32:
-            _DISPLAY.pop(next(iter(_DISPLAY)))
-        _DISPLAY[key] = out
-    return out
-
-
 def _patch_rc(patch, lay: vit.TokenLayout) -> tuple[int, int] | None:
     if isinstance(patch, int) and 0 <= patch < lay.n_patches:
         return divmod(patch, lay.cols)
@@ -226,7 +207,7 @@ def render_heads(image, layer, head, opacity, patch, run_id, info):
         p = vit_data.check_image(m, image)
         pat = vit_data.layer_pattern(run_id, m, p, state.check_index("layer", layer, info["n_layers"]))
         h = state.check_index("head", head, info["n_heads"])
-        uri, w, hgt = _display(run_id, p, lay.rows, lay.cols)
+        uri, w, hgt = vit_data.display(run_id, p, lay.rows, lay.cols)
     except VIEW_ERRORS as exc:
         empty = _empty("not available")
         return empty, empty, empty, _errors(exc)
@@ -259,7 +240,7 @@ def render_rollout(image, fusion, discard, opacity, patch, run_id, info):
     lay = _layout(info)
     try:
         grid, _, fusion, discard = vit_data.rollout(run_id, image, fusion, discard or 0.0)
-        uri, w, hgt = _display(run_id, int(image), lay.rows, lay.cols)
+        uri, w, hgt = vit_data.display(run_id, int(image), lay.rows, lay.cols)
     except VIEW_ERRORS as exc:
         return _empty(f"rollout not available: {exc}")
     return figures_vit.overlay(uri, w, hgt, grid, lay, float(opacity if opacity is not None else 0.6),
@@ -283,7 +264,7 @@ def render_norms(image, layer, rule, opacity, run_id, info):
         p = vit_data.check_image(m, image)
         l = state.check_index("layer", layer, info["n_layers"])
         norms = vit_data.norms(run_id, m, p)
-        uri, w, hgt = _display(run_id, p, lay.rows, lay.cols)
+        uri, w, hgt = vit_data.display(run_id, p, lay.rows, lay.cols)
     except VIEW_ERRORS as exc:
         empty = _empty("not available")
         return empty, empty, empty, _errors(exc)
@@ -321,7 +302,7 @@ def pick_patch(c1, c2, c3, run_id, info, image):
         return no_update
     lay = _layout(info)
     try:
-        _, w, hgt = _display(run_id, int(image), lay.rows, lay.cols)
+        _, w, hgt = vit_data.display(run_id, int(image), lay.rows, lay.cols)
     except VIEW_ERRORS:
         return no_update
     r, c = figures_vit.patch_from_click(float(pt["x"]), float(pt["y"]), w, hgt, lay)

@@ -1,0 +1,176 @@
+"""Data of the query-key map views for pages and the API: validated parameters, one head's map, the
+matrix of all heads, and per-point hover texts (memoised: a run's arrays never change)."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app import state
+from app.memo import LRU
+from backend import names, qk_points
+
+BASE_METHODS = ("umap", "tsne", "pca")
+MATRIX_POINTS = 60_000  # points in the matrix view, over all heads (each head at most MATRIX_PER_HEAD)
+MATRIX_PER_HEAD = 600
+
+
+@dataclass(frozen=True)
+class MapRun:
+    """What the map pages need to know about a finished run that has maps."""
+
+    n_layers: int
+    n_heads: int
+    methods: tuple[str, ...]  # base methods with a stored map (e.g. ("umap",)); "*_raw" exist beside each
+    image: bool
+    tokens: list[list[str]]
+
+
+@dataclass(frozen=True)
+class PointTable:
+    """Per-point data derived from ``meta`` alone (the same for every head of a run)."""
+
+    hover: np.ndarray  # [n] str
+    positions: np.ndarray  # [n] float32 in [0, 1]
+    token_kinds: np.ndarray  # [n] int8 codes into kind_names
+    kind_names: tuple[str, ...]
+
+
+_HEADS: LRU[tuple[np.ndarray, np.ndarray]] = LRU(24)
+_TABLES: LRU[PointTable] = LRU(8)
+_MATRICES: LRU[tuple[dict, dict]] = LRU(4)
+
+
+def map_run(run_id: str) -> MapRun:
+    """The finished run's shape and map methods (ViewError when it has no maps)."""
+    m = state.done_manifest(run_id)
+    info = m.get("info") or {}
+    sizes = m.get("sizes") or {}
+    methods = tuple(b for b in BASE_METHODS if names.embedding(0, 0, b) in sizes)
+    if not methods:
+        raise state.ViewError("this run has no query-key maps; submit it with the 'embedding' analysis")
+    return MapRun(n_layers=int(info["n_layers"]), n_heads=int(info["n_heads"]), methods=methods,
+                  image=info.get("kind") == "image", tokens=info.get("tokens") or [])
+
+
+def method_name(run: MapRun, method: Any, normalised: bool) -> str:
+    """Stored map name: ``umap`` (normalised) or ``umap_raw``; ViewError for a method the run lacks."""
+    if method not in BASE_METHODS:
+        raise state.ViewError(f"method must be one of {', '.join(BASE_METHODS)} (add _raw for the map without "
+                              "normalisation)")
+    if method not in run.methods:
+        raise state.ViewError(f"this run has no {method} map; submit it with the 'embedding' analysis and that "
+                              f"method (it has: {', '.join(run.methods)})")
+    return str(method) if normalised else f"{method}_raw"
+
+
+def head(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(xy [n, 2] float32, meta [n, 3] int32)`` of one head's map, validated and memoised."""
+    run = map_run(run_id)
+    l = state.check_index("layer", layer, run.n_layers)
+    h = state.check_index("head", head_, run.n_heads)
+    name = method_name(run, method, normalised)
+
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        xy, meta = state.load_arrays(run_id, [names.embedding(l, h, name), names.embedding_meta(l, h)])
+        return np.asarray(xy, dtype=np.float32), np.asarray(meta, dtype=np.int32)
+
+    return _HEADS.get((run_id, l, h, name), load)
+
+
+def hover_text(run: MapRun, kind: int, prompt: int, position: int) -> str:
+    """One point's hover: kind, token, where it is, and (text runs) its context. HTML-escaped (Plotly renders
+    a few tags in hover labels; tokens must stay text)."""
+    toks = run.tokens[prompt]
+    tok = html.escape(toks[position])
+    if run.image:
+        return f"<b>{qk_points.KIND_NAMES[kind]}</b> · {tok} · image {prompt}"
+    ctx = html.escape(qk_points.context(toks, position))
+    return f"<b>{qk_points.KIND_NAMES[kind]}</b> · '{tok}' · prompt {prompt}, position {position}<br>{ctx}"
+
+
+def point_table(run_id: str, run: MapRun, meta: np.ndarray) -> PointTable:
+    """Hover texts, normalised positions and token kinds of ``meta``'s points (memoised by its content)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(meta).tobytes(), digest_size=16).hexdigest()
+
+    def make() -> PointTable:
+        contexts: dict[tuple[int, int], str] = {}
+        hover = []
+        for k, p, pos in meta.tolist():
+            if (k, p, pos) not in contexts:
+                contexts[(k, p, pos)] = hover_text(run, k, p, pos)
+            hover.append(contexts[(k, p, pos)])
+        kind_names = qk_points.IMAGE_TOKEN_KINDS if run.image else qk_points.TEXT_TOKEN_KINDS
+        return PointTable(
+            hover=np.asarray(hover, dtype=object),
+            positions=qk_points.normalised_positions([len(t) for t in run.tokens], meta),
+            token_kinds=qk_points.token_kinds(run.tokens, meta, run.image),
+            kind_names=kind_names,
+        )
+
+    return _TABLES.get((run_id, digest), make)
+
+
+def matrix(run_id: str, method: Any, normalised: bool = True) -> tuple[dict, dict]:
+    """Thumbnails of every head (``{(l, h): Thumbnail}``) and their hover texts, from one pipelined read."""
+    run = map_run(run_id)
+    name = method_name(run, method, normalised)
+
+    def make() -> tuple[dict, dict]:
+        heads = [(l, h) for l in range(run.n_layers) for h in range(run.n_heads)]
+        wanted = [n for l, h in heads for n in (names.embedding(l, h, name), names.embedding_meta(l, h))]
+        arrays = state.load_arrays(run_id, wanted)
+        per_head = max(40, min(MATRIX_PER_HEAD, MATRIX_POINTS // max(len(heads), 1)))
+        thumbs, hover = {}, {}
+        index = None
+        for i, (l, h) in enumerate(heads):
+            xy, meta = arrays[2 * i], arrays[2 * i + 1]
+            if index is None or len(meta) != len(arrays[1]):
+                index = qk_points.thumbnail_indices(meta, per_head)
+            th = qk_points.thumbnail(xy, meta, index)
+            thumbs[(l, h)] = th
+            table = point_table(run_id, run, meta)
+            hover[(l, h)] = [f"layer {l} head {h} · {t}" for t in table.hover[th.index]]
+        return thumbs, hover
+
+    return _MATRICES.get((run_id, name), make)
+
+
+def selected_point(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool, x: Any, y: Any) -> list[int] | None:
+    """``[kind, prompt, position]`` of the point of a head's map clicked at ``(x, y)``, or None."""
+    xy, meta = head(run_id, layer, head_, method, normalised)
+    try:
+        i = qk_points.nearest_point(xy, float(x), float(y))
+    except (TypeError, ValueError):
+        return None
+    return None if i is None else [int(v) for v in meta[i]]
+
+
+def points(run_id: str, layer: Any, head_: Any, method: Any) -> list[dict[str, Any]]:
+    """The API's points of one head: x, y, kind, prompt, position, token. ``method`` may end in ``_raw``."""
+    base = str(method).removesuffix("_raw")
+    xy, meta = head(run_id, layer, head_, base, normalised=not str(method).endswith("_raw"))
+    tokens = map_run(run_id).tokens
+    return [
+        {"x": x, "y": y, "kind": qk_points.KIND_NAMES[k], "prompt": p, "position": pos, "token": tokens[p][pos]}
+        for (x, y), (k, p, pos) in zip(xy.tolist(), meta.tolist())
+    ]
+
+
+def csv_text(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool) -> str:
+    """The head's map as CSV: x, y, kind, prompt, position, token."""
+    import csv
+    import io
+
+    run = map_run(run_id)
+    xy, meta = head(run_id, layer, head_, method, normalised)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["x", "y", "kind", "prompt", "position", "token"])
+    for (x, y), (k, p, pos) in zip(xy.tolist(), meta.tolist()):
+        w.writerow([f"{x:.6g}", f"{y:.6g}", qk_points.KIND_NAMES[k], p, pos, run.tokens[p][pos]])
+    return buf.getvalue()

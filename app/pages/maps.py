@@ -1,0 +1,334 @@
+"""Joint query-key maps of a run (AttentionViz, Yeh et al. 2023): a matrix of all heads, a single-head map with
+colourings, hover contexts and token search, and the attention of a clicked token in its prompt (text) or image.
+
+View state in the URL: ``?view=matrix|head&method=umap&norm=1&layer=L&head=H&colour=kind&token=cat&sel=q.3.5``
+(``sel``: the selected point as kind q/k, prompt, position; it stays selected across heads).
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlencode
+
+import dash
+import numpy as np
+import plotly.graph_objects as go
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from app import maps_data, state, vit_data
+from app.components import alert, help_text, progress_bar
+from app.view_links import register_view
+from backend import figures, figures_maps, figures_vit, qk_points, vit
+
+dash.register_page(__name__, path_template="/runs/<run_id>/maps", title="Query-key maps · Attention Atlas",
+                   name="Query-key maps", order=1)  # before the run page, whose /runs/<run_id> would match too
+register_view("maps", "Query-key maps", needs="embedding.")
+
+MAPS_HELP = (
+    "AttentionViz (Yeh et al., IEEE VIS 2023): every query and key vector of one head, over all prompts, projected "
+    "together to 2-D. With the normalisation, keys are translated onto the query centroid and queries/keys scaled "
+    "to the same mean norm (neither changes any query's softmax), so a query lies near the keys it attends to. "
+    "Vectors are scaled by sqrt(scaling) so q·k is the attention logit."
+)
+METHOD_LABELS = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
+SEL = re.compile(r"^([qk])\.(\d+)\.(\d+)$")
+VIEW_ERRORS = (state.ViewError, state.NotReady, LookupError, ValueError) + state.REDIS_ERRORS
+
+
+def _int(value, default: int = 0) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def parse_view(query: dict) -> dict:
+    """View state from URL query values (bad values fall back to defaults)."""
+    sel = SEL.match(query.get("sel") or "")
+    return {
+        "view": "head" if query.get("view") == "head" else "matrix",
+        "method": query.get("method") if query.get("method") in maps_data.BASE_METHODS else None,
+        "norm": query.get("norm", "1") != "0",
+        "layer": _int(query.get("layer")), "head": _int(query.get("head")),
+        "colour": query.get("colour") if query.get("colour") in figures_maps.COLOUR_MODES else "kind",
+        "token": (query.get("token") or "")[:100],
+        "sel": [int(sel.group(1) == "k"), int(sel.group(2)), int(sel.group(3))] if sel else None,
+    }
+
+
+def _field(label, child, width: str = "150px") -> html.Div:
+    return html.Div(className="field", style={"minWidth": width}, children=[html.Label(label), child])
+
+
+def _empty(message: str = "", height: int = 300) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(template="plotly_white", height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      annotations=[dict(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")]
+                      if message else [])
+    return fig
+
+
+def layout(run_id: str | None = None, **query: str) -> html.Div:
+    v = parse_view(query)
+    return html.Div([
+        dcc.Store(id="maps-id", data=run_id), dcc.Store(id="maps-run"), dcc.Store(id="maps-view", data=v),
+        dcc.Store(id="maps-sel", data=v["sel"]),
+        dcc.Location(id="maps-url", refresh=False),
+        dcc.Interval(id="maps-poll", interval=800, n_intervals=0),
+        html.Div(className="card", children=[
+            html.H2(["Query-key maps", help_text(MAPS_HELP)]),
+            html.Div(id="maps-model", className="muted"),
+            dcc.Link("← back to the run", href=f"/runs/{run_id}", className="muted"),
+            html.Div(id="maps-status"),
+            html.Div(className="row", children=[
+                _field("View", dcc.RadioItems(id="maps-mode", value=v["view"], inline=True, options=[
+                    {"label": "all heads", "value": "matrix"}, {"label": "one head", "value": "head"}],
+                    inputStyle={"marginRight": "4px", "marginLeft": "8px"}), "210px"),
+                _field("Projection", dcc.Dropdown(id="maps-method", clearable=False, value=v["method"])),
+                _field("Normalisation", dcc.Checklist(id="maps-norm", value=["on"] if v["norm"] else [], options=[
+                    {"label": "AttentionViz (translate + scale keys)", "value": "on"}],
+                    inputStyle={"marginRight": "4px"}), "260px"),
+                _field("Layer", dcc.Dropdown(id="maps-layer", clearable=False, value=v["layer"]), "120px"),
+                _field("Head", dcc.Dropdown(id="maps-head", clearable=False, value=v["head"]), "120px"),
+            ]),
+            html.Div(id="maps-error"),
+        ]),
+        html.Div(id="maps-matrix-card", className="card", style={"display": "none"}, children=[
+            html.P("Every head of the model, queries (green) and keys (pink) of a sample of the run's tokens. "
+                   "Click a cell to open that head.", className="muted"),
+            dcc.Loading(dcc.Graph(id="maps-matrix", config={"displaylogo": False}, figure=_empty())),
+        ]),
+        html.Div(id="maps-head-card", className="card", style={"display": "none"}, children=[
+            html.Div(className="row", children=[
+                _field("Colour by", dcc.Dropdown(id="maps-colour", clearable=False, value=v["colour"], options=[
+                    {"label": lab, "value": key} for key, lab in figures_maps.COLOUR_MODES.items()]), "190px"),
+                _field("Find a token", dcc.Input(id="maps-search", type="text", value=v["token"], debounce=True,
+                                                 placeholder="e.g. the   or  /^th/", maxLength=100), "220px"),
+                html.Button("Download map (CSV)", id="maps-csv-btn", className="btn secondary", n_clicks=0),
+                html.Button("Clear selection", id="maps-clear", className="btn secondary", n_clicks=0),
+                dcc.Download(id="maps-csv"),
+            ]),
+            html.Div(id="maps-search-summary", className="muted"),
+            dcc.Graph(id="maps-head-fig", config={"displaylogo": False}, figure=_empty()),
+            html.Div(id="maps-token", children=html.P("Click a point to see that token's attention in its prompt.",
+                                                      className="muted")),
+            dcc.Graph(id="maps-token-fig", config={"displaylogo": False}, figure=_empty(), style={"display": "none"}),
+        ]),
+    ])
+
+
+@callback(
+    Output("maps-run", "data"), Output("maps-poll", "disabled"), Output("maps-status", "children"),
+    Output("maps-model", "children"), Output("maps-method", "options"), Output("maps-layer", "options"),
+    Output("maps-head", "options"), Output("maps-method", "value"), Output("maps-layer", "value"),
+    Output("maps-head", "value"),
+    Input("maps-poll", "n_intervals"), State("maps-id", "data"), State("maps-view", "data"),
+)
+def setup(_n, run_id, view):
+    """Show progress (per head while the maps are computed) until the run is done, then fill the pickers."""
+    nothing = (no_update,) * 6
+    try:
+        m = state.run_status(run_id)
+        if m is None:
+            return (None, True, alert(f"No run with id {run_id}."), "", *nothing)
+        model = f"{(m.get('model') or {}).get('ref')} · run {run_id[:12]}"
+        if m["status"] in ("queued", "running"):
+            return (no_update, False, progress_bar(m["progress"], m["stage"], m["status"]), model, *nothing)
+        if m["status"] != "done":
+            return (None, True, alert(f"The run {m['status']}: {m.get('error') or 'no message'}"), model, *nothing)
+        run = maps_data.map_run(run_id)
+    except state.REDIS_ERRORS:
+        return (no_update, False, alert(state.REDIS_DOWN, "warn"), no_update, *nothing)
+    except (state.ViewError, LookupError, state.NotReady) as exc:
+        return (None, True, alert(str(exc).strip("'\""), "warn"), "", *nothing)
+    clamp = lambda v, n: v if isinstance(v, int) and 0 <= v < n else 0  # noqa: E731
+    n_points = "" if not run.tokens else f" · {sum(len(t) for t in run.tokens)} tokens in {len(run.tokens)} inputs"
+    data = {"n_layers": run.n_layers, "n_heads": run.n_heads, "methods": list(run.methods), "image": run.image}
+    return (data, True, "", model + f" · {run.n_layers} layers × {run.n_heads} heads{n_points}",
+            [{"label": METHOD_LABELS[m_], "value": m_} for m_ in run.methods],
+            [{"label": f"layer {l}", "value": l} for l in range(run.n_layers)],
+            [{"label": f"head {h}", "value": h} for h in range(run.n_heads)],
+            view.get("method") if view.get("method") in run.methods else run.methods[0],
+            clamp(view.get("layer"), run.n_layers), clamp(view.get("head"), run.n_heads))
+
+
+@callback(Output("maps-matrix-card", "style"), Output("maps-head-card", "style"),
+          Input("maps-mode", "value"), Input("maps-run", "data"))
+def show_mode(mode, run):
+    if not run:
+        return {"display": "none"}, {"display": "none"}
+    on, off = {"display": "block"}, {"display": "none"}
+    return (on, off) if mode == "matrix" else (off, on)
+
+
+def _errors(exc: Exception):
+    return alert(state.REDIS_DOWN if isinstance(exc, state.REDIS_ERRORS) else str(exc).strip("'\""), "warn")
+
+
+@callback(
+    Output("maps-matrix", "figure"), Output("maps-error", "children"),
+    Input("maps-run", "data"), Input("maps-mode", "value"), Input("maps-method", "value"), Input("maps-norm", "value"),
+    Input("maps-layer", "value"), Input("maps-head", "value"), State("maps-id", "data"),
+)
+def render_matrix(run, mode, method, norm, layer, head, run_id):
+    if not run or mode != "matrix" or method is None:
+        return no_update, no_update
+    normalised = "on" in (norm or [])
+    try:
+        thumbs, hover = maps_data.matrix(run_id, method, normalised)
+    except VIEW_ERRORS as exc:
+        return _empty("not available"), _errors(exc)
+    sel = (layer, head) if isinstance(layer, int) and isinstance(head, int) else None
+    title = f"{METHOD_LABELS.get(method, method)} maps of all heads ({'normalised' if normalised else 'raw'} query/key vectors)"
+    return figures_maps.matrix(thumbs, run["n_layers"], run["n_heads"], hover=hover, selected=sel, title=title), ""
+
+
+@callback(
+    Output("maps-mode", "value"), Output("maps-layer", "value", allow_duplicate=True),
+    Output("maps-head", "value", allow_duplicate=True),
+    Input("maps-matrix", "clickData"), State("maps-run", "data"), prevent_initial_call=True,
+)
+def open_head(click, run):
+    """A click anywhere in a cell of the matrix opens that head."""
+    try:
+        pt = click["points"][0]
+        cell = qk_points.cell_of(pt["x"], pt["y"], run["n_layers"], run["n_heads"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return no_update, no_update, no_update
+    if cell is None:
+        return no_update, no_update, no_update
+    return "head", cell[0], cell[1]
+
+
+def _search_summary(query: str, mask: np.ndarray, meta: np.ndarray) -> str:
+    if not query.strip():
+        return ""
+    n = int(mask.sum())
+    if not n:
+        return f"No token matches {query!r} in this map's sample."
+    nq = int((mask & (meta[:, 0] == qk_points.QUERY)).sum())
+    return (f"{query!r}: {n} points ({nq} queries, {n - nq} keys) in "
+            f"{len(np.unique(meta[mask, 1]))} input(s), ringed in red.")
+
+
+@callback(
+    Output("maps-head-fig", "figure"), Output("maps-search-summary", "children"),
+    Output("maps-error", "children", allow_duplicate=True),
+    Input("maps-run", "data"), Input("maps-mode", "value"), Input("maps-layer", "value"), Input("maps-head", "value"),
+    Input("maps-method", "value"), Input("maps-norm", "value"), Input("maps-colour", "value"),
+    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-id", "data"), prevent_initial_call=True,
+)
+def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_id):
+    if not run or mode != "head" or method is None or layer is None or head is None:
+        return no_update, no_update, no_update
+    normalised = "on" in (norm or [])
+    try:
+        xy, meta = maps_data.head(run_id, layer, head, method, normalised)
+        table = maps_data.point_table(run_id, maps_data.map_run(run_id), meta)
+        mask = qk_points.search_mask(maps_data.map_run(run_id).tokens, meta, search or "")
+    except VIEW_ERRORS as exc:
+        return _empty("not available"), "", _errors(exc)
+    selected = qk_points.find_point(meta, *sel) if sel else None
+    fig = figures_maps.head_map(
+        xy, meta, table.hover, colour or "kind", positions=table.positions, token_kinds=table.token_kinds,
+        token_kind_names=table.kind_names, highlight=mask, highlight_label=f"matches of {search!r}", selected=selected,
+        title=f"layer {layer} head {head} · {METHOD_LABELS.get(method, method)}{'' if normalised else ' (raw)'} · {len(meta)} points",
+        uirevision=f"{run_id}:{layer}:{head}:{method}:{normalised}",
+    )
+    return fig, _search_summary(search or "", mask, meta), ""
+
+
+@callback(
+    Output("maps-sel", "data"),
+    Input("maps-head-fig", "clickData"), Input("maps-clear", "n_clicks"),
+    State("maps-id", "data"), State("maps-layer", "value"), State("maps-head", "value"),
+    State("maps-method", "value"), State("maps-norm", "value"), prevent_initial_call=True,
+)
+def pick_point(click, _clear, run_id, layer, head, method, norm):
+    if dash.ctx.triggered_id == "maps-clear":
+        return None
+    try:
+        pt = click["points"][0]
+        return maps_data.selected_point(run_id, layer, head, method, "on" in (norm or []), pt["x"], pt["y"])
+    except (TypeError, KeyError, IndexError) + VIEW_ERRORS:
+        return no_update
+
+
+def _token_spans(tokens: list[str], weights: np.ndarray, position: int) -> list[html.Span]:
+    top = max(float(weights.max()), 1e-9)
+    return [html.Span(t, className="token", title=f"position {i}: {w:.4f}",
+                      style={"background": f"rgba(31, 119, 180, {0.85 * w / top:.3f})",
+                             **({"outline": "2px solid #e8112d"} if i == position else {})})
+            for i, (t, w) in enumerate(zip(tokens, weights.tolist()))]
+
+
+@callback(
+    Output("maps-token", "children"), Output("maps-token-fig", "figure"), Output("maps-token-fig", "style"),
+    Input("maps-sel", "data"), Input("maps-layer", "value"), Input("maps-head", "value"), Input("maps-run", "data"),
+    State("maps-id", "data"),
+)
+def render_token(sel, layer, head, run, run_id):
+    """The selected token's attention in its own prompt: a query's row (where it attends) or a key's column
+    (which queries attend to it); over the image for image runs."""
+    hidden = {"display": "none"}
+    if not run or not sel or layer is None or head is None:
+        return html.P("Click a point to see that token's attention in its prompt.", className="muted"), _empty(), hidden
+    kind, p, pos = sel
+    try:
+        tokens, pat = state.pattern(run_id, p, layer, head)
+        if not 0 <= pos < len(tokens):
+            raise state.ViewError("the selected token is outside its prompt")
+    except VIEW_ERRORS as exc:
+        return _errors(exc), _empty(), hidden
+    weights = pat[pos] if kind == qk_points.QUERY else pat[:, pos]
+    what = (f"where the query '{tokens[pos]}' attends" if kind == qk_points.QUERY
+            else f"how much each query attends to the key '{tokens[pos]}'")
+    title = f"layer {layer} head {head}: {what} (input {p}, position {pos})"
+    link = dcc.Link("Open in the token view →", id="maps-token-link",
+                    href=f"/runs/{run_id}?" + urlencode({"prompt": p, "layer": layer, "head": head, "token": pos}))
+    if run.get("image"):
+        try:
+            lay = vit.token_layout(tokens)
+            uri, w, h = vit_data.display(run_id, p, lay.rows, lay.cols)
+        except VIEW_ERRORS as exc:
+            return _errors(exc), _empty(), hidden
+        grid = weights[lay.n_prefix:].reshape(lay.rows, lay.cols)
+        fig = figures_vit.overlay(uri, w, h, grid, lay, 0.6, title=title, selected=lay.patch_at(pos))
+        return html.Div([html.H4(f"{qk_points.KIND_NAMES[kind]} {tokens[pos]} of image {p}"), link]), fig, {}
+    body = html.Div([
+        html.H4(f"{qk_points.KIND_NAMES[kind]} '{tokens[pos]}' · input {p}, position {pos}"),
+        html.Div(_token_spans(tokens, weights, pos), className="tokens", id="maps-token-text"), link,
+    ])
+    return body, figures.attention_row(tokens, weights, pos, title=title), {}
+
+
+@callback(
+    Output("maps-url", "search"),
+    Input("maps-mode", "value"), Input("maps-method", "value"), Input("maps-norm", "value"),
+    Input("maps-layer", "value"), Input("maps-head", "value"), Input("maps-colour", "value"),
+    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-run", "data"),
+)
+def sync_url(mode, method, norm, layer, head, colour, search, sel, run):
+    """Mirror the view into the URL query so the URL re-opens the same view."""
+    if not run or method is None:
+        return no_update
+    q = {"view": mode, "method": method, "norm": int("on" in (norm or [])), "layer": layer, "head": head,
+         "colour": colour}
+    if search:
+        q["token"] = search
+    if sel:
+        q["sel"] = f"{'qk'[sel[0]]}.{sel[1]}.{sel[2]}"
+    return "?" + urlencode(q)
+
+
+@callback(Output("maps-csv", "data"), Input("maps-csv-btn", "n_clicks"), State("maps-id", "data"),
+          State("maps-layer", "value"), State("maps-head", "value"), State("maps-method", "value"),
+          State("maps-norm", "value"), prevent_initial_call=True)
+def download_csv(_n, run_id, layer, head, method, norm):
+    normalised = "on" in (norm or [])
+    try:
+        text = maps_data.csv_text(run_id, layer, head, method, normalised)
+    except VIEW_ERRORS:
+        return no_update
+    suffix = "" if normalised else "_raw"
+    return dict(content=text, filename=f"qk_map_{run_id[:8]}_L{layer}_H{head}_{method}{suffix}.csv")

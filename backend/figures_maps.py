@@ -1,0 +1,150 @@
+"""Figures of the joint query-key maps (AttentionViz, REFERENCES.md section 1): arrays in, ``go.Figure`` out.
+
+Points go to the browser as float32 arrays (Plotly sends them as base64 typed arrays) in WebGL traces.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from backend.qk_points import KEY, KIND_NAMES, QUERY, Thumbnail
+
+FONT = dict(family="Inter, system-ui, sans-serif", size=12)
+KIND_COLOURS = ("#3aa655", "#d6409f")  # queries green, keys pink, as in AttentionViz
+KIND_SYMBOLS = ("circle", "diamond")
+KIND_PLURALS = ("queries", "keys")
+TOKEN_KIND_COLOURS = {"special": "#1f3a93", "punctuation": "#f28e2b", "word": "#9aa5b1", "patch": "#9aa5b1"}
+COLOUR_MODES = {
+    "kind": "query / key",
+    "position": "normalised position",
+    "token_kind": "token kind",
+    "prompt": "prompt",
+}
+
+
+def _frame(fig: go.Figure, title: str, height: int, uirevision: str | None = None) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT, template="plotly_white",
+        margin=dict(l=50, r=20, t=60, b=30), legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1, xanchor="right"),
+        hoverlabel=dict(namelength=0), uirevision=uirevision,
+    )
+    return fig
+
+
+def _points(x: np.ndarray, y: np.ndarray, name: str, **kw) -> go.Scattergl:
+    return go.Scattergl(x=x.astype(np.float32), y=y.astype(np.float32), mode="markers", name=name, **kw)
+
+
+def head_map(
+    xy: np.ndarray,
+    meta: np.ndarray,
+    hover: Sequence[str],
+    colour: str = "kind",
+    positions: np.ndarray | None = None,
+    token_kinds: np.ndarray | None = None,
+    token_kind_names: Sequence[str] = (),
+    highlight: np.ndarray | None = None,
+    highlight_label: str = "",
+    selected: int | None = None,
+    title: str = "",
+    uirevision: str | None = None,
+) -> go.Figure:
+    """One head's joint map: ``xy [n, 2]``, ``meta [n, 3]`` (kind, prompt, position), ``hover [n]`` strings.
+
+    ``colour``: ``kind`` (queries green, keys pink), ``position`` (``positions [n]`` in [0, 1]), ``token_kind``
+    (``token_kinds [n]`` codes into ``token_kind_names``) or ``prompt``. Keys are diamonds in every mode except
+    ``kind``. ``highlight [n]`` bool rings matching points; ``selected`` marks one point with a star. A click maps back to
+    its point by its coordinates (:func:`backend.qk_points.nearest_point`; dcc.Graph drops typed-array
+    ``customdata`` from click events)."""
+    if colour not in COLOUR_MODES:
+        raise ValueError(f"colour must be one of {', '.join(COLOUR_MODES)}")
+    xy = np.asarray(xy, dtype=np.float32)
+    hover = np.asarray(hover, dtype=object)
+    kind = meta[:, 0]
+    fig = go.Figure()
+    marker = dict(size=4, opacity=0.75)
+    common = dict(hovertemplate="%{hovertext}<extra></extra>")
+
+    def add(mask: np.ndarray, name: str, **mk) -> None:
+        idx = np.flatnonzero(mask).astype(np.int32)
+        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], name, hovertext=hover[idx], marker={**marker, **mk}, **common))
+
+    if colour == "kind":
+        for k in (QUERY, KEY):
+            add(kind == k, KIND_PLURALS[k], color=KIND_COLOURS[k])
+    elif colour == "token_kind":
+        codes = np.asarray(token_kinds)
+        for c, tk in enumerate(token_kind_names):
+            for k in (QUERY, KEY):
+                if ((codes == c) & (kind == k)).any():
+                    add((codes == c) & (kind == k), f"{tk} ({KIND_NAMES[k]})", color=TOKEN_KIND_COLOURS.get(tk, "#777"),
+                        symbol=KIND_SYMBOLS[k])
+    else:
+        values = np.asarray(positions if colour == "position" else meta[:, 1], dtype=np.float32)
+        label = "position" if colour == "position" else "prompt"
+        cmax = 1.0 if colour == "position" else max(float(meta[:, 1].max(initial=0)), 1.0)
+        for k in (QUERY, KEY):
+            m = kind == k
+            add(m, KIND_PLURALS[k], color=values[m], colorscale="Viridis" if colour == "position" else "Turbo",
+                cmin=0.0, cmax=cmax, symbol=KIND_SYMBOLS[k],
+                colorbar=dict(title=label, thickness=12) if k == QUERY else None, showscale=k == QUERY)
+    if highlight is not None and highlight.any():
+        idx = np.flatnonzero(highlight).astype(np.int32)
+        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], highlight_label or f"matches ({len(idx)})", hovertext=hover[idx], marker=dict(size=10, color="rgba(0,0,0,0)",
+                                                                line=dict(color="#e8112d", width=2)), **common))
+    if selected is not None and 0 <= selected < len(xy):
+        fig.add_trace(_points(xy[[selected], 0], xy[[selected], 1], "selected", hovertext=hover[[selected]], marker=dict(size=16, symbol="star", color="#111",
+                                                                       line=dict(color="#fff", width=1)), **common))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor="x", scaleratio=1)
+    return _frame(fig, title, 640, uirevision)
+
+
+def matrix(
+    thumbs: Mapping[tuple[int, int], Thumbnail],
+    n_layers: int,
+    n_heads: int,
+    hover: Mapping[tuple[int, int], Sequence[str]] | None = None,
+    selected: tuple[int, int] | None = None,
+    title: str = "",
+) -> go.Figure:
+    """All heads at once: cell ``(l, h)`` (centred on ``x = h, y = l``, layer 0 at the top) holds that head's
+    thumbnail, queries and keys as two WebGL traces. A flat background heatmap makes the whole cell clickable;
+    :func:`backend.qk_points.cell_of` maps click coordinates back to a head."""
+    xs: dict[int, list[np.ndarray]] = {QUERY: [], KEY: []}
+    ys: dict[int, list[np.ndarray]] = {QUERY: [], KEY: []}
+    texts: dict[int, list[np.ndarray]] = {QUERY: [], KEY: []}
+    for (l, h), th in sorted(thumbs.items()):
+        for k in (QUERY, KEY):
+            m = th.kind == k
+            xs[k].append(h + th.xy[m, 0])
+            ys[k].append(l - th.xy[m, 1])  # the y axis is reversed; keep each map's own up
+            if hover is not None:
+                texts[k].append(np.asarray(hover[(l, h)], dtype=object)[m])
+    fig = go.Figure(go.Heatmap(
+        z=np.zeros((n_layers, n_heads), dtype=np.float32), x=np.arange(n_heads), y=np.arange(n_layers),
+        colorscale=[[0, "#f4f5f8"], [1, "#f4f5f8"]], showscale=False, xgap=4, ygap=4,
+        hovertemplate="layer %{y} head %{x}: click to open<extra></extra>", name="heads",
+    ))
+    for k in (QUERY, KEY):
+        if not xs[k]:
+            continue
+        text = np.concatenate(texts[k]) if texts[k] else None
+        fig.add_trace(_points(np.concatenate(xs[k]), np.concatenate(ys[k]), KIND_PLURALS[k], hovertext=text,
+                              hovertemplate="%{hovertext}<extra></extra>" if text is not None else None,
+                              marker=dict(size=2.5, color=KIND_COLOURS[k], opacity=0.7)))
+    if selected is not None:
+        l, h = selected
+        fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5, line=dict(color="#111", width=2))
+    fig.update_xaxes(tickvals=list(range(n_heads)), ticktext=[f"H{h}" for h in range(n_heads)], side="top",
+                     range=[-0.5, n_heads - 0.5], showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(tickvals=list(range(n_layers)), ticktext=[f"L{l}" for l in range(n_layers)],
+                     range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False, scaleanchor="x", scaleratio=1,
+                     constrain="domain")
+    fig = _frame(fig, title, max(320, 95 * n_layers + 110))
+    fig.update_layout(margin=dict(l=50, r=20, t=90, b=20), legend=dict(y=1.0, yanchor="bottom", x=1, xanchor="right"),
+                      dragmode=False)
+    return fig
