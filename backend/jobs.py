@@ -141,6 +141,14 @@ def recompute(cache: Cache, settings: Settings, run_id: str) -> bool:
     return True
 
 
+def _redis_uptime_s(r: redis.Redis) -> float:
+    """Seconds since the Redis server started (infinite when INFO is not allowed)."""
+    try:
+        return float(r.info("server")["uptime_in_seconds"])
+    except (redis.ResponseError, KeyError, ValueError):
+        return float("inf")
+
+
 def status(cache: Cache, settings: Settings, run_id: str) -> dict[str, Any] | None:
     """The manifest, reconciled with RQ: a job that died with its worker is reported failed."""
     m = cache.manifest(run_id)
@@ -154,7 +162,11 @@ def status(cache: Cache, settings: Settings, run_id: str) -> dict[str, Any] | No
         except NoSuchJobError:
             rq_status = None
         beat = m.get("heartbeat")
-        dead = m["status"] == "running" and beat is not None and time.time() - beat > 6 * HEARTBEAT_S
+        silent = 6 * HEARTBEAT_S
+        dead = (
+            m["status"] == "running" and beat is not None and time.time() - beat > silent
+            and _redis_uptime_s(cache.r) > silent  # a heartbeat missed while Redis was away is no death
+        )
         if dead or rq_status in (None, "failed", "stopped", "canceled"):
             m = cache.manifest(run_id) or m  # the worker may have just finished
             if m["status"] in ("queued", "running"):

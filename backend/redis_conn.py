@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from backend.settings import Settings
 
@@ -11,10 +15,22 @@ class RedisUnavailable(RuntimeError):
     """Redis cannot be reached; pages and the API say so and retry."""
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A binary-safe client (no response decoding: arrays are raw bytes)."""
+def patient_retry(window_s: float) -> Retry:
+    """Retry a failed command (reconnecting) for about ``window_s`` seconds: 0.1, 0.2, 0.4, 0.8 s, then
+    every second. Workers use it so a Redis restart pauses a job instead of failing it."""
+    warm_up = 0.1 + 0.2 + 0.4 + 0.8
+    retries = 4 + max(0, math.ceil(window_s - warm_up))
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries)
+
+
+def connect(settings: Settings, patient: bool = False) -> redis.Redis:
+    """A binary-safe client (no response decoding: arrays are raw bytes).
+
+    ``patient``: retry commands through a Redis outage of up to ``settings.redis_retry_s`` (workers);
+    otherwise redis-py's short default retry (web requests answer 503 quickly instead)."""
     if not settings.redis_url:
         raise RedisUnavailable("REDIS_URL is not set (start the app with `attention-atlas serve`)")
+    extra = {"retry": patient_retry(settings.redis_retry_s)} if patient else {}
     return redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=30, health_check_interval=30
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=30, health_check_interval=30, **extra
     )

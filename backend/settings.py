@@ -56,6 +56,10 @@ class Settings:
     redis_maxmemory: str = "2gb"
     rate_limit_per_minute: int = 30
     max_active_jobs_per_client: int = 4
+    worker_memory_mb: int = 0  # memory a worker's jobs may add to its start-up footprint; 0: no cap
+    redis_retry_s: float = 30.0  # how long a worker keeps retrying Redis before giving up a write
+    max_image_pixels: int = 4096 * 4096
+    batch_size: int = 8  # inputs per forward pass
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -86,6 +90,10 @@ class Settings:
             redis_maxmemory=os.environ.get("ATLAS_REDIS_MAXMEMORY", "2gb"),
             rate_limit_per_minute=_env_int("ATLAS_RATE_LIMIT", 30),
             max_active_jobs_per_client=_env_int("ATLAS_MAX_ACTIVE_JOBS", 4),
+            worker_memory_mb=_env_int("ATLAS_WORKER_MEMORY_MB", 0),
+            redis_retry_s=float(os.environ.get("ATLAS_REDIS_RETRY_S") or 30.0),
+            max_image_pixels=_env_int("ATLAS_MAX_IMAGE_PIXELS", 4096 * 4096),
+            batch_size=max(1, _env_int("ATLAS_BATCH_SIZE", 8)),
         )
 
 

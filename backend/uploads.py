@@ -1,6 +1,7 @@
 """Parsing user uploads (prompt files and images) into validated inputs, with clear errors.
 
-Nothing is unpickled; images are decoded by Pillow with a pixel cap (decompression bombs refused).
+Nothing is unpickled; an image's declared size is checked against a pixel cap before any of it is
+decoded (decompression bombs are refused with the size they declare).
 """
 
 from __future__ import annotations
@@ -8,13 +9,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import struct
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from backend.settings import Settings
 from backend.spec import SpecError
 
 TEXT_EXTENSIONS = (".txt", ".csv", ".jsonl")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 class UploadError(SpecError):
@@ -90,24 +93,59 @@ def parse_upload(name: str, data: bytes, settings: Settings) -> list[str]:
     return prompts
 
 
-def check_image(name: str, data: bytes, settings: Settings) -> tuple[int, int]:
-    """Validate an uploaded image; returns its (width, height)."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"),
+)
 
+
+def _sniff(data: bytes) -> str | None:
+    """The image format named by the file's first bytes (never by its name), or None."""
+    return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
+
+
+@contextmanager
+def open_image(name: str, data: bytes, settings: Settings) -> Iterator[Any]:
+    """Open a PNG or JPEG lazily (header only) after checking its declared size against
+    ``settings.max_image_pixels``, so a decompression bomb is refused before any pixel is decoded.
+
+    Pillow's own plugins are used directly: ``Image.open`` would apply Pillow's global bomb check
+    (a vague error, and a process-wide setting) before ours could name the size."""
+    from PIL import JpegImagePlugin, PngImagePlugin  # noqa: PLC0415
+
+    fmt = _sniff(data)
+    if fmt not in ("PNG", "JPEG"):
+        what = f"{fmt} images are not supported" if fmt else "not a valid PNG or JPEG image"
+        raise UploadError(f"{name}: {what}; use PNG or JPEG" if fmt else f"{name}: {what}")
+    cls = PngImagePlugin.PngImageFile if fmt == "PNG" else JpegImagePlugin.JpegImageFile
+    try:
+        img = cls(io.BytesIO(data))
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError):
+        raise UploadError(f"{name}: not a valid PNG or JPEG image") from None
+    try:
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise UploadError(f"{name}: not a valid PNG or JPEG image (it declares {w}x{h} pixels)")
+        if w * h > settings.max_image_pixels:
+            raise UploadError(
+                f"{name}: the image declares {w:,} x {h:,} = {w * h:,} pixels; the limit is "
+                f"{settings.max_image_pixels:,} pixels (ATLAS_MAX_IMAGE_PIXELS). Scale it down and upload it again"
+            )
+        yield img
+    finally:
+        img.close()
+
+
+def check_image(name: str, data: bytes, settings: Settings) -> tuple[int, int]:
+    """Validate an uploaded image without decoding its pixels; returns its (width, height)."""
     if len(data) > settings.max_upload_bytes:
         raise UploadError(f"{name}: {len(data):,} bytes; the upload limit is {settings.max_upload_bytes:,} bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in ("PNG", "JPEG"):
-                raise UploadError(f"{name}: {img.format} images are not supported; use PNG or JPEG")
-            w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise UploadError(f"{name}: {w}x{h} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels")
-            img.verify()
-    except UploadError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise UploadError(f"{name}: not a valid PNG or JPEG image") from None
+    with open_image(name, data, settings) as img:
+        w, h = img.size
+        try:
+            img.verify()  # chunk structure and checksums, without decompressing the pixels
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError):
+            raise UploadError(f"{name}: not a valid PNG or JPEG image (damaged data)") from None
     return w, h
 
 

@@ -2,6 +2,9 @@
 
 Uses RQ's ``SimpleWorker``: jobs run in this process, so models stay resident and nothing forks
 after CUDA is initialised. Several workers on several machines can serve one queue.
+
+Redis going away does not end the worker: commands retry for ``ATLAS_REDIS_RETRY_S`` (a restart
+pauses a job), and if RQ's loop gives up anyway the worker waits for Redis and starts it again.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
+import redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
@@ -17,22 +22,27 @@ from backend.jobs import queue_for
 from backend.model_refs import DEFAULT_MODEL, ModelError, resolve_model
 from backend.redis_conn import connect
 from backend.settings import get_settings
+from workers.memory import apply_memory_cap
 
 log = logging.getLogger("atlas.worker")
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 def warm_up(preload: str | None = DEFAULT_MODEL) -> None:
-    """Pay one-off costs before the first job: torch import, UMAP's numba compile, default model."""
+    """Pay one-off costs before the first job: torch import, UMAP's numba compile, default model.
+
+    ``ATLAS_WARM_PROJECTIONS=0`` skips the numba compile (the first map job pays it instead)."""
     settings = get_settings()
     from backend.engine import capture  # noqa: F401  (registers the attention function)
     from workers.tasks import registry
 
-    try:
-        from backend import projections
+    if os.environ.get("ATLAS_WARM_PROJECTIONS", "1") != "0":
+        try:
+            from backend import projections
 
-        projections.warm_up()
-    except (ImportError, AttributeError):
-        pass
+            projections.warm_up()
+        except (ImportError, AttributeError):
+            pass
     if preload:
         try:
             registry(settings).get(resolve_model(preload, settings), settings.dtype)
@@ -40,14 +50,71 @@ def warm_up(preload: str | None = DEFAULT_MODEL) -> None:
             log.warning("could not preload %s: %s", preload, exc)
 
 
+class AtlasWorker(SimpleWorker):
+    """RQ's in-process worker that remembers whether it was asked to stop (SIGTERM / SIGINT)."""
+
+    stop_asked = False
+
+    def request_stop(self, signum, frame):  # noqa: ANN001  (RQ's signal handler signature)
+        self.stop_asked = True
+        super().request_stop(signum, frame)
+
+
+def _wait_for_redis(conn: redis.Redis) -> None:
+    """Block until Redis answers again (checks once a second)."""
+    while True:
+        try:
+            if conn.ping():
+                return
+        except REDIS_ERRORS:
+            pass
+        time.sleep(1.0)
+
+
+def serve(conn: redis.Redis, name: str, burst: bool = False) -> None:
+    """Run RQ's work loop; when it ends without a stop request (Redis lost for longer than the retry
+    window, or an unexpected error), wait for Redis and run it again under the same name."""
+    from rq.exceptions import StopRequested
+
+    settings = get_settings()
+    while True:
+        worker = AtlasWorker([queue_for(conn, settings)], connection=conn, serializer=JSONSerializer, name=name)
+        try:
+            worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+        except REDIS_ERRORS as exc:  # raised by RQ's teardown while Redis is still away
+            log.warning("lost Redis (%s)", exc)
+        except StopRequested:
+            return
+        if burst or worker.stop_asked:
+            return
+        log.warning("the work loop ended unexpectedly; waiting for Redis, then serving again")
+        try:
+            time.sleep(1.0)
+            _wait_for_redis(conn)
+            worker.register_death()  # so the same name can register again
+        except REDIS_ERRORS:
+            continue
+        except StopRequested:
+            return
+
+
+def _device_name(setting: str) -> str:
+    from backend.engine.models import pick_device
+
+    try:
+        return str(pick_device(setting))
+    except ModelError:
+        return setting
+
+
 def main(burst: bool = False, preload: str | None = DEFAULT_MODEL) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
     settings = get_settings()
-    conn = connect(settings)
+    conn = connect(settings, patient=True)
     warm_up(preload if os.environ.get("ATLAS_PRELOAD", "1") != "0" else None)
+    apply_memory_cap(settings.worker_memory_mb, _device_name(settings.device))
     name = f"atlas-{socket.gethostname()}-{os.getpid()}"
-    worker = SimpleWorker([queue_for(conn, settings)], connection=conn, serializer=JSONSerializer, name=name)
-    worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+    serve(conn, name, burst)
 
 
 if __name__ == "__main__":

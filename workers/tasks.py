@@ -6,13 +6,13 @@ models resident between jobs.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 import traceback
 from typing import Any
 
 import numpy as np
+import redis
 
 from backend.cache import Cache
 from backend.jobs import HEARTBEAT_S
@@ -20,6 +20,7 @@ from backend.model_refs import ModelError, resolve_model
 from backend.redis_conn import connect
 from backend.settings import Settings, get_settings
 from backend.spec import SpecError
+from workers.memory import cap_mb, is_out_of_memory, release_memory
 
 _REGISTRY = None
 FLUSH_BYTES = 8 * 1024 * 1024
@@ -73,33 +74,38 @@ class _Heartbeat(threading.Thread):
             self.stop.wait(HEARTBEAT_S)
 
 
-def _load_inputs(cache: Cache, spec: dict[str, Any]) -> list[Any]:
+def _load_inputs(cache: Cache, spec: dict[str, Any], settings: Settings) -> list[Any]:
     if spec["kind"] != "image":
         return list(spec["inputs"])
     from PIL import Image
+
+    from backend.uploads import UploadError, open_image
 
     images = []
     for digest in spec["inputs"]:
         data = cache.get_blob(digest)
         if data is None:
             raise SpecError(f"uploaded image {digest[:12]} is no longer stored; upload it again")
-        images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+        try:  # checked on upload too; the size is checked again before decoding
+            with open_image(f"image {digest[:12]}", data, settings) as img:
+                images.append(img.convert("RGB"))
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise UploadError(f"image {digest[:12]} cannot be decoded ({exc})") from None
     return images
 
 
 def _failure_message(exc: BaseException) -> str:
-    import torch
-
-    text = str(exc).lower()
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text or (
-        "can't allocate memory" in text
-    ):
+    if is_out_of_memory(exc):
+        cap = cap_mb()
+        where = f" (this worker may use {cap:,} MB above its start-up footprint, ATLAS_WORKER_MEMORY_MB)" if cap else ""
         return (
-            "out of memory while running the model: try fewer or shorter prompts, "
-            "dtype bfloat16, or a smaller model"
+            f"out of memory while running the model{where}: try fewer or shorter prompts, dtype bfloat16, "
+            "or a smaller model; the operator can lower ATLAS_BATCH_SIZE or give the worker more memory"
         )
     if type(exc).__name__ == "JobTimeoutException":
         return "the analysis took longer than the job timeout (ATLAS_JOB_TIMEOUT); try fewer prompts"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return "lost the connection to Redis for longer than ATLAS_REDIS_RETRY_S; submit it again"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -109,7 +115,7 @@ def run_analysis(run_id: str) -> str:
     from backend.engine.capture import UnsupportedArchitecture
 
     settings = get_settings()
-    cache = Cache(connect(settings), settings)
+    cache = Cache(connect(settings, patient=True), settings)
     manifest = cache.manifest(run_id)
     if manifest is None:
         return "unknown run"
@@ -128,10 +134,11 @@ def run_analysis(run_id: str) -> str:
             last[0] = now
             cache.update(run_id, progress=round(float(frac), 4), stage=stage)
 
+    failure, outcome = "", "failed"
     try:
         ref = resolve_model(spec["model"], settings)
         loaded = registry(settings).get(ref, spec["options"]["dtype"])
-        inputs = _load_inputs(cache, spec)
+        inputs = _load_inputs(cache, spec, settings)
         info = analyze(loaded, inputs, spec["options"], writer, progress,
                        lambda: cache.cancel_requested(run_id), settings)
         writer.flush()
@@ -139,27 +146,37 @@ def run_analysis(run_id: str) -> str:
                      progress=1.0, finished=time.time())
         return "done"
     except Cancelled:
-        cache.delete_arrays(run_id)
-        cache.update(run_id, status="cancelled", stage="cancelled", error="cancelled by the user",
-                     finished=time.time())
-        return "cancelled"
+        failure, outcome = "cancelled by the user", "cancelled"
     except (ModelError, SpecError, UnsupportedArchitecture, ValueError) as exc:
-        cache.delete_arrays(run_id)
-        cache.update(run_id, status="failed", stage="failed", error=str(exc), finished=time.time())
-        return "failed"
+        failure = str(exc)
     except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
         traceback.print_exc()
-        cache.delete_arrays(run_id)
-        cache.update(run_id, status="failed", stage="failed", error=_failure_message(exc),
-                     finished=time.time())
+        failure = _failure_message(exc)
         if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            _record_failure(cache, run_id, failure, "failed")
             raise
-        return "failed"
     finally:
+        # after the except blocks: the exception, its frames and the job's tensors are released
+        # here, so recording a failure does not need memory that a job over its cap used up
         beat.stop.set()
-        import gc
+        writer.buf.clear()
+        release_memory()
+    _record_failure(cache, run_id, failure, outcome)
+    return outcome
 
-        gc.collect()
+
+def _record_failure(cache: Cache, run_id: str, message: str, status: str) -> None:
+    """Drop any partial arrays, then mark the run failed (or cancelled) with ``message``.
+
+    Waits for Redis if it is away (the worker can do nothing else meanwhile; the job timeout still
+    applies), so the user reads this message rather than a generic "the worker stopped"."""
+    while True:
+        try:
+            cache.delete_arrays(run_id)
+            cache.update(run_id, status=status, stage=status, error=message, finished=time.time())
+            return
+        except (redis.ConnectionError, redis.TimeoutError):
+            time.sleep(1.0)
 
 
 def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
@@ -170,7 +187,7 @@ def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
     from backend.jobs import FAILURE_TTL_S, put_prune
 
     settings = get_settings()
-    cache = Cache(connect(settings), settings)
+    cache = Cache(connect(settings, patient=True), settings)
     base = {"job": digest, "run_id": run_id, "heads": heads, "prompt": prompt, "created": time.time()}
     last = [0.0]
 
@@ -188,7 +205,7 @@ def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
             raise SpecError("the run is unknown or not finished")
         spec = manifest["spec"]
         loaded = registry(settings).get(resolve_model(spec["model"], settings), spec["options"]["dtype"])
-        inputs = _load_inputs(cache, spec)
+        inputs = _load_inputs(cache, spec, settings)
         tokens = (manifest.get("info") or {}).get("tokens") if spec["kind"] == "text" else None
         result = prune_experiment(loaded, inputs, tokens, spec["options"], heads, prompt, progress)
         put_prune(cache, digest, {**base, **result, "status": "done", "stage": "done", "progress": 1.0,

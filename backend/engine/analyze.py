@@ -195,7 +195,7 @@ def _capture_pass(
     should_cancel: Callable[[], bool],
 ) -> None:
     model = loaded.model
-    batch_size = 8
+    batch_size = settings.batch_size
     if loaded.kind == "image":
         toks = patch_tokens(loaded)
         info.tokens = [toks for _ in inputs]
