@@ -1,0 +1,198 @@
+"""Headless Chromium on the query-key maps page: from the run page to the matrix of all heads, a click on a cell
+to that head's map (the same points as the API), hover context, a clicked token's attention (equal to the stored
+pattern), token search, colouring and normalisation in the URL, a shared URL, and an image run's patches."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import urllib.parse
+
+import numpy as np
+import pytest
+
+from backend import qk_points
+from tests.conftest import api_call, wait_done
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+PROMPTS = [
+    "The cat sat on the mat because the cat was tired.",
+    "A dog chased the cat across the garden.",
+    "Queries and keys of one head share a single map.",
+    "<script>alert(1)</script> is shown as text.",
+]
+PLOT = "document.querySelector('{sel} .js-plotly-plot')"
+
+
+def _submit(base: str, body: dict) -> str:
+    code, out = api_call(base, "/api/runs", body)
+    assert code in (200, 202), out
+    final = wait_done(base, out["run_id"], timeout=400)
+    assert final["status"] == "done", final
+    return out["run_id"]
+
+
+def _wait_title(page, sel: str, text: str) -> None:
+    page.wait_for_function(f"{PLOT.format(sel=sel)}?.querySelector('.gtitle')?.textContent.includes({text!r})",
+                           timeout=60_000)
+
+
+def _pixel(page, sel: str, x: float, y: float) -> tuple[float, float]:
+    """Page coordinates of data point (x, y) of a graph."""
+    return tuple(page.evaluate(
+        f"""([x, y]) => {{ const gd = {PLOT.format(sel=sel)}; const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const r = gd.getBoundingClientRect(); return [r.left + xa._offset + xa.l2p(x), r.top + ya._offset + ya.l2p(y)]; }}""",
+        [x, y]))
+
+
+def _trace_points(page, sel: str, trace: int) -> np.ndarray:
+    return np.array(page.evaluate(
+        f"(t) => {{ const d = {PLOT.format(sel=sel)}._fullData[t]; return [Array.from(d.x), Array.from(d.y)]; }}",
+        trace)).T
+
+
+def _hover_and_click(page, sel: str, x: float, y: float) -> str:
+    """Hover the point at (x, y), return its hover label, click it."""
+    px, py = _pixel(page, sel, x, y)
+    page.mouse.move(px, py)
+    page.wait_for_function(f"({PLOT.format(sel=sel)}._hoverdata || []).length > 0", timeout=10_000)
+    page.wait_for_selector(f"{sel} .hoverlayer .hovertext", timeout=10_000)
+    label = page.locator(f"{sel} .hoverlayer .hovertext").first.text_content() or ""
+    page.mouse.down()
+    page.mouse.up()
+    return label
+
+
+@pytest.fixture(scope="module")
+def text_run(live_app, worker) -> str:
+    return _submit(live_app, {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS, "options": {
+        "analyses": ["attention", "embedding"], "embedding_methods": ["umap", "pca"]}})
+
+
+def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
+    run_id = text_run
+    dialogs: list[str] = []
+    ctx = browser.new_context(viewport={"width": 1300, "height": 1000}, accept_downloads=True)
+    page = ctx.new_page()
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(f"{live_app}/runs/{run_id}")
+    page.wait_for_selector("#run-link-maps", timeout=60_000)
+    page.click("#run-link-maps")
+    page.wait_for_url(re.compile(rf".*/runs/{run_id}/maps.*"))
+    _wait_title(page, "#maps-matrix", "UMAP maps of all heads")
+    n_matrix = page.evaluate(f"{PLOT.format(sel='#maps-matrix')}._fullData.slice(1).reduce((n, t) => n + t.x.length, 0)")
+    _, pts0 = api_call(live_app, f"/api/runs/{run_id}/embedding?layer=0&head=0&method=umap")
+    assert n_matrix == 72 * len(pts0["points"])  # a small run: every point of every head
+
+    # a click inside a cell (not on a point) opens that head
+    px, py = _pixel(page, "#maps-matrix", 4.38, 2.41)
+    page.mouse.click(px, py)
+    page.wait_for_function("window.location.search.includes('view=head')")
+    _wait_title(page, "#maps-head-fig", "layer 2 head 4 · UMAP")
+    q = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)
+    assert q["layer"] == ["2"] and q["head"] == ["4"] and q["method"] == ["umap"]
+
+    # the drawn points are the API's points for that head
+    _, api = api_call(live_app, f"/api/runs/{run_id}/embedding?layer=2&head=4&method=umap")
+    pts = api["points"]
+    queries = _trace_points(page, "#maps-head-fig", 0)
+    keys = _trace_points(page, "#maps-head-fig", 1)
+    api_q = np.array([[p["x"], p["y"]] for p in pts if p["kind"] == "query"])
+    api_k = np.array([[p["x"], p["y"]] for p in pts if p["kind"] == "key"])
+    assert np.allclose(np.sort(queries, axis=0), np.sort(api_q, axis=0), atol=1e-5)
+    assert np.allclose(np.sort(keys, axis=0), np.sort(api_k, axis=0), atol=1e-5)
+
+    # hover shows the token in context; a click shows where that query attends, equal to the stored pattern
+    target = next(p for p in pts if p["kind"] == "query" and p["token"] == "chased")
+    label = _hover_and_click(page, "#maps-head-fig", target["x"], target["y"])
+    assert "chased" in label and f"prompt {target['prompt']}, position {target['position']}" in label
+    assert "[chased]" in label  # the context brackets the token
+    page.wait_for_selector("#maps-token-text", timeout=30_000)
+    page.wait_for_function(f"window.location.search.includes('sel=q.{target['prompt']}.{target['position']}')")
+    spans = page.locator("#maps-token-text .token")
+    _, att = api_call(live_app, f"/api/runs/{run_id}/attention?prompt={target['prompt']}&layer=2&head=4")
+    assert spans.all_inner_texts() == att["tokens"]
+    shown = [float(t.rsplit(": ", 1)[1]) for t in (spans.nth(i).get_attribute("title") for i in range(spans.count()))]
+    assert np.allclose(shown, att["pattern"][target["position"]], atol=1e-4)
+    bars = page.evaluate(f"Array.from({PLOT.format(sel='#maps-token-fig')}._fullData[0].y)")
+    assert np.allclose(bars, att["pattern"][target["position"]], atol=1e-5)
+
+    # search highlights the token everywhere; the count is the API's
+    page.fill("#maps-search", "cat")
+    page.press("#maps-search", "Enter")
+    n_cat = sum(qk_points.clean_token(p["token"]) == "cat" for p in pts)
+    assert n_cat >= 6
+    page.wait_for_function(f"document.querySelector('#maps-search-summary')?.textContent.includes('{n_cat} points')")
+    ringed = page.evaluate(f"{PLOT.format(sel='#maps-head-fig')}._fullData.find(t => t.name.startsWith('matches')).x.length")
+    assert ringed == n_cat
+
+    # colouring and normalisation go to the URL; the raw map is another map
+    page.click("#maps-colour")
+    page.get_by_role("option", name="normalised position", exact=True).click()
+    page.wait_for_function("window.location.search.includes('colour=position')")
+    page.uncheck("#maps-norm input[type=checkbox]")
+    page.wait_for_function("window.location.search.includes('norm=0')")
+    _wait_title(page, "#maps-head-fig", "UMAP (raw)")
+
+    with page.expect_download() as dl:
+        page.click("#maps-csv-btn")
+    lines = open(dl.value.path(), encoding="utf-8").read().splitlines()
+    assert lines[0] == "x,y,kind,prompt,position,token" and len(lines) == len(pts) + 1
+
+    # the shared URL re-opens the same view in a fresh browser context
+    other_ctx = browser.new_context(viewport={"width": 1300, "height": 1000})
+    other = other_ctx.new_page()
+    other.goto(page.url)
+    _wait_title(other, "#maps-head-fig", "layer 2 head 4 · UMAP (raw)")
+    other.wait_for_selector("#maps-token-text", timeout=30_000)
+    assert other.input_value("#maps-search") == "cat"
+    other.wait_for_function(f"document.querySelector('#maps-search-summary')?.textContent.includes('{n_cat} points')")
+    assert other.evaluate(f"{PLOT.format(sel='#maps-head-fig')}._fullData[0].marker.colorscale") is not None
+    other_ctx.close()
+    assert dialogs == []  # the <script> prompt never ran
+    ctx.close()
+
+
+def test_bad_view_parameters_fall_back(live_app, text_run, browser) -> None:
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.goto(f"{live_app}/runs/{text_run}/maps?view=head&layer=999&head=-3&method=nope&colour=rainbow&sel=zz")
+    _wait_title(page, "#maps-head-fig", "layer 0 head 0 · UMAP")
+    page.goto(f"{live_app}/runs/{'0' * 32}/maps")
+    page.wait_for_function("document.querySelector('#maps-status')?.textContent.includes('No run with id')")
+    page.close()
+    code, err = api_call(live_app, f"/api/runs/{text_run}/embedding?layer=0&head=0&method=tsne")
+    assert code == 400 and "no tsne map" in err["error"]
+
+
+def _digit_png(row: int) -> bytes:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from backend.samples import render_digit
+
+    buf = io.BytesIO()
+    Image.fromarray(render_digit(load_digits().data[row]), "L").resize((32, 32)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_run_points_are_patches(live_app, worker, cache, browser) -> None:
+    digests = []
+    for row in (0, 1, 2):
+        data = _digit_png(row)
+        digests.append(hashlib.sha256(data).hexdigest())
+        cache.put_blob(digests[-1], data)
+    run_id = _submit(live_app, {"model": "digits-vit", "kind": "image", "prompts": digests, "options": {
+        "analyses": ["attention", "embedding"], "embedding_methods": ["pca"]}})
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.goto(f"{live_app}/runs/{run_id}/maps?view=head&layer=1&head=2&method=pca")
+    _wait_title(page, "#maps-head-fig", "layer 1 head 2 · PCA")
+    _, api = api_call(live_app, f"/api/runs/{run_id}/embedding?layer=1&head=2&method=pca")
+    target = next(p for p in api["points"] if p["kind"] == "query" and p["token"] == "patch r3 c4")
+    label = _hover_and_click(page, "#maps-head-fig", target["x"], target["y"])
+    assert "patch r3 c4" in label and f"image {target['prompt']}" in label
+    page.wait_for_function("window.location.search.includes('sel=q.')")
+    page.wait_for_selector("#maps-token-fig .heatmaplayer", state="attached", timeout=30_000)
+    assert page.evaluate(f"{PLOT.format(sel='#maps-token-fig')}._fullData.some(t => t.type === 'image')")
+    page.close()
