@@ -126,15 +126,12 @@ def matrix(run_id: str, method: Any, normalised: bool = True) -> tuple[dict, dic
         arrays = state.load_arrays(run_id, wanted)
         per_head = max(40, min(MATRIX_PER_HEAD, MATRIX_POINTS // max(len(heads), 1)))
         thumbs, hover = {}, {}
-        index = None
         for i, (l, h) in enumerate(heads):
             xy, meta = arrays[2 * i], arrays[2 * i + 1]
-            if index is None or len(meta) != len(arrays[1]):
-                index = qk_points.thumbnail_indices(meta, per_head)
-            th = qk_points.thumbnail(xy, meta, index)
-            thumbs[(l, h)] = th
-            table = point_table(run_id, run, meta)
-            hover[(l, h)] = [f"layer {l} head {h} · {t}" for t in table.hover[th.index]]
+            index = qk_points.thumbnail_indices(meta, per_head)
+            thumbs[(l, h)] = qk_points.thumbnail(xy, meta, index)
+            hover[(l, h)] = [f"layer {l} head {h} · {qk_points.KIND_NAMES[k]} '{html.escape(run.tokens[p][pos])}'"
+                             for k, p, pos in meta[index].tolist()]
         return thumbs, hover
 
     return _MATRICES.get((run_id, name), make)

@@ -1,0 +1,98 @@
+"""The maps pages' data layer on a real Redis: a run stored as the worker stores maps, read back one head at a
+time and as the matrix, clicks mapped to tokens, the CSV, and an evicted head (the run is queued again)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+
+import numpy as np
+import pytest
+
+from backend import keys, names, qk_points
+
+pytestmark = pytest.mark.integration
+
+TOKENS = [["[CLS]", "the", "cat", "sat", "[SEP]"], ["[CLS]", "a", "<b>dog</b>", "[SEP]"]]
+L, H = 2, 3
+
+
+@pytest.fixture()
+def stored_run(cache):
+    """A finished text run with UMAP maps (normalised and raw) for every head; returns (run id, arrays)."""
+    meta = np.array([[k, p, pos] for k in (0, 1) for p, t in enumerate(TOKENS) for pos in range(len(t))], np.int32)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for l in range(L):
+        for h in range(H):
+            for method in ("umap", "umap_raw"):
+                arrays[names.embedding(l, h, method)] = rng.normal(size=(len(meta), 2)).astype(np.float32)
+            arrays[names.embedding_meta(l, h)] = meta
+    run_id = uuid.uuid4().hex
+    cache.create_run(run_id, {"inputs": [" ".join(t) for t in TOKENS], "options": {}}, {"ref": "test"}, "test")
+    sizes = cache.put_arrays(run_id, list(arrays.items()))
+    cache.update(run_id, status="done", progress=1.0, info={"n_layers": L, "n_heads": H, "tokens": TOKENS,
+                                                            "kind": "text"}, sizes=sizes)
+    yield run_id, arrays
+    cache.delete_arrays(run_id)
+
+
+def test_head_matrix_points_and_csv(stored_run) -> None:
+    from app import maps_data, state
+
+    run_id, arrays = stored_run
+    run = maps_data.map_run(run_id)
+    assert (run.n_layers, run.n_heads, run.methods, run.image) == (L, H, ("umap",), False)
+    xy, meta = maps_data.head(run_id, 1, 2, "umap")
+    assert np.array_equal(xy, arrays[names.embedding(1, 2, "umap")])
+    raw, _ = maps_data.head(run_id, 1, 2, "umap", normalised=False)
+    assert np.array_equal(raw, arrays[names.embedding(1, 2, "umap_raw")])
+
+    thumbs, hover = maps_data.matrix(run_id, "umap")
+    assert sorted(thumbs) == [(l, h) for l in range(L) for h in range(H)]
+    for (l, h), th in thumbs.items():
+        full = arrays[names.embedding(l, h, "umap")]
+        assert np.allclose(th.xy, qk_points.fit_cell(full)[th.index])
+        assert hover[(l, h)][0].startswith(f"layer {l} head {h} · ")
+    assert any("&lt;b&gt;dog&lt;/b&gt;" in t for t in hover[(0, 0)])  # tokens are escaped in hover labels
+
+    # a click at a point's coordinates selects that token
+    i = 7
+    assert maps_data.selected_point(run_id, 1, 2, "umap", True, *xy[i]) == meta[i].tolist()
+
+    pts = maps_data.points(run_id, 0, 1, "umap_raw")
+    assert len(pts) == len(meta) and pts[i]["token"] == TOKENS[meta[i, 1]][meta[i, 2]]
+    assert pts[i]["x"] == pytest.approx(float(arrays[names.embedding(0, 1, "umap_raw")][i, 0]))
+    rows = list(csv.DictReader(io.StringIO(maps_data.csv_text(run_id, 0, 1, "umap", True))))
+    assert len(rows) == len(meta) and rows[2]["token"] == "cat" and rows[-1]["kind"] == "key"
+
+    table = maps_data.point_table(run_id, run, meta)
+    assert "[cat]" in table.hover[2] and table.hover[2].startswith("<b>query</b>")
+
+    for bad in (dict(layer=2, head_=0, method="umap"), dict(layer=0, head_=0, method="tsne"),
+                dict(layer=0, head_="x", method="umap")):
+        with pytest.raises(state.ViewError):
+            maps_data.head(run_id, **bad)
+
+
+def test_evicted_head_is_recomputed(stored_run, cache) -> None:
+    from app import maps_data, state
+
+    run_id, _ = stored_run
+    maps_data._HEADS.clear()
+    cache.r.delete(keys.run_tensor(cache.prefix, run_id, names.embedding(0, 2, "umap")))
+    assert cache.get_array(run_id, names.embedding(0, 2, "umap")) is None
+    with pytest.raises(state.NotReady, match="recomputing"):
+        maps_data.head(run_id, 0, 2, "umap")
+    assert cache.manifest(run_id)["status"] == "queued"
+
+
+def test_run_without_maps_is_refused(cache) -> None:
+    from app import maps_data, state
+
+    run_id = uuid.uuid4().hex
+    cache.create_run(run_id, {"inputs": ["x"], "options": {}}, {"ref": "test"}, "test")
+    cache.update(run_id, status="done", info={"n_layers": 1, "n_heads": 1, "tokens": [["x"]]}, sizes={})
+    with pytest.raises(state.ViewError, match="no query-key maps"):
+        maps_data.map_run(run_id)
