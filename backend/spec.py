@@ -19,6 +19,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "max_points_per_head": 20_000,
     "seed": 0,
 }
+MAP_POINTS_RANGE = (100, 50_000)
+"""Bounds of ``max_points_per_head`` (queries + keys per head): t-SNE on 50,000 points takes minutes per head."""
 OPTIONAL_OPTIONS = ("labels",)
 """Options that are absent unless given (so runs without them keep their run ids): ``labels``, one class id
 per input, the targets of a classifier's head-importance loss (``backend.engine.losses``)."""
@@ -72,6 +74,8 @@ def normalise_options(raw: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(methods, list) or not all(m in ("umap", "tsne", "pca") for m in methods):
         raise SpecError("embedding_methods must be a list drawn from umap, tsne, pca")
     opts["embedding_methods"] = sorted(set(methods))
+    if "embedding" in opts["analyses"] and not methods:
+        raise SpecError("embedding_methods is empty: choose at least one projection (umap, tsne, pca) for the maps")
     if opts.get("labels", ()) is None:
         del opts["labels"]
     elif "labels" in opts:
@@ -83,6 +87,9 @@ def normalise_options(raw: dict[str, Any] | None) -> dict[str, Any]:
     for name in ("max_points_per_head", "seed"):
         if not isinstance(opts[name], int) or isinstance(opts[name], bool) or opts[name] < 0:
             raise SpecError(f"{name} must be a non-negative integer")
+    lo, hi = MAP_POINTS_RANGE
+    if not lo <= opts["max_points_per_head"] <= hi:
+        raise SpecError(f"max_points_per_head must be between {lo:,} and {hi:,}")
     return opts
 
 

@@ -9,11 +9,11 @@ import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import state
-from app.components import alert
+from app.components import alert, help_text
 from app.sample_picker import sample_picker
 from backend import jobs
 from backend.model_refs import DEFAULT_MODEL, ModelError, available_models
-from backend.spec import SpecError
+from backend.spec import DEFAULT_OPTIONS, MAP_POINTS_RANGE, SpecError
 from backend.uploads import IMAGE_EXTENSIONS, UploadError, check_image, parse_labels, parse_upload
 
 dash.register_page(__name__, path="/", title="New analysis · Attention Atlas", name="New analysis")
@@ -22,7 +22,7 @@ EXAMPLES = "The cat sat on the mat because it was tired.\nParis is the capital o
 ANALYSIS_OPTIONS = [
     {"label": "Attention patterns (always)", "value": "attention", "disabled": True},
     {"label": "Sink & head metrics", "value": "metrics"},
-    {"label": "Joint query-key maps (UMAP)", "value": "embedding"},
+    {"label": "Joint query-key maps (AttentionViz)", "value": "embedding"},
     {"label": "Head importance", "value": "importance"},
     {"label": "Head roles (head atlas)", "value": "roles"},
     {"label": "StreamingLLM experiment (causal LMs: first prompt, long text)", "value": "streaming"},
@@ -67,6 +67,24 @@ def layout(**_query: str) -> html.Div:
             html.Div(className="row", style={"marginTop": "0.8rem"}, children=[
                 dcc.Checklist(id="new-analyses", options=ANALYSIS_OPTIONS, value=["attention", "metrics"],
                               inline=True, inputStyle={"marginRight": "4px", "marginLeft": "12px"}),
+            ]),
+            html.Div(className="row", children=[
+                html.Div(className="field", children=[
+                    html.Label(["Map projections ", help_text(
+                        "Projections computed for the query-key maps (when that analysis is ticked). UMAP is the "
+                        "default; t-SNE takes about ten times longer; PCA is instant.")]),
+                    dcc.Checklist(id="new-map-methods", value=["umap"], inline=True,
+                                  options=[{"label": "UMAP", "value": "umap"}, {"label": "t-SNE", "value": "tsne"},
+                                           {"label": "PCA", "value": "pca"}],
+                                  inputStyle={"marginRight": "4px", "marginLeft": "8px"}),
+                ]),
+                html.Div(className="field", children=[
+                    html.Label(["Map points per head ", help_text(
+                        "Queries + keys per head, sampled evenly across prompts (the same tokens for every head). "
+                        f"Between {MAP_POINTS_RANGE[0]:,} and {MAP_POINTS_RANGE[1]:,}.")]),
+                    dcc.Input(id="new-map-points", type="number", value=DEFAULT_OPTIONS["max_points_per_head"],
+                              min=MAP_POINTS_RANGE[0], max=MAP_POINTS_RANGE[1], step=100),
+                ]),
             ]),
             html.P(limits_text(), className="limits", id="new-limits"),
             html.Button("Analyse", id="new-submit", className="btn", n_clicks=0),
@@ -119,9 +137,10 @@ def on_upload(contents, filenames, current, images):
     Input("new-submit", "n_clicks"),
     State("new-model", "value"), State("new-model-custom", "value"), State("new-prompts", "value"),
     State("new-images", "data"), State("new-analyses", "value"), State("new-labels", "data"),
+    State("new-map-methods", "value"), State("new-map-points", "value"),
     prevent_initial_call=True,
 )
-def on_submit(_n, model, custom, text, images, analyses, labels=None):
+def on_submit(_n, model, custom, text, images, analyses, labels=None, map_methods=None, map_points=None):
     model = (custom or "").strip() or model or DEFAULT_MODEL
     s = state.settings()
     try:
@@ -135,6 +154,12 @@ def on_submit(_n, model, custom, text, images, analyses, labels=None):
         else:
             inputs = (text or "").splitlines()
         options = {"analyses": list(analyses or [])}
+        if "embedding" in options["analyses"]:
+            if map_points is None:
+                raise SpecError(f"map points per head must be a whole number between {MAP_POINTS_RANGE[0]:,} "
+                                f"and {MAP_POINTS_RANGE[1]:,}")
+            options["embedding_methods"] = list(map_methods or [])
+            options["max_points_per_head"] = int(map_points) if float(map_points).is_integer() else map_points
         if labels and kind == "text" and labels.get("text") == text and len(labels["labels"]) == len(
             [p for p in inputs if p.strip()]
         ):  # the CSV's labels, while the text is as uploaded

@@ -196,3 +196,27 @@ def test_image_run_points_are_patches(live_app, worker, cache, browser) -> None:
     page.wait_for_selector("#maps-token-fig .heatmaplayer", state="attached", timeout=30_000)
     assert page.evaluate(f"{PLOT.format(sel='#maps-token-fig')}._fullData.some(t => t.type === 'image')")
     page.close()
+
+
+def test_new_analysis_page_sets_map_options(live_app, worker, browser) -> None:
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.goto(live_app + "/")
+    page.wait_for_selector("#new-prompts")
+    page.check("#new-analyses input[value=embedding]")
+    page.check("#new-map-methods input[value=pca]")
+    page.uncheck("#new-map-methods input[value=umap]")
+    page.fill("#new-map-points", "60")  # below the minimum: refused with a message, nothing submitted
+    page.click("#new-submit")
+    page.wait_for_function("document.querySelector('#new-message')?.textContent.includes('between 100 and 50,000')")
+    page.fill("#new-map-points", "400")
+    page.click("#new-submit")
+    page.wait_for_url(re.compile(r".*/runs/[0-9a-f]{32}$"), timeout=30_000)
+    run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    final = wait_done(live_app, run_id, timeout=300)
+    assert final["status"] == "done", final
+    assert final["options"]["embedding_methods"] == ["pca"] and final["options"]["max_points_per_head"] == 400
+    page.wait_for_selector("#run-link-maps", timeout=60_000)
+    page.click("#run-link-maps")
+    _wait_title(page, "#maps-matrix", "PCA maps of all heads")
+    assert page.locator("#maps-method").inner_text().strip() == "PCA"
+    page.close()

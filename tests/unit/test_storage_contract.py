@@ -67,7 +67,10 @@ def test_bad_prompts_are_refused_with_a_message(prompts, message) -> None:
 
 @pytest.mark.parametrize("options,message", [
     ({"dtype": "int8"}, "dtype"), ({"bogus": 1}, "unknown option"), ({"analyses": ["x"]}, "analyses"),
-    ({"seed": -1}, "seed"), ("x", "object"),
+    ({"seed": -1}, "seed"), ("x", "object"), ({"max_points_per_head": 10**9}, "between 100 and 50,000"),
+    ({"max_points_per_head": 5}, "max_points_per_head"), ({"max_points_per_head": 2.5}, "integer"),
+    ({"analyses": ["embedding"], "embedding_methods": []}, "at least one projection"),
+    ({"embedding_methods": ["mds"]}, "embedding_methods"),
 ])
 def test_bad_options_are_refused(options, message) -> None:
     with pytest.raises(SpecError, match=message):
