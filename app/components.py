@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import plotly.graph_objects as go
 from dash import html
 
 
@@ -23,3 +26,25 @@ def alert(message: str, kind: str = "error", alert_id: str | None = None) -> htm
 
 def help_text(text: str) -> html.Span:
     return html.Span("?", className="help", title=text)
+
+
+def field(label: Any, child: Any, width: str = "160px") -> html.Div:
+    """A labelled control in a ``.row``."""
+    return html.Div(className="field", style={"minWidth": width}, children=[html.Label(label), child])
+
+
+def empty_figure(message: str = "", height: int = 300) -> go.Figure:
+    """A blank figure, optionally with a centred message (before data arrives, or when it is unavailable)."""
+    fig = go.Figure()
+    fig.update_layout(template="plotly_white", height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      annotations=[dict(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")]
+                      if message else [])
+    return fig
+
+
+def query_int(value: Any, default: int = 0) -> int:
+    """A non-negative integer from a URL query value (negative -> 0, not a number -> ``default``)."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return default

@@ -22,7 +22,7 @@ import numpy as np
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import state
-from app.components import alert, help_text, progress_bar
+from app.components import alert, help_text, progress_bar, query_int
 from app.view_links import register_view
 from backend import figures_importance as fi
 from backend import jobs, names
@@ -43,18 +43,11 @@ SOURCE = ("Head importance (Michel, Levy, Neubig, NeurIPS 2019, 'Are Sixteen Hea
           "order (3 seeds) and most-important-first are shown for comparison.")
 
 
-def _int(value: Any, default: int = 0) -> int:
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return default
-
-
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     scale = query.get("view") if query.get("view") in SCALES else "raw"
     metric = query.get("metric") if query.get("metric") in METRICS else "loss"
     off = parse_off(query.get("off"))
-    prompt = _int(query.get("prompt"))
+    prompt = query_int(query.get("prompt"))
     return html.Div([
         dcc.Store(id="imp-run-id", data=run_id),
         dcc.Store(id="imp-info"),

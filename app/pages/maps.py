@@ -12,11 +12,10 @@ from urllib.parse import urlencode
 
 import dash
 import numpy as np
-import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import maps_data, state, vit_data
-from app.components import alert, help_text, progress_bar
+from app.components import alert, empty_figure, field, help_text, progress_bar, query_int
 from app.view_links import register_view
 from backend import figures, figures_maps, figures_vit, qk_points, vit
 
@@ -35,13 +34,6 @@ SEL = re.compile(r"^([qk])\.(\d+)\.(\d+)$")
 VIEW_ERRORS = (state.ViewError, state.NotReady, LookupError, ValueError) + state.REDIS_ERRORS
 
 
-def _int(value, default: int = 0) -> int:
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return default
-
-
 def parse_view(query: dict) -> dict:
     """View state from URL query values (bad values fall back to defaults)."""
     sel = SEL.match(query.get("sel") or "")
@@ -49,23 +41,11 @@ def parse_view(query: dict) -> dict:
         "view": "head" if query.get("view") == "head" else "matrix",
         "method": query.get("method") if query.get("method") in maps_data.BASE_METHODS else None,
         "norm": query.get("norm", "1") != "0",
-        "layer": _int(query.get("layer")), "head": _int(query.get("head")),
+        "layer": query_int(query.get("layer")), "head": query_int(query.get("head")),
         "colour": query.get("colour") if query.get("colour") in figures_maps.COLOUR_MODES else "kind",
         "token": (query.get("token") or "")[:100],
         "sel": [int(sel.group(1) == "k"), int(sel.group(2)), int(sel.group(3))] if sel else None,
     }
-
-
-def _field(label, child, width: str = "150px") -> html.Div:
-    return html.Div(className="field", style={"minWidth": width}, children=[html.Label(label), child])
-
-
-def _empty(message: str = "", height: int = 300) -> go.Figure:
-    fig = go.Figure()
-    fig.update_layout(template="plotly_white", height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
-                      annotations=[dict(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")]
-                      if message else [])
-    return fig
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
@@ -81,38 +61,38 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             dcc.Link("← back to the run", href=f"/runs/{run_id}", className="muted"),
             html.Div(id="maps-status"),
             html.Div(className="row", children=[
-                _field("View", dcc.RadioItems(id="maps-mode", value=v["view"], inline=True, options=[
+                field("View", dcc.RadioItems(id="maps-mode", value=v["view"], inline=True, options=[
                     {"label": "all heads", "value": "matrix"}, {"label": "one head", "value": "head"}],
                     inputStyle={"marginRight": "4px", "marginLeft": "8px"}), "210px"),
-                _field("Projection", dcc.Dropdown(id="maps-method", clearable=False, value=v["method"])),
-                _field("Normalisation", dcc.Checklist(id="maps-norm", value=["on"] if v["norm"] else [], options=[
+                field("Projection", dcc.Dropdown(id="maps-method", clearable=False, value=v["method"])),
+                field("Normalisation", dcc.Checklist(id="maps-norm", value=["on"] if v["norm"] else [], options=[
                     {"label": "AttentionViz (translate + scale keys)", "value": "on"}],
                     inputStyle={"marginRight": "4px"}), "260px"),
-                _field("Layer", dcc.Dropdown(id="maps-layer", clearable=False, value=v["layer"]), "120px"),
-                _field("Head", dcc.Dropdown(id="maps-head", clearable=False, value=v["head"]), "120px"),
+                field("Layer", dcc.Dropdown(id="maps-layer", clearable=False, value=v["layer"]), "120px"),
+                field("Head", dcc.Dropdown(id="maps-head", clearable=False, value=v["head"]), "120px"),
             ]),
             html.Div(id="maps-error"),
         ]),
         html.Div(id="maps-matrix-card", className="card", style={"display": "none"}, children=[
             html.P("Every head of the model, queries (green) and keys (pink) of a sample of the run's tokens. "
                    "Click a cell to open that head.", className="muted"),
-            dcc.Loading(dcc.Graph(id="maps-matrix", config={"displaylogo": False}, figure=_empty())),
+            dcc.Loading(dcc.Graph(id="maps-matrix", config={"displaylogo": False}, figure=empty_figure())),
         ]),
         html.Div(id="maps-head-card", className="card", style={"display": "none"}, children=[
             html.Div(className="row", children=[
-                _field("Colour by", dcc.Dropdown(id="maps-colour", clearable=False, value=v["colour"], options=[
+                field("Colour by", dcc.Dropdown(id="maps-colour", clearable=False, value=v["colour"], options=[
                     {"label": lab, "value": key} for key, lab in figures_maps.COLOUR_MODES.items()]), "190px"),
-                _field("Find a token", dcc.Input(id="maps-search", type="text", value=v["token"], debounce=True,
+                field("Find a token", dcc.Input(id="maps-search", type="text", value=v["token"], debounce=True,
                                                  placeholder="e.g. the   or  /^th/", maxLength=100), "220px"),
                 html.Button("Download map (CSV)", id="maps-csv-btn", className="btn secondary", n_clicks=0),
                 html.Button("Clear selection", id="maps-clear", className="btn secondary", n_clicks=0),
                 dcc.Download(id="maps-csv"),
             ]),
             html.Div(id="maps-search-summary", className="muted"),
-            dcc.Graph(id="maps-head-fig", config={"displaylogo": False}, figure=_empty()),
+            dcc.Graph(id="maps-head-fig", config={"displaylogo": False}, figure=empty_figure()),
             html.Div(id="maps-token", children=html.P("Click a point to see that token's attention in its prompt.",
                                                       className="muted")),
-            dcc.Graph(id="maps-token-fig", config={"displaylogo": False}, figure=_empty(), style={"display": "none"}),
+            dcc.Graph(id="maps-token-fig", config={"displaylogo": False}, figure=empty_figure(), style={"display": "none"}),
         ]),
     ])
 
@@ -177,7 +157,7 @@ def render_matrix(run, mode, method, norm, layer, head, run_id):
     try:
         thumbs, hover = maps_data.matrix(run_id, method, normalised)
     except VIEW_ERRORS as exc:
-        return _empty("not available"), _errors(exc)
+        return empty_figure("not available"), _errors(exc)
     sel = (layer, head) if isinstance(layer, int) and isinstance(head, int) else None
     title = f"{METHOD_LABELS.get(method, method)} maps of all heads ({'normalised' if normalised else 'raw'} query/key vectors)"
     return figures_maps.matrix(thumbs, run["n_layers"], run["n_heads"], hover=hover, selected=sel, title=title), ""
@@ -227,7 +207,7 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         table = maps_data.point_table(run_id, maps_data.map_run(run_id), meta)
         mask = qk_points.search_mask(maps_data.map_run(run_id).tokens, meta, search or "")
     except VIEW_ERRORS as exc:
-        return _empty("not available"), "", _errors(exc)
+        return empty_figure("not available"), "", _errors(exc)
     selected = qk_points.find_point(meta, *sel) if sel else None
     fig = figures_maps.head_map(
         xy, meta, table.hover, colour or "kind", positions=table.positions, token_kinds=table.token_kinds,
@@ -272,14 +252,14 @@ def render_token(sel, layer, head, run, run_id):
     (which queries attend to it); over the image for image runs."""
     hidden = {"display": "none"}
     if not run or not sel or layer is None or head is None:
-        return html.P("Click a point to see that token's attention in its prompt.", className="muted"), _empty(), hidden
+        return html.P("Click a point to see that token's attention in its prompt.", className="muted"), empty_figure(), hidden
     kind, p, pos = sel
     try:
         tokens, pat = state.pattern(run_id, p, layer, head)
         if not 0 <= pos < len(tokens):
             raise state.ViewError("the selected token is outside its prompt")
     except VIEW_ERRORS as exc:
-        return _errors(exc), _empty(), hidden
+        return _errors(exc), empty_figure(), hidden
     weights = pat[pos] if kind == qk_points.QUERY else pat[:, pos]
     what = (f"where the query '{tokens[pos]}' attends" if kind == qk_points.QUERY
             else f"how much each query attends to the key '{tokens[pos]}'")
@@ -291,7 +271,7 @@ def render_token(sel, layer, head, run, run_id):
             lay = vit.token_layout(tokens)
             uri, w, h = vit_data.display(run_id, p, lay.rows, lay.cols)
         except VIEW_ERRORS as exc:
-            return _errors(exc), _empty(), hidden
+            return _errors(exc), empty_figure(), hidden
         grid = weights[lay.n_prefix:].reshape(lay.rows, lay.cols)
         fig = figures_vit.overlay(uri, w, h, grid, lay, 0.6, title=title, selected=lay.patch_at(pos))
         return html.Div([html.H4(f"{qk_points.KIND_NAMES[kind]} {tokens[pos]} of image {p}"), link]), fig, {}

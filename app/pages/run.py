@@ -14,7 +14,7 @@ import numpy as np
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import state
-from app.components import alert, progress_bar
+from app.components import alert, progress_bar, query_int
 from backend import figures, jobs
 
 dash.register_page(__name__, path_template="/runs/<run_id>", title="Run · Attention Atlas", name="Run")
@@ -23,15 +23,8 @@ VIEW_KEYS = ("prompt", "layer", "head", "token")
 SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<|endoftext|>", "<bos>", "<eos>"}
 
 
-def _int(value, default: int = 0) -> int:
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return default
-
-
 def layout(run_id: str | None = None, **query: str) -> html.Div:
-    view = {k: _int(query.get(k)) for k in VIEW_KEYS}
+    view = {k: query_int(query.get(k)) for k in VIEW_KEYS}
     return html.Div([
         dcc.Store(id="run-id", data=run_id),
         dcc.Store(id="run-info"),

@@ -22,7 +22,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import state
-from app.components import alert, help_text, progress_bar
+from app.components import alert, help_text, progress_bar, query_int
 from app.view_links import register_view
 from backend import names
 from backend import figures_sinks as fs
@@ -53,20 +53,13 @@ STREAMING_SOURCE = (
 )
 
 
-def _int(value: Any, default: int = 0) -> int:
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return default
-
-
 def _layer_value(value: Any) -> int | str:
-    return "all" if value == "all" else _int(value)
+    return "all" if value == "all" else query_int(value)
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     metric = query.get("metric") if query.get("metric") in GRID_METRICS else "sink_first"
-    view = {"metric": metric, "prompt": _int(query.get("prompt")), "layer": _layer_value(query.get("layer"))}
+    view = {"metric": metric, "prompt": query_int(query.get("prompt")), "layer": _layer_value(query.get("layer"))}
     return html.Div([
         dcc.Store(id="sinks-run-id", data=run_id),
         dcc.Store(id="sinks-info"),

@@ -12,11 +12,10 @@ from urllib.parse import urlencode
 
 import dash
 import numpy as np
-import plotly.graph_objects as go
 from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import state, vit_data
-from app.components import alert, help_text
+from app.components import alert, empty_figure, field, help_text
 from app.view_links import register_view
 from backend import figures_vit, names, vit
 
@@ -63,20 +62,8 @@ def parse_view(query: dict) -> dict:
     }
 
 
-def _field(label: str, child, width: str = "160px") -> html.Div:
-    return html.Div(className="field", style={"minWidth": width}, children=[html.Label(label), child])
-
-
 def _graph(gid: str) -> dcc.Graph:
-    return dcc.Graph(id=gid, config={"displaylogo": False}, figure=_empty(""))
-
-
-def _empty(message: str) -> go.Figure:
-    fig = go.Figure()
-    fig.update_layout(template="plotly_white", height=260, xaxis=dict(visible=False), yaxis=dict(visible=False),
-                      annotations=[dict(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")]
-                      if message else [])
-    return fig
+    return dcc.Graph(id=gid, config={"displaylogo": False}, figure=empty_figure("", 260))
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
@@ -93,10 +80,10 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             dcc.Link("← back to the run", href=f"/runs/{run_id}", className="muted"),
             html.Div(id="vit-status"),
             html.Div(className="row", children=[
-                _field("Image", dcc.Dropdown(id="vit-image", clearable=False), "220px"),
-                _field("Layer", dcc.Dropdown(id="vit-layer", clearable=False)),
-                _field("Head", dcc.Dropdown(id="vit-head", clearable=False)),
-                _field("Overlay opacity", dcc.Slider(id="vit-opacity", min=0, max=1, step=0.05, value=view["opacity"],
+                field("Image", dcc.Dropdown(id="vit-image", clearable=False), "220px"),
+                field("Layer", dcc.Dropdown(id="vit-layer", clearable=False)),
+                field("Head", dcc.Dropdown(id="vit-head", clearable=False)),
+                field("Overlay opacity", dcc.Slider(id="vit-opacity", min=0, max=1, step=0.05, value=view["opacity"],
                                                      marks={0: "0", 0.5: "0.5", 1: "1"}), "220px"),
             ]),
             html.Div(id="vit-error"),
@@ -108,9 +95,9 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         html.Div(className="card", children=[
             html.H3(["Attention rollout", help_text(ROLLOUT_HELP)]),
             html.Div(className="row", children=[
-                _field("Head fusion", dcc.RadioItems(id="vit-fusion", options=list(vit.FUSIONS), value=view["fusion"],
+                field("Head fusion", dcc.RadioItems(id="vit-fusion", options=list(vit.FUSIONS), value=view["fusion"],
                                                      inline=True, inputStyle={"marginRight": "4px", "marginLeft": "10px"})),
-                _field("Discard ratio (lowest attentions dropped)", dcc.Slider(
+                field("Discard ratio (lowest attentions dropped)", dcc.Slider(
                     id="vit-discard", min=0, max=0.95, step=0.05, value=view["discard"],
                     marks={0: "0", 0.5: "0.5", 0.9: "0.9"}), "320px"),
             ]),
@@ -120,7 +107,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.H3(["Token norms", help_text(
                 "L2 norm of each token's output hidden state per layer. High-norm tokens (Darcet et al. 2024, "
                 "'Vision Transformers Need Registers') are marked; CLS and register tokens are shown but not flagged.")]),
-            _field("Outlier rule", dcc.RadioItems(
+            field("Outlier rule", dcc.RadioItems(
                 id="vit-rule", options=[{"label": NORM_HELP[k], "value": k} for k in vit.NORM_RULES],
                 value=view["rule"], inputStyle={"marginRight": "4px"}), "320px"),
             html.Div(id="vit-norm-note"),
@@ -209,7 +196,7 @@ def render_heads(image, layer, head, opacity, patch, run_id, info):
         h = state.check_index("head", head, info["n_heads"])
         uri, w, hgt = vit_data.display(run_id, p, lay.rows, lay.cols)
     except VIEW_ERRORS as exc:
-        empty = _empty("not available")
+        empty = empty_figure("not available", 260)
         return empty, empty, empty, _errors(exc)
     maps = vit.cls_patch_attention(pat, (lay.rows, lay.cols), lay.n_prefix)
     sel = _patch_rc(patch, lay)
@@ -217,7 +204,7 @@ def render_heads(image, layer, head, opacity, patch, run_id, info):
     over = figures_vit.overlay(uri, w, hgt, maps[h], lay, op, title=f"layer {layer} head {h}: CLS → patch attention",
                                selected=sel)
     if sel is None:
-        pfig = _empty("Click a patch on the image to see where it attends")
+        pfig = empty_figure("Click a patch on the image to see where it attends", 260)
     else:
         q = lay.patch_index(*sel)
         row = vit.cls_patch_attention(pat[h], (lay.rows, lay.cols), lay.n_prefix, query=q)
@@ -242,7 +229,7 @@ def render_rollout(image, fusion, discard, opacity, patch, run_id, info):
         grid, _, fusion, discard = vit_data.rollout(run_id, image, fusion, discard or 0.0)
         uri, w, hgt = vit_data.display(run_id, int(image), lay.rows, lay.cols)
     except VIEW_ERRORS as exc:
-        return _empty(f"rollout not available: {exc}")
+        return empty_figure(f"rollout not available: {exc}", 260)
     return figures_vit.overlay(uri, w, hgt, grid, lay, float(opacity if opacity is not None else 0.6),
                                title=f"rollout over {info['n_layers']} layers · fusion {fusion} · discard {discard:.2f}",
                                value_name="relevance", selected=_patch_rc(patch, lay))
@@ -266,10 +253,10 @@ def render_norms(image, layer, rule, opacity, run_id, info):
         norms = vit_data.norms(run_id, m, p)
         uri, w, hgt = vit_data.display(run_id, p, lay.rows, lay.cols)
     except VIEW_ERRORS as exc:
-        empty = _empty("not available")
+        empty = empty_figure("not available", 260)
         return empty, empty, empty, _errors(exc)
     if norms is None:
-        empty = _empty("no token norms stored for this run")
+        empty = empty_figure("no token norms stored for this run", 260)
         return empty, empty, empty, alert("This run has no token norms (it predates them); re-run it.", "warn")
     among = vit.patch_mask(lay)
     out = vit.high_norm_tokens(norms, rule, among)
