@@ -88,13 +88,17 @@ def serve(conn: redis.Redis, name: str, burst: bool = False) -> None:
         if burst or worker.stop_asked:
             return
         log.warning("the work loop ended unexpectedly; waiting for Redis, then serving again")
-        try:
-            time.sleep(1.0)
-            _wait_for_redis(conn)
-            worker.register_death()  # so the same name can register again
-        except REDIS_ERRORS:
-            continue
-        except StopRequested:
+        while not worker.stop_asked:
+            try:
+                time.sleep(1.0)
+                _wait_for_redis(conn)
+                worker.register_death()  # so the same name can register again
+                break
+            except REDIS_ERRORS:
+                continue
+            except StopRequested:
+                return
+        if worker.stop_asked:
             return
 
 

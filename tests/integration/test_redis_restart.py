@@ -116,3 +116,40 @@ def test_redis_restarted_mid_job(tmp_path: Path) -> None:
         stop_process(worker)
         stop_process(app)
         server.stop()
+
+
+def test_worker_serves_again_when_redis_vanishes_as_a_job_ends(tmp_path: Path) -> None:
+    """Redis stops just as a job returns, for longer than the worker's retry window: RQ's loop gives
+    up; the worker waits for Redis, registers again and serves the next analysis."""
+    from datetime import datetime, timezone
+
+    from rq import Worker
+    from rq.serializers import JSONSerializer
+
+    workdir = tmp_path / "redis"
+    server = EmbeddedRedis(workdir=workdir, persist=True)
+    tag = f"atlas-vanish-{uuid.uuid4().hex[:6]}"
+    env = {"REDIS_URL": server.url, "ATLAS_KEY_PREFIX": tag, "ATLAS_QUEUE": tag, "HF_HUB_OFFLINE": "1",
+           "ATLAS_REDIS_RETRY_S": "1", "ATLAS_WARM_PROJECTIONS": "0", "ATLAS_HEARTBEAT_S": "0.5"}
+    app, url = _serve(env)
+    worker = start_worker(env, preload=False)
+    try:
+        from rq import Queue
+
+        Queue(tag, connection=redis.Redis.from_url(server.url), serializer=JSONSerializer).enqueue_call(
+            "tests.integration.redis_jobs.shut_redis_down")
+        server.proc.wait(60)  # the job stopped it
+        time.sleep(5)  # well past the 1 s retry window
+        back_at = datetime.now(timezone.utc)
+        server = EmbeddedRedis(workdir=workdir, port=server.port, persist=True)
+        code, body = api_call(url, "/api/runs", {"prompts": ["Served again after Redis came back."]})
+        assert code == 202
+        final = wait_done(url, body["run_id"], timeout=300)
+        assert final["status"] == "done", final
+        assert worker.poll() is None
+        (me,) = [w for w in Worker.all(connection=redis.Redis.from_url(server.url)) if w.name.endswith(f"-{worker.pid}")]
+        assert me.birth_date.replace(tzinfo=timezone.utc) >= back_at.replace(microsecond=0), (me.birth_date, back_at)
+    finally:
+        stop_process(worker)
+        stop_process(app)
+        server.stop()
