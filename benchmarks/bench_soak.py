@@ -29,8 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,23 +38,12 @@ import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
 from backend import keys  # noqa: E402
+from backend.api_client import call  # noqa: E402
 from backend.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 
 N_LAYERS, N_HEADS = 6, 12
 WARM_UP_JOBS = 5  # per worker, before the baselines are taken
 REPEAT_SHARE = 0.1  # share of requests that resubmit an earlier prompt (a cache hit)
-
-
-def call(base: str, path: str, body: object | None = None, timeout: float = 60) -> tuple[int, dict]:
-    """GET, or POST a JSON body; returns (HTTP status, decoded JSON), errors included."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def word_pool() -> list[str]:

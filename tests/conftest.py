@@ -187,15 +187,6 @@ def wait_done(base_url: str, run_id: str, timeout: float = 240) -> dict:
 
 def api_call(base: str, path: str, body: object | None = None, timeout: float = 30) -> tuple[int, dict]:
     """GET (or POST a JSON body) to the app's API; returns (HTTP status, decoded JSON), errors included."""
-    import json
-    import urllib.error
-    import urllib.request
+    from backend.api_client import call
 
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return call(base, path, body, timeout)
