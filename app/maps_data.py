@@ -40,21 +40,27 @@ class PointTable:
     kind_names: tuple[str, ...]
 
 
+_RUNS: LRU[MapRun] = LRU(16)
 _HEADS: LRU[tuple[np.ndarray, np.ndarray]] = LRU(24)
 _TABLES: LRU[PointTable] = LRU(8)
 _MATRICES: LRU[tuple[dict, dict]] = LRU(4)
 
 
 def map_run(run_id: str) -> MapRun:
-    """The finished run's shape and map methods (ViewError when it has no maps)."""
-    m = state.done_manifest(run_id)
-    info = m.get("info") or {}
-    sizes = m.get("sizes") or {}
-    methods = tuple(b for b in BASE_METHODS if names.embedding(0, 0, b) in sizes)
-    if not methods:
-        raise state.ViewError("this run has no query-key maps; submit it with the 'embedding' analysis")
-    return MapRun(n_layers=int(info["n_layers"]), n_heads=int(info["n_heads"]), methods=methods,
-                  image=info.get("kind") == "image", tokens=info.get("tokens") or [])
+    """The finished run's shape and map methods (ViewError when it has no maps). Memoised once done: a run's
+    shape never changes, and an evicted array is still noticed when it is read (:func:`state.load_arrays`)."""
+
+    def make() -> MapRun:
+        m = state.done_manifest(run_id)
+        info = m.get("info") or {}
+        sizes = m.get("sizes") or {}
+        methods = tuple(b for b in BASE_METHODS if names.embedding(0, 0, b) in sizes)
+        if not methods:
+            raise state.ViewError("this run has no query-key maps; submit it with the 'embedding' analysis")
+        return MapRun(n_layers=int(info["n_layers"]), n_heads=int(info["n_heads"]), methods=methods,
+                      image=info.get("kind") == "image", tokens=info.get("tokens") or [])
+
+    return _RUNS.get(run_id, make)
 
 
 def method_name(run: MapRun, method: Any, normalised: bool) -> str:

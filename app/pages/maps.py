@@ -204,8 +204,9 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
     normalised = "on" in (norm or [])
     try:
         xy, meta = maps_data.head(run_id, layer, head, method, normalised)
-        table = maps_data.point_table(run_id, maps_data.map_run(run_id), meta)
-        mask = qk_points.search_mask(maps_data.map_run(run_id).tokens, meta, search or "")
+        run_info = maps_data.map_run(run_id)
+        table = maps_data.point_table(run_id, run_info, meta)
+        mask = qk_points.search_mask(run_info.tokens, meta, search or "")
     except VIEW_ERRORS as exc:
         return empty_figure("not available"), "", _errors(exc)
     selected = qk_points.find_point(meta, *sel) if sel else None
