@@ -31,6 +31,10 @@ def test_submit_progress_run_page_and_shared_url(live_app, worker, browser) -> N
     page.wait_for_function(
         "Array.from(document.querySelectorAll('#run-tokens .token')).some(b => b.textContent === '<')"
     )
+    # the token buttons are drawn again after each pick: click only once the last pick (head 5) is drawn
+    page.wait_for_function("document.querySelector('#run-row .gtitle')?.textContent.includes('layer 3 head 5')"
+                           " && window.location.search.includes('head=5')")
+    page.wait_for_load_state("networkidle")
     tokens = page.locator("#run-tokens .token")
     assert "<" in tokens.all_inner_texts()  # the prompt's markup is shown as text, not run
     tokens.nth(2).click()
