@@ -125,5 +125,12 @@ class Cache:
     def put_blob(self, digest: str, data: bytes) -> None:
         self.r.set(keys.blob(self.prefix, digest), data)
 
+    def missing_blobs(self, digests: list[str]) -> list[str]:
+        """The digests among ``digests`` that have no stored blob (one round trip)."""
+        pipe = self.r.pipeline(transaction=False)
+        for d in digests:
+            pipe.exists(keys.blob(self.prefix, d))
+        return [d for d, found in zip(digests, pipe.execute()) if not found]
+
     def get_blob(self, digest: str) -> bytes | None:
         return self.r.get(keys.blob(self.prefix, digest))

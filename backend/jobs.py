@@ -114,6 +114,11 @@ def submit(
 ) -> tuple[str, bool]:
     """Submit an analysis; returns ``(run_id, queued_now)``. A done or running twin is reused."""
     spec, ref, run_id = prepare(model, prompts, options, settings, kind)
+    if spec.kind == "image":
+        missing = cache.missing_blobs(list(spec.inputs))
+        if missing:
+            raise SpecError(f"{len(missing)} image(s) are not stored (first: {missing[0][:16]}); upload them first "
+                            "(the inputs of an image run are the digests the upload returns)")
     existing = cache.manifest(run_id)
     if existing and existing["status"] in ("queued", "running"):
         return run_id, False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 }
 MAP_POINTS_RANGE = (100, 50_000)
 """Bounds of ``max_points_per_head`` (queries + keys per head): t-SNE on 50,000 points takes minutes per head."""
+DIGEST = re.compile(r"^[0-9a-f]{64}$")
 OPTIONAL_OPTIONS = ("labels",)
 """Options that are absent unless given (so runs without them keep their run ids): ``labels``, one class id
 per input, the targets of a classifier's head-importance loss (``backend.engine.losses``)."""
@@ -123,6 +125,8 @@ def build_spec(model: Any, prompts: Any, options: Any, settings: Settings, kind:
     if kind not in ("text", "image"):
         raise SpecError("kind must be 'text' or 'image'")
     inputs = clean_prompts(prompts, settings)
+    if kind == "image" and not all(DIGEST.match(d) for d in inputs):
+        raise SpecError("the inputs of an image run are the SHA-256 digests (64 hex characters) of uploaded images")
     opts = normalise_options(options)
     if "labels" in opts and len(opts["labels"]) != len(inputs):
         raise SpecError(

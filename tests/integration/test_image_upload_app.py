@@ -60,3 +60,15 @@ def test_a_small_image_upload_is_stored(live_app: str, atlas_env: dict) -> None:
     assert out["new-images"]["data"] == [{"name": "small.png", "digest": digest}]
     r = redis.Redis.from_url(atlas_env["REDIS_URL"])
     assert r.get(keys.blob(atlas_env["ATLAS_KEY_PREFIX"], digest)) == data
+
+
+def test_an_image_run_of_unstored_digests_is_refused_at_submit(live_app: str) -> None:
+    from tests.conftest import api_call
+
+    code, err = api_call(live_app, "/api/runs", {"model": "digits-vit", "kind": "image", "prompts": ["0" * 64]})
+    assert code == 400 and "not stored" in err["error"] and "upload them first" in err["error"]
+    code, err = api_call(live_app, "/api/runs", {"model": "digits-vit", "kind": "image", "prompts": ["x/../y"]})
+    assert code == 400 and "SHA-256 digests" in err["error"]
+    code, body = api_call(live_app, "/api/runs", {"model": "digits-vit", "kind": "image", "prompts": ["0" * 64,
+                                                                                                    "1" * 64]})
+    assert code == 400 and "2 image(s)" in body["error"]

@@ -75,3 +75,9 @@ def test_bad_prompts_are_refused_with_a_message(prompts, message) -> None:
 def test_bad_options_are_refused(options, message) -> None:
     with pytest.raises(SpecError, match=message):
         build_spec("m", ["p"], options, Settings())
+
+
+def test_image_inputs_must_be_digests() -> None:
+    with pytest.raises(SpecError, match="SHA-256 digests"):
+        build_spec("m", ["../../etc/passwd"], None, Settings(), kind="image")
+    assert build_spec("m", ["ab" * 32], None, Settings(), kind="image").inputs == ("ab" * 32,)
