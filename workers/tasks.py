@@ -216,8 +216,10 @@ def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
         if not isinstance(exc, (ModelError, SpecError, ValueError)):
             traceback.print_exc()
         msg = str(exc) if isinstance(exc, (ModelError, SpecError, ValueError)) else _failure_message(exc)
-        put_prune(cache, digest, {**base, "status": "failed", "stage": "failed", "error": msg,
-                                  "finished": time.time()}, FAILURE_TTL_S)
+        failed = {**base, "status": "failed", "stage": "failed", "error": msg}
         if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            put_prune(cache, digest, {**failed, "finished": time.time()}, FAILURE_TTL_S)
             raise
-        return "failed"
+    release_memory()  # as run_analysis: after the except block, the job's tensors are no longer referenced
+    put_prune(cache, digest, {**failed, "finished": time.time()}, FAILURE_TTL_S)
+    return "failed"
