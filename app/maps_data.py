@@ -104,12 +104,7 @@ def point_table(run_id: str, run: MapRun, meta: np.ndarray) -> PointTable:
     digest = hashlib.blake2b(np.ascontiguousarray(meta).tobytes(), digest_size=16).hexdigest()
 
     def make() -> PointTable:
-        contexts: dict[tuple[int, int], str] = {}
-        hover = []
-        for k, p, pos in meta.tolist():
-            if (k, p, pos) not in contexts:
-                contexts[(k, p, pos)] = hover_text(run, k, p, pos)
-            hover.append(contexts[(k, p, pos)])
+        hover = [hover_text(run, k, p, pos) for k, p, pos in meta.tolist()]
         kind_names = qk_points.IMAGE_TOKEN_KINDS if run.image else qk_points.TEXT_TOKEN_KINDS
         return PointTable(
             hover=np.asarray(hover, dtype=object),
