@@ -43,6 +43,20 @@ def redis_url() -> str:
     server.stop()
 
 
+def purge_test_keys(r: redis.Redis, tag: str) -> None:
+    """Delete what a test session under key prefix and queue ``tag`` left in Redis: its own keys, RQ's keys
+    that name the queue, and RQ's job and result keys of every job that was queued on it (runs and prune jobs)."""
+    doomed = list(r.scan_iter(f"{tag}:*", count=1000)) + list(r.scan_iter(f"rq:*{tag}*", count=1000))
+    for rid in r.zrange(f"{tag}:runs", 0, -1):  # run ids are job ids
+        doomed += list(r.scan_iter(f"rq:*{rid.decode()}*", count=1000))
+    for key in r.scan_iter("rq:job:*", count=1000):
+        if r.type(key) == b"hash" and r.hget(key, "origin") == tag.encode():
+            job_id = key.decode().split(":", 2)[2]
+            doomed += [key] + list(r.scan_iter(f"rq:*{job_id}*", count=1000))
+    for i in range(0, len(doomed), 500):
+        r.delete(*doomed[i : i + 500])
+
+
 @pytest.fixture(scope="session")
 def atlas_env(redis_url: str):
     """Process environment for this test session: unique key prefix and queue, offline hub."""
@@ -54,13 +68,7 @@ def atlas_env(redis_url: str):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env
-    r = redis.Redis.from_url(redis_url)
-    run_ids = [x.decode() for x in r.zrange(f"{tag}:runs", 0, -1)]
-    doomed = list(r.scan_iter(f"{tag}:*", count=1000)) + list(r.scan_iter(f"rq:*{tag}*", count=1000))
-    for rid in run_ids:
-        doomed += list(r.scan_iter(f"rq:*{rid}*", count=100))
-    for i in range(0, len(doomed), 500):
-        r.delete(*doomed[i : i + 500])
+    purge_test_keys(redis.Redis.from_url(redis_url), tag)
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)

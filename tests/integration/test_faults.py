@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from backend import keys, names
-from tests.conftest import api_call, ROOT, _free_port, start_worker, stop_process, wait_done
+from tests.conftest import ROOT, _free_port, api_call, purge_test_keys, start_worker, stop_process, wait_done
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,10 +49,7 @@ def private_env(redis_url):
     env = {"REDIS_URL": redis_url, "ATLAS_KEY_PREFIX": tag, "ATLAS_QUEUE": tag, "HF_HUB_OFFLINE": "1",
            "ATLAS_HEARTBEAT_S": "0.5", "ATLAS_RATE_LIMIT": "1000", "ATLAS_MAX_ACTIVE_JOBS": "100"}
     yield env
-    r = redis.Redis.from_url(redis_url)
-    doomed = list(r.scan_iter(f"{tag}:*")) + list(r.scan_iter(f"rq:*{tag}*"))
-    if doomed:
-        r.delete(*doomed)
+    purge_test_keys(redis.Redis.from_url(redis_url), tag)
 
 
 def test_worker_killed_mid_job_is_reported_failed_and_partial_results_hidden(private_env) -> None:
