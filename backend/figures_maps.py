@@ -10,9 +10,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from backend.figures import FONT
 from backend.qk_points import KEY, KIND_NAMES, QUERY, Thumbnail
 
-FONT = dict(family="Inter, system-ui, sans-serif", size=12)
 KIND_COLOURS = ("#3aa655", "#d6409f")  # queries green, keys pink, as in AttentionViz
 KIND_SYMBOLS = ("circle", "diamond")
 KIND_PLURALS = ("queries", "keys")

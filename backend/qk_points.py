@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -48,8 +48,14 @@ def token_kinds(tokens: Sequence[Sequence[str]], meta: np.ndarray, image: bool =
     """``[n]`` int8 index into ``IMAGE_TOKEN_KINDS`` / ``TEXT_TOKEN_KINDS`` for every point of ``meta``."""
     names = IMAGE_TOKEN_KINDS if image else TEXT_TOKEN_KINDS
     code = {k: i for i, k in enumerate(names)}
-    table = [[code[token_kind(t, image)] for t in toks] for toks in tokens]
-    return np.array([table[p][pos] for p, pos in meta[:, 1:].tolist()], dtype=np.int8)
+    return _per_point(tokens, meta, lambda t: code[token_kind(t, image)], np.int8)
+
+
+def _per_point(tokens: Sequence[Sequence[str]], meta: np.ndarray, fn: Callable[[str], object],
+               dtype: type) -> np.ndarray:
+    """``fn`` of each point's token, computed once per token of the run (not once per point)."""
+    table = [[fn(t) for t in toks] for toks in tokens]
+    return np.array([table[p][pos] for p, pos in meta[:, 1:].tolist()], dtype=dtype)
 
 
 def normalised_positions(lengths: Sequence[int], meta: np.ndarray) -> np.ndarray:
@@ -81,8 +87,7 @@ def search_mask(tokens: Sequence[Sequence[str]], meta: np.ndarray, query: str) -
     else:
         target = clean_token(q)
         match = lambda t: clean_token(t) == target  # noqa: E731
-    table = [[match(t) for t in toks] for toks in tokens]
-    return np.array([table[p][pos] for p, pos in meta[:, 1:].tolist()], dtype=bool)
+    return _per_point(tokens, meta, match, bool)
 
 
 def find_point(meta: np.ndarray, kind: int, prompt: int, position: int) -> int | None:
