@@ -106,7 +106,8 @@ def pattern(run_id: str, prompt: int, layer: int, head: int) -> tuple[list[str],
     h = check_index("head", head, info["n_heads"])
     name = names.attn_pattern(p, l)
     if name not in m["sizes"]:
-        raise ViewError(f"prompt {p} is longer than the pattern limit; its full pattern is not stored")
+        raise ViewError(f"prompt {p} is too long for its full patterns to be stored (ATLAS_MAX_PATTERN_TOKENS, "
+                        "ATLAS_MAX_PATTERN_MB); per-head metrics and the other views still cover it")
     arr = load_array(run_id, name)
     return info["tokens"][p], np.asarray(arr[h])
 

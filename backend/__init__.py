@@ -4,5 +4,5 @@ Modules directly under ``backend`` import no torch; ``backend.engine`` holds the
 imported only by the worker (and by notebooks that run models in-process).
 """
 
-ENGINE_VERSION = "3"
+ENGINE_VERSION = "4"
 """Bumped whenever captured tensors or metrics change meaning: it is part of every run id."""

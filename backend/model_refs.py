@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend import offline_models
 from backend.settings import Settings
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -155,12 +156,17 @@ def resolve_model(ref: str, settings: Settings) -> ModelRef:
     else:
         if ".." in ref:
             raise ModelError("invalid model reference")
-        for cand in _local_candidates(ref, settings):
+        registry_model = offline_models.by_name(ref)
+        if registry_model is not None and registry_model.name == ref.lower():
+            path = _registry_folder(registry_model)
+        for cand in _local_candidates(ref, settings) if path is None else ():
             if (cand / "config.json").is_file():
                 path = cand.resolve()
                 break
         if path is None and _HUB_ID.match(ref):
             path = _hub_snapshot(ref, settings)
+            if path is None and registry_model is not None:
+                path = _registry_folder(registry_model)  # hub id of a registry model, hub unreachable
             if path is None:
                 raise ModelError(
                     f"model '{ref}' is not in the local HuggingFace cache and the hub cannot be reached "
@@ -175,12 +181,32 @@ def resolve_model(ref: str, settings: Settings) -> ModelRef:
     return ModelRef(ref=ref, path=path, fingerprint=_fingerprint(path), config=config)
 
 
+def _registry_folder(model: offline_models.RegistryModel) -> Path:
+    """The converted folder of a registry model, or a ModelError saying why it is missing and how to get it."""
+    if not offline_models.is_ready(model):
+        raise ModelError(offline_models.missing_reason(model))
+    return offline_models.folder(model).resolve()
+
+
 def available_models(settings: Settings) -> list[str]:
-    """Names the UI offers: the default plus every model folder directly under a root."""
-    names = [DEFAULT_MODEL]
+    """Names the UI offers: the registry models that are ready (the real causal LM first), the default encoder,
+    then every other model folder directly under a root."""
+    names = [m.name for m in offline_models.REGISTRY_MODELS if offline_models.is_ready(m)] + [DEFAULT_MODEL]
     for root in settings.model_roots:
         if root.is_dir():
             for sub in sorted(root.iterdir()):
-                if (sub / "config.json").is_file() and sub.name != "model":
+                if (sub / "config.json").is_file() and sub.name != "model" and sub.name not in names:
                     names.append(sub.name)
     return names
+
+
+def missing_models() -> dict[str, str]:
+    """Registry models that are not available, with the reason and the command that fetches them."""
+    return {m.name: offline_models.missing_reason(m) for m in offline_models.REGISTRY_MODELS
+            if not offline_models.is_ready(m)}
+
+
+def default_causal_model(settings: Settings) -> str:
+    """The model the UI proposes first: the real causal LM when it is available, else the default encoder."""
+    ready = [m.name for m in offline_models.REGISTRY_MODELS if offline_models.is_ready(m)]
+    return ready[0] if ready else DEFAULT_MODEL

