@@ -39,17 +39,20 @@ def limits_text() -> str:
     )
 
 
-MODEL_LABELS = {
-    "smollm2-135m": "smollm2-135m: SmolLM2-135M-Instruct, real causal LM (4-bit GGUF de-quantized)",
-    DEFAULT_MODEL: f"{DEFAULT_MODEL}: real sentence encoder (BERT)",
-    "tiny-pydoc-lm": "tiny-pydoc-lm: toy causal LM trained here (no sinks, no induction heads)",
-    "digits-vit": "digits-vit: small ViT trained here on 8x8 digits (images)",
+MODEL_ABOUT = {
+    "smollm2-135m": "SmolLM2-135M-Instruct: a real causal LM (Llama architecture, 30 layers x 9 query / 3 key-value "
+                    "heads, context 8,192), de-quantized from a 4-bit GGUF: numbers are close to, not equal to, the "
+                    "original checkpoint's. Shows sinks, massive activations, induction heads, StreamingLLM.",
+    DEFAULT_MODEL: "all-MiniLM-L6-v2: a real sentence encoder (BERT, 6 layers x 12 heads); its sink is [CLS].",
+    "tiny-pydoc-lm": "tiny-pydoc-lm: a toy causal LM trained here on Python's help texts (fast test model; no sinks, "
+                     "no induction heads).",
+    "digits-vit": "digits-vit: a small ViT trained here on 8x8 digits (images: upload PNG/JPEG or use the samples).",
 }
 
 
-def model_options(models: list[str]) -> list[dict[str, str]]:
-    """Dropdown options: every available model with a short description of what it is."""
-    return [{"label": MODEL_LABELS.get(m, m), "value": m} for m in models]
+def model_about(model: str | None) -> str:
+    """One line on what the chosen model is (unknown folders and hub ids get a generic line)."""
+    return MODEL_ABOUT.get(model or "", f"{model}: a model from a local folder or the HuggingFace cache.")
 
 
 def missing_models_notice() -> html.Div | None:
@@ -69,7 +72,7 @@ def layout(**_query: str) -> html.Div:
             html.Div(className="row", children=[
                 html.Div(className="field", style={"minWidth": "280px"}, children=[
                     html.Label("Model", htmlFor="new-model"),
-                    dcc.Dropdown(id="new-model", options=model_options(models),
+                    dcc.Dropdown(id="new-model", options=[{"label": m, "value": m} for m in models],
                                  value=default_causal_model(s), clearable=False),
                 ]),
                 html.Div(className="field", style={"flex": "1"}, children=[
@@ -78,6 +81,7 @@ def layout(**_query: str) -> html.Div:
                               debounce=True, style={"width": "100%"}),
                 ]),
             ]),
+            html.P(model_about(default_causal_model(s)), id="new-model-about", className="limits"),
             html.Div(id="new-missing-models", children=missing_models_notice()),
             html.Label("Prompts, one per line", htmlFor="new-prompts", style={"marginTop": "0.8rem", "display": "block"}),
             dcc.Textarea(id="new-prompts", className="prompts", value=EXAMPLES),
@@ -115,6 +119,11 @@ def layout(**_query: str) -> html.Div:
             dcc.Location(id="new-redirect", refresh="callback-nav"),
         ]),
     ])
+
+
+@callback(Output("new-model-about", "children"), Input("new-model", "value"), prevent_initial_call=True)
+def on_model(model: str | None) -> str:
+    return model_about(model)
 
 
 @callback(

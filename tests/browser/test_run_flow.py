@@ -23,7 +23,7 @@ def test_submit_progress_run_page_and_shared_url(live_app, worker, browser) -> N
 
     # choose prompt 2 (with the script tag), layer 3, head 5, and click a token
     page.click("#run-prompt")
-    page.click("text=2: [CLS] <")
+    page.click("text=/^2: /")
     page.click("#run-layer")
     page.click("text=layer 3")
     page.click("#run-head")
