@@ -13,8 +13,9 @@ import numpy as np
 from app import state
 from app.memo import LRU
 from backend import names, qk_points
+from backend.vocab import METHOD_NAMES
 
-BASE_METHODS = ("umap", "tsne", "pca")
+BASE_METHODS = METHOD_NAMES
 MATRIX_POINTS = 60_000  # points in the matrix view, over all heads (each head at most MATRIX_PER_HEAD)
 MATRIX_PER_HEAD = 600
 

@@ -4,5 +4,4 @@ Modules directly under ``backend`` import no torch; ``backend.engine`` holds the
 imported only by the worker (and by notebooks that run models in-process).
 """
 
-ENGINE_VERSION = "4"
-"""Bumped whenever captured tensors or metrics change meaning: it is part of every run id."""
+from backend.vocab import ENGINE_VERSION  # noqa: E402,F401  (declared with the vocabulary; bump it there)

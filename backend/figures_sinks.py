@@ -13,36 +13,12 @@ import numpy as np
 import plotly.graph_objects as go
 
 from backend.figures import FONT
-
-SINK_EPS = 0.3
+from backend.vocab import METRIC_BY_NAME, SINK_EPS
 
 METRICS: dict[str, dict[str, str]] = {
-    "sink_first": {
-        "label": "first-token mass alpha(first)",
-        "unit": "alpha",
-        "help": "Mean attention the first token receives from the queries that see it, alpha(first) "
-                "(Gu et al., ICLR 2025, 'When Attention Sink Emerges in Language Models'); a head has a "
-                "first-token sink when alpha > eps = 0.3. StreamingLLM (Xiao et al., ICLR 2024) showed that "
-                "causal LMs put much attention on the first tokens whatever they mean.",
-    },
-    "sink_special": {
-        "label": "special-token mass",
-        "unit": "alpha",
-        "help": "Mean of alpha(k) over the special tokens ([CLS], [SEP], BOS...); BERT heads put much "
-                "attention on [CLS]/[SEP] (Clark et al., 2019, 'What Does BERT Look At?').",
-    },
-    "entropy": {
-        "label": "attention entropy (nats)",
-        "unit": "nats",
-        "help": "Mean over queries of the entropy of the attention row (natural log): 0 = one key, "
-                "log(#keys) = uniform.",
-    },
-    "distance": {
-        "label": "mean attention distance (tokens)",
-        "unit": "tokens",
-        "help": "Mean over queries of sum_j A[t, j] |t - j|: how far a head looks, in tokens.",
-    },
+    m.name: {"label": m.label, "unit": m.unit, "help": m.help} for m in METRIC_BY_NAME.values()
 }
+"""Label, unit and help text of each per-head metric, from :mod:`backend.vocab`."""
 
 
 def _base(fig: go.Figure, title: str, height: int, margin_l: int = 70) -> go.Figure:

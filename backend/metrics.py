@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-SINK_EPS = 0.3  # Gu et al. (ICLR 2025): a head has a first-token sink when alpha(first) > 0.3
+from backend.vocab import SINK_EPS  # Gu et al. (ICLR 2025): a first-token sink when alpha(first) > SINK_EPS
 
 
 def _check(A: np.ndarray) -> np.ndarray:

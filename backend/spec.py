@@ -10,9 +10,10 @@ from typing import Any
 
 from backend import ENGINE_VERSION
 from backend.settings import Settings
+from backend.vocab import ANALYSIS_NAMES, METHOD_NAMES
 
 DTYPES = ("float32", "bfloat16", "float16")
-ANALYSES = ("attention", "metrics", "embedding", "importance", "roles", "streaming")
+ANALYSES = ANALYSIS_NAMES
 DEFAULT_OPTIONS: dict[str, Any] = {
     "dtype": "float32",
     "analyses": ["attention", "metrics"],
@@ -73,11 +74,13 @@ def normalise_options(raw: dict[str, Any] | None) -> dict[str, Any]:
         raise SpecError(f"analyses must be a list drawn from {', '.join(ANALYSES)}")
     opts["analyses"] = sorted(set(analyses) | {"attention"})
     methods = opts["embedding_methods"]
-    if not isinstance(methods, list) or not all(m in ("umap", "tsne", "pca") for m in methods):
-        raise SpecError("embedding_methods must be a list drawn from umap, tsne, pca")
+    if not isinstance(methods, list) or not all(m in METHOD_NAMES for m in methods):
+        raise SpecError(f"embedding_methods must be a list drawn from {', '.join(METHOD_NAMES)}")
     opts["embedding_methods"] = sorted(set(methods))
     if "embedding" in opts["analyses"] and not methods:
-        raise SpecError("embedding_methods is empty: choose at least one projection (umap, tsne, pca) for the maps")
+        raise SpecError(
+            f"embedding_methods is empty: choose at least one projection ({', '.join(METHOD_NAMES)}) for the maps"
+        )
     if opts.get("labels", ()) is None:
         del opts["labels"]
     elif "labels" in opts:

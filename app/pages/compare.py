@@ -17,10 +17,10 @@ from dash import Input, Output, callback, dcc, html, no_update
 from app import state
 from app.components import alert, help_text
 from backend import figures_sinks as fs
+from backend.vocab import GRID_METRICS
 
 dash.register_page(__name__, path="/compare", title="Compare runs · Attention Atlas", name="Compare runs")
 
-GRID_METRICS = ("sink_first", "sink_special", "entropy", "distance")
 HIDDEN, SHOWN = {"display": "none"}, {"display": "block"}
 
 

@@ -18,6 +18,7 @@ from app import maps_data, state, vit_data
 from app.components import alert, empty_figure, field, help_text, progress_bar, query_int
 from app.view_links import register_view
 from backend import figures, figures_maps, figures_vit, qk_points, vit
+from backend.vocab import METHOD_LABELS
 
 dash.register_page(__name__, path_template="/runs/<run_id>/maps", title="Query-key maps · Attention Atlas",
                    name="Query-key maps", order=1)  # before the run page, whose /runs/<run_id> would match too
@@ -29,7 +30,6 @@ MAPS_HELP = (
     "to the same mean norm (neither changes any query's softmax), so a query lies near the keys it attends to. "
     "Vectors are scaled by sqrt(scaling) so q·k is the attention logit."
 )
-METHOD_LABELS = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
 SEL = re.compile(r"^([qk])\.(\d+)\.(\d+)$")
 VIEW_ERRORS = (state.ViewError, state.NotReady, LookupError, ValueError) + state.REDIS_ERRORS
 

@@ -15,17 +15,13 @@ from backend import jobs
 from backend.model_refs import DEFAULT_MODEL, ModelError, available_models, default_causal_model, missing_models
 from backend.spec import DEFAULT_OPTIONS, MAP_POINTS_RANGE, SpecError
 from backend.uploads import IMAGE_EXTENSIONS, UploadError, check_image, parse_labels, parse_upload
+from backend.vocab import ANALYSES, PROJECTION_METHODS
 
 dash.register_page(__name__, path="/", title="New analysis · Attention Atlas", name="New analysis")
 
 EXAMPLES = "The cat sat on the mat because it was tired.\nParis is the capital of France.\nThe keys to the cabinet are on the table."
 ANALYSIS_OPTIONS = [
-    {"label": "Attention patterns (always)", "value": "attention", "disabled": True},
-    {"label": "Sink & head metrics", "value": "metrics"},
-    {"label": "Joint query-key maps (AttentionViz)", "value": "embedding"},
-    {"label": "Head importance", "value": "importance"},
-    {"label": "Head roles (head atlas)", "value": "roles"},
-    {"label": "StreamingLLM experiment (causal LMs: first prompt, long text)", "value": "streaming"},
+    {"label": a.label, "value": a.name, **({"disabled": True} if a.name == "attention" else {})} for a in ANALYSES
 ]
 
 
@@ -101,8 +97,7 @@ def layout(**_query: str) -> html.Div:
                         "Projections computed for the query-key maps (when that analysis is ticked). UMAP is the "
                         "default; t-SNE takes about ten times longer; PCA is instant.")]),
                     dcc.Checklist(id="new-map-methods", value=["umap"], inline=True,
-                                  options=[{"label": "UMAP", "value": "umap"}, {"label": "t-SNE", "value": "tsne"},
-                                           {"label": "PCA", "value": "pca"}],
+                                  options=[{"label": m.label, "value": m.name} for m in PROJECTION_METHODS],
                                   inputStyle={"marginRight": "4px", "marginLeft": "8px"}),
                 ]),
                 html.Div(className="field", children=[

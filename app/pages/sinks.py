@@ -26,6 +26,7 @@ from app.components import alert, help_text, progress_bar, query_int
 from app.view_links import register_view
 from backend import names
 from backend import figures_sinks as fs
+from backend.vocab import GRID_METRICS, SINK_EPS
 
 # order: Dash matches templates in registry order with fnmatch ('*' also matches '/'), and pages without an
 # order sort by module name, so '/runs/<run_id>' (pages.run) would swallow '/runs/<id>/sinks' (pages.sinks)
@@ -33,10 +34,9 @@ dash.register_page(__name__, path_template="/runs/<run_id>/sinks", title="Attent
                    name="Attention sinks", order=1)
 register_view("sinks", "Attention sinks", needs="metrics.sink_first")
 
-GRID_METRICS = ("sink_first", "sink_special", "entropy", "distance")
 SINK_SOURCE = (
     "Sink rate: the fraction of heads (over all layers) whose first token receives alpha(first) > eps, "
-    "with alpha(k) the mean attention key k receives from the queries that see it and eps = 0.3, as in "
+    f"with alpha(k) the mean attention key k receives from the queries that see it and eps = {SINK_EPS}, as in "
     "Gu et al., ICLR 2025, 'When Attention Sink Emerges in Language Models: An Empirical View'. "
     "Attention sinks: Xiao et al., ICLR 2024, 'Efficient Streaming Language Models with Attention Sinks'."
 )
@@ -187,9 +187,9 @@ def sink_rate_text(metrics: dict[str, Any]) -> list:
     rate = metrics.get("sink_rate")
     if rate is None or first.size == 0:
         return ["No sink rate for this run."]
-    n_sink = int((first > fs.SINK_EPS).sum())
+    n_sink = int((first > SINK_EPS).sum())
     return [html.B(f"Sink rate {rate:.3f}"),
-            f": {n_sink} of {first.size} heads have alpha(first) > eps = {fs.SINK_EPS} (Gu et al., ICLR 2025) ",
+            f": {n_sink} of {first.size} heads have alpha(first) > eps = {SINK_EPS} (Gu et al., ICLR 2025) ",
             help_text(SINK_SOURCE)]
 
 
@@ -312,6 +312,6 @@ def download(_csv, _json, metric, info, run_id):
     if dash.ctx.triggered_id == "sinks-csv-btn":
         return dict(content=grid_csv(grid), filename=f"{stem}.csv")
     body = {"run_id": run_id, "model": info.get("model"), "metric": metric, "n_layers": info["n_layers"],
-            "n_heads": info["n_heads"], "eps": fs.SINK_EPS, "sink_rate": info["metrics"].get("sink_rate"),
+            "n_heads": info["n_heads"], "eps": SINK_EPS, "sink_rate": info["metrics"].get("sink_rate"),
             "values": [[None if not np.isfinite(v) else float(v) for v in row] for row in grid]}
     return dict(content=json.dumps(body), filename=f"{stem}.json")

@@ -357,3 +357,18 @@ def test_invariants_and_reducer_equals_reference(case) -> None:
     for m, v in M.prompt_metrics(A, causal).items():
         np.testing.assert_allclose(res[names.metric(m)][0], v, atol=1e-6, err_msg=m)
     np.testing.assert_allclose(res[names.attn_received(0, 0)], alpha, atol=1e-6)
+
+
+def test_vocabulary_declares_every_stored_head_metric() -> None:
+    """backend.vocab is the one list: each metric names an existing reference function, the reference's per-prompt
+    dict and the reducer's stored metrics follow it, and SINK_EPS is the one threshold everywhere."""
+    from backend import figures_sinks, roles, vocab
+
+    for m in vocab.METRICS:
+        assert callable(getattr(M, m.reference)), m.name
+        assert m.label and m.unit and m.help and m.source
+    A = np.full((2, 3, 3), 1 / 3)
+    assert tuple(M.prompt_metrics(A, causal=False)) == vocab.HEAD_METRICS
+    assert set(vocab.GRID_METRICS) <= set(vocab.HEAD_METRICS)
+    assert M.SINK_EPS == vocab.SINK_EPS == vocab.METRIC_BY_NAME["sink_first"].threshold == roles.THRESHOLDS["sink"]
+    assert f"eps = {vocab.SINK_EPS}" in figures_sinks.METRICS["sink_first"]["help"]

@@ -20,8 +20,7 @@ import torch
 from backend import metrics as ref
 from backend import names
 from backend.engine.capture import BaseReducer, LayerView
-
-HEAD_METRICS = ("sink_first", "sink_special", "entropy", "distance", "previous_token")
+from backend.vocab import HEAD_METRICS
 
 
 def _rows(view_prompts: list[int], view_lengths: list[int], batch: int, width: int) -> tuple[list[int], list[int]]:

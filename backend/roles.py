@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from backend.metrics import SINK_EPS
+from backend.vocab import SINK_EPS
 
 ROLES: tuple[str, ...] = (
     "none", "previous_token", "induction", "duplicate_token", "retrieval", "positional", "sink",
@@ -57,7 +57,7 @@ THRESHOLDS: dict[str, float] = {
     "duplicate_token": 0.3,
     "previous_token": 0.4,
     "positional": 0.4,  # on positional_mass, peak offset != +1
-    "sink": SINK_EPS,  # Gu et al. (ICLR 2025): alpha(first token) > 0.3
+    "sink": SINK_EPS,  # Gu et al. (ICLR 2025): alpha(first token) > SINK_EPS
 }
 ROLE_SCORE = {
     "retrieval": "retrieval", "induction": "induction", "duplicate_token": "duplicate_token",
@@ -115,7 +115,7 @@ SCORES: tuple[Score, ...] = (
           "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality",
           "https://arxiv.org/abs/2404.15574"),
     Score("sink_first", "first-token sink",
-          "Mean attention the first token receives from the queries that see it (alpha); a sink when > 0.3.",
+          f"Mean attention the first token receives from the queries that see it (alpha); a sink when > {SINK_EPS}.",
           "the run's prompts", "Gu et al. ICLR 2025, When Attention Sink Emerges in Language Models",
           "https://arxiv.org/abs/2410.10781"),
     Score("entropy", "entropy",

@@ -33,7 +33,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-METHODS = ("umap", "tsne", "pca")
+from backend.vocab import METHOD_NAMES
+
+METHODS = METHOD_NAMES
 N_NEIGHBORS = 15  # UMAP's default
 FAST_EPOCHS = 60  # UMAP's default is 200 above 10k points, 500 below
 FAST_NEGATIVE_RATE = 2  # UMAP's default is 5

@@ -1,0 +1,111 @@
+"""The project's vocabulary, declared once: per-head metrics, analyses and projection methods with their labels.
+
+Pure (no NumPy, torch, Redis or Dash), so the engine, the figures and the pages all read the same names,
+labels, help texts and thresholds. Adding a per-head metric: declare it in :data:`METRICS` (with the name of
+its reference function in :mod:`backend.metrics`), compute it in the engine's reducer
+(``backend.engine.metrics_reducer``) and bump :data:`ENGINE_VERSION` here. See docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENGINE_VERSION = "4"
+"""Bumped whenever captured tensors or metrics change meaning: it is part of every run id."""
+
+SINK_EPS = 0.3
+"""Gu et al. (ICLR 2025): a head has a first-token sink when alpha(first) > SINK_EPS."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One per-head metric the run stores as ``metrics.{name}`` ``[L, H]`` (mean over prompts)."""
+
+    name: str
+    label: str
+    unit: str
+    help: str
+    source: str
+    reference: str
+    """Name of the NumPy reference function in :mod:`backend.metrics` (one prompt's pattern -> ``[H]``)."""
+    threshold: float | None = None
+    """Value above which a head counts (cells outlined in the grid); None: no threshold."""
+    grid: bool = True
+    """Offered in the layer x head grids of the sinks and compare pages."""
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        "sink_first", "first-token mass alpha(first)", "alpha",
+        "Mean attention the first token receives from the queries that see it, alpha(first) "
+        "(Gu et al., ICLR 2025, 'When Attention Sink Emerges in Language Models'); a head has a "
+        f"first-token sink when alpha > eps = {SINK_EPS}. StreamingLLM (Xiao et al., ICLR 2024) showed that "
+        "causal LMs put much attention on the first tokens whatever they mean.",
+        "Gu et al., ICLR 2025", "sink_first", threshold=SINK_EPS,
+    ),
+    Metric(
+        "sink_special", "special-token mass", "alpha",
+        "Mean of alpha(k) over the special tokens ([CLS], [SEP], BOS...); BERT heads put much "
+        "attention on [CLS]/[SEP] (Clark et al., 2019, 'What Does BERT Look At?').",
+        "Clark et al., 2019", "sink_special",
+    ),
+    Metric(
+        "entropy", "attention entropy (nats)", "nats",
+        "Mean over queries of the entropy of the attention row (natural log): 0 = one key, "
+        "log(#keys) = uniform.",
+        "REFERENCES.md section 5", "entropy",
+    ),
+    Metric(
+        "distance", "mean attention distance (tokens)", "tokens",
+        "Mean over queries of sum_j A[t, j] |t - j|: how far a head looks, in tokens.",
+        "REFERENCES.md section 5", "distance",
+    ),
+    Metric(
+        "previous_token", "previous-token score", "attention",
+        "Mean over query positions t >= 1 of A[t, t-1]: how much each token attends to the one before it.",
+        "TransformerLens head detector (previous-token pattern)", "previous_token", grid=False,
+    ),
+)
+METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+HEAD_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS)
+"""The per-head metrics the sink reducer stores, in storage order."""
+GRID_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.grid)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis a run can include (``options["analyses"]``); the name is stored in run specs (run ids)."""
+
+    name: str
+    label: str
+
+
+ANALYSES: tuple[Analysis, ...] = (
+    Analysis("attention", "Attention patterns (always)"),
+    Analysis("metrics", "Sink & head metrics"),
+    Analysis("embedding", "Joint query-key maps (AttentionViz)"),
+    Analysis("importance", "Head importance"),
+    Analysis("roles", "Head roles (head atlas)"),
+    Analysis("streaming", "StreamingLLM experiment (causal LMs: first prompt, long text)"),
+)
+ANALYSIS_NAMES: tuple[str, ...] = tuple(a.name for a in ANALYSES)
+
+
+@dataclass(frozen=True)
+class ProjectionMethod:
+    """A 2-D projection of the query-key maps (``options["embedding_methods"]``)."""
+
+    name: str
+    label: str
+
+
+PROJECTION_METHODS: tuple[ProjectionMethod, ...] = (
+    ProjectionMethod("umap", "UMAP"),
+    ProjectionMethod("tsne", "t-SNE"),
+    ProjectionMethod("pca", "PCA"),
+)
+METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in PROJECTION_METHODS)
+METHOD_LABELS: dict[str, str] = {m.name: m.label for m in PROJECTION_METHODS}
+
+INPUT_KINDS: tuple[str, ...] = ("text", "image")
+"""What a model takes (``RunSpec.kind``); ``backend.engine.inputs.ADAPTERS`` has one adapter per kind."""
