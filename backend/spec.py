@@ -10,7 +10,7 @@ from typing import Any
 
 from backend import ENGINE_VERSION
 from backend.settings import Settings
-from backend.vocab import ANALYSIS_NAMES, METHOD_NAMES
+from backend.vocab import ANALYSIS_NAMES, INPUT_KINDS, METHOD_NAMES
 
 DTYPES = ("float32", "bfloat16", "float16")
 ANALYSES = ANALYSIS_NAMES
@@ -125,8 +125,8 @@ def build_spec(model: Any, prompts: Any, options: Any, settings: Settings, kind:
         raise SpecError("model must be a non-empty string")
     if options is not None and not isinstance(options, dict):
         raise SpecError("options must be an object")
-    if kind not in ("text", "image"):
-        raise SpecError("kind must be 'text' or 'image'")
+    if kind not in INPUT_KINDS:
+        raise SpecError(f"kind must be {' or '.join(repr(k) for k in INPUT_KINDS)}")
     inputs = clean_prompts(prompts, settings)
     if kind == "image" and not all(DIGEST.match(d) for d in inputs):
         raise SpecError("the inputs of an image run are the SHA-256 digests (64 hex characters) of uploaded images")

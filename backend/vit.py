@@ -1,6 +1,6 @@
 """ViT patch attention, pure NumPy: CLS->patch maps, attention rollout, upsampling, high-norm tokens.
 
-Token layout of an image run (``backend.engine.analyze.patch_tokens``): ``[CLS]``, then the register
+Token layout of an image run (``backend.engine.inputs.patch_tokens``): ``[CLS]``, then the register
 tokens if the model has them (``[REG0]``, ...; ``config.num_register_tokens``), then the patches row by
 row (``patch r{r} c{c}``). ``n_prefix`` is the number of tokens before the first patch.
 

@@ -140,7 +140,7 @@ def compute_head_maps(
     position). ``normalise``: AttentionViz translation + scaling (:func:`backend.projections.normalise_qk`).
     ``raw=True`` adds the un-normalised map under method ``f"{method}_raw"``. ``progress(done, total)`` counts
     (head, variant) projections; ``should_cancel()`` is checked between heads and raises
-    ``backend.engine.analyze.Cancelled``. Each variant runs :func:`backend.projections.project_heads` over all
+    ``backend.engine.cancel.Cancelled``. Each variant runs :func:`backend.projections.project_heads` over all
     heads (``n_jobs`` threads); the numba kernels must be warm (``projections.warm_up()``) or the first head
     pays the compile.
     """
@@ -166,7 +166,7 @@ def compute_head_maps(
         try:
             maps = project_heads(points, method, seed, n_jobs=n_jobs, progress=tick, should_cancel=should_cancel)
         except Cancelled as exc:
-            from backend.engine.analyze import Cancelled as RunCancelled
+            from backend.engine.cancel import Cancelled as RunCancelled
 
             raise RunCancelled(str(exc)) from exc
         for (l, h), y in zip(heads, maps):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.engine import analyze
 from backend.engine.qk_reducer import QKSampleReducer, compute_head_maps
 
 
@@ -19,10 +18,11 @@ class EmbeddingSampler(QKSampleReducer):
         return {}
 
 
-def _factory(loaded, options: dict[str, Any]):
+def reducers(loaded, options: dict[str, Any]) -> list:
+    """The sampler, when the run asks for "embedding"."""
     if "embedding" not in options.get("analyses", []):
-        return None
-    return EmbeddingSampler(loaded.n_layers, loaded.n_heads, int(options["max_points_per_head"]), int(options["seed"]))
+        return []
+    return [EmbeddingSampler(loaded.n_layers, loaded.n_heads, int(options["max_points_per_head"]), int(options["seed"]))]
 
 
 def embedding_stage(loaded, inputs, options, reducers, emit, progress, should_cancel, info) -> None:
@@ -36,7 +36,3 @@ def embedding_stage(loaded, inputs, options, reducers, emit, progress, should_ca
     for name, arr in maps.items():
         emit(name, arr)
 
-
-embedding_stage.wanted = lambda options: "embedding" in options.get("analyses", [])  # type: ignore[attr-defined]
-analyze.EXTRA_REDUCERS.append(_factory)
-analyze.POST_STAGES.append(embedding_stage)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from backend.engine.analyze import Cancelled  # noqa: F401  (one class: the worker catches it; re-exported)
+from backend.engine.cancel import Cancelled  # noqa: F401  (one class: the worker catches it; re-exported)
 from backend.engine.capture import CaptureSession
 from backend.engine.losses import (
     metrics_from,

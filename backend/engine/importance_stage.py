@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from backend import names
-from backend.engine import analyze
+from backend.engine.cancel import Cancelled
+from backend.engine.inputs import text_batch
 from backend.engine.importance import evaluate_with_gates, head_importance, model_shape, pruning_curve, top_predictions
 from backend.engine.losses import model_task, prepare_targets
 from backend.engine.models import LoadedModel
@@ -84,7 +85,7 @@ def make_batches(
     for start in range(0, len(inputs), batch_size):
         rows = list(range(start, min(len(inputs), start + batch_size)))
         if loaded.kind == "text":
-            batch, special = analyze._text_batch(loaded, [ids[i] for i in rows])
+            batch, special = text_batch(loaded, [ids[i] for i in rows])
             batch["special_tokens_mask"] = special.long()
         else:
             pix = loaded.preprocessor(images=[inputs[i] for i in rows], return_tensors="pt")["pixel_values"]
@@ -205,7 +206,7 @@ def importance_stage(loaded, inputs, options, reducers, emit, progress, should_c
     emit(names.metric("importance"), imp.astype(np.float32))
     emit(names.metric("importance_normalised"), normalised.astype(np.float32))
     if should_cancel():
-        raise analyze.Cancelled("cancelled by the user")
+        raise Cancelled("cancelled by the user")
     budget.part("baseline")(0.0, "head importance: baseline metrics")
     baseline = evaluate_with_gates(model, batches, task, None, targets=targets)
     meta = describe(task, label_source, len(inputs), n_curve)
@@ -233,10 +234,6 @@ def importance_stage(loaded, inputs, options, reducers, emit, progress, should_c
     progress(1.0, "head importance: done")
 
 
-importance_stage.wanted = lambda options: "importance" in (options.get("analyses") or [])  # type: ignore[attr-defined]
-
-if importance_stage not in analyze.POST_STAGES:
-    analyze.POST_STAGES.append(importance_stage)
 
 
 # ---------------------------------------------------------------------------- live pruning

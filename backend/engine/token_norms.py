@@ -1,7 +1,6 @@
 """Token norms per layer for image runs (high-norm tokens, Darcet et al., ICLR 2024).
 
-Registers a reducer factory in ``backend.engine.analyze.EXTRA_REDUCERS`` on import (listed in
-``STAGE_MODULES``): for image models it emits ``prompt.{p}.blocks.{l}.resid.norm [T]`` float32, the L2
+Its reducer factory is listed in ``backend.engine.stages.REDUCERS``: for image models it emits ``prompt.{p}.blocks.{l}.resid.norm [T]`` float32, the L2
 norm of every token's output hidden state of block ``l`` (``output_hidden_states``, before any final
 layer norm). Text runs are unchanged.
 """
@@ -14,7 +13,6 @@ import numpy as np
 import torch
 
 from backend import names
-from backend.engine.analyze import EXTRA_REDUCERS
 from backend.engine.capture import BaseReducer
 
 
@@ -33,9 +31,6 @@ class TokenNormReducer(BaseReducer):
         return {names.resid_norm(p, layer): v for (p, layer), v in sorted(self._norms.items())}
 
 
-def _factory(loaded: Any, options: dict) -> TokenNormReducer | None:
-    return TokenNormReducer() if getattr(loaded, "kind", "text") == "image" else None
-
-
-if _factory not in EXTRA_REDUCERS:
-    EXTRA_REDUCERS.append(_factory)
+def reducers(loaded: Any, options: dict) -> list[TokenNormReducer]:
+    """A token-norm reducer for image models; none for text."""
+    return [TokenNormReducer()] if getattr(loaded, "kind", "text") == "image" else []

@@ -82,3 +82,13 @@ def test_web_process_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "False False"
+
+
+def test_one_input_adapter_per_kind() -> None:
+    """Every input kind a run spec accepts has an adapter in the engine, and an unknown kind is refused clearly."""
+    from backend import vocab
+    from backend.engine import inputs
+
+    assert tuple(inputs.ADAPTERS) == vocab.INPUT_KINDS
+    with pytest.raises(ValueError, match="no input adapter for model kind 'audio'"):
+        inputs.adapter_class("audio")

@@ -181,9 +181,12 @@ def test_encoder_run_has_roles_but_no_retrieval() -> None:
 
 
 def test_stage_is_wanted_only_with_roles_and_cancels() -> None:
-    assert roles.roles_stage in an.POST_STAGES
-    assert roles.roles_stage.wanted({"analyses": ["attention", "roles"]})
-    assert not roles.roles_stage.wanted({"analyses": ["attention", "metrics"]})
+    from backend.engine import stages
+
+    (stage,) = [s for s in stages.STAGES if s.run is roles.roles_stage]
+    assert stage.wanted({"analyses": ["attention", "roles"]})
+    assert not stage.wanted({"analyses": ["attention", "metrics"]})
+    assert stages.post_stages({"analyses": ["attention", "roles"]}) == [stage]
     loaded = _loaded(hs.build(ATTN_IMPLEMENTATION), hs.tokenizer())
     with pytest.raises(an.Cancelled):
         an.analyze(loaded, _prompts(2, 1), normalise_options({"analyses": ["roles"]}), lambda n, a: None,

@@ -160,8 +160,10 @@ def _stage(model, causal: bool, tokens: list[str]):
 def test_stage_emits_the_named_arrays(llama, ids) -> None:
     tokens = [str(int(i)) for i in ids]
     arrays, info, seen = _stage(llama, True, tokens)
-    assert S.streaming_stage.wanted({"analyses": ["attention", "streaming"]})
-    assert not S.streaming_stage.wanted({"analyses": ["attention", "metrics"]})
+    from backend.engine.stages import post_stages
+
+    assert [s.run for s in post_stages({"analyses": ["attention", "streaming"]})] == [S.streaming_stage]
+    assert post_stages({"analyses": ["attention", "metrics"]}) == []
     for name in ("nll_full", "nll_window", "nll_sink"):
         assert arrays[names.streaming(name)].shape == (N - 1,) and arrays[names.streaming(name)].dtype == np.float32
     params = arrays[names.streaming("params")]
