@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from app import state
-from backend import head_roles as hr
+from backend import roles as hr
 from backend import names
 
 

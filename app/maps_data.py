@@ -12,7 +12,7 @@ import numpy as np
 
 from app import state
 from app.memo import LRU
-from backend import names, qk_points
+from backend import embedding_points, names
 from backend.vocab import METHOD_NAMES
 
 BASE_METHODS = METHOD_NAMES
@@ -95,9 +95,9 @@ def hover_text(run: MapRun, kind: int, prompt: int, position: int) -> str:
     toks = run.tokens[prompt]
     tok = html.escape(toks[position])
     if run.image:
-        return f"<b>{qk_points.KIND_NAMES[kind]}</b> · {tok} · image {prompt}"
-    ctx = html.escape(qk_points.context(toks, position))
-    return f"<b>{qk_points.KIND_NAMES[kind]}</b> · '{tok}' · prompt {prompt}, position {position}<br>{ctx}"
+        return f"<b>{embedding_points.KIND_NAMES[kind]}</b> · {tok} · image {prompt}"
+    ctx = html.escape(embedding_points.context(toks, position))
+    return f"<b>{embedding_points.KIND_NAMES[kind]}</b> · '{tok}' · prompt {prompt}, position {position}<br>{ctx}"
 
 
 def point_table(run_id: str, run: MapRun, meta: np.ndarray) -> PointTable:
@@ -106,11 +106,11 @@ def point_table(run_id: str, run: MapRun, meta: np.ndarray) -> PointTable:
 
     def make() -> PointTable:
         hover = [hover_text(run, k, p, pos) for k, p, pos in meta.tolist()]
-        kind_names = qk_points.IMAGE_TOKEN_KINDS if run.image else qk_points.TEXT_TOKEN_KINDS
+        kind_names = embedding_points.IMAGE_TOKEN_KINDS if run.image else embedding_points.TEXT_TOKEN_KINDS
         return PointTable(
             hover=np.asarray(hover, dtype=object),
-            positions=qk_points.normalised_positions([len(t) for t in run.tokens], meta),
-            token_kinds=qk_points.token_kinds(run.tokens, meta, run.image),
+            positions=embedding_points.normalised_positions([len(t) for t in run.tokens], meta),
+            token_kinds=embedding_points.token_kinds(run.tokens, meta, run.image),
             kind_names=kind_names,
         )
 
@@ -130,9 +130,9 @@ def matrix(run_id: str, method: Any, normalised: bool = True) -> tuple[dict, dic
         thumbs, hover = {}, {}
         for i, (l, h) in enumerate(heads):
             xy, meta = arrays[2 * i], arrays[2 * i + 1]
-            index = qk_points.thumbnail_indices(meta, per_head)
-            thumbs[(l, h)] = qk_points.thumbnail(xy, meta, index)
-            hover[(l, h)] = [f"layer {l} head {h} · {qk_points.KIND_NAMES[k]} '{html.escape(run.tokens[p][pos])}'"
+            index = embedding_points.thumbnail_indices(meta, per_head)
+            thumbs[(l, h)] = embedding_points.thumbnail(xy, meta, index)
+            hover[(l, h)] = [f"layer {l} head {h} · {embedding_points.KIND_NAMES[k]} '{html.escape(run.tokens[p][pos])}'"
                              for k, p, pos in meta[index].tolist()]
         return thumbs, hover
 
@@ -143,7 +143,7 @@ def selected_point(run_id: str, layer: Any, head_: Any, method: Any, normalised:
     """``[kind, prompt, position]`` of the point of a head's map clicked at ``(x, y)``, or None."""
     xy, meta = head(run_id, layer, head_, method, normalised)
     try:
-        i = qk_points.nearest_point(xy, float(x), float(y))
+        i = embedding_points.nearest_point(xy, float(x), float(y))
     except (TypeError, ValueError):
         return None
     return None if i is None else [int(v) for v in meta[i]]
@@ -155,7 +155,7 @@ def points(run_id: str, layer: Any, head_: Any, method: Any) -> list[dict[str, A
     xy, meta = head(run_id, layer, head_, base, normalised=not str(method).endswith("_raw"))
     tokens = map_run(run_id).tokens
     return [
-        {"x": x, "y": y, "kind": qk_points.KIND_NAMES[k], "prompt": p, "position": pos, "token": tokens[p][pos]}
+        {"x": x, "y": y, "kind": embedding_points.KIND_NAMES[k], "prompt": p, "position": pos, "token": tokens[p][pos]}
         for (x, y), (k, p, pos) in zip(xy.tolist(), meta.tolist())
     ]
 
@@ -171,5 +171,5 @@ def csv_text(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool)
     w = csv.writer(buf)
     w.writerow(["x", "y", "kind", "prompt", "position", "token"])
     for (x, y), (k, p, pos) in zip(xy.tolist(), meta.tolist()):
-        w.writerow([f"{x:.6g}", f"{y:.6g}", qk_points.KIND_NAMES[k], p, pos, run.tokens[p][pos]])
+        w.writerow([f"{x:.6g}", f"{y:.6g}", embedding_points.KIND_NAMES[k], p, pos, run.tokens[p][pos]])
     return buf.getvalue()

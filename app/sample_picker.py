@@ -12,13 +12,13 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import state
 from app.components import alert
-from backend import samples
+from backend import sample_images
 
 
 def sample_picker() -> html.Div:
     return html.Div(className="field", style={"marginTop": "0.6rem"}, children=[
         html.Label("…or use sample images (for image models)", htmlFor="new-samples"),
-        dcc.Dropdown(id="new-samples", options=samples.sample_options(), value=[], multi=True,
+        dcc.Dropdown(id="new-samples", options=sample_images.sample_options(), value=[], multi=True,
                      placeholder="Use sample images: digits (for digits-vit) or photos"),
     ])
 
@@ -35,7 +35,7 @@ def on_samples(chosen, images):
     added = []
     try:
         for key in chosen:
-            s = samples.get_sample(key)
+            s = sample_images.get_sample(key)
             digest = hashlib.sha256(s.png).hexdigest()
             state.cache().put_blob(digest, s.png)
             added.append({"name": f"{key}.png", "digest": digest, "sample": key})

@@ -1,7 +1,7 @@
 """Head-atlas figures: pure functions from role codes and score arrays to Plotly figures (no Redis, no Dash).
 
 A head grid has layers down and heads across; each cell carries its dominant role as colour and glyph
-(:mod:`backend.head_roles` code table) and every score in the hover.
+(:mod:`backend.roles` code table) and every score in the hover.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from backend import head_roles as hr
+from backend import roles as hr
 from backend.figures import FONT
 
 CHANGE_NAMES = ("same role", "role appears", "role vanishes", "role changes")
@@ -117,7 +117,7 @@ def compare_grids(dom_a: np.ndarray, dom_b: np.ndarray, scores_a: Mapping[str, n
 
 def role_depth_bars(comparison: Mapping[str, Any], label_a: str = "A", label_b: str = "B") -> go.Figure:
     """Per role, the share of all heads with that dominant role in each quarter of relative depth, A vs B
-    (the comparison of :func:`backend.head_roles.compare_roles`; works for models of different shapes)."""
+    (the comparison of :func:`backend.roles.compare_roles`; works for models of different shapes)."""
     roles = comparison["roles"]
     na = int(np.prod(comparison["shape_a"])) or 1
     nb = int(np.prod(comparison["shape_b"])) or 1

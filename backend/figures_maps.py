@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from backend.figures import FONT
-from backend.qk_points import KEY, KIND_NAMES, QUERY, Thumbnail
+from backend.embedding_points import KEY, KIND_NAMES, QUERY, Thumbnail
 
 KIND_COLOURS = ("#3aa655", "#d6409f")  # queries green, keys pink, as in AttentionViz
 KIND_SYMBOLS = ("circle", "diamond")
@@ -57,7 +57,7 @@ def head_map(
     ``colour``: ``kind`` (queries green, keys pink), ``position`` (``positions [n]`` in [0, 1]), ``token_kind``
     (``token_kinds [n]`` codes into ``token_kind_names``) or ``prompt``. Keys are diamonds in every mode except
     ``kind``. ``highlight [n]`` bool rings matching points; ``selected`` marks one point with a star. A click maps back to
-    its point by its coordinates (:func:`backend.qk_points.nearest_point`; dcc.Graph drops typed-array
+    its point by its coordinates (:func:`backend.embedding_points.nearest_point`; dcc.Graph drops typed-array
     ``customdata`` from click events)."""
     if colour not in COLOUR_MODES:
         raise ValueError(f"colour must be one of {', '.join(COLOUR_MODES)}")
@@ -113,7 +113,7 @@ def matrix(
 ) -> go.Figure:
     """All heads at once: cell ``(l, h)`` (centred on ``x = h, y = l``, layer 0 at the top) holds that head's
     thumbnail, queries and keys as two WebGL traces. A flat background heatmap makes the whole cell clickable;
-    :func:`backend.qk_points.cell_of` maps click coordinates back to a head."""
+    :func:`backend.embedding_points.cell_of` maps click coordinates back to a head."""
     xs: dict[int, list[np.ndarray]] = {QUERY: [], KEY: []}
     ys: dict[int, list[np.ndarray]] = {QUERY: [], KEY: []}
     texts: dict[int, list[np.ndarray]] = {QUERY: [], KEY: []}

@@ -2,7 +2,7 @@
 
 Every function takes ONE prompt's pattern ``A [head, query_pos, key_pos]`` (``[H, T, T]``, padding already
 removed, rows summing to 1) and returns one number per head (``[H]``) unless said otherwise. They are the
-plain definitions, written for clarity; the streaming reducers in ``backend.engine.metric_reducers``
+plain definitions, written for clarity; the streaming reducers in ``backend.engine.metrics_reducer``
 compute the same numbers chunk by chunk and are tested against these (``tests/unit/test_metrics.py``).
 Sources: ``REFERENCES.md`` sections 3 (sinks, massive activations) and 5 (head roles).
 

@@ -63,7 +63,7 @@ def streaming(kind: str) -> str:
 
 def role_array(name: str) -> str:
     """Head-atlas arrays besides ``metrics.*``: ``roles.dominant`` [L, H] int32 (codes in
-    ``backend.head_roles.ROLES``), ``roles.positional_profile`` [L, H, 2K+1], ``roles.retrieval_recall`` [trials]."""
+    ``backend.roles.ROLES``), ``roles.positional_profile`` [L, H, 2K+1], ``roles.retrieval_recall`` [trials]."""
     return f"roles.{name}"
 
 

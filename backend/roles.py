@@ -1,6 +1,6 @@
 """Head roles for the head atlas: the role code table, thresholds, definitions with sources, the dominant
 role of each head, the retrieval-score counting rule, and the comparison of two runs. Pure NumPy (the app
-imports it without torch; the worker stage :mod:`backend.engine.roles` computes the scores).
+imports it without torch; the worker stage :mod:`backend.engine.roles_stage` computes the scores).
 
 Scores per head (each ``[layer, head]``; definitions in ``REFERENCES.md`` section 5 and :data:`SCORES`):
 

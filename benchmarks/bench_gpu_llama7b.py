@@ -16,7 +16,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from backend.engine.capture import ATTN_IMPLEMENTATION, CaptureSession
-from backend.engine.metric_reducers import SinkMetricsReducer
+from backend.engine.metrics_reducer import SinkMetricsReducer
 
 
 def build(layers: int, impl: str) -> LlamaForCausalLM:

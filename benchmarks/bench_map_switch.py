@@ -52,7 +52,7 @@ def tokens_of_corpus() -> list[list[str]]:
 def store_run(cache, tokens: list[list[str]], seed: int = 0) -> str:
     """A finished run with maps of every head, stored as the worker stores it; returns its id."""
     from backend import names
-    from backend.projections import sample_indices
+    from backend.embedding_projection import sample_indices
 
     lengths = [len(t) for t in tokens]
     idx = sample_indices(lengths, MAX_POINTS // 2, seed)

@@ -90,7 +90,7 @@ def child(method: str, n: int, device: str, repeats: int, check: bool) -> dict:
 
     import backend.engine.capture  # noqa: F401  (registers the capture attention)
     from backend.engine.capture import ATTN_IMPLEMENTATION, CaptureSession
-    from backend.engine.metric_reducers import SinkMetricsReducer
+    from backend.engine.metrics_reducer import SinkMetricsReducer
 
     cuda = device.startswith("cuda")
 

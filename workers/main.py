@@ -38,9 +38,9 @@ def warm_up(preload: str | None = DEFAULT_MODEL) -> None:
 
     if os.environ.get("ATLAS_WARM_PROJECTIONS", "1") != "0":
         try:
-            from backend import projections
+            from backend import embedding_projection
 
-            projections.warm_up()
+            embedding_projection.warm_up()
         except (ImportError, AttributeError):
             pass
     if preload:

@@ -14,7 +14,7 @@ from app import atlas_data, state
 from app.components import alert
 from app.view_links import register_view
 from backend import figures_atlas
-from backend import head_roles as hr
+from backend import roles as hr
 
 dash.register_page(__name__, path_template="/runs/<run_id>/atlas", title="Head atlas · Attention Atlas",
                    name="Head atlas", order=1)  # before the run page, whose /runs/<run_id> would match too

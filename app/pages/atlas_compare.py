@@ -2,7 +2,7 @@
 
 ``/atlas/compare?a=<run>&b=<run>`` (the URL keeps both). Heads are matched by (layer, head) when both models
 have the same shape (two checkpoints of one model); otherwise roles are compared by their counts per quarter
-of relative depth (:func:`backend.head_roles.compare_roles`).
+of relative depth (:func:`backend.roles.compare_roles`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dash import Input, Output, callback, dash_table, dcc, html, no_update
 from app import atlas_data, state
 from app.components import alert
 from backend import figures_atlas
-from backend import head_roles as hr
+from backend import roles as hr
 
 dash.register_page(__name__, path="/atlas/compare", title="Compare head atlases · Attention Atlas",
                    name="Compare head atlases")

@@ -17,7 +17,7 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 from app import maps_data, state, vit_data
 from app.components import alert, empty_figure, field, help_text, progress_bar, query_int
 from app.view_links import register_view
-from backend import figures, figures_maps, figures_vit, qk_points, vit
+from backend import embedding_points, figures, figures_maps, figures_vit, vit
 from backend.vocab import METHOD_LABELS
 
 dash.register_page(__name__, path_template="/runs/<run_id>/maps", title="Query-key maps · Attention Atlas",
@@ -172,7 +172,7 @@ def open_head(click, run):
     """A click anywhere in a cell of the matrix opens that head."""
     try:
         pt = click["points"][0]
-        cell = qk_points.cell_of(pt["x"], pt["y"], run["n_layers"], run["n_heads"])
+        cell = embedding_points.cell_of(pt["x"], pt["y"], run["n_layers"], run["n_heads"])
     except (TypeError, KeyError, IndexError, ValueError):
         return no_update, no_update, no_update
     if cell is None:
@@ -186,7 +186,7 @@ def _search_summary(query: str, mask: np.ndarray, meta: np.ndarray) -> str:
     n = int(mask.sum())
     if not n:
         return f"No token matches {query!r} in this map's sample."
-    nq = int((mask & (meta[:, 0] == qk_points.QUERY)).sum())
+    nq = int((mask & (meta[:, 0] == embedding_points.QUERY)).sum())
     return (f"{query!r}: {n} points ({nq} queries, {n - nq} keys) in "
             f"{len(np.unique(meta[mask, 1]))} input(s), ringed in red.")
 
@@ -206,10 +206,10 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         xy, meta = maps_data.head(run_id, layer, head, method, normalised)
         run_info = maps_data.map_run(run_id)
         table = maps_data.point_table(run_id, run_info, meta)
-        mask = qk_points.search_mask(run_info.tokens, meta, search or "")
+        mask = embedding_points.search_mask(run_info.tokens, meta, search or "")
     except VIEW_ERRORS as exc:
         return empty_figure("not available"), "", _errors(exc)
-    selected = qk_points.find_point(meta, *sel) if sel else None
+    selected = embedding_points.find_point(meta, *sel) if sel else None
     fig = figures_maps.head_map(
         xy, meta, table.hover, colour or "kind", positions=table.positions, token_kinds=table.token_kinds,
         token_kind_names=table.kind_names, highlight=mask, highlight_label=f"matches of {search!r}", selected=selected,
@@ -261,8 +261,8 @@ def render_token(sel, layer, head, run, run_id):
             raise state.ViewError("the selected token is outside its prompt")
     except VIEW_ERRORS as exc:
         return _errors(exc), empty_figure(), hidden
-    weights = pat[pos] if kind == qk_points.QUERY else pat[:, pos]
-    what = (f"where the query '{tokens[pos]}' attends" if kind == qk_points.QUERY
+    weights = pat[pos] if kind == embedding_points.QUERY else pat[:, pos]
+    what = (f"where the query '{tokens[pos]}' attends" if kind == embedding_points.QUERY
             else f"how much each query attends to the key '{tokens[pos]}'")
     title = f"layer {layer} head {head}: {what} (input {p}, position {pos})"
     link = dcc.Link("Open in the token view →", id="maps-token-link",
@@ -275,9 +275,9 @@ def render_token(sel, layer, head, run, run_id):
             return _errors(exc), empty_figure(), hidden
         grid = weights[lay.n_prefix:].reshape(lay.rows, lay.cols)
         fig = figures_vit.overlay(uri, w, h, grid, lay, 0.6, title=title, selected=lay.patch_at(pos))
-        return html.Div([html.H4(f"{qk_points.KIND_NAMES[kind]} {tokens[pos]} of image {p}"), link]), fig, {}
+        return html.Div([html.H4(f"{embedding_points.KIND_NAMES[kind]} {tokens[pos]} of image {p}"), link]), fig, {}
     body = html.Div([
-        html.H4(f"{qk_points.KIND_NAMES[kind]} '{tokens[pos]}' · input {p}, position {pos}"),
+        html.H4(f"{embedding_points.KIND_NAMES[kind]} '{tokens[pos]}' · input {p}, position {pos}"),
         html.Div(_token_spans(tokens, weights, pos), className="tokens", id="maps-token-text"), link,
     ])
     return body, figures.attention_row(tokens, weights, pos, title=title), {}

@@ -7,10 +7,10 @@
 Sampling choice: the number of prompts is not known while streaming, so the reducer keeps a *token* sample that
 is trimmed as prompts arrive. Every kept token contributes its query and its key (the same token set), so at
 most ``max_points_per_head // 2`` tokens are kept. The token budget is split evenly across prompts
-(:func:`backend.projections.allocate`, water filling), and prompt ``p`` keeps the first ``a_p`` positions of a
-seeded order that depends only on ``(seed, p)`` (:func:`backend.projections.prompt_order`). Adding a prompt never
+(:func:`backend.embedding_projection.allocate`, water filling), and prompt ``p`` keeps the first ``a_p`` positions of a
+seeded order that depends only on ``(seed, p)`` (:func:`backend.embedding_projection.prompt_order`). Adding a prompt never
 raises another prompt's share, so trimming while streaming is exact: the final sample is the one
-``backend.projections.sample_indices(lengths, max_points_per_head // 2, seed)`` picks offline, the same tokens for
+``backend.embedding_projection.sample_indices(lengths, max_points_per_head // 2, seed)`` picks offline, the same tokens for
 every head and layer, independent of batch size and order. Memory stays below about twice the budget per head
 (trimming happens when a layer's store exceeds ``2 x`` the token budget).
 
@@ -29,7 +29,7 @@ import torch
 
 from backend import names
 from backend.engine.capture import BaseReducer, LayerView
-from backend.projections import Cancelled, allocate, normalise_qk, project_heads, prompt_order
+from backend.embedding_projection import Cancelled, allocate, normalise_qk, project_heads, prompt_order
 
 # (layer, head) -> (q [n, d], k [n, d], q_meta [n, 2] (prompt, position), k_meta [n, 2]); float32 / int32
 Samples = dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
@@ -137,11 +137,11 @@ def compute_head_maps(
 
     Per head ``(l, h)``: ``names.embedding(l, h, method)`` ``[n_q + n_k, 2]`` float32 (queries first, then keys)
     for each method, and ``names.embedding_meta(l, h)`` ``[n_q + n_k, 3]`` int32 (kind 0=query 1=key, prompt,
-    position). ``normalise``: AttentionViz translation + scaling (:func:`backend.projections.normalise_qk`).
+    position). ``normalise``: AttentionViz translation + scaling (:func:`backend.embedding_projection.normalise_qk`).
     ``raw=True`` adds the un-normalised map under method ``f"{method}_raw"``. ``progress(done, total)`` counts
     (head, variant) projections; ``should_cancel()`` is checked between heads and raises
-    ``backend.engine.cancel.Cancelled``. Each variant runs :func:`backend.projections.project_heads` over all
-    heads (``n_jobs`` threads); the numba kernels must be warm (``projections.warm_up()``) or the first head
+    ``backend.engine.cancel.Cancelled``. Each variant runs :func:`backend.embedding_projection.project_heads` over all
+    heads (``n_jobs`` threads); the numba kernels must be warm (``embedding_projection.warm_up()``) or the first head
     pays the compile.
     """
     heads = sorted(samples)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.engine.qk_reducer import QKSampleReducer, compute_head_maps
+from backend.engine.embedding_reducer import QKSampleReducer, compute_head_maps
 
 
 class EmbeddingSampler(QKSampleReducer):

@@ -1,5 +1,5 @@
 """The "roles" stage: per-head role scores for the head atlas (definitions: ``REFERENCES.md`` section 5 and
-:mod:`backend.head_roles`; the per-pattern numbers come from :mod:`backend.metrics`).
+:mod:`backend.roles`; the per-pattern numbers come from :mod:`backend.metrics`).
 
 After the run's capture pass (which gives ``metrics.previous_token``, ``metrics.sink_first`` and
 ``metrics.entropy`` on the run's prompts; ``backend.engine.stages`` adds the sink-metrics reducer when the run
@@ -21,7 +21,7 @@ did not ask for "metrics") the stage runs the model on synthetic inputs:
    (none of them in the haystack) at 20/50/80 % depth + the needle's first ``CUE_LEN`` tokens as the cue;
    then ``NEEDLE_LEN`` greedy steps with the KV cache, capturing each head's top-attended position for the
    query that produces each token. The needle scored is the part after the cue. Per trial the score is
-   :func:`backend.head_roles.retrieval_hits`; ``metrics.retrieval`` is the mean over the trials whose
+   :func:`backend.roles.retrieval_hits`; ``metrics.retrieval`` is the mean over the trials whose
    greedy output recalls more than half of the needle (ROUGE-1 on token ids, Wu et al.'s filter), 0 for
    every head (with a notice) when no trial does. ``roles.retrieval_recall [trials]`` keeps each recall.
    Simplifications against the paper: random-token haystack and needle instead of essays and a sentence,
@@ -29,7 +29,7 @@ did not ask for "metrics") the stage runs the model on synthetic inputs:
    following or on the model's language), contexts of at most ``NIAH_MAX_TOKENS`` tokens instead of up to
    50k, 3 depths x 1 length; every generated token is scored, including the first (the released code
    skips the step computed from the prompt pass).
-3. ``roles.dominant [L, H]`` int32: :func:`backend.head_roles.dominant_roles` (code table ``ROLES``).
+3. ``roles.dominant [L, H]`` int32: :func:`backend.roles.dominant_roles` (code table ``ROLES``).
 
 All ``metrics.*`` arrays are float32 ``[L, H]``. Progress and cancellation are checked between sequences
 and generation steps.
@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from backend import head_roles, names
+from backend import names, roles
 from backend import metrics as ref
 from backend.engine import inputs as model_inputs
 from backend.engine.cancel import Cancelled
@@ -143,7 +143,7 @@ def repeated_token_scores(loaded: LoadedModel, seqs: np.ndarray, prefix: Sequenc
     Returns ``induction``, ``duplicate_token``, ``positional_peak``, ``positional_mass`` (``[layers, heads]``
     float32) and ``positional_profile`` (``[layers, heads, 2K+1]``), each the mean over the sequences.
     """
-    n_layers, n_heads, K = loaded.n_layers, loaded.n_heads, head_roles.POSITIONAL_MAX_OFFSET
+    n_layers, n_heads, K = loaded.n_layers, loaded.n_heads, roles.POSITIONAL_MAX_OFFSET
     L = seqs.shape[1]
     per_seq: dict[str, list[np.ndarray]] = {"induction": [], "duplicate_token": [], "profile": []}
     for i, seq in enumerate(seqs):
@@ -223,10 +223,10 @@ def retrieval_scores(loaded: LoadedModel, rng: np.random.Generator, pool: np.nda
     for i, depth in enumerate(DEPTHS):
         prompt, start, end, needle = needle_prompt(rng, pool, prefix, context_len, depth)
         generated, top = greedy_with_top_keys(loaded, prompt, NEEDLE_LEN, should_cancel)
-        recall = head_roles.copy_recall(generated, needle)
+        recall = roles.copy_recall(generated, needle)
         recalls.append(recall)
-        if recall > head_roles.RETRIEVAL_MIN_RECALL:
-            credited.append(head_roles.retrieval_hits(top, generated, prompt + generated, start, end))
+        if recall > roles.RETRIEVAL_MIN_RECALL:
+            credited.append(roles.retrieval_hits(top, generated, prompt + generated, start, end))
         progress((i + 1) / len(DEPTHS))
     scores = np.mean(credited, axis=0) if credited else np.zeros((loaded.n_layers, loaded.n_heads))
     return scores.astype(np.float32), np.asarray(recalls, dtype=np.float32)
@@ -242,7 +242,7 @@ def _vocab_size(loaded: LoadedModel) -> int:
 
 
 def _run_metrics(reducers: list) -> dict[str, np.ndarray]:
-    from backend.engine.metric_reducers import SinkMetricsReducer
+    from backend.engine.metrics_reducer import SinkMetricsReducer
 
     for r in reducers:
         if isinstance(r, SinkMetricsReducer):
@@ -285,7 +285,7 @@ def roles_stage(loaded: LoadedModel, inputs: Sequence[Any], options: dict[str, A
         )
         scores["retrieval"] = retrieval
         emit(names.role_array("retrieval_recall"), recall)
-        if not (recall > head_roles.RETRIEVAL_MIN_RECALL).any():
+        if not (recall > roles.RETRIEVAL_MIN_RECALL).any():
             info.notices.append(
                 f"Retrieval: the model did not reproduce the needle in any of {len(recall)} trials (best recall "
                 f"{float(recall.max()):.2f}), so no head could be credited; every retrieval score is 0."
@@ -295,6 +295,6 @@ def roles_stage(loaded: LoadedModel, inputs: Sequence[Any], options: dict[str, A
     for key, arr in scores.items():
         emit(names.metric(key), np.asarray(arr, dtype=np.float32))
     all_scores = {**scores, **_run_metrics(reducers)}
-    emit(names.role_array("dominant"), head_roles.dominant_roles(all_scores))
+    emit(names.role_array("dominant"), roles.dominant_roles(all_scores))
     progress(1.0, "roles: done")
 

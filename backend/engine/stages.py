@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from backend.engine import embedding_stage, importance_stage, roles, streaming, token_norms
-from backend.engine.metric_reducers import MassiveActivationReducer, SinkMetricsReducer
+from backend.engine import embedding_stage, importance_stage, roles_stage, streaming, token_norms
+from backend.engine.metrics_reducer import MassiveActivationReducer, SinkMetricsReducer
 from backend.engine.models import LoadedModel
 
 ReducerFactory = Callable[[LoadedModel, dict[str, Any]], list]
@@ -57,7 +57,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("streaming", streaming.streaming_stage),
-    Stage("roles", roles.roles_stage),
+    Stage("roles", roles_stage.roles_stage),
     Stage("importance", importance_stage.importance_stage),
     Stage("embedding", embedding_stage.embedding_stage),
 )

@@ -12,7 +12,7 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from backend import qk_points
+from backend import embedding_points
 from tests.conftest import api_call, wait_done
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -122,7 +122,7 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
     # search highlights the token everywhere; the count is the API's
     page.fill("#maps-search", "cat")
     page.press("#maps-search", "Enter")
-    n_cat = sum(qk_points.clean_token(p["token"]) == "cat" for p in pts)
+    n_cat = sum(embedding_points.clean_token(p["token"]) == "cat" for p in pts)
     assert n_cat >= 6
     page.wait_for_function(f"document.querySelector('#maps-search-summary')?.textContent.includes('{n_cat} points')")
     ringed = page.evaluate(f"{PLOT.format(sel='#maps-head-fig')}._fullData.find(t => t.name.startsWith('matches')).x.length")
@@ -170,7 +170,7 @@ def _digit_png(row: int) -> bytes:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from backend.samples import render_digit
+    from backend.sample_images import render_digit
 
     buf = io.BytesIO()
     Image.fromarray(render_digit(load_digits().data[row]), "L").resize((32, 32)).save(buf, format="PNG")

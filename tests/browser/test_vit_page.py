@@ -23,7 +23,7 @@ def _digit_png(row: int) -> bytes:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from backend.samples import render_digit
+    from backend.sample_images import render_digit
 
     buf = io.BytesIO()
     Image.fromarray(render_digit(load_digits().data[row]), "L").resize((32, 32)).save(buf, format="PNG")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from backend.engine.capture import ATTN_IMPLEMENTATION, CaptureSession
-from backend.engine.metric_reducers import SinkMetricsReducer
+from backend.engine.metrics_reducer import SinkMetricsReducer
 from tests.unit.test_capture_equivalence import KeepPatterns
 from tests.unit.tiny_models import build, sample_inputs
 

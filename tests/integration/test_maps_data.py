@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from backend import keys, names, qk_points
+from backend import embedding_points, keys, names
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ def test_head_matrix_points_and_csv(stored_run) -> None:
     assert sorted(thumbs) == [(l, h) for l in range(L) for h in range(H)]
     for (l, h), th in thumbs.items():
         full = arrays[names.embedding(l, h, "umap")]
-        assert np.allclose(th.xy, qk_points.fit_cell(full)[th.index])
+        assert np.allclose(th.xy, embedding_points.fit_cell(full)[th.index])
         assert hover[(l, h)][0].startswith(f"layer {l} head {h} · ")
     assert any("&lt;b&gt;dog&lt;/b&gt;" in t for t in hover[(0, 0)])  # tokens are escaped in hover labels
 

@@ -1,5 +1,5 @@
 """Sink / head-role metrics and massive activations: reference (backend.metrics) and streaming reducers
-(backend.engine.metric_reducers) against plain loops written here, on eager patterns of tiny models and
+(backend.engine.metrics_reducer) against plain loops written here, on eager patterns of tiny models and
 on hand-built patterns whose answer is known."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from backend import metrics as M
 from backend import names
 from backend.engine.capture import ATTN_IMPLEMENTATION, CaptureSession, LayerView
-from backend.engine.metric_reducers import HEAD_METRICS, MassiveActivationReducer, SinkMetricsReducer
+from backend.engine.metrics_reducer import HEAD_METRICS, MassiveActivationReducer, SinkMetricsReducer
 from tests.unit.tiny_models import build, sample_inputs
 
 ARCHS = {"bert": False, "gpt2": True, "llama": True}  # arch -> causal

@@ -16,7 +16,7 @@ import backend.engine.capture  # noqa: F401  (registers the atlas_capture attent
 from backend import metrics as M
 from backend import names
 from backend.engine.capture import ATTN_IMPLEMENTATION, CaptureSession
-from backend.engine.metric_reducers import MassiveActivationReducer, SinkMetricsReducer
+from backend.engine.metrics_reducer import MassiveActivationReducer, SinkMetricsReducer
 
 pytestmark = pytest.mark.slow
 

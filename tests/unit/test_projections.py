@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from backend import names, projections
+from backend import names, embedding_projection
 from backend.engine.capture import ATTN_IMPLEMENTATION, BaseReducer, CaptureSession
-from backend.engine.qk_reducer import QKSampleReducer, compute_head_maps
+from backend.engine.embedding_reducer import QKSampleReducer, compute_head_maps
 from tests.unit.tiny_models import VOCAB, build, sample_inputs
 
 FAST = settings(max_examples=60, deadline=None)
@@ -38,7 +38,7 @@ def qk_pairs(draw):
 @given(qk_pairs(), st.booleans(), st.booleans())
 def test_normalisation_keeps_each_querys_key_order(pair, translate, scale) -> None:
     q, k = pair
-    qn, kn = projections.normalise_qk(q, k, translate=translate, scale=scale)
+    qn, kn = embedding_projection.normalise_qk(q, k, translate=translate, scale=scale)
     assert qn.dtype == kn.dtype == np.float32 and qn.shape == q.shape and kn.shape == k.shape
     before = q @ k.T  # [n_q, n_k] logits (up to the model's scaling)
     after = qn.astype(np.float64) @ kn.astype(np.float64).T
@@ -56,7 +56,7 @@ def test_normalisation_keeps_each_querys_key_order(pair, translate, scale) -> No
 @given(qk_pairs())
 def test_scaling_alone_keeps_every_dot_product(pair) -> None:
     q, k = pair
-    qn, kn = projections.normalise_qk(q, k, translate=False, scale=True)
+    qn, kn = embedding_projection.normalise_qk(q, k, translate=False, scale=True)
     before = q @ k.T
     after = qn.astype(np.float64) @ kn.astype(np.float64).T
     assert np.allclose(after, before, rtol=1e-5, atol=1e-4 * (1 + np.abs(before).max()))
@@ -68,7 +68,7 @@ def test_scaling_alone_keeps_every_dot_product(pair) -> None:
 def test_translation_moves_key_centroid_onto_query_centroid() -> None:
     rng = np.random.default_rng(0)
     q, k = rng.normal(size=(40, 5)), rng.normal(loc=3.0, size=(30, 5))
-    qn, kn = projections.normalise_qk(q, k, translate=True, scale=False)
+    qn, kn = embedding_projection.normalise_qk(q, k, translate=True, scale=False)
     assert np.allclose(kn.mean(0), qn.mean(0), atol=1e-5)
     assert np.allclose(qn, q, atol=1e-6)
 
@@ -80,7 +80,7 @@ def test_translation_moves_key_centroid_onto_query_centroid() -> None:
 @FAST
 @given(st.lists(st.integers(0, 30), max_size=12), st.integers(0, 120), st.integers(0, 3))
 def test_sample_indices_caps_and_spreads_evenly(counts, cap, seed) -> None:
-    idx = projections.sample_indices(counts, cap, seed)
+    idx = embedding_projection.sample_indices(counts, cap, seed)
     total = sum(counts)
     assert idx.dtype == np.int64 and len(idx) == min(cap, total)
     assert np.all(np.diff(idx) > 0) and (len(idx) == 0 or (idx[0] >= 0 and idx[-1] < total))
@@ -89,15 +89,15 @@ def test_sample_indices_caps_and_spreads_evenly(counts, cap, seed) -> None:
     assert np.all(got <= np.asarray(counts, dtype=int))
     for p in range(len(counts)):  # nobody has fewer than another minus one, unless it has given all it has
         assert got[p] == counts[p] or got[p] >= got.max() - 1
-    assert np.array_equal(idx, projections.sample_indices(counts, cap, seed))
+    assert np.array_equal(idx, embedding_projection.sample_indices(counts, cap, seed))
 
 
 @FAST
 @given(st.lists(st.integers(0, 30), min_size=1, max_size=10), st.integers(0, 80))
 def test_adding_a_prompt_never_raises_another_prompts_share(counts, cap) -> None:
     """What lets the reducer trim while streaming and still end with the offline sample."""
-    before = projections.allocate(counts[:-1], cap)
-    after = projections.allocate(counts, cap)
+    before = embedding_projection.allocate(counts[:-1], cap)
+    after = embedding_projection.allocate(counts, cap)
     assert np.all(after[:-1] <= before)
 
 
@@ -114,55 +114,55 @@ def _blobs(n: int = 120, d: int = 8, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("method", ["pca", "tsne", "umap"])
 def test_projection_shape_dtype_and_seed(method: str) -> None:
     x = _blobs(n=60 if method == "tsne" else 120)
-    y = projections.project(x, method, seed=1)
+    y = embedding_projection.project(x, method, seed=1)
     assert y.shape == (len(x), 2) and y.dtype == np.float32 and np.isfinite(y).all()
-    assert np.array_equal(y, projections.project(x, method, seed=1))
+    assert np.array_equal(y, embedding_projection.project(x, method, seed=1))
     if method != "pca":
-        assert not np.allclose(y, projections.project(x, method, seed=2))
+        assert not np.allclose(y, embedding_projection.project(x, method, seed=2))
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 29])
 def test_tiny_sets_get_a_map_too(n: int) -> None:
-    y = projections.project(_blobs(n=max(n, 1))[:n], "umap", seed=0)
+    y = embedding_projection.project(_blobs(n=max(n, 1))[:n], "umap", seed=0)
     assert y.shape == (n, 2) and y.dtype == np.float32 and np.isfinite(y).all()
 
 
 def test_wide_heads_search_neighbours_in_a_subspace_that_keeps_dot_products() -> None:
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(200, 10)) @ rng.normal(size=(10, 96))).astype(np.float32)  # rank 10 in 96 dims
-    z = projections._search_space(x)
-    assert z.shape == (200, projections.FAST_PCA_DIMS)
+    z = embedding_projection._search_space(x)
+    assert z.shape == (200, embedding_projection.FAST_PCA_DIMS)
     gram = x.astype(np.float64) @ x.T
     assert np.allclose(z.astype(np.float64) @ z.T, gram, atol=1e-3 * np.abs(gram).max())
-    y = projections.project(x, "umap", seed=0)
+    y = embedding_projection.project(x, "umap", seed=0)
     assert y.shape == (200, 2) and np.isfinite(y).all()
 
 
 def test_project_rejects_unknown_method_and_nan() -> None:
     with pytest.raises(ValueError):
-        projections.project(_blobs(), "mds")
+        embedding_projection.project(_blobs(), "mds")
     bad = _blobs()
     bad[3, 1] = np.nan
     with pytest.raises(ValueError):
-        projections.project(bad, "pca")
+        embedding_projection.project(bad, "pca")
 
 
 def test_umap_map_keeps_neighbourhoods() -> None:
     x = _blobs(n=300)
-    y = projections.project(x, "umap", seed=0)
-    assert projections.trustworthiness_score(x, y, k=10) > 0.85
+    y = embedding_projection.project(x, "umap", seed=0)
+    assert embedding_projection.trustworthiness_score(x, y, k=10) > 0.85
 
 
 def test_project_heads_is_independent_of_threads_and_reports_progress() -> None:
     heads = [_blobs(n=90 + 10 * i, seed=i) for i in range(3)]
     seen: list[int] = []
-    one = projections.project_heads(heads, "umap", seed=3, n_jobs=1, progress=seen.append)
+    one = embedding_projection.project_heads(heads, "umap", seed=3, n_jobs=1, progress=seen.append)
     seen2: list[int] = []
-    two = projections.project_heads(heads, "umap", seed=3, n_jobs=2, progress=seen2.append)
+    two = embedding_projection.project_heads(heads, "umap", seed=3, n_jobs=2, progress=seen2.append)
     assert seen == seen2 == [1, 2, 3]
     for x, a, b in zip(heads, one, two):
         assert a.shape == (len(x), 2) and np.array_equal(a, b)
-        assert np.array_equal(a, projections.project(x, "umap", seed=3))
+        assert np.array_equal(a, embedding_projection.project(x, "umap", seed=3))
 
 
 def test_project_heads_cancels_between_heads() -> None:
@@ -172,8 +172,8 @@ def test_project_heads_cancels_between_heads() -> None:
         calls.append(1)
         return len(calls) > 1
 
-    with pytest.raises(projections.Cancelled):
-        projections.project_heads([_blobs(), _blobs()], "pca", n_jobs=1, should_cancel=cancel)
+    with pytest.raises(embedding_projection.Cancelled):
+        embedding_projection.project_heads([_blobs(), _blobs()], "pca", n_jobs=1, should_cancel=cancel)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_reducer_respects_cap_and_streams_to_the_offline_sample(cap: int) -> Non
     _llama_run(at_once, [(list(range(10)), seqs)])
     backwards = QKSampleReducer(2, 4, max_points_per_head=cap, seed=5)
     _llama_run(backwards, [([p + 1, p], [seqs[p + 1], seqs[p]]) for p in range(8, -1, -2)])
-    expected = projections.sample_indices(lengths, cap // 2, seed=5)
+    expected = embedding_projection.sample_indices(lengths, cap // 2, seed=5)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     a, b, c = streamed.results(), at_once.results(), backwards.results()
     assert sorted(a) == sorted(b) == sorted(c) == [(l, h) for l in range(2) for h in range(4)]
@@ -303,7 +303,7 @@ def test_compute_head_maps_names_shapes_and_meta() -> None:
     assert done[-1] == (8, 8) and [d for d, _ in done] == list(range(1, 9))
     # the normalised and raw maps differ (the keys were translated), the raw one is the plain projection
     q, k = samples[(0, 0)][:2]
-    assert np.array_equal(out[names.embedding(0, 0, "pca_raw")], projections.project(np.concatenate([q, k]), "pca"))
+    assert np.array_equal(out[names.embedding(0, 0, "pca_raw")], embedding_projection.project(np.concatenate([q, k]), "pca"))
     assert not np.allclose(out[names.embedding(0, 0, "pca")], out[names.embedding(0, 0, "pca_raw")])
 
 

@@ -1,11 +1,11 @@
-"""Per-point data and figures of the query-key map views (``backend.qk_points``, ``backend.figures_maps``)."""
+"""Per-point data and figures of the query-key map views (``backend.embedding_points``, ``backend.figures_maps``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from backend import figures_maps, qk_points
+from backend import embedding_points, figures_maps
 
 TOKENS = [["[CLS]", "the", "cat", "sat", ".", "[SEP]"], ["[CLS]", "The", "##re", "Ġcat", ",", "[SEP]"]]
 # every token of both prompts as a query, then as a key
@@ -14,67 +14,67 @@ META = np.array([[k, p, pos] for k in (0, 1) for p, toks in enumerate(TOKENS) fo
 
 
 def test_token_kinds_and_cleaning() -> None:
-    assert [qk_points.token_kind(t) for t in TOKENS[0]] == ["special", "word", "word", "word", "punctuation", "special"]
-    assert qk_points.token_kind("<|endoftext|>") == "special" and qk_points.token_kind("Ġ,") == "punctuation"
-    assert qk_points.token_kind("patch r0 c1", image=True) == "patch"
-    assert qk_points.token_kind("[CLS]", image=True) == "special"
-    assert qk_points.clean_token("##re") == "re" and qk_points.clean_token("ĠCat") == "cat"
-    codes = qk_points.token_kinds(TOKENS, META)
-    names = qk_points.TEXT_TOKEN_KINDS
+    assert [embedding_points.token_kind(t) for t in TOKENS[0]] == ["special", "word", "word", "word", "punctuation", "special"]
+    assert embedding_points.token_kind("<|endoftext|>") == "special" and embedding_points.token_kind("Ġ,") == "punctuation"
+    assert embedding_points.token_kind("patch r0 c1", image=True) == "patch"
+    assert embedding_points.token_kind("[CLS]", image=True) == "special"
+    assert embedding_points.clean_token("##re") == "re" and embedding_points.clean_token("ĠCat") == "cat"
+    codes = embedding_points.token_kinds(TOKENS, META)
+    names = embedding_points.TEXT_TOKEN_KINDS
     assert [names[c] for c in codes[:6]] == ["special", "word", "word", "word", "punctuation", "special"]
     assert np.array_equal(codes[:12], codes[12:])  # queries and keys of the same tokens
 
 
 def test_positions_context_and_find() -> None:
-    pos = qk_points.normalised_positions([len(t) for t in TOKENS], META)
+    pos = embedding_points.normalised_positions([len(t) for t in TOKENS], META)
     assert pos[0] == 0 and pos[5] == 1 and pos[2] == pytest.approx(2 / 5)
-    assert qk_points.normalised_positions([1], np.array([[0, 0, 0]])).tolist() == [0.0]
-    assert qk_points.context(TOKENS[0], 2, width=1) == "… the [cat] sat …"
-    assert qk_points.context(TOKENS[0], 0, width=1) == "[[CLS]] the …"
-    assert qk_points.find_point(META, 1, 1, 3) == 12 + 6 + 3
-    assert qk_points.find_point(META, 0, 5, 0) is None
+    assert embedding_points.normalised_positions([1], np.array([[0, 0, 0]])).tolist() == [0.0]
+    assert embedding_points.context(TOKENS[0], 2, width=1) == "… the [cat] sat …"
+    assert embedding_points.context(TOKENS[0], 0, width=1) == "[[CLS]] the …"
+    assert embedding_points.find_point(META, 1, 1, 3) == 12 + 6 + 3
+    assert embedding_points.find_point(META, 0, 5, 0) is None
 
 
 def test_search_exact_and_regex() -> None:
-    mask = qk_points.search_mask(TOKENS, META, "Cat")
+    mask = embedding_points.search_mask(TOKENS, META, "Cat")
     hits = {tuple(m) for m in META[mask].tolist()}
     assert hits == {(k, 0, 2) for k in (0, 1)} | {(k, 1, 3) for k in (0, 1)}  # "cat" and "Ġcat", both kinds
-    assert qk_points.search_mask(TOKENS, META, "  ").sum() == 0
-    assert qk_points.search_mask(TOKENS, META, "/^th/").sum() == 4  # "the", "The" as query and key
+    assert embedding_points.search_mask(TOKENS, META, "  ").sum() == 0
+    assert embedding_points.search_mask(TOKENS, META, "/^th/").sum() == 4  # "the", "The" as query and key
     with pytest.raises(ValueError, match="regular expression"):
-        qk_points.search_mask(TOKENS, META, "/(/")
+        embedding_points.search_mask(TOKENS, META, "/(/")
 
 
 def test_thumbnails_fit_the_cell_and_keep_the_shape() -> None:
     rng = np.random.default_rng(0)
     xy = rng.normal(size=(400, 2)) * [10, 2] + [5, -3]
     meta = np.array([[i % 2, 0, i] for i in range(400)], dtype=np.int32)
-    idx = qk_points.thumbnail_indices(meta, 100, seed=1)
+    idx = embedding_points.thumbnail_indices(meta, 100, seed=1)
     assert len(idx) == 100 and (np.diff(idx) > 0).all()
     assert (meta[idx, 0] == 0).sum() == 50
-    assert np.array_equal(idx, qk_points.thumbnail_indices(meta, 100, seed=1))
-    th = qk_points.thumbnail(xy, meta, idx)
+    assert np.array_equal(idx, embedding_points.thumbnail_indices(meta, 100, seed=1))
+    th = embedding_points.thumbnail(xy, meta, idx)
     assert np.abs(th.xy).max() <= 0.5
-    full = qk_points.fit_cell(xy)
+    full = embedding_points.fit_cell(xy)
     assert np.allclose(full[idx], th.xy)
     # a similarity transform: distance ratios are kept
     d = lambda a, i, j: np.linalg.norm(a[i] - a[j])  # noqa: E731
     assert d(full, 0, 1) / d(full, 2, 3) == pytest.approx(d(xy, 0, 1) / d(xy, 2, 3), rel=1e-4)
-    assert qk_points.thumbnail_indices(meta[:30], 100).tolist() == list(range(30))
+    assert embedding_points.thumbnail_indices(meta[:30], 100).tolist() == list(range(30))
 
 
 def test_cell_of_clicks() -> None:
-    assert qk_points.cell_of(3.4, 1.2, 6, 12) == (1, 3)
-    assert qk_points.cell_of(11.49, 5.4, 6, 12) == (5, 11)
-    assert qk_points.cell_of(12.6, 0, 6, 12) is None and qk_points.cell_of(0, -0.7, 6, 12) is None
+    assert embedding_points.cell_of(3.4, 1.2, 6, 12) == (1, 3)
+    assert embedding_points.cell_of(11.49, 5.4, 6, 12) == (5, 11)
+    assert embedding_points.cell_of(12.6, 0, 6, 12) is None and embedding_points.cell_of(0, -0.7, 6, 12) is None
 
 
 def _head_fig(colour: str, **kw):
     xy = np.arange(2 * len(META), dtype=np.float32).reshape(-1, 2)
     hover = [f"p{p} t{t}" for _, p, t in META.tolist()]
     return figures_maps.head_map(
-        xy, META, hover, colour, positions=qk_points.normalised_positions([6, 6], META),
-        token_kinds=qk_points.token_kinds(TOKENS, META), token_kind_names=qk_points.TEXT_TOKEN_KINDS, **kw)
+        xy, META, hover, colour, positions=embedding_points.normalised_positions([6, 6], META),
+        token_kinds=embedding_points.token_kinds(TOKENS, META), token_kind_names=embedding_points.TEXT_TOKEN_KINDS, **kw)
 
 
 def _indices(trace) -> np.ndarray:
@@ -97,13 +97,13 @@ def test_head_map_traces_cover_every_point_once() -> None:
     pos = _head_fig("position")
     assert np.allclose(np.asarray(pos.data[0].marker.color), META[_indices(pos.data[0]), 2] / 5)
     xy = np.arange(2 * len(META), dtype=np.float32).reshape(-1, 2)
-    assert qk_points.nearest_point(xy, 14.0, 15.0) == 7 and qk_points.nearest_point(xy[:0], 0, 0) is None
+    assert embedding_points.nearest_point(xy, 14.0, 15.0) == 7 and embedding_points.nearest_point(xy[:0], 0, 0) is None
     with pytest.raises(ValueError):
         _head_fig("rainbow")
 
 
 def test_head_map_highlight_and_selection() -> None:
-    mask = qk_points.search_mask(TOKENS, META, "cat")
+    mask = embedding_points.search_mask(TOKENS, META, "cat")
     fig = _head_fig("kind", highlight=mask, highlight_label="matches", selected=4)
     names = [t.name for t in fig.data]
     assert names == ["queries", "keys", "matches", "selected"]
@@ -114,8 +114,8 @@ def test_head_map_highlight_and_selection() -> None:
 def test_matrix_places_each_head_in_its_cell() -> None:
     rng = np.random.default_rng(1)
     meta = np.array([[i % 2, 0, i // 2] for i in range(60)], dtype=np.int32)
-    idx = qk_points.thumbnail_indices(meta, 60)
-    thumbs = {(l, h): qk_points.thumbnail(rng.normal(size=(60, 2)), meta, idx) for l in range(2) for h in range(3)}
+    idx = embedding_points.thumbnail_indices(meta, 60)
+    thumbs = {(l, h): embedding_points.thumbnail(rng.normal(size=(60, 2)), meta, idx) for l in range(2) for h in range(3)}
     hover = {k: [f"L{k[0]}H{k[1]}"] * 60 for k in thumbs}
     fig = figures_maps.matrix(thumbs, 2, 3, hover=hover, selected=(1, 2))
     heat, qs, ks = fig.data
@@ -124,6 +124,6 @@ def test_matrix_places_each_head_in_its_cell() -> None:
         x, y = np.asarray(tr.x), np.asarray(tr.y)
         assert len(x) == 60 * 6 // 2
         for xi, yi, text in zip(x, y, tr.hovertext):
-            cell = qk_points.cell_of(xi, yi, 2, 3)
+            cell = embedding_points.cell_of(xi, yi, 2, 3)
             assert text == f"L{cell[0]}H{cell[1]}"
     assert fig.layout.shapes[0].x0 == 1.5 and fig.layout.shapes[0].y0 == 0.5

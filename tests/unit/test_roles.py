@@ -1,4 +1,4 @@
-"""Head roles (backend.head_roles, backend.engine.roles): a GPT-2 with hand-set weights whose heads have known
+"""Head roles (backend.roles, backend.engine.roles_stage): a GPT-2 with hand-set weights whose heads have known
 roles gives the expected scores end to end; the stage's numbers equal direct computations (eager attention,
 plain loops) on tiny random models; the counting, role and comparison rules on hand-made arrays."""
 
@@ -12,10 +12,10 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from backend import head_roles as hr
+from backend import roles as hr
 from backend import names
 from backend.engine import analyze as an
-from backend.engine import roles
+from backend.engine import roles_stage
 from backend.engine.capture import ATTN_IMPLEMENTATION
 from backend.engine.models import LoadedModel, _is_causal
 from backend.model_refs import ModelRef
@@ -99,8 +99,8 @@ def test_repeated_token_scores_equal_plain_loops_on_eager_attention(arch, prefix
     captured = _loaded(build(arch, ATTN_IMPLEMENTATION))
     eager = build(arch, "eager")
     rng = np.random.default_rng(3)
-    seqs = roles.repeated_sequences(rng, np.arange(4, VOCAB), 2, 9)
-    got = roles.repeated_token_scores(captured, seqs, prefix, suffix)
+    seqs = roles_stage.repeated_sequences(rng, np.arange(4, VOCAB), 2, 9)
+    got = roles_stage.repeated_token_scores(captured, seqs, prefix, suffix)
     K = hr.POSITIONAL_MAX_OFFSET
     per = {"induction": [], "duplicate_token": [], "profile": []}
     for seq in seqs:
@@ -124,7 +124,7 @@ def test_greedy_top_keys_equal_recomputation_without_cache(arch) -> None:
     captured = _loaded(build(arch, ATTN_IMPLEMENTATION))
     eager = build(arch, "eager")
     prompt = np.random.default_rng(5).integers(3, VOCAB, size=17).tolist()
-    generated, top = roles.greedy_with_top_keys(captured, prompt, 5)
+    generated, top = roles_stage.greedy_with_top_keys(captured, prompt, 5)
     ids = list(prompt)
     for step in range(5):
         with torch.no_grad():
@@ -138,19 +138,19 @@ def test_greedy_top_keys_equal_recomputation_without_cache(arch) -> None:
 
 def test_needle_prompt_layout() -> None:
     pool = np.arange(2, 32)
-    ids, start, end, needle = roles.needle_prompt(np.random.default_rng(0), pool, [0], 40, 0.5)
-    assert len(ids) == 40 and ids[0] == 0 and end - start == roles.NEEDLE_LEN
+    ids, start, end, needle = roles_stage.needle_prompt(np.random.default_rng(0), pool, [0], 40, 0.5)
+    assert len(ids) == 40 and ids[0] == 0 and end - start == roles_stage.NEEDLE_LEN
     assert ids[start:end] == needle
-    cue = ids[start - roles.CUE_LEN : start]
-    assert ids[-roles.CUE_LEN :] == cue  # the prompt ends with the cue
-    hay = ids[1 : start - roles.CUE_LEN] + ids[end:-roles.CUE_LEN]
+    cue = ids[start - roles_stage.CUE_LEN : start]
+    assert ids[-roles_stage.CUE_LEN :] == cue  # the prompt ends with the cue
+    hay = ids[1 : start - roles_stage.CUE_LEN] + ids[end:-roles_stage.CUE_LEN]
     assert not set(hay) & set(cue + needle)  # needle tokens never occur in the haystack
 
 
 def test_frame_and_candidates_of_the_handset_tokenizer() -> None:
     tok = hs.tokenizer()
-    assert roles.special_frame(tok) == ([hs.BOS], [])
-    cand = roles.candidate_ids(tok, hs.V)
+    assert roles_stage.special_frame(tok) == ([hs.BOS], [])
+    cand = roles_stage.candidate_ids(tok, hs.V)
     assert cand.tolist() == list(range(2, hs.V))
 
 
@@ -167,8 +167,8 @@ def _bert_tokenizer() -> PreTrainedTokenizerFast:
 
 def test_encoder_run_has_roles_but_no_retrieval() -> None:
     tok = _bert_tokenizer()
-    assert roles.special_frame(tok) == ([2], [3])
-    assert 4 not in roles.candidate_ids(tok, VOCAB)  # [unused0] is excluded
+    assert roles_stage.special_frame(tok) == ([2], [3])
+    assert 4 not in roles_stage.candidate_ids(tok, VOCAB)  # [unused0] is excluded
     loaded = _loaded(build("bert", ATTN_IMPLEMENTATION), tok)
     assert not loaded.causal
     arrays: dict[str, np.ndarray] = {}
@@ -183,7 +183,7 @@ def test_encoder_run_has_roles_but_no_retrieval() -> None:
 def test_stage_is_wanted_only_with_roles_and_cancels() -> None:
     from backend.engine import stages
 
-    (stage,) = [s for s in stages.STAGES if s.run is roles.roles_stage]
+    (stage,) = [s for s in stages.STAGES if s.run is roles_stage.roles_stage]
     assert stage.wanted({"analyses": ["attention", "roles"]})
     assert not stage.wanted({"analyses": ["attention", "metrics"]})
     assert stages.post_stages({"analyses": ["attention", "roles"]}) == [stage]

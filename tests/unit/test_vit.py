@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend import figures_vit, names, samples, vit
+from backend import figures_vit, names, sample_images, vit
 from backend.settings import Settings
 from backend.uploads import UploadError, check_image
 from tests.unit.tiny_models import build, sample_inputs
@@ -171,7 +171,7 @@ def _save_tiny_vit(folder: Path) -> None:
 def _images() -> list:
     from PIL import Image
 
-    return [Image.open(io.BytesIO(samples.get_sample(k).png)).convert("RGB") for k in ("digit-0", "china")]
+    return [Image.open(io.BytesIO(sample_images.get_sample(k).png)).convert("RGB") for k in ("digit-0", "china")]
 
 
 @pytest.mark.slow
@@ -229,17 +229,17 @@ def test_register_tokens_and_cropping_processor(tmp_path: Path) -> None:
 
 def test_samples_are_valid_images_and_the_upload_refuses_non_images() -> None:
     s = Settings()
-    keys = samples.sample_keys()
+    keys = sample_images.sample_keys()
     assert {"china", "flower"} <= set(keys) and any(k.startswith("digit-") for k in keys)
-    assert [o["value"] for o in samples.sample_options()] == keys
+    assert [o["value"] for o in sample_images.sample_options()] == keys
     for key in ("digit-0", "china"):
-        w, h = check_image(f"{key}.png", samples.get_sample(key).png, s)
+        w, h = check_image(f"{key}.png", sample_images.get_sample(key).png, s)
         assert (w, h) == ((8, 8) if key == "digit-0" else (640, 427))
     from sklearn.datasets import load_digits
 
     from PIL import Image
 
-    digit = np.asarray(Image.open(io.BytesIO(samples.get_sample("digit-3").png)))
+    digit = np.asarray(Image.open(io.BytesIO(sample_images.get_sample("digit-3").png)))
     np.testing.assert_array_equal(digit, np.round(load_digits().data[3].reshape(8, 8) * 255 / 16))
     with pytest.raises(UploadError, match="not a valid PNG or JPEG"):
         check_image("notes.png", b"these are my notes, not an image", s)
@@ -248,4 +248,4 @@ def test_samples_are_valid_images_and_the_upload_refuses_non_images() -> None:
     with pytest.raises(UploadError, match="GIF images are not supported"):
         check_image("anim.png", buf.getvalue(), s)
     with pytest.raises(KeyError):
-        samples.get_sample("nope")
+        sample_images.get_sample("nope")
