@@ -24,6 +24,7 @@ WORKDIR /app
 # the build also works while they are absent; assets/models holds the bundled demo models.
 COPY pyproject.toml README* ./
 COPY app ./app
+COPY attention_atlas ./attention_atlas
 COPY backend ./backend
 COPY workers ./workers
 COPY asset[s] ./assets/

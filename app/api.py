@@ -4,50 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, jsonify, request
+from flask import Flask, jsonify, request
 
+from app import api_prune  # noqa: F401  (its endpoints join the blueprint before register() is called)
 from app import maps_data, state
+from app.api_blueprint import api, client_id, error, run_url
 from backend import jobs
-from backend.model_refs import ModelError
-from backend.spec import SpecError
-
-api = Blueprint("api", __name__, url_prefix="/api")
-
-
-def _error(message: str, code: int):
-    return jsonify({"error": message, "code": code}), code
-
-
-def run_url(run_id: str) -> str:
-    return f"{request.host_url.rstrip('/')}/runs/{run_id}"
-
-
-def client_id() -> str:
-    return (request.remote_addr or "local").replace(":", "_")
-
-
-@api.errorhandler(Exception)
-def _any_error(exc: Exception):
-    if isinstance(exc, state.REDIS_ERRORS):
-        return _error(state.REDIS_DOWN, 503)
-    if isinstance(exc, (SpecError, ModelError, state.ViewError)):
-        return _error(str(exc), 400)
-    if isinstance(exc, LookupError):
-        return _error(str(exc), 404)
-    if isinstance(exc, state.NotReady):
-        return _error(str(exc), 409)
-    if isinstance(exc, jobs.RateLimited):
-        return _error(str(exc), 429)
-    if hasattr(exc, "code") and isinstance(getattr(exc, "code"), int):
-        return _error(getattr(exc, "description", str(exc)), exc.code)  # type: ignore[attr-defined]
-    return _error(f"internal error: {type(exc).__name__}", 500)
-
 
 @api.post("/runs")
 def create_run():
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        return _error('body must be a JSON object: {"model": ..., "prompts": [...], "options": {...}}', 400)
+        return error('body must be a JSON object: {"model": ..., "prompts": [...], "options": {...}}', 400)
     model = body.get("model") or "all-MiniLM-L6-v2"
     run_id, queued = jobs.submit(
         state.cache(), state.settings(), model, body.get("prompts"), body.get("options"),
@@ -90,14 +58,14 @@ def list_runs():
 def get_run(run_id: str):
     m = state.run_status(run_id)
     if m is None:
-        return _error(f"unknown run {run_id}", 404)
+        return error(f"unknown run {run_id}", 404)
     return jsonify(status_body(m))
 
 
 @api.post("/runs/<run_id>/cancel")
 def cancel_run(run_id: str):
     if state.run_status(run_id) is None:
-        return _error(f"unknown run {run_id}", 404)
+        return error(f"unknown run {run_id}", 404)
     ok = jobs.cancel(state.cache(), state.settings(), run_id)
     return jsonify({"run_id": run_id, "cancelled": ok})
 
@@ -107,7 +75,7 @@ def get_attention(run_id: str):
     args = request.args
     for name in ("prompt", "layer", "head"):
         if name not in args:
-            return _error(f"missing query parameter {name}", 400)
+            return error(f"missing query parameter {name}", 400)
     tokens, pat = state.pattern(run_id, args["prompt"], args["layer"], args["head"])
     return jsonify({"tokens": tokens, "pattern": pat.round(6).tolist()})
 
@@ -126,7 +94,7 @@ def get_metrics(run_id: str):
 def get_embedding(run_id: str):
     for name in ("layer", "head"):
         if name not in request.args:
-            return _error(f"missing query parameter {name}", 400)
+            return error(f"missing query parameter {name}", 400)
     points = maps_data.points(run_id, request.args["layer"], request.args["head"], request.args.get("method", "umap"))
     return jsonify({"points": points})
 
@@ -135,7 +103,7 @@ def get_embedding(run_id: str):
 def get_received(run_id: str):
     for name in ("prompt", "layer"):
         if name not in request.args:
-            return _error(f"missing query parameter {name}", 400)
+            return error(f"missing query parameter {name}", 400)
     tokens, rec = state.received(run_id, request.args["prompt"], request.args["layer"])
     return jsonify({"tokens": tokens, "received": rec.round(6).tolist()})
 
@@ -146,7 +114,7 @@ def get_rollout(run_id: str):
     from app import vit_data  # noqa: PLC0415
 
     if "image" not in request.args:
-        return _error("missing query parameter image", 400)
+        return error("missing query parameter image", 400)
     grid, _, fusion, discard = vit_data.rollout(
         run_id, request.args["image"], request.args.get("fusion", "mean"), request.args.get("discard", "0")
     )
@@ -156,7 +124,5 @@ def get_rollout(run_id: str):
 @api.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 def not_found(rest: str):
     """Any other /api path is a JSON 404 (never the HTML app)."""
-    return _error(f"no such API endpoint: /api/{rest}", 404)
+    return error(f"no such API endpoint: /api/{rest}", 404)
 
-
-from app import api_prune  # noqa: E402,F401  (registers the live pruning endpoints on this blueprint)

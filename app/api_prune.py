@@ -14,7 +14,7 @@ from typing import Any
 from flask import jsonify, request
 
 from app import state
-from app.api import _error, api, client_id
+from app.api_blueprint import api, client_id, error
 from backend import jobs
 from backend.prune_spec import DIGEST
 
@@ -36,9 +36,9 @@ def prune_body(rec: dict[str, Any]):
 def prune_run(run_id: str):
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        return _error('body must be a JSON object: {"heads": [[layer, head], ...], "prompt": 0}', 400)
+        return error('body must be a JSON object: {"heads": [[layer, head], ...], "prompt": 0}', 400)
     if "heads" not in body:
-        return _error('missing "heads": a list of [layer, head] pairs to switch off', 400)
+        return error('missing "heads": a list of [layer, head] pairs to switch off', 400)
     state.done_manifest(run_id)  # 404 unknown run, 409 unfinished
     _, rec = jobs.submit_prune(state.cache(), state.settings(), run_id, body["heads"], body.get("prompt"),
                                client=client_id())
@@ -49,5 +49,5 @@ def prune_run(run_id: str):
 def prune_poll(run_id: str, job: str):
     rec = jobs.prune_status(state.cache(), state.settings(), job) if DIGEST.match(job or "") else None
     if rec is None or rec.get("run_id") != run_id:
-        return _error(f"unknown pruning job {job} for run {run_id}", 404)
+        return error(f"unknown pruning job {job} for run {run_id}", 404)
     return prune_body(rec)

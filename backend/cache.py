@@ -28,6 +28,11 @@ class Cache:
         self.s = settings
         self.prefix = settings.key_prefix
 
+    @property
+    def connection(self) -> redis.Redis:
+        """The Redis client, for RQ's queues and jobs (every other Redis command goes through a method here)."""
+        return self.r
+
     # ---- manifests -------------------------------------------------------------------------
     def create_run(self, run_id: str, spec: dict[str, Any], model: dict[str, Any], client: str) -> None:
         now = time.time()
@@ -134,3 +139,38 @@ class Cache:
 
     def get_blob(self, digest: str) -> bytes | None:
         return self.r.get(keys.blob(self.prefix, digest))
+
+    # ---- derived records (live pruning jobs) ----------------------------------------------
+    def put_record(self, digest: str, record: dict[str, Any], ttl_s: int) -> None:
+        """A small JSON record under ``keys.derived`` (at least one second of TTL)."""
+        self.r.set(keys.derived(self.prefix, digest), json.dumps(record), ex=max(1, int(ttl_s)))
+
+    def get_record(self, digest: str) -> dict[str, Any] | None:
+        raw = self.r.get(keys.derived(self.prefix, digest))
+        return None if raw is None else json.loads(raw)
+
+    # ---- clients: rate limit and unfinished jobs --------------------------------------------
+    def count_submission(self, client: str) -> int:
+        """Count one submission of ``client`` in the current minute; returns the minute's count so far."""
+        key = keys.rate(self.prefix, client, int(time.time() // 60))
+        pipe = self.r.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        return int(pipe.execute()[0])
+
+    def active_runs(self, client: str) -> list[str]:
+        return [rid.decode() for rid in self.r.smembers(keys.active_jobs(self.prefix, client))]
+
+    def add_active_run(self, client: str, run_id: str) -> None:
+        self.r.sadd(keys.active_jobs(self.prefix, client), run_id)
+
+    def drop_active_run(self, client: str, run_id: str) -> None:
+        self.r.srem(keys.active_jobs(self.prefix, client), run_id)
+
+    # ---- server ------------------------------------------------------------------------------
+    def server_uptime_s(self) -> float:
+        """Seconds since the Redis server started (infinite when INFO is not allowed)."""
+        try:
+            return float(self.r.info("server")["uptime_in_seconds"])
+        except (redis.ResponseError, KeyError, ValueError):
+            return float("inf")

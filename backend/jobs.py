@@ -8,7 +8,6 @@ the same analysis twice reuses the first run.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from typing import Any
@@ -19,7 +18,6 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend import keys
 from backend.cache import Cache
 from backend.model_refs import ModelRef, resolve_model
 from backend.prune_spec import check_heads, check_prompt, prune_digest
@@ -44,27 +42,20 @@ def image_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_rate(r: redis.Redis, settings: Settings, client: str) -> None:
-    minute = int(time.time() // 60)
-    key = keys.rate(settings.key_prefix, client, minute)
-    pipe = r.pipeline()
-    pipe.incr(key)
-    pipe.expire(key, 120)
-    count = pipe.execute()[0]
-    if count > settings.rate_limit_per_minute:
+def _check_rate(cache: Cache, settings: Settings, client: str) -> None:
+    if cache.count_submission(client) > settings.rate_limit_per_minute:
         raise RateLimited(f"rate limit: at most {settings.rate_limit_per_minute} submissions a minute")
 
 
 def _check_active(cache: Cache, settings: Settings, client: str) -> None:
-    key = keys.active_jobs(settings.key_prefix, client)
-    active = [rid.decode() for rid in cache.r.smembers(key)]
+    active = cache.active_runs(client)
     still = 0
     for rid in active:
         m = cache.manifest(rid)
         if m and m["status"] in ("queued", "running"):
             still += 1
         else:
-            cache.r.srem(key, rid)
+            cache.drop_active_run(client, rid)
     if still >= settings.max_active_jobs_per_client:
         raise RateLimited(
             f"you have {still} analyses still running; wait for one to finish (limit "
@@ -97,9 +88,9 @@ def model_summary(ref: ModelRef) -> dict[str, Any]:
 
 def enqueue(cache: Cache, settings: Settings, run_id: str) -> None:
     """(Re)queue the job for an existing manifest, replacing any finished RQ job of that id."""
-    q = queue_for(cache.r, settings)
+    q = queue_for(cache.connection, settings)
     try:
-        Job.fetch(run_id, connection=cache.r, serializer=JSONSerializer).delete()
+        Job.fetch(run_id, connection=cache.connection, serializer=JSONSerializer).delete()
     except NoSuchJobError:
         pass
     q.enqueue_call(
@@ -124,11 +115,11 @@ def submit(
         return run_id, False
     if existing and existing["status"] == "done" and cache.has_arrays(run_id, list(existing["sizes"])[:50]):
         return run_id, False
-    _check_rate(cache.r, settings, client)
+    _check_rate(cache, settings, client)
     _check_active(cache, settings, client)
     cache.delete_arrays(run_id)
     cache.create_run(run_id, spec.canonical(), model_summary(ref), client)
-    cache.r.sadd(keys.active_jobs(settings.key_prefix, client), run_id)
+    cache.add_active_run(client, run_id)
     enqueue(cache, settings, run_id)
     return run_id, True
 
@@ -146,14 +137,6 @@ def recompute(cache: Cache, settings: Settings, run_id: str) -> bool:
     return True
 
 
-def _redis_uptime_s(r: redis.Redis) -> float:
-    """Seconds since the Redis server started (infinite when INFO is not allowed)."""
-    try:
-        return float(r.info("server")["uptime_in_seconds"])
-    except (redis.ResponseError, KeyError, ValueError):
-        return float("inf")
-
-
 def status(cache: Cache, settings: Settings, run_id: str) -> dict[str, Any] | None:
     """The manifest, reconciled with RQ: a job that died with its worker is reported failed."""
     m = cache.manifest(run_id)
@@ -161,7 +144,7 @@ def status(cache: Cache, settings: Settings, run_id: str) -> dict[str, Any] | No
         return None
     if m["status"] in ("queued", "running"):
         try:
-            job = Job.fetch(run_id, connection=cache.r, serializer=JSONSerializer)
+            job = Job.fetch(run_id, connection=cache.connection, serializer=JSONSerializer)
             rq_status = job.get_status(refresh=True)
             rq_status = getattr(rq_status, "value", rq_status)
         except NoSuchJobError:
@@ -170,7 +153,7 @@ def status(cache: Cache, settings: Settings, run_id: str) -> dict[str, Any] | No
         silent = 6 * HEARTBEAT_S
         dead = (
             m["status"] == "running" and beat is not None and time.time() - beat > silent
-            and _redis_uptime_s(cache.r) > silent  # a heartbeat missed while Redis was away is no death
+            and cache.server_uptime_s() > silent  # a heartbeat missed while Redis was away is no death
         )
         if dead or rq_status in (None, "failed", "stopped", "canceled"):
             m = cache.manifest(run_id) or m  # the worker may have just finished
@@ -191,7 +174,7 @@ def cancel(cache: Cache, settings: Settings, run_id: str) -> bool:
         return False
     cache.request_cancel(run_id)
     try:
-        job = Job.fetch(run_id, connection=cache.r, serializer=JSONSerializer)
+        job = Job.fetch(run_id, connection=cache.connection, serializer=JSONSerializer)
         if job.get_status(refresh=True) in ("queued", "deferred", "scheduled"):
             job.cancel()
             cache.update(run_id, status="cancelled", stage="cancelled", error="cancelled by the user")
@@ -207,25 +190,23 @@ PRUNE_TASK = "workers.tasks.run_prune"
 
 def put_prune(cache: Cache, digest: str, record: dict[str, Any], ttl_s: int) -> None:
     """Write a pruning job's record (queued / running / done / failed) under ``keys.derived``."""
-    cache.r.set(keys.derived(cache.prefix, digest), json.dumps(record), ex=max(1, int(ttl_s)))
+    cache.put_record(digest, record, ttl_s)
 
 
 def prune_status(cache: Cache, settings: Settings, digest: str) -> dict[str, Any] | None:
     """A pruning job's record, reconciled with RQ (a job that died is reported failed); None if unknown."""
-    raw = cache.r.get(keys.derived(cache.prefix, digest))
-    if raw is None:
+    rec = cache.get_record(digest)
+    if rec is None:
         return None
-    rec = json.loads(raw)
     if rec.get("status") in ("queued", "running"):
         try:
-            job = Job.fetch(digest, connection=cache.r, serializer=JSONSerializer)
+            job = Job.fetch(digest, connection=cache.connection, serializer=JSONSerializer)
             rq_status = job.get_status(refresh=True)
             rq_status = getattr(rq_status, "value", rq_status)
         except NoSuchJobError:  # (missing for a moment between the record and the enqueue)
             rq_status = None if time.time() - rec.get("created", 0) > 10 else "queued"
         if rq_status in (None, "failed", "stopped", "canceled"):
-            again = cache.r.get(keys.derived(cache.prefix, digest))  # the worker may have just finished
-            rec = json.loads(again) if again is not None else rec
+            rec = cache.get_record(digest) or rec  # the worker may have just finished
             if rec.get("status") in ("queued", "running"):
                 rec.update(status="failed", error="the worker stopped while running this pruning job; run it again")
                 put_prune(cache, digest, rec, FAILURE_TTL_S)
@@ -250,15 +231,15 @@ def submit_prune(
     existing = prune_status(cache, settings, digest)
     if existing and existing.get("status") in ("done", "queued", "running"):
         return digest, existing
-    _check_rate(cache.r, settings, client)
+    _check_rate(cache, settings, client)
     record = {"job": digest, "run_id": run_id, "heads": heads, "prompt": prompt, "status": "queued",
               "stage": "queued", "progress": 0.0, "created": time.time()}
     put_prune(cache, digest, record, settings.job_timeout_s + 600)
     try:
-        Job.fetch(digest, connection=cache.r, serializer=JSONSerializer).delete()
+        Job.fetch(digest, connection=cache.connection, serializer=JSONSerializer).delete()
     except NoSuchJobError:
         pass
-    queue_for(cache.r, settings).enqueue_call(
+    queue_for(cache.connection, settings).enqueue_call(
         PRUNE_TASK, args=(digest, run_id, heads, prompt), job_id=digest, timeout=settings.job_timeout_s,
         result_ttl=600, failure_ttl=FAILURE_TTL_S, description=f"prune {run_id} {len(heads)} head(s)",
     )

@@ -38,8 +38,8 @@ import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
 from backend import keys  # noqa: E402
-from backend.api_client import call  # noqa: E402
 from backend.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from tests.api_client import call  # noqa: E402
 
 N_LAYERS, N_HEADS = 6, 12
 WARM_UP_JOBS = 5  # per worker, before the baselines are taken
@@ -180,7 +180,7 @@ def deep_check(soak: Soak, sample: int) -> dict:
 def start_app(env: dict[str, str], workers: int, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "attention_atlas.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--workers", str(workers)],
         cwd=ROOT, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

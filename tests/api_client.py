@@ -1,4 +1,5 @@
-"""A minimal client of the app's JSON API (README "JSON API") for scripts, benchmarks and tests: stdlib only."""
+"""A minimal client of the app's JSON API (README "JSON API") for tests and benchmarks: stdlib only (not part of
+the installed package)."""
 
 from __future__ import annotations
 

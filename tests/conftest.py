@@ -144,7 +144,7 @@ def live_app(atlas_env):
     port = _free_port()
     log = log_file("app")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "serve", "--no-worker", "--port", str(port)],
+        [sys.executable, "-m", "attention_atlas.cli", "serve", "--no-worker", "--port", str(port)],
         cwd=ROOT, env={**os.environ, **atlas_env}, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -195,6 +195,6 @@ def wait_done(base_url: str, run_id: str, timeout: float = 240) -> dict:
 
 def api_call(base: str, path: str, body: object | None = None, timeout: float = 30) -> tuple[int, dict]:
     """GET (or POST a JSON body) to the app's API; returns (HTTP status, decoded JSON), errors included."""
-    from backend.api_client import call
+    from tests.api_client import call
 
     return call(base, path, body, timeout)

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_cli_analyze_prints_run_id_and_url_and_waits(atlas_env, worker, cache) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "analyze", "A prompt from the command line.", "--wait",
+        [sys.executable, "-m", "attention_atlas.cli", "analyze", "A prompt from the command line.", "--wait",
          "--base-url", "http://atlas.example:8050"],
         cwd=ROOT, env={**os.environ, **atlas_env}, capture_output=True, text=True, timeout=300,
     )
@@ -30,7 +30,7 @@ def test_cli_analyze_prints_run_id_and_url_and_waits(atlas_env, worker, cache) -
 
 
 def test_cli_analyze_reports_bad_input(atlas_env) -> None:
-    out = subprocess.run([sys.executable, "-m", "backend.cli", "analyze", "x", "--model", "nope/nope"],
+    out = subprocess.run([sys.executable, "-m", "attention_atlas.cli", "analyze", "x", "--model", "nope/nope"],
                          cwd=ROOT, env={**os.environ, **atlas_env}, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "error:" in out.stderr and "offline" in out.stderr
 

@@ -27,7 +27,7 @@ _call = api_call
 
 def _serve(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--no-worker", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "attention_atlas.cli", "serve", "--no-worker", "--port", str(port)],
                             cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60

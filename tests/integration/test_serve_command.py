@@ -28,7 +28,7 @@ def test_serve_starts_redis_worker_and_app_then_stops_them() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "ATLAS_KEY_PREFIX", "ATLAS_QUEUE")}
     env["HF_HUB_OFFLINE"] = "1"
     log = log_file("serve")
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "attention_atlas.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,0 +1,45 @@
+"""The ``/api`` blueprint shared by the JSON API modules (``app.api``, ``app.api_prune``): JSON errors, the
+client id used for rate limits, run URLs."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from app import state
+from backend import jobs
+from backend.model_refs import ModelError
+from backend.spec import SpecError
+
+api = Blueprint("api", __name__, url_prefix="/api")
+
+
+def error(message: str, code: int):
+    """A JSON error body ``{"error", "code"}`` with that HTTP status."""
+    return jsonify({"error": message, "code": code}), code
+
+
+def run_url(run_id: str) -> str:
+    """The run page's absolute URL."""
+    return f"{request.host_url.rstrip('/')}/runs/{run_id}"
+
+
+def client_id() -> str:
+    """The caller's address, the key of its rate limits."""
+    return (request.remote_addr or "local").replace(":", "_")
+
+
+@api.errorhandler(Exception)
+def _any_error(exc: Exception):
+    if isinstance(exc, state.REDIS_ERRORS):
+        return error(state.REDIS_DOWN, 503)
+    if isinstance(exc, (SpecError, ModelError, state.ViewError)):
+        return error(str(exc), 400)
+    if isinstance(exc, LookupError):
+        return error(str(exc), 404)
+    if isinstance(exc, state.NotReady):
+        return error(str(exc), 409)
+    if isinstance(exc, jobs.RateLimited):
+        return error(str(exc), 429)
+    if hasattr(exc, "code") and isinstance(getattr(exc, "code"), int):
+        return error(getattr(exc, "description", str(exc)), exc.code)  # type: ignore[attr-defined]
+    return error(f"internal error: {type(exc).__name__}", 500)
