@@ -244,13 +244,39 @@ def _knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 _EPOCH = None  # UMAP's SGD epoch compiled with nogil=True, so threads can lay out several heads at once
 
 
+UMAP_TESTED = "0.5.12"
+"""The umap-learn version the fast path was tested with (requirements.lock pins it)."""
+_EPOCH_ARGS = 27
+"""Parameters of ``umap.layouts._optimize_layout_euclidean_single_epoch`` in the tested versions (0.5.6 .. 0.5.12)."""
+
+
+def _private_epoch():
+    """umap-learn's private per-epoch kernel, checked: a clear error when a umap-learn release moved or changed it."""
+    import importlib.metadata
+    import inspect
+
+    version = importlib.metadata.version("umap-learn")
+    try:
+        from umap.layouts import _optimize_layout_euclidean_single_epoch as fn
+    except ImportError:
+        fn = None
+    n_args = len(inspect.signature(getattr(fn, "py_func", fn)).parameters) if fn is not None else None
+    if n_args != _EPOCH_ARGS:
+        found = "is missing" if fn is None else f"takes {n_args} parameters instead of {_EPOCH_ARGS}"
+        raise RuntimeError(
+            f"umap-learn {version}: the private function umap.layouts._optimize_layout_euclidean_single_epoch, "
+            f"which the fast UMAP path of the query-key maps calls, {found}. Install the tested version "
+            f"(pip install umap-learn=={UMAP_TESTED}, or bash scripts/setup.sh, which installs requirements.lock)."
+        )
+    return fn
+
+
 def _epoch_fn():
     global _EPOCH
     if _EPOCH is None:
         import numba
-        from umap.layouts import _optimize_layout_euclidean_single_epoch
 
-        _EPOCH = numba.njit(_optimize_layout_euclidean_single_epoch, fastmath=True, parallel=False, nogil=True)
+        _EPOCH = numba.njit(_private_epoch(), fastmath=True, parallel=False, nogil=True)
     return _EPOCH
 
 

@@ -7,8 +7,12 @@
 # resolves to a local CPU wheel. Installing the package first would let pip pick torch from the index instead
 # (the CUDA build and several GB of nvidia-* packages).
 #
+# Then the package with exactly the versions of requirements.lock (the set the tests passed with; regenerate it
+# with scripts/lock.sh); pyproject.toml keeps version ranges for installs into other environments.
+#
 # A second run is quick: torch is skipped when 2.13.0 is already there, and `pip install -e .[test]` is skipped when
-# the hash stored in .venv/.atlas-installed still matches pyproject.toml (+ this script + the Python version).
+# the hash stored in .venv/.atlas-installed still matches pyproject.toml + requirements.lock (+ this script + the
+# Python version).
 # ATLAS_SETUP_FORCE=1 reinstalls the package regardless.
 set -euo pipefail
 
@@ -53,6 +57,7 @@ fi
 want="$(
     {
         cat pyproject.toml
+        cat requirements.lock
         cat scripts/setup.sh
         "$PY" -c 'import sys; print(sys.version)'
     } | sha256sum | cut -d' ' -f1
@@ -60,9 +65,9 @@ want="$(
 have="$(cat "$MARKER" 2>/dev/null || true)"
 
 if [[ "$want" != "$have" || ! -x "$VENV/bin/attention-atlas" || "${ATLAS_SETUP_FORCE:-0}" == "1" ]]; then
-    say "installing attention-atlas (editable, with [test] extras)"
+    say "installing attention-atlas (editable, with [test] extras, versions from requirements.lock)"
     rm -f "$MARKER"
-    pip_install -e ".[test]"
+    pip_install -r requirements.lock -e ".[test]"
     # The package pins torch==2.13.0, so pip must have left the CPU wheel alone; check anyway.
     "$PY" - <<EOF
 import importlib.metadata as m, sys

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from backend import names, embedding_projection
+from backend import embedding_projection, names
 from backend.engine.capture import ATTN_IMPLEMENTATION, BaseReducer, CaptureSession
 from backend.engine.embedding_reducer import QKSampleReducer, compute_head_maps
 from tests.unit.tiny_models import VOCAB, build, sample_inputs
@@ -312,3 +312,17 @@ def test_compute_head_maps_cancel_raises_the_run_cancel() -> None:
 
     with pytest.raises(Cancelled):
         compute_head_maps(_samples(), ["pca"], should_cancel=lambda: True)
+
+
+def test_umap_private_kernel_is_checked(monkeypatch) -> None:
+    """The fast UMAP path calls a private umap-learn function: a release that moves or changes it gives a clear
+    error naming the tested version, not a numba traceback."""
+    import umap.layouts
+
+    assert embedding_projection._private_epoch() is umap.layouts._optimize_layout_euclidean_single_epoch
+    monkeypatch.delattr(umap.layouts, "_optimize_layout_euclidean_single_epoch")
+    with pytest.raises(RuntimeError, match=r"_optimize_layout_euclidean_single_epoch.*is missing.*umap-learn==0\.5\.12"):
+        embedding_projection._private_epoch()
+    monkeypatch.setattr(umap.layouts, "_optimize_layout_euclidean_single_epoch", lambda a, b: None, raising=False)
+    with pytest.raises(RuntimeError, match="takes 2 parameters instead of 27"):
+        embedding_projection._private_epoch()
