@@ -198,3 +198,33 @@ def api_call(base: str, path: str, body: object | None = None, timeout: float = 
     from tests.api_client import call
 
     return call(base, path, body, timeout)
+
+
+def submit_run(base: str, body: dict, timeout: float = 400) -> str:
+    """Submit a run through the API, wait until it is done (asserting it did not fail) and return its id."""
+    code, out = api_call(base, "/api/runs", body)
+    assert code in (200, 202), out
+    final = wait_done(base, out["run_id"], timeout=timeout)
+    assert final["status"] == "done", final
+    return out["run_id"]
+
+
+def get_json(base: str, path: str) -> dict:
+    """GET an API path that must answer 200; returns the decoded JSON."""
+    code, out = api_call(base, path)
+    assert code == 200, (path, code, out)
+    return out
+
+
+def digit_png(row: int) -> bytes:
+    """Row ``row`` of scikit-learn's digits rendered as the demo ViT expects, as PNG bytes (32 x 32)."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from backend.sample_images import render_digit
+
+    buf = io.BytesIO()
+    Image.fromarray(render_digit(load_digits().data[row]), "L").resize((32, 32)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -6,51 +6,34 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
-import urllib.request
 
 import pytest
 
-from tests.conftest import wait_done
+from tests.conftest import get_json, submit_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 OPTIONS = {"analyses": ["attention", "metrics", "roles"]}
 
 
-def _submit(base: str, body: dict) -> str:
-    req = urllib.request.Request(base + "/api/runs", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        run_id = json.loads(resp.read())["run_id"]
-    final = wait_done(base, run_id)
-    assert final["status"] == "done", final
-    return run_id
-
-
-def _get(base: str, path: str) -> dict:
-    with urllib.request.urlopen(base + path, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 @pytest.fixture(scope="module")
 def runs(live_app, worker) -> dict[str, str]:
     return {
-        "minilm": _submit(live_app, {"model": "all-MiniLM-L6-v2", "options": OPTIONS,
+        "minilm": submit_run(live_app, {"model": "all-MiniLM-L6-v2", "options": OPTIONS,
                                      "prompts": ["The cat sat on the mat.", "Paris is the capital of France."]}),
-        "lm": _submit(live_app, {"model": "tiny-pydoc-lm", "options": OPTIONS,
+        "lm": submit_run(live_app, {"model": "tiny-pydoc-lm", "options": OPTIONS,
                                  "prompts": ['The "if" statement is used for conditional execution.']}),
     }
 
 
 def test_scores_in_the_metrics_api(live_app, runs) -> None:
-    enc = _get(live_app, f"/api/runs/{runs['minilm']}/metrics")["metrics"]
+    enc = get_json(live_app, f"/api/runs/{runs['minilm']}/metrics")["metrics"]
     for key in ("previous_token", "induction", "duplicate_token", "positional_peak", "positional_mass",
                 "sink_first", "entropy"):
         assert len(enc[key]) == 6 and len(enc[key][0]) == 12, key
     assert "retrieval" not in enc  # an encoder has no retrieval score
-    lm = _get(live_app, f"/api/runs/{runs['lm']}/metrics")["metrics"]
+    lm = get_json(live_app, f"/api/runs/{runs['lm']}/metrics")["metrics"]
     assert len(lm["retrieval"]) == 4 and len(lm["retrieval"][0]) == 4
 
 
@@ -85,7 +68,7 @@ def test_atlas_grid_table_definitions_and_csv(live_app, runs, browser) -> None:
     rows = list(csv.DictReader(io.StringIO(open(dl.value.path(), encoding="utf-8").read())))
     assert len(rows) == 72 and dl.value.suggested_filename.endswith(".csv")
     assert {"layer", "head", "role", "induction", "duplicate_token", "previous_token", "sink_first"} <= set(rows[0])
-    metrics = _get(live_app, f"/api/runs/{run_id}/metrics")["metrics"]
+    metrics = get_json(live_app, f"/api/runs/{run_id}/metrics")["metrics"]
     row = next(r for r in rows if r["layer"] == "0" and r["head"] == "2")
     assert float(row["previous_token"]) == pytest.approx(metrics["previous_token"][0][2], abs=1e-4)
 

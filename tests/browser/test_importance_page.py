@@ -4,13 +4,11 @@ and a grid click that opens the head on the run page."""
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.request
 
 import pytest
 
-from tests.conftest import wait_done
+from tests.conftest import submit_run, wait_done
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -20,13 +18,8 @@ PROMPTS = ['The "for" statement is used to iterate over the elements of a sequen
 
 @pytest.fixture(scope="module")
 def run_id(live_app, worker) -> str:
-    body = {"model": "tiny-pydoc-lm", "prompts": PROMPTS, "options": {"analyses": ["attention", "importance"]}}
-    req = urllib.request.Request(live_app + "/api/runs", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        rid = json.loads(resp.read())["run_id"]
-    assert wait_done(live_app, rid)["status"] == "done"
-    return rid
+    return submit_run(live_app, {"model": "tiny-pydoc-lm", "prompts": PROMPTS,
+                                 "options": {"analyses": ["attention", "importance"]}})
 
 
 def test_toggle_heads_run_and_compare(live_app, run_id, browser) -> None:

@@ -5,7 +5,6 @@ pattern), token search, colouring and normalisation in the URL, a shared URL, an
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import urllib.parse
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from backend import embedding_points
-from tests.conftest import api_call, wait_done
+from tests.conftest import api_call, digit_png, submit_run, wait_done
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -24,14 +23,6 @@ PROMPTS = [
     "<script>alert(1)</script> is shown as text.",
 ]
 PLOT = "document.querySelector('{sel} .js-plotly-plot')"
-
-
-def _submit(base: str, body: dict) -> str:
-    code, out = api_call(base, "/api/runs", body)
-    assert code in (200, 202), out
-    final = wait_done(base, out["run_id"], timeout=400)
-    assert final["status"] == "done", final
-    return out["run_id"]
 
 
 def _wait_title(page, sel: str, text: str) -> None:
@@ -67,7 +58,7 @@ def _hover_and_click(page, sel: str, x: float, y: float) -> str:
 
 @pytest.fixture(scope="module")
 def text_run(live_app, worker) -> str:
-    return _submit(live_app, {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS, "options": {
+    return submit_run(live_app, {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS, "options": {
         "analyses": ["attention", "embedding"], "embedding_methods": ["umap", "pca"]}})
 
 
@@ -166,24 +157,13 @@ def test_bad_view_parameters_fall_back(live_app, text_run, browser) -> None:
     assert code == 400 and "no tsne map" in err["error"]
 
 
-def _digit_png(row: int) -> bytes:
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    from backend.sample_images import render_digit
-
-    buf = io.BytesIO()
-    Image.fromarray(render_digit(load_digits().data[row]), "L").resize((32, 32)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_image_run_points_are_patches(live_app, worker, cache, browser) -> None:
     digests = []
     for row in (0, 1, 2):
-        data = _digit_png(row)
+        data = digit_png(row)
         digests.append(hashlib.sha256(data).hexdigest())
         cache.put_blob(digests[-1], data)
-    run_id = _submit(live_app, {"model": "digits-vit", "kind": "image", "prompts": digests, "options": {
+    run_id = submit_run(live_app, {"model": "digits-vit", "kind": "image", "prompts": digests, "options": {
         "analyses": ["attention", "embedding"], "embedding_methods": ["pca"]}})
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
     page.goto(f"{live_app}/runs/{run_id}/maps?view=head&layer=1&head=2&method=pca")

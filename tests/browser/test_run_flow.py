@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from tests.conftest import submit_run
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
@@ -75,7 +77,16 @@ def test_empty_prompt_shows_message(live_app, browser) -> None:
 
 
 def test_recent_runs_lists_runs(live_app, worker, browser) -> None:
+    prompt = "The recent runs page lists this prompt."
+    run_id = submit_run(live_app, {"model": "all-MiniLM-L6-v2", "prompts": [prompt]})
     page = browser.new_page()
     page.goto(live_app + "/runs")
     page.wait_for_selector("h2:has-text('Recent runs')")
+    row = page.locator("table.runs tbody tr", has=page.locator(f"a[href='/runs/{run_id}']"))
+    assert row.count() == 1
+    cells = row.locator("td").all_inner_texts()
+    assert cells[0] == run_id[:12] and cells[1] == "all-MiniLM-L6-v2" and cells[2] == "1"
+    assert cells[3] == prompt and cells[4] == "done"
+    row.locator("a").click()
+    page.wait_for_url(f"**/runs/{run_id}")
     page.close()

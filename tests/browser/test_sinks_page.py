@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 
 import pytest
 
-from tests.conftest import wait_done
+from tests.conftest import submit_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -17,22 +16,13 @@ PROMPTS_A = ["The cat sat on the mat.", "Paris is the capital of France."]
 PROMPTS_B = ["Attention heads often look at separators.", "I like green tea, but not coffee."]
 
 
-def _submit(base: str, body: dict) -> str:
-    req = urllib.request.Request(base + "/api/runs", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        run_id = json.loads(resp.read())["run_id"]
-    assert wait_done(base, run_id)["status"] == "done"
-    return run_id
-
-
 @pytest.fixture(scope="module")
 def runs(live_app, worker) -> dict[str, str]:
     opts = {"analyses": ["attention", "metrics"]}
     return {
-        "a": _submit(live_app, {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS_A, "options": opts}),
-        "b": _submit(live_app, {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS_B, "options": opts}),
-        "lm": _submit(live_app, {"model": "tiny-pydoc-lm", "options": {"analyses": ["attention", "metrics", "streaming"]},
+        "a": submit_run(live_app, {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS_A, "options": opts}),
+        "b": submit_run(live_app, {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS_B, "options": opts}),
+        "lm": submit_run(live_app, {"model": "tiny-pydoc-lm", "options": {"analyses": ["attention", "metrics", "streaming"]},
                                  "prompts": ['The "if" statement is used for conditional execution: it selects '
                                              "exactly one of the suites by evaluating the expressions one by one."]}),
     }

@@ -4,43 +4,22 @@ rollout API."""
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import re
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
+
+from tests.conftest import api_call, digit_png
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 MODEL = os.environ.get("ATLAS_TEST_VIT_MODEL", "digits-vit")  # a folder name under the model roots
 
 
-def _digit_png(row: int) -> bytes:
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    from backend.sample_images import render_digit
-
-    buf = io.BytesIO()
-    Image.fromarray(render_digit(load_digits().data[row]), "L").resize((32, 32)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _option(page, name: str) -> None:
     """Click an option of the open dcc.Dropdown."""
     page.get_by_role("option", name=name, exact=True).click()
-
-
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_vit_run_overlay_rollout_and_shared_url(live_app, worker, browser) -> None:
@@ -61,7 +40,7 @@ def test_vit_run_overlay_rollout_and_shared_url(live_app, worker, browser) -> No
                          files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"these are notes"}])
     page.wait_for_function("document.querySelector('#new-upload-status')?.textContent.includes('not a valid PNG')")
     page.set_input_files("#new-upload input[type=file]",
-                         files=[{"name": "five.png", "mimeType": "image/png", "buffer": _digit_png(5)}])
+                         files=[{"name": "five.png", "mimeType": "image/png", "buffer": digit_png(5)}])
     page.wait_for_function("document.querySelector('#new-upload-status')?.textContent.includes('five.png: image stored')")
     page.click("#new-samples")
     _option(page, "Digit 3 (load_digits row 3, 8x8)")
@@ -125,12 +104,12 @@ def test_vit_run_overlay_rollout_and_shared_url(live_app, worker, browser) -> No
     other.close()
 
     # the rollout API
-    status, body = _get(f"{live_app}/api/runs/{run_id}/rollout?image=1&fusion=mean&discard=0.9")
+    status, body = api_call(live_app, f"/api/runs/{run_id}/rollout?image=1&fusion=mean&discard=0.9")
     assert status == 200 and body["fusion"] == "mean" and body["discard"] == 0.9
     grid = np.asarray(body["grid"])
     side = int(round((n_tok - 1) ** 0.5))
     assert grid.shape == (side, side) and np.all(grid >= 0) and grid.sum() < 1
     for query, message in (("image=1&fusion=median", "fusion"), ("image=7", "image"),
                            ("image=0&discard=1.5", "discard"), ("fusion=mean", "image")):
-        status, body = _get(f"{live_app}/api/runs/{run_id}/rollout?{query}")
+        status, body = api_call(live_app, f"/api/runs/{run_id}/rollout?{query}")
         assert status == 400 and message in body["error"], (query, body)

@@ -40,6 +40,28 @@ def test_key_and_name_grammar_is_pinned() -> None:
     assert names.metric("sink_first") == "metrics.sink_first"
     assert names.embedding(1, 2, "umap") == "embedding.1.2.umap"
     assert names.embedding_meta(1, 2) == "embedding.1.2.meta"
+    assert names.embedding(1, 2, "tsne_raw") == "embedding.1.2.tsne_raw"
+    assert names.prompt_input_ids(4) == "prompt.4.input_ids"
+    assert names.resid_absmax_dim(2, 1) == "prompt.2.blocks.1.resid.absmax_dim"
+    assert names.resid_norm(1, 3) == "prompt.1.blocks.3.resid.norm"
+    assert [names.streaming(k) for k in names.STREAMING_KINDS] == [
+        "streaming.nll_full", "streaming.nll_window", "streaming.nll_sink", "streaming.params", "streaming.reassigned"]
+    assert names.role_array("dominant") == "roles.dominant"
+    assert names.role_array("positional_profile") == "roles.positional_profile"
+    assert names.role_array("retrieval_recall") == "roles.retrieval_recall"
+    assert names.metric("importance") == "metrics.importance"
+    assert names.metric("importance_normalised") == "metrics.importance_normalised"
+    assert names.IMPORTANCE_META == "importance.meta"
+    assert names.pruning("importance", "fractions") == "pruning.importance.fractions"
+    assert names.pruning("random", "loss_std") == "pruning.random.loss_std"
+    assert names.pruning("reverse", "removed") == "pruning.reverse.removed"
+    assert names.PRUNING_ORDERS == ("importance", "random", "reverse")
+    assert names.PRUNING_KEYS == ("fractions", "loss", "perplexity", "accuracy", "loss_std", "perplexity_std",
+                                  "accuracy_std", "removed")
+    for bad in (lambda: names.streaming("nll"), lambda: names.pruning("best", "loss"),
+                lambda: names.pruning("random", "auc")):
+        with pytest.raises(ValueError):
+            bad()
     with pytest.raises(ValueError):
         keys.run_tensor("atlas", "ab12", "x*:y")
 
@@ -51,8 +73,10 @@ def test_run_id_is_content_addressed() -> None:
     assert run_id_for(a, "fp") == run_id_for(b, "fp")  # whitespace-only lines and padding ignored
     assert run_id_for(a, "fp") != run_id_for(a, "other-weights")
     assert run_id_for(a, "fp") != run_id_for(build_spec("m", ["one", "two"], {"seed": 2}, s), "fp")
-    # pinned: a change here changes every cached run's address (bump ENGINE_VERSION instead)
-    assert run_id_for(RunSpec("m", ("x",), "text", {}), "fp") == run_id_for(RunSpec("m", ("x",), "text", {}), "fp")
+    # pinned literals: a change here changes every cached run's address (bump ENGINE_VERSION instead, and update
+    # these literals in the same commit)
+    assert run_id_for(RunSpec("m", ("x",), "text", {}), "fp") == "fa6cfe81031fa2c55f23aecfc272b78b"
+    assert run_id_for(a, "fp") == "fa44dec2c1637f86038765f3c2e12111"  # with the default options filled in
     assert len(run_id_for(a, "fp")) == 32
 
 
