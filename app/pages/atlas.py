@@ -12,6 +12,7 @@ from dash import Input, Output, State, callback, dash_table, dcc, html, no_updat
 
 from app import atlas_data, state
 from app.components import alert
+from app.run_gate import poll_interval, wait_for_run
 from app.view_links import register_view
 from backend import figures_atlas
 from backend import roles as hr
@@ -66,7 +67,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="atlas-run-id", data=run_id),
         dcc.Store(id="atlas-data"),
         dcc.Location(id="atlas-url", refresh=False),
-        dcc.Interval(id="atlas-poll", interval=1000, n_intervals=0),
+        poll_interval("atlas"),
         html.Div(className="card", children=[
             html.H2("Head atlas"),
             html.Div(id="atlas-model", className="muted"),
@@ -112,19 +113,10 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
 )
 def load(_n, run_id):
     """Poll until the run is finished, then load its atlas once."""
-    try:
-        data = atlas_data.load(run_id)
-    except state.NotReady as exc:
-        m = state.run_status(run_id) or {}
-        if m.get("status") in ("failed", "cancelled"):
-            return None, alert(f"The run {m['status']}: {m.get('error') or 'no error message'}"), True, "", ""
-        pct = 100 * float(m.get("progress") or 0)
-        return no_update, alert(f"The run is not finished ({exc}; {pct:.0f}%). This page updates when it is.",
-                                "info"), False, no_update, no_update
-    except (LookupError, state.ViewError) as exc:
-        return None, alert(str(exc).strip("'\"")), True, "", ""
-    except state.REDIS_ERRORS:
-        return no_update, alert(state.REDIS_DOWN, "warn"), False, no_update, no_update
+    gate = wait_for_run(run_id, atlas_data.load)
+    if not gate.ready:
+        return gate.data, gate.status, gate.stop, gate.blank, gate.blank
+    data = gate.data
     model = f"{data['model']} · {data['n_layers']} layers × {data['n_heads']} heads · run {run_id[:12]}"
     notices = [alert(n, "warn") for n in data.get("notices", []) if "etrieval" in n or "roles" in n.lower()]
     return data, "", True, model, notices

@@ -13,7 +13,6 @@ initial values come from the layout's query arguments and callbacks only write `
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,11 +20,12 @@ import dash
 import numpy as np
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
-from app import state
+from app import importance_data, state
 from app.components import alert, help_text, progress_bar, query_int
+from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_importance as fi
-from backend import jobs, names
+from backend import jobs
 from backend.prune_spec import format_off, parse_off
 
 # order=1: see app/pages/sinks.py ('/runs/<run_id>' must not swallow '/runs/<id>/importance')
@@ -35,7 +35,6 @@ register_view("importance", "Head importance", needs="metrics.importance")
 
 SCALES = ("raw", "normalised")
 METRICS = ("loss", "perplexity", "accuracy")
-CURVE_KEYS = ("fractions", "loss", "perplexity", "accuracy", "loss_std", "perplexity_std", "accuracy_std")
 SOURCE = ("Head importance (Michel, Levy, Neubig, NeurIPS 2019, 'Are Sixteen Heads Really Better than One?'): "
           "a gate xi = 1 multiplies each head's output; importance I = E_x |dL(x)/d xi| over the run's inputs, "
           "optionally divided by its l2 norm within each layer (the paper's normalisation). Pruning removes "
@@ -56,7 +55,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="imp-job"),
         dcc.Location(id="imp-url", refresh=False),
         dcc.Location(id="imp-go", refresh="callback-nav"),
-        dcc.Interval(id="imp-poll", interval=800, n_intervals=0),
+        poll_interval("imp"),
         dcc.Interval(id="imp-job-poll", interval=500, n_intervals=0, disabled=True),
         html.Div(className="card", children=[
             html.H2(["Head importance and pruning ", html.Span(help_text(SOURCE), id="imp-source")]),
@@ -111,36 +110,6 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     ])
 
 
-def _json_meta(arr: np.ndarray) -> dict[str, Any]:
-    return json.loads(np.asarray(arr, dtype=np.uint8).tobytes().decode())
-
-
-def load_info(run_id: str) -> dict[str, Any]:
-    """What the page needs of a finished run: shape, importance grids, curves, the objective, prompts."""
-    m = state.done_manifest(run_id)
-    info = m["info"] or {}
-    sizes = set(m.get("sizes") or {})
-    if names.metric("importance") not in sizes:
-        raise state.ViewError("this run has no head importance: submit it with the 'importance' analysis")
-    grids = {"raw": state.load_array(run_id, names.metric("importance")),
-             "normalised": state.load_array(run_id, names.metric("importance_normalised"))}
-    curves: dict[str, dict[str, Any]] = {}
-    for order in names.PRUNING_ORDERS:
-        c = {k: state.load_array(run_id, names.pruning(order, k)).astype(np.float64).tolist()
-             for k in CURVE_KEYS if names.pruning(order, k) in sizes}
-        if c:
-            curves[order] = c
-    meta = _json_meta(state.load_array(run_id, names.IMPORTANCE_META)) if names.IMPORTANCE_META in sizes else {}
-    spec = m.get("spec") or {}
-    if spec.get("kind") == "image":
-        prompts = [f"image {i + 1}" for i in range(len(spec.get("inputs", [])))]
-    else:
-        prompts = [f"{i + 1}: {p[:80]}" for i, p in enumerate(spec.get("inputs", []))]
-    return {"n_layers": info["n_layers"], "n_heads": info["n_heads"], "model": (m.get("model") or {}).get("ref"),
-            "grids": {k: np.asarray(v, dtype=np.float64).tolist() for k, v in grids.items()},
-            "curves": curves, "meta": meta, "prompts": prompts}
-
-
 @callback(
     Output("imp-info", "data"), Output("imp-poll", "disabled"), Output("imp-status", "children"),
     Output("imp-notices", "children"), Output("imp-objective", "children"),
@@ -148,22 +117,11 @@ def load_info(run_id: str) -> dict[str, Any]:
 )
 def poll(_n, run_id):
     """Wait for the run to finish, then hand its info to the views."""
-    try:
-        m = state.run_status(run_id)
-        if m is None:
-            return None, True, alert(f"No run with id {run_id}."), "", ""
-        if m["status"] in ("failed", "cancelled"):
-            return None, True, alert(m.get("error") or f"run {m['status']}"), "", ""
-        if m["status"] != "done":
-            return no_update, False, progress_bar(m["progress"], m["stage"], m["status"]), "", ""
-        info = load_info(run_id)
-    except state.REDIS_ERRORS:
-        return no_update, False, alert(state.REDIS_DOWN, "warn"), no_update, no_update
-    except state.NotReady as exc:
-        return no_update, False, alert(str(exc), "info"), no_update, no_update
-    except (state.ViewError, LookupError) as exc:
-        return None, True, alert(str(exc)), "", ""
-    notices = [alert(n, "warn") for n in (m.get("info") or {}).get("notices", [])
+    gate = wait_for_run(run_id, importance_data.load_info)
+    if not gate.ready:
+        return gate.data, gate.stop, gate.status, gate.blank, gate.blank
+    info = gate.data
+    notices = [alert(n, "warn") for n in (gate.manifest.get("info") or {}).get("notices", [])
                if "importance" in n.lower() or "pruning" in n.lower()]
     text = html.Span(f"{info['model']} · {info['n_layers']} layers x {info['n_heads']} heads · "
                      f"{len(info['prompts'])} input(s)", className="muted")
@@ -253,19 +211,18 @@ def paint_toggles(off, info, ids):
     return classes, text
 
 
-@callback(
-    Output("imp-url", "search"),
-    Input("imp-scale", "value"), Input("imp-metric", "value"), Input("imp-off", "data"), Input("imp-prompt", "value"),
-    State("imp-info", "data"), prevent_initial_call=True,
-)
-def sync_url(scale, metric, off, prompt, info):
-    """Mirror the view into the URL (write only: the layout reads it on load)."""
+def _view_query(scale, metric, off, prompt, info) -> dict | None:
+    """The view in the URL (write only: the layout reads it on load)."""
     if not info or prompt is None:
-        return no_update
+        return None
     q = {"view": scale, "metric": metric, "prompt": prompt}
     if off:
         q["off"] = format_off(off)
-    return "?" + urlencode(q, safe=",")
+    return q
+
+
+sync_url("imp-url", [("imp-scale", "value"), ("imp-metric", "value"), ("imp-off", "data"), ("imp-prompt", "value")],
+         ("imp-info", "data"), _view_query, safe=",")
 
 
 @callback(Output("imp-grid", "figure"), Input("imp-scale", "value"), Input("imp-info", "data"),

@@ -15,7 +15,8 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import maps_data, state, vit_data
-from app.components import alert, empty_figure, field, help_text, progress_bar, query_int
+from app.components import alert, empty_figure, field, help_text, query_int
+from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import embedding_points, figures, figures_maps, figures_vit, vit
 from backend.vocab import METHOD_LABELS
@@ -54,7 +55,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="maps-id", data=run_id), dcc.Store(id="maps-run"), dcc.Store(id="maps-view", data=v),
         dcc.Store(id="maps-sel", data=v["sel"]),
         dcc.Location(id="maps-url", refresh=False),
-        dcc.Interval(id="maps-poll", interval=800, n_intervals=0),
+        poll_interval("maps"),
         html.Div(className="card", children=[
             html.H2(["Query-key maps", help_text(MAPS_HELP)]),
             html.Div(id="maps-model", className="muted"),
@@ -107,20 +108,12 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
 def setup(_n, run_id, view):
     """Show progress (per head while the maps are computed) until the run is done, then fill the pickers."""
     nothing = (no_update,) * 6
-    try:
-        m = state.run_status(run_id)
-        if m is None:
-            return (None, True, alert(f"No run with id {run_id}."), "", *nothing)
-        model = f"{(m.get('model') or {}).get('ref')} · run {run_id[:12]}"
-        if m["status"] in ("queued", "running"):
-            return (no_update, False, progress_bar(m["progress"], m["stage"], m["status"]), model, *nothing)
-        if m["status"] != "done":
-            return (None, True, alert(f"The run {m['status']}: {m.get('error') or 'no message'}"), model, *nothing)
-        run = maps_data.map_run(run_id)
-    except state.REDIS_ERRORS:
-        return (no_update, False, alert(state.REDIS_DOWN, "warn"), no_update, *nothing)
-    except (state.ViewError, LookupError, state.NotReady) as exc:
-        return (None, True, alert(str(exc).strip("'\""), "warn"), "", *nothing)
+    gate = wait_for_run(run_id, maps_data.map_run)
+    m = gate.manifest
+    model = f"{(m.get('model') or {}).get('ref')} · run {run_id[:12]}" if m else gate.blank
+    if not gate.ready:
+        return (gate.data, gate.stop, gate.status, model, *nothing)
+    run = gate.data
     clamp = lambda v, n: v if isinstance(v, int) and 0 <= v < n else 0  # noqa: E731
     n_points = "" if not run.tokens else f" · {sum(len(t) for t in run.tokens)} tokens in {len(run.tokens)} inputs"
     data = {"n_layers": run.n_layers, "n_heads": run.n_heads, "methods": list(run.methods), "image": run.image}
@@ -283,23 +276,23 @@ def render_token(sel, layer, head, run, run_id):
     return body, figures.attention_row(tokens, weights, pos, title=title), {}
 
 
-@callback(
-    Output("maps-url", "search"),
-    Input("maps-mode", "value"), Input("maps-method", "value"), Input("maps-norm", "value"),
-    Input("maps-layer", "value"), Input("maps-head", "value"), Input("maps-colour", "value"),
-    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-run", "data"),
-)
-def sync_url(mode, method, norm, layer, head, colour, search, sel, run):
-    """Mirror the view into the URL query so the URL re-opens the same view."""
+def _view_query(mode, method, norm, layer, head, colour, search, sel, run) -> dict | None:
+    """The view in the URL query, so the URL re-opens the same view."""
     if not run or method is None:
-        return no_update
+        return None
     q = {"view": mode, "method": method, "norm": int("on" in (norm or [])), "layer": layer, "head": head,
          "colour": colour}
     if search:
         q["token"] = search
     if sel:
         q["sel"] = f"{'qk'[sel[0]]}.{sel[1]}.{sel[2]}"
-    return "?" + urlencode(q)
+    return q
+
+
+sync_url("maps-url", [("maps-mode", "value"), ("maps-method", "value"), ("maps-norm", "value"),
+                      ("maps-layer", "value"), ("maps-head", "value"), ("maps-colour", "value"),
+                      ("maps-search", "value"), ("maps-sel", "data")],
+         ("maps-run", "data"), _view_query, prevent_initial_call=False)
 
 
 @callback(Output("maps-csv", "data"), Input("maps-csv-btn", "n_clicks"), State("maps-id", "data"),

@@ -21,8 +21,9 @@ import dash
 import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from app import state
-from app.components import alert, help_text, progress_bar, query_int
+from app import sinks_data, state
+from app.components import alert, help_text, query_int
+from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import names
 from backend import figures_sinks as fs
@@ -66,7 +67,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="sinks-view", data=view),
         dcc.Location(id="sinks-url", refresh=False),
         dcc.Location(id="sinks-go", refresh="callback-nav"),
-        dcc.Interval(id="sinks-poll", interval=800, n_intervals=0),
+        poll_interval("sinks"),
         html.Div(className="card", children=[
             html.H2(["Attention sinks ", help_text(SINK_SOURCE)]),
             html.Div(className="row", children=[
@@ -112,17 +113,6 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     ])
 
 
-def load_info(run_id: str) -> dict[str, Any]:
-    """What the page needs of a finished run (small): tokens, shape, array names, every metrics.* value."""
-    m = state.done_manifest(run_id)
-    info = m["info"] or {}
-    sizes = sorted(m.get("sizes") or {})
-    metrics = state.metrics(run_id)[0] if any(s.startswith("metrics.") for s in sizes) else {}
-    return {"tokens": info.get("tokens", []), "n_layers": info["n_layers"], "n_heads": info["n_heads"],
-            "causal": info.get("causal"), "sizes": sizes, "metrics": metrics,
-            "model": (m.get("model") or {}).get("ref")}
-
-
 @callback(
     Output("sinks-info", "data"), Output("sinks-poll", "disabled"), Output("sinks-status", "children"),
     Output("sinks-notices", "children"),
@@ -130,22 +120,11 @@ def load_info(run_id: str) -> dict[str, Any]:
 )
 def poll(_n, run_id):
     """Wait for the run to finish, then hand its info to the views."""
-    try:
-        m = state.run_status(run_id)
-        if m is None:
-            return None, True, alert(f"No run with id {run_id}."), ""
-        if m["status"] in ("failed", "cancelled"):
-            return None, True, alert(m.get("error") or f"run {m['status']}"), ""
-        if m["status"] != "done":
-            return no_update, False, progress_bar(m["progress"], m["stage"], m["status"]), ""
-        info = load_info(run_id)
-    except state.REDIS_ERRORS:
-        return no_update, False, alert(state.REDIS_DOWN, "warn"), no_update
-    except state.NotReady as exc:
-        return no_update, False, alert(str(exc), "info"), no_update
-    except (state.ViewError, LookupError) as exc:
-        return None, True, alert(str(exc)), ""
-    notices = [alert(n, "warn") for n in (m.get("info") or {}).get("notices", [])]
+    gate = wait_for_run(run_id, sinks_data.load_info)
+    if not gate.ready:
+        return gate.data, gate.stop, gate.status, gate.blank
+    info = gate.data
+    notices = [alert(n, "warn") for n in (gate.manifest.get("info") or {}).get("notices", [])]
     text = html.Span(f"{info['model']} · {info['n_layers']} layers x {info['n_heads']} heads · "
                      f"{len(info['tokens'])} prompt(s)", className="muted")
     return info, True, text, notices
@@ -173,13 +152,15 @@ def setup(info, view):
             shown if has("streaming.nll_full") else hidden, prompts, prompt, layers, layer)
 
 
-@callback(Output("sinks-url", "search"), Input("sinks-metric", "value"), Input("sinks-prompt", "value"),
-          Input("sinks-layer", "value"), State("sinks-info", "data"), prevent_initial_call=True)
-def sync_url(metric, prompt, layer, info):
-    """Mirror the view into the URL (write only: the layout reads it on load)."""
+def _view_query(metric, prompt, layer, info) -> dict | None:
+    """The view in the URL (write only: the layout reads it on load)."""
     if not info or metric is None or prompt is None or layer is None:
-        return no_update
-    return "?" + urlencode({"metric": metric, "prompt": prompt, "layer": layer})
+        return None
+    return {"metric": metric, "prompt": prompt, "layer": layer}
+
+
+sync_url("sinks-url", [("sinks-metric", "value"), ("sinks-prompt", "value"), ("sinks-layer", "value")],
+         ("sinks-info", "data"), _view_query)
 
 
 def sink_rate_text(metrics: dict[str, Any]) -> list:

@@ -8,7 +8,6 @@ query string, like the run page.
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
 
 import dash
 import numpy as np
@@ -16,6 +15,7 @@ from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import state, vit_data
 from app.components import alert, empty_figure, field, help_text
+from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_vit, names, vit
 
@@ -74,7 +74,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="vit-view", data=view),
         dcc.Store(id="vit-patch", data=view["patch"]),
         dcc.Location(id="vit-url", refresh=False),
-        dcc.Interval(id="vit-poll", interval=800, n_intervals=0),
+        poll_interval("vit"),
         html.Div(className="card", children=[
             html.H2(f"Patch attention · run {(run_id or '')[:12]}"),
             dcc.Link("← back to the run", href=f"/runs/{run_id}", className="muted"),
@@ -126,21 +126,10 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
 def setup(_n, run_id, view):
     """Wait for the run to finish, then fill the pickers (values from the URL, clamped)."""
     nothing = (no_update,) * 6
-    try:
-        m = state.run_status(run_id)
-    except state.REDIS_ERRORS:
-        return (no_update, False, alert(state.REDIS_DOWN, "warn"), *nothing)
-    if m is None:
-        return (None, True, alert(f"No run with id {run_id}."), *nothing)
-    if m["status"] in ("queued", "running"):
-        return (no_update, False, alert(f"The run is {m['status']} ({100 * float(m['progress'] or 0):.0f}%)…", "info"),
-                *nothing)
-    if m["status"] != "done":
-        return (None, True, alert(f"The run {m['status']}: {m.get('error') or ''}"), *nothing)
-    try:
-        _, lay = vit_data.image_run(run_id)
-    except state.ViewError as exc:
-        return (None, True, alert(str(exc), "warn"), *nothing)
+    gate = wait_for_run(run_id, lambda rid: vit_data.image_run(rid)[1])
+    if not gate.ready:
+        return (gate.data, gate.stop, gate.status, *nothing)
+    m, lay = gate.manifest, gate.data
     info = m["info"]
     n_img, n_layers, n_heads = len(info["tokens"]), int(info["n_layers"]), int(info["n_heads"])
     inputs = (m.get("spec") or {}).get("inputs") or []
@@ -305,18 +294,17 @@ def pick_head(click, info):
     return h if isinstance(h, int) and 0 <= h < info["n_heads"] else no_update
 
 
-@callback(
-    Output("vit-url", "search"),
-    Input("vit-image", "value"), Input("vit-layer", "value"), Input("vit-head", "value"),
-    Input("vit-fusion", "value"), Input("vit-discard", "value"), Input("vit-opacity", "value"),
-    Input("vit-patch", "data"), Input("vit-rule", "value"), State("vit-info", "data"),
-)
-def sync_url(image, layer, head, fusion, discard, opacity, patch, rule, info):
-    """Mirror the view into the URL query so the URL re-opens the same view."""
+def _view_query(image, layer, head, fusion, discard, opacity, patch, rule, info) -> dict | None:
+    """The view in the URL query, so the URL re-opens the same view."""
     if not info or image is None or layer is None or head is None:
-        return no_update
+        return None
     q = {"image": image, "layer": layer, "head": head, "fusion": fusion, "discard": round(float(discard or 0), 2),
          "opacity": round(float(opacity if opacity is not None else 0.6), 2), "rule": rule}
     if isinstance(patch, int):
         q["patch"] = patch
-    return "?" + urlencode(q)
+    return q
+
+
+sync_url("vit-url", [("vit-image", "value"), ("vit-layer", "value"), ("vit-head", "value"), ("vit-fusion", "value"),
+                     ("vit-discard", "value"), ("vit-opacity", "value"), ("vit-patch", "data"), ("vit-rule", "value")],
+         ("vit-info", "data"), _view_query, prevent_initial_call=False)
