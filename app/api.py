@@ -38,6 +38,8 @@ def status_body(m: dict[str, Any]) -> dict[str, Any]:
         "n_heads": info.get("n_heads", model.get("n_heads")),
         "tokens": info.get("tokens", []),
         "notices": info.get("notices", []),
+        "events": m.get("events") or [],
+        "attempts": m.get("attempts") or 0,
         "options": (m.get("spec") or {}).get("options"),
         "created": m.get("created"),
         "finished": m.get("finished"),

@@ -10,7 +10,8 @@ from pathlib import Path
 import dash
 from dash import Dash, dcc, html
 
-from app import api
+from app import access, api
+from backend.settings import get_settings
 
 HERE = Path(__file__).resolve().parent
 ASSETS = HERE.parent / "assets"
@@ -35,6 +36,7 @@ def create_app() -> Dash:
         suppress_callback_exceptions=True, title="Attention Atlas", update_title=None,
     )
     app.layout = root_layout
+    access.install(app.server, get_settings().access_token)  # first: it guards everything registered below
     api.register(app.server)
     app.server.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
     return app

@@ -3,6 +3,12 @@
 Manifests are hashes without TTL (small; with ``volatile-lru`` they are never evicted, so a run can
 always be recomputed from its spec). Arrays carry a TTL and may be evicted: a miss means recompute.
 A run's arrays are only read once its manifest says ``done``: results become visible atomically.
+
+Each run keeps the names of its arrays in a set (``keys.run_array_index``), so deleting them costs
+O(arrays of the run), never a scan of the keyspace. Each execution of a run (an *attempt*) holds a
+token in the manifest; the worker's writes to the manifest (heartbeat, progress, outcome) go through
+``update_attempt``, a script that writes only while that token is still there. A run deleted or retried
+meanwhile is therefore never touched by a late heartbeat, and never left as a partial manifest.
 """
 
 from __future__ import annotations
@@ -19,6 +25,33 @@ from backend.settings import Settings
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 
+# KEYS[1] manifest; ARGV[1] JSON token, ARGV[2] comma-separated JSON statuses ('' = any), ARGV[3..] field, value...
+_UPDATE_ATTEMPT = """
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '' then
+  local st = redis.call('HGET', KEYS[1], 'status')
+  local ok = false
+  for s in string.gmatch(ARGV[2], '[^,]+') do if st == s then ok = true end end
+  if not ok then return 0 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+return 1
+"""
+# KEYS[1] manifest, KEYS[2] running hash; ARGV[1] run id, ARGV[2] running entry, ARGV[3..] field, value...
+_START_ATTEMPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return n
+"""
+# KEYS[1] running hash; ARGV[1] job id, ARGV[2] the attempt token: drop the entry only if it is this attempt's.
+_RELEASE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.find(cur, ARGV[2], 1, true) then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 
 class Cache:
     """Typed access to one Redis database for runs."""
@@ -27,6 +60,9 @@ class Cache:
         self.r = r
         self.s = settings
         self.prefix = settings.key_prefix
+        self._update_attempt = r.register_script(_UPDATE_ATTEMPT)
+        self._start_attempt = r.register_script(_START_ATTEMPT)
+        self._release = r.register_script(_RELEASE)
 
     @property
     def connection(self) -> redis.Redis:
@@ -34,7 +70,9 @@ class Cache:
         return self.r
 
     # ---- manifests -------------------------------------------------------------------------
-    def create_run(self, run_id: str, spec: dict[str, Any], model: dict[str, Any], client: str) -> None:
+    def create_run(
+        self, run_id: str, spec: dict[str, Any], model: dict[str, Any], client: str, queue: str | None = None
+    ) -> None:
         now = time.time()
         fields = {
             "run_id": run_id,
@@ -50,6 +88,9 @@ class Cache:
             "finished": None,
             "info": None,
             "sizes": {},
+            "queue": queue,
+            "attempts": 0,
+            "events": [],
         }
         pipe = self.r.pipeline()
         pipe.delete(keys.run_manifest(self.prefix, run_id), keys.run_cancel(self.prefix, run_id))
@@ -64,7 +105,40 @@ class Cache:
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     def update(self, run_id: str, **fields: Any) -> None:
+        """Unconditional write (submission, cancel, tests); a worker writes through ``update_attempt``."""
         self.r.hset(keys.run_manifest(self.prefix, run_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+
+    # ---- attempts (one execution of a run by a worker) --------------------------------------
+    def start_attempt(self, run_id: str, attempt: str, worker: str, **fields: Any) -> int | None:
+        """Mark ``run_id`` running under token ``attempt`` by ``worker`` and list it in ``keys.running``;
+        returns the number of attempts so far (this one included), None if the run is unknown."""
+        fields = {**fields, "attempt": attempt, "worker": worker}
+        entry = json.dumps({"worker": worker, "attempt": attempt, "kind": "run"})
+        args = [run_id, entry] + [x for k, v in fields.items() for x in (k, json.dumps(v))]
+        n = self._start_attempt(keys=[keys.run_manifest(self.prefix, run_id), keys.running(self.prefix)], args=args)
+        return None if int(n) < 0 else int(n)
+
+    def update_attempt(self, run_id: str, attempt: str, statuses: tuple[str, ...] = (), **fields: Any) -> bool:
+        """Write ``fields`` only while the manifest still holds token ``attempt`` (and, if given, one of
+        ``statuses``), atomically; False (nothing written) for a deleted, retried or finished run."""
+        if not fields:
+            return False
+        args = [json.dumps(attempt), ",".join(json.dumps(s) for s in statuses)]
+        args += [x for k, v in fields.items() for x in (k, json.dumps(v))]
+        return bool(self._update_attempt(keys=[keys.run_manifest(self.prefix, run_id)], args=args))
+
+    def register_running(self, job_id: str, attempt: str, worker: str, kind: str) -> None:
+        """List a job that is not a run (a pruning job) in ``keys.running`` while ``worker`` runs it."""
+        entry = json.dumps({"worker": worker, "attempt": attempt, "kind": kind})
+        self.r.hset(keys.running(self.prefix), job_id, entry)
+
+    def release_running(self, job_id: str, attempt: str) -> None:
+        """Drop ``job_id`` from ``keys.running`` if the entry is still this attempt's."""
+        self._release(keys=[keys.running(self.prefix)], args=[job_id, attempt])
+
+    def running_jobs(self) -> dict[str, dict[str, Any]]:
+        """Every job a worker has said it runs: id -> {worker, attempt, kind} (O(running jobs))."""
+        return {k.decode(): json.loads(v) for k, v in self.r.hgetall(keys.running(self.prefix)).items()}
 
     def recent_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         ids = self.r.zrevrange(keys.runs_index(self.prefix), 0, limit - 1)
@@ -87,6 +161,8 @@ class Cache:
             blob = tensor_io.encode(arr, compress=arr.nbytes > 1 << 16)
             sizes[name] = len(blob)
             pipe.set(keys.run_tensor(self.prefix, run_id, name), blob, ex=self.s.result_ttl_s)
+        if sizes:  # the index keeps no TTL, like the manifest: names of evicted arrays cost a no-op DEL
+            pipe.sadd(keys.run_array_index(self.prefix, run_id), *sizes)
         pipe.execute()
         return sizes
 
@@ -109,15 +185,23 @@ class Cache:
             pipe.exists(keys.run_tensor(self.prefix, run_id, n))
         return all(pipe.execute())
 
-    def delete_arrays(self, run_id: str) -> None:
-        batch = []
-        for k in self.r.scan_iter(keys.run_tensor_pattern(self.prefix, run_id), count=500):
-            batch.append(k)
-            if len(batch) >= 500:
-                self.r.delete(*batch)
-                batch = []
-        if batch:
-            self.r.delete(*batch)
+    def delete_arrays(self, run_id: str) -> int:
+        """Delete the run's arrays through its index (O(arrays of the run)); returns how many names it held."""
+        index = keys.run_array_index(self.prefix, run_id)
+        names = [n.decode() for n in self.r.smembers(index)]
+        for i in range(0, len(names), 500):
+            self.r.delete(*(keys.run_tensor(self.prefix, run_id, n) for n in names[i : i + 500]))
+        self.r.delete(index)
+        return len(names)
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run entirely: arrays, manifest, cancel flag, its place in the recent-runs list."""
+        self.delete_arrays(run_id)
+        pipe = self.r.pipeline()
+        pipe.delete(keys.run_manifest(self.prefix, run_id), keys.run_cancel(self.prefix, run_id))
+        pipe.zrem(keys.runs_index(self.prefix), run_id)
+        pipe.hdel(keys.running(self.prefix), run_id)
+        pipe.execute()
 
     # ---- cancel ----------------------------------------------------------------------------
     def request_cancel(self, run_id: str) -> None:

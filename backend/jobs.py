@@ -18,6 +18,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from backend import keys
 from backend.cache import Cache
 from backend.model_refs import ModelRef, resolve_model
 from backend.prune_spec import check_heads, check_prompt, prune_digest
@@ -34,8 +35,9 @@ class RateLimited(RuntimeError):
     """Too many requests or unfinished jobs for one client."""
 
 
-def queue_for(r: redis.Redis, settings: Settings) -> Queue:
-    return Queue(settings.queue_name, connection=r, serializer=JSONSerializer)
+def queue_for(r: redis.Redis, settings: Settings, name: str | None = None) -> Queue:
+    """The RQ queue ``name`` (default: ``ATLAS_QUEUE``, where submissions go)."""
+    return Queue(keys._check(name or settings.queue_name), connection=r, serializer=JSONSerializer)
 
 
 def image_digest(data: bytes) -> str:
@@ -86,9 +88,10 @@ def model_summary(ref: ModelRef) -> dict[str, Any]:
     }
 
 
-def enqueue(cache: Cache, settings: Settings, run_id: str) -> None:
-    """(Re)queue the job for an existing manifest, replacing any finished RQ job of that id."""
-    q = queue_for(cache.connection, settings)
+def enqueue(cache: Cache, settings: Settings, run_id: str, queue: str | None = None) -> None:
+    """(Re)queue the job for an existing manifest on ``queue`` (default ``ATLAS_QUEUE``), replacing any
+    finished or abandoned RQ job of that id."""
+    q = queue_for(cache.connection, settings, queue)
     try:
         Job.fetch(run_id, connection=cache.connection, serializer=JSONSerializer).delete()
     except NoSuchJobError:
@@ -101,9 +104,11 @@ def enqueue(cache: Cache, settings: Settings, run_id: str) -> None:
 
 def submit(
     cache: Cache, settings: Settings, model: Any, prompts: Any, options: Any = None,
-    kind: str | None = None, client: str = "local",
+    kind: str | None = None, client: str = "local", queue: str | None = None,
 ) -> tuple[str, bool]:
-    """Submit an analysis; returns ``(run_id, queued_now)``. A done or running twin is reused."""
+    """Submit an analysis; returns ``(run_id, queued_now)``. A done or running twin is reused.
+
+    ``queue``: the RQ queue to put it on (default ``ATLAS_QUEUE``; e.g. a queue only GPU workers serve)."""
     spec, ref, run_id = prepare(model, prompts, options, settings, kind)
     if spec.kind == "image":
         missing = cache.missing_blobs(list(spec.inputs))
@@ -118,9 +123,9 @@ def submit(
     _check_rate(cache, settings, client)
     _check_active(cache, settings, client)
     cache.delete_arrays(run_id)
-    cache.create_run(run_id, spec.canonical(), model_summary(ref), client)
+    cache.create_run(run_id, spec.canonical(), model_summary(ref), client, queue=queue)
     cache.add_active_run(client, run_id)
-    enqueue(cache, settings, run_id)
+    enqueue(cache, settings, run_id, queue)
     return run_id, True
 
 
@@ -132,8 +137,9 @@ def recompute(cache: Cache, settings: Settings, run_id: str) -> bool:
     if m["status"] in ("queued", "running"):
         return True
     cache.delete_arrays(run_id)
-    cache.update(run_id, status="queued", stage="recomputing (cached results had expired)", progress=0.0, error="")
-    enqueue(cache, settings, run_id)
+    cache.update(run_id, status="queued", stage="recomputing (cached results had expired)", progress=0.0, error="",
+                 attempt=None, attempts=0, heartbeat=None)
+    enqueue(cache, settings, run_id, m.get("queue"))
     return True
 
 
@@ -157,7 +163,16 @@ def status(cache: Cache, settings: Settings, run_id: str) -> dict[str, Any] | No
         )
         if dead or rq_status in (None, "failed", "stopped", "canceled"):
             m = cache.manifest(run_id) or m  # the worker may have just finished
-            if m["status"] in ("queued", "running"):
+            if m["status"] == "running" and m.get("attempt"):
+                from backend.recovery import lost_run  # noqa: PLC0415  (recovery calls enqueue here)
+
+                reason = (
+                    f"its heartbeat stopped for over {silent:.0f} s: killed, out of memory, or its machine went away"
+                    if dead else f"RQ reports its job {rq_status or 'gone'}"
+                )
+                lost_run(cache, settings, run_id, m["attempt"], reason)
+                m = cache.manifest(run_id) or m
+            elif m["status"] in ("queued", "running"):
                 msg = (
                     "the worker stopped while running this analysis (crash, out of memory, or timeout); "
                     "submit it again"

@@ -4,7 +4,9 @@ Layout (``P`` is the configured prefix, ``R`` a run id):
 
 - ``P:run:R``            hash: the run manifest (JSON-encoded field values)
 - ``P:run:R:t:NAME``     bytes: one array (see ``backend.tensor_io``), NAME from ``backend.names``
+- ``P:run:R:keys``       set: the names of the run's arrays (deletion reads it: no keyspace scan)
 - ``P:run:R:cancel``     string: present when a cancel was asked for
+- ``P:running``          hash: run or prune job id -> JSON {worker, attempt, kind} while a worker runs it
 - ``P:runs``             sorted set: run ids by creation time (the "recent runs" list)
 - ``P:derived:D``        bytes/JSON: a result derived from a run (e.g. a pruning experiment), D its digest
 - ``P:blob:D``           bytes: an uploaded file (image) addressed by its SHA-256
@@ -34,7 +36,16 @@ def run_tensor(prefix: str, run_id: str, name: str) -> str:
 
 
 def run_tensor_pattern(prefix: str, run_id: str) -> str:
+    """Only for tests that check nothing of a run is left; the product never scans the keyspace."""
     return f"{prefix}:run:{_check(run_id)}:t:*"
+
+
+def run_array_index(prefix: str, run_id: str) -> str:
+    return f"{prefix}:run:{_check(run_id)}:keys"
+
+
+def running(prefix: str) -> str:
+    return f"{prefix}:running"
 
 
 def run_cancel(prefix: str, run_id: str) -> str:

@@ -41,6 +41,9 @@ class Settings:
     redis_url: str | None = None
     key_prefix: str = "atlas"
     queue_name: str = "atlas"
+    worker_queues: tuple[str, ...] = ("atlas",)  # queues a worker serves, in priority order
+    data_dir: Path = REPO_ROOT / ".atlas"  # the private Redis keeps its append-only file under data_dir/redis
+    access_token: str = ""  # when set, every page, API call and upload needs it
     result_ttl_s: int = 7 * 24 * 3600
     job_timeout_s: int = 1800
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -72,10 +75,15 @@ class Settings:
             if roots_env
             else _default_model_roots()
         )
+        queue = os.environ.get("ATLAS_QUEUE", "atlas")
+        worker_queues = tuple(q.strip() for q in os.environ.get("ATLAS_WORKER_QUEUES", "").split(",") if q.strip())
         return cls(
             redis_url=os.environ.get("REDIS_URL") or None,
+            worker_queues=worker_queues or (queue,),
+            data_dir=Path(os.environ.get("ATLAS_DATA_DIR") or REPO_ROOT / ".atlas").expanduser(),
+            access_token=os.environ.get("ATLAS_ACCESS_TOKEN", ""),
             key_prefix=os.environ.get("ATLAS_KEY_PREFIX", "atlas"),
-            queue_name=os.environ.get("ATLAS_QUEUE", "atlas"),
+            queue_name=queue,
             result_ttl_s=_env_int("ATLAS_RESULT_TTL", 7 * 24 * 3600),
             job_timeout_s=_env_int("ATLAS_JOB_TIMEOUT", 1800),
             device=os.environ.get("ATLAS_DEVICE", "auto"),

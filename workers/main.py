@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
+import sys
+import threading
 import time
 
 import redis
@@ -20,6 +21,7 @@ from rq.serializers import JSONSerializer
 
 from backend.jobs import queue_for
 from backend.model_refs import DEFAULT_MODEL, ModelError, resolve_model
+from backend.recovery import worker_name
 from backend.redis_conn import connect
 from backend.settings import get_settings
 from workers.memory import apply_memory_cap
@@ -50,13 +52,43 @@ def warm_up(preload: str | None = DEFAULT_MODEL) -> None:
             log.warning("could not preload %s: %s", preload, exc)
 
 
+STOP_GRACE_S = float(os.environ.get("ATLAS_STOP_GRACE_S", "3"))
+"""After SIGTERM, a running job has this long to stop at a check; then it is requeued and the process exits."""
+
+
+def _watchdog(grace_s: float) -> None:
+    """Give the running job ``grace_s`` to stop by itself; if it has not, requeue it and end the process now
+    (so that a stop takes seconds, not the rest of a long job)."""
+    from workers import tasks
+
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not tasks.CURRENT:
+            return
+        time.sleep(0.05)
+    if tasks.CURRENT:
+        log.warning("the job did not stop within %.1f s of SIGTERM; requeueing it and exiting", grace_s)
+        try:
+            tasks.abandon_current("the worker was stopped (SIGTERM)")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
+
 class AtlasWorker(SimpleWorker):
-    """RQ's in-process worker that remembers whether it was asked to stop (SIGTERM / SIGINT)."""
+    """RQ's in-process worker that remembers whether it was asked to stop (SIGTERM / SIGINT); a job in
+    flight stops at its next check and is queued again (``workers.tasks.STOPPING``)."""
 
     stop_asked = False
 
     def request_stop(self, signum, frame):  # noqa: ANN001  (RQ's signal handler signature)
+        from workers import tasks
+
         self.stop_asked = True
+        if not tasks.STOPPING.is_set():
+            tasks.STOPPING.set()
+            threading.Thread(target=_watchdog, args=(STOP_GRACE_S,), daemon=True).start()
         super().request_stop(signum, frame)
 
 
@@ -77,8 +109,9 @@ def serve(conn: redis.Redis, name: str, burst: bool = False) -> None:
     from rq.exceptions import StopRequested
 
     settings = get_settings()
+    queues = [queue_for(conn, settings, q) for q in settings.worker_queues]
     while True:
-        worker = AtlasWorker([queue_for(conn, settings)], connection=conn, serializer=JSONSerializer, name=name)
+        worker = AtlasWorker(queues, connection=conn, serializer=JSONSerializer, name=name)
         try:
             worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
         except REDIS_ERRORS as exc:  # raised by RQ's teardown while Redis is still away
@@ -117,8 +150,18 @@ def main(burst: bool = False, preload: str | None = DEFAULT_MODEL) -> None:
     conn = connect(settings, patient=True)
     warm_up(preload if os.environ.get("ATLAS_PRELOAD", "1") != "0" else None)
     apply_memory_cap(settings.worker_memory_mb, _device_name(settings.device))
-    name = f"atlas-{socket.gethostname()}-{os.getpid()}"
-    serve(conn, name, burst)
+    log.info("serving queue(s) %s", ", ".join(settings.worker_queues))
+    try:
+        serve(conn, worker_name(), burst)
+    finally:
+        from workers import tasks
+
+        tasks.enqueue_stopped()  # runs interrupted by the stop go back on their queues
+    # End now: the interpreter's teardown of torch and numba can take seconds, and nothing is left to save.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+import uuid
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import redis
 from backend.cache import Cache
 from backend.jobs import HEARTBEAT_S
 from backend.model_refs import ModelError, resolve_model
+from backend.recovery import worker_name
 from backend.redis_conn import connect
 from backend.settings import Settings, get_settings
 from backend.spec import SpecError
@@ -24,6 +26,14 @@ from workers.memory import cap_mb, is_out_of_memory, release_memory
 
 _REGISTRY = None
 FLUSH_BYTES = 8 * 1024 * 1024
+
+STOPPING = threading.Event()
+"""Set when the worker was asked to stop (SIGTERM): the running analysis stops at its next check and is
+queued again for another worker (``requeue_after_stop``)."""
+CURRENT: dict[str, Any] = {}
+"""The job this process runs now: {"id", "attempt", "kind"} (empty between jobs); the stop watchdog reads it."""
+TO_ENQUEUE: list[tuple[str, str | None]] = []
+"""Runs interrupted by a stop, to put back on their queue once RQ has finished its bookkeeping of the job."""
 
 
 def registry(settings: Settings):
@@ -58,17 +68,28 @@ class _Writer:
 
 
 class _Heartbeat(threading.Thread):
-    """Marks the run alive every HEARTBEAT_S seconds so a killed worker is noticed."""
+    """Marks the run alive every HEARTBEAT_S seconds so a killed worker is noticed.
 
-    def __init__(self, cache: Cache, run_id: str) -> None:
+    Each beat is conditional on the attempt's token (``Cache.update_attempt``): once the run was deleted,
+    retried elsewhere or finished, a beat writes nothing, and ``superseded`` tells the job to stop."""
+
+    def __init__(self, cache: Cache, run_id: str, attempt: str) -> None:
         super().__init__(daemon=True)
-        self.cache, self.run_id = cache, run_id
+        self.cache, self.run_id, self.attempt = cache, run_id, attempt
         self.stop = threading.Event()
+        self.superseded = False
+
+    def beat(self) -> bool:
+        """One heartbeat; False (and ``superseded``) when the run is no longer this attempt's."""
+        if not self.cache.update_attempt(self.run_id, self.attempt, ("running",), heartbeat=time.time()):
+            self.superseded = True
+        return not self.superseded
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                self.cache.update(self.run_id, heartbeat=time.time())
+                if not self.beat():
+                    return
             except Exception:  # noqa: BLE001  (Redis blip: the next beat retries)
                 pass
             self.stop.wait(HEARTBEAT_S)
@@ -117,13 +138,17 @@ def run_analysis(run_id: str) -> str:
     settings = get_settings()
     cache = Cache(connect(settings, patient=True), settings)
     manifest = cache.manifest(run_id)
-    if manifest is None:
+    if manifest is None or "spec" not in manifest:
         return "unknown run"
     spec = manifest["spec"]
+    attempt = uuid.uuid4().hex
+    n = cache.start_attempt(run_id, attempt, worker_name(), status="running", stage="loading model", progress=0.0,
+                            started=time.time(), heartbeat=time.time(), error="")
+    if n is None:
+        return "unknown run"
+    CURRENT.update(id=run_id, attempt=attempt, kind="run", queue=manifest.get("queue"))
     cache.delete_arrays(run_id)  # a retry never mixes with a crashed attempt's partial arrays
-    cache.update(run_id, status="running", stage="loading model", progress=0.0, started=time.time(),
-                 heartbeat=time.time(), error="")
-    beat = _Heartbeat(cache, run_id)
+    beat = _Heartbeat(cache, run_id, attempt)
     beat.start()
     writer = _Writer(cache, run_id)
     last = [0.0]
@@ -132,28 +157,37 @@ def run_analysis(run_id: str) -> str:
         now = time.time()
         if now - last[0] > 0.25 or frac >= 1.0:
             last[0] = now
-            cache.update(run_id, progress=round(float(frac), 4), stage=stage)
+            cache.update_attempt(run_id, attempt, ("running",), progress=round(float(frac), 4), stage=stage)
+
+    def should_stop() -> bool:
+        return STOPPING.is_set() or beat.superseded or cache.cancel_requested(run_id)
 
     failure, outcome = "", "failed"
     try:
         ref = resolve_model(spec["model"], settings)
         loaded = registry(settings).get(ref, spec["options"]["dtype"])
         inputs = _load_inputs(cache, spec, settings)
-        info = analyze(loaded, inputs, spec["options"], writer, progress,
-                       lambda: cache.cancel_requested(run_id), settings)
+        info = analyze(loaded, inputs, spec["options"], writer, progress, should_stop, settings)
         writer.flush()
-        cache.update(run_id, info=info.to_dict(), sizes=writer.sizes, status="done", stage="done",
-                     progress=1.0, finished=time.time())
-        return "done"
+        done = cache.update_attempt(run_id, attempt, ("running",), info=info.to_dict(), sizes=writer.sizes,
+                                    status="done", stage="done", progress=1.0, finished=time.time())
+        cache.release_running(run_id, attempt)
+        CURRENT.clear()
+        return "done" if done else "superseded"
     except Cancelled:
         failure, outcome = "cancelled by the user", "cancelled"
+        if STOPPING.is_set() and not cache.cancel_requested(run_id):
+            outcome = "stopped"
+        elif beat.superseded:
+            outcome = "superseded"
     except (ModelError, SpecError, UnsupportedArchitecture, ValueError) as exc:
         failure = str(exc)
     except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
         traceback.print_exc()
         failure = _failure_message(exc)
         if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            _record_failure(cache, run_id, failure, "failed")
+            _record_failure(cache, run_id, attempt, failure, "failed")
+            CURRENT.clear()
             raise
     finally:
         beat.stop.set()
@@ -162,19 +196,75 @@ def run_analysis(run_id: str) -> str:
     # job over its cap used up. (A successful job skips this: a full collection costs ~0.2 s.)
     writer.buf.clear()
     release_memory()
-    _record_failure(cache, run_id, failure, outcome)
+    if outcome == "stopped":
+        requeue_after_stop(cache, run_id, attempt, manifest.get("queue"))
+    elif outcome != "superseded":
+        _record_failure(cache, run_id, attempt, failure, outcome)
+    CURRENT.clear()
     return outcome
 
 
-def _record_failure(cache: Cache, run_id: str, message: str, status: str) -> None:
-    """Drop any partial arrays, then mark the run failed (or cancelled) with ``message``.
+def requeue_after_stop(cache: Cache, run_id: str, attempt: str, queue: str | None, enqueue_now: bool = False) -> bool:
+    """The worker was asked to stop in the middle of ``run_id``: mark it queued again (this attempt does not
+    count against its retry) and put it back on its queue, now or once RQ is done with the current job."""
+    from backend import jobs
+
+    m = cache.manifest(run_id) or {}
+    events = list(m.get("events") or [])
+    events.append(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC: its worker was stopped (SIGTERM) "
+                  "during the run; it was queued again")
+    ok = cache.update_attempt(
+        run_id, attempt, ("running",), status="queued", progress=0.0, heartbeat=None, attempt=None,
+        attempts=max(0, int(m.get("attempts") or 1) - 1), events=events,
+        stage="queued again: its worker was stopped; the next free worker continues it",
+    )
+    cache.release_running(run_id, attempt)
+    if ok:
+        if enqueue_now:
+            jobs.enqueue(cache, get_settings(), run_id, queue)
+        else:
+            TO_ENQUEUE.append((run_id, queue))
+    return ok
+
+
+def enqueue_stopped() -> None:
+    """Put the runs interrupted by a stop back on their queues (after RQ finished with their old jobs)."""
+    from backend import jobs
+
+    settings = get_settings()
+    cache = Cache(connect(settings, patient=True), settings)
+    while TO_ENQUEUE:
+        run_id, queue = TO_ENQUEUE.pop()
+        jobs.enqueue(cache, settings, run_id, queue)
+
+
+def abandon_current(reason: str) -> None:
+    """Called by the stop watchdog when the job did not stop in time: requeue a run, fail a pruning job."""
+    job = dict(CURRENT)
+    if not job:
+        return
+    settings = get_settings()
+    cache = Cache(connect(settings, patient=True), settings)
+    if job["kind"] == "run":
+        requeue_after_stop(cache, job["id"], job["attempt"], job.get("queue"), enqueue_now=True)
+    else:
+        from backend.recovery import lost_prune
+
+        lost_prune(cache, job["id"], job["attempt"], reason)
+
+
+def _record_failure(cache: Cache, run_id: str, attempt: str, message: str, status: str) -> None:
+    """Drop any partial arrays, then mark the run failed (or cancelled) with ``message``, if the run is
+    still this attempt's.
 
     Waits for Redis if it is away (the worker can do nothing else meanwhile; the job timeout still
     applies), so the user reads this message rather than a generic "the worker stopped"."""
     while True:
         try:
-            cache.delete_arrays(run_id)
-            cache.update(run_id, status=status, stage=status, error=message, finished=time.time())
+            if cache.update_attempt(run_id, attempt, ("running",), status=status, stage=status, error=message,
+                                    finished=time.time()):
+                cache.delete_arrays(run_id)
+            cache.release_running(run_id, attempt)
             return
         except (redis.ConnectionError, redis.TimeoutError):
             time.sleep(1.0)
@@ -189,6 +279,9 @@ def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
 
     settings = get_settings()
     cache = Cache(connect(settings, patient=True), settings)
+    attempt = uuid.uuid4().hex
+    cache.register_running(digest, attempt, worker_name(), "prune")
+    CURRENT.update(id=digest, attempt=attempt, kind="prune")
     base = {"job": digest, "run_id": run_id, "heads": heads, "prompt": prompt, "created": time.time()}
     last = [0.0]
 
@@ -211,6 +304,8 @@ def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
         result = prune_experiment(loaded, inputs, tokens, spec["options"], heads, prompt, progress)
         put_prune(cache, digest, {**base, **result, "status": "done", "stage": "done", "progress": 1.0,
                                   "finished": time.time()}, settings.result_ttl_s)
+        cache.release_running(digest, attempt)
+        CURRENT.clear()
         return "done"
     except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
         if not isinstance(exc, (ModelError, SpecError, ValueError)):
@@ -219,7 +314,11 @@ def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
         failed = {**base, "status": "failed", "stage": "failed", "error": msg}
         if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
             put_prune(cache, digest, {**failed, "finished": time.time()}, FAILURE_TTL_S)
+            cache.release_running(digest, attempt)
+            CURRENT.clear()
             raise
     release_memory()  # as run_analysis: after the except block, the job's tensors are no longer referenced
     put_prune(cache, digest, {**failed, "finished": time.time()}, FAILURE_TTL_S)
+    cache.release_running(digest, attempt)
+    CURRENT.clear()
     return "failed"

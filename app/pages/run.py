@@ -84,12 +84,13 @@ def poll(_n, run_id, info):
     finished = m["status"] in ("done", "failed", "cancelled")
     error = alert(m["error"]) if m["status"] in ("failed", "cancelled") and m["error"] else ""
     new_info = no_update
-    notices = no_update
+    events = [alert(e, "warn") for e in m.get("events") or []]  # e.g. a worker died and the run was retried
+    notices = events or no_update
     if m["status"] == "done":
         mi = m["info"] or {}
         new_info = {"tokens": mi.get("tokens", []), "n_layers": mi.get("n_layers"), "n_heads": mi.get("n_heads"),
                     "kind": mi.get("kind", "text"), "sizes": sorted(m.get("sizes") or {})} if info is None else no_update
-        notices = [alert(n, "warn") for n in mi.get("notices", [])]
+        notices = events + [alert(n, "warn") for n in mi.get("notices", [])]
     return (progress_bar(m["progress"], m["stage"], m["status"]), error, new_info, finished, model_text,
             notices, finished)
 
