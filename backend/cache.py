@@ -118,12 +118,12 @@ class Cache:
         n = self._start_attempt(keys=[keys.run_manifest(self.prefix, run_id), keys.running(self.prefix)], args=args)
         return None if int(n) < 0 else int(n)
 
-    def update_attempt(self, run_id: str, attempt: str, statuses: tuple[str, ...] = (), **fields: Any) -> bool:
-        """Write ``fields`` only while the manifest still holds token ``attempt`` (and, if given, one of
+    def update_attempt(self, run_id: str, token: str, statuses: tuple[str, ...] = (), /, **fields: Any) -> bool:
+        """Write ``fields`` only while the manifest still holds attempt ``token`` (and, if given, one of
         ``statuses``), atomically; False (nothing written) for a deleted, retried or finished run."""
         if not fields:
             return False
-        args = [json.dumps(attempt), ",".join(json.dumps(s) for s in statuses)]
+        args = [json.dumps(token), ",".join(json.dumps(s) for s in statuses)]
         args += [x for k, v in fields.items() for x in (k, json.dumps(v))]
         return bool(self._update_attempt(keys=[keys.run_manifest(self.prefix, run_id)], args=args))
 
