@@ -23,10 +23,11 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out.stdout.split()]
 
 
-def test_serve_starts_redis_worker_and_app_then_stops_them() -> None:
+def test_serve_starts_redis_worker_and_app_then_stops_them(tmp_path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "ATLAS_KEY_PREFIX", "ATLAS_QUEUE")}
     env["HF_HUB_OFFLINE"] = "1"
+    env["ATLAS_DATA_DIR"] = str(tmp_path / "data")  # the private Redis keeps its data here
     log = log_file("serve")
     proc = subprocess.Popen([sys.executable, "-m", "attention_atlas.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, text=True)

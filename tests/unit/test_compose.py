@@ -34,21 +34,23 @@ def _command(service: dict) -> list[str]:
     return cmd.split() if isinstance(cmd, str) else [str(c) for c in cmd]
 
 
-def test_three_services(compose):
-    assert {"redis", "app", "worker"} <= set(compose["services"])
+def test_services(compose):
+    assert {"redis", "app", "worker", "worker-gpu"} <= set(compose["services"])
 
 
-def test_redis_is_redis7_with_eviction_and_no_persistence(compose):
+def test_redis_is_redis7_with_eviction_and_an_append_only_file_in_a_volume(compose):
     redis = compose["services"]["redis"]
     assert redis["image"] == "redis:7"
     cmd = _command(redis)
     assert cmd[cmd.index("--maxmemory") + 1] == "2gb"
     assert cmd[cmd.index("--maxmemory-policy") + 1] == "volatile-lru"
-    assert cmd[cmd.index("--save") + 1] == ""
-    assert cmd[cmd.index("--appendonly") + 1] == "no"
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"  # runs and shared URLs survive a restart
+    data_dir = cmd[cmd.index("--dir") + 1]
+    mounts = dict(m.split(":")[::-1] for m in redis["volumes"])
+    assert mounts[data_dir] in compose["volumes"]
 
 
-@pytest.mark.parametrize("name", ["app", "worker"])
+@pytest.mark.parametrize("name", ["app", "worker", "worker-gpu"])
 def test_app_and_worker_point_redis_url_at_the_redis_service(compose, name):
     service = compose["services"][name]
     url = urlparse(_env(service)["REDIS_URL"])
@@ -59,7 +61,7 @@ def test_app_and_worker_point_redis_url_at_the_redis_service(compose, name):
     assert "redis" in depends
 
 
-@pytest.mark.parametrize("name", ["app", "worker"])
+@pytest.mark.parametrize("name", ["app", "worker", "worker-gpu"])
 def test_app_and_worker_use_the_repo_image_and_share_the_hf_cache(compose, name):
     service = compose["services"][name]
     build = service["build"]
@@ -76,7 +78,10 @@ def test_commands(compose):
     assert app[app.index("--host") + 1] == "0.0.0.0"
     assert app[app.index("--port") + 1] == "8050"
     assert "--no-worker" in app  # the worker service does the analyses
+    assert app[app.index("--server") + 1] == "waitress"  # a production WSGI server, not Flask's development one
     assert _command(compose["services"]["worker"])[:2] == ["attention-atlas", "worker"]
+    gpu = _command(compose["services"]["worker-gpu"])
+    assert gpu[:2] == ["attention-atlas", "worker"] and gpu[gpu.index("--queues") + 1].split(",") == ["atlas-gpu", "atlas"]
 
 
 def test_app_publishes_8050(compose):
@@ -91,9 +96,18 @@ def test_app_publishes_8050(compose):
     assert ("8050", "8050") in published, ports
 
 
-def test_worker_reserves_a_gpu(compose):
-    deploy = compose["services"]["worker"]["deploy"]
-    assert deploy["replicas"] == 1
+def test_cpu_worker_scales_and_gpu_worker_is_a_profile(compose):
+    worker = compose["services"]["worker"]
+    # `--scale worker=N` needs no fixed container name and no published port
+    assert "container_name" not in worker and "ports" not in worker
+    assert "deploy" not in worker and _env(worker)["ATLAS_DEVICE"] == "cpu"
+    gpu = compose["services"]["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"] and "container_name" not in gpu and "ports" not in gpu
+    assert _env(gpu)["ATLAS_DEVICE"] == "cuda"
+
+
+def test_gpu_worker_reserves_a_gpu(compose):
+    deploy = compose["services"]["worker-gpu"]["deploy"]
     devices = deploy["resources"]["reservations"]["devices"]
     assert any(
         d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) and (d.get("count") == "all" or d.get("count", 0) >= 1)
