@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -155,6 +156,12 @@ def status(cache: Cache, settings: Settings, run_id: str) -> dict[str, Any] | No
             rq_status = getattr(rq_status, "value", rq_status)
         except NoSuchJobError:
             rq_status = None
+        if m["status"] == "queued" and rq_status == "finished" and "attempt" in m:
+            # queued again (by a stopped or lost worker) but the new job never reached the queue, because the
+            # process that was to put it there died first: put it there, once (the token moves on)
+            if cache.update_attempt(run_id, m["attempt"], ("queued",), attempt=f"requeued-{uuid.uuid4().hex}"):
+                enqueue(cache, settings, run_id, m.get("queue"))
+            return cache.manifest(run_id) or m
         beat = m.get("heartbeat")
         silent = 6 * HEARTBEAT_S
         dead = (

@@ -82,6 +82,23 @@ class AtlasWorker(SimpleWorker):
 
     stop_asked = False
 
+    def subscribe(self) -> None:
+        """No pubsub thread: RQ's commands (stop-job, shutdown) do nothing on this worker anyway
+        (cancellation is cooperative), and joining that thread at exit took up to a minute."""
+
+    def unsubscribe(self) -> None:
+        """Nothing to undo (see ``subscribe``)."""
+
+    def execute_job(self, job, queue):  # noqa: ANN001  (RQ's signature)
+        """Run the job in this process; right after RQ has recorded its end, put a run that a stop
+        interrupted back on its queue (earlier, RQ's bookkeeping would overwrite the new job)."""
+        from workers import tasks
+
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            tasks.enqueue_stopped()
+
     def request_stop(self, signum, frame):  # noqa: ANN001  (RQ's signal handler signature)
         from workers import tasks
 

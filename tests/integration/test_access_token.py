@@ -46,17 +46,19 @@ def guarded_app(atlas_env):
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
-    while True:
-        assert proc.poll() is None and time.time() < deadline, _tail(log)
-        try:
-            if _request(url + "/api/runs")[0] == 401:
-                break
-        except OSError:
-            pass
-        time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(15)
+    try:
+        while True:
+            assert proc.poll() is None and time.time() < deadline, _tail(log)
+            try:
+                if _request(url + "/api/runs")[0] == 401:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 def test_requests_without_the_token_are_refused(guarded_app) -> None:

@@ -173,3 +173,31 @@ def test_silent_heartbeat_requeues_through_status(cache: Cache, atlas_env) -> No
     st = jobs.status(cache, s, run_id)
     assert st["status"] == "queued" and "heartbeat stopped" in st["events"][0]
     jobs.cancel(cache, s, run_id)
+
+
+def test_a_requeue_whose_job_never_reached_the_queue_is_enqueued_once(cache: Cache, atlas_env) -> None:
+    """A stopped worker marked its run queued but died before putting the new job on the queue (RQ still
+    holds the old, finished job): the status check puts it there, exactly once."""
+    from rq.job import JobStatus
+
+    from backend.settings import get_settings
+    from workers.tasks import requeue_after_stop
+
+    s = get_settings()
+    run_id = _run(cache)
+    jobs.enqueue(cache, s, run_id)
+    attempt = uuid.uuid4().hex
+    cache.start_attempt(run_id, attempt, "w1", status="running")
+    assert requeue_after_stop(cache, run_id, attempt, None)  # enqueue deferred ...
+    job = Job.fetch(run_id, connection=cache.r, serializer=JSONSerializer)
+    job.set_status(JobStatus.FINISHED)  # ... and RQ recorded the old job's end; then the process died
+    st = jobs.status(cache, s, run_id)
+    assert st["status"] == "queued" and st["attempts"] == 0 and "SIGTERM" in st["events"][0]
+    assert Job.fetch(run_id, connection=cache.r, serializer=JSONSerializer).get_status() == "queued"
+    token = cache.manifest(run_id)["attempt"]
+    jobs.status(cache, s, run_id)
+    assert cache.manifest(run_id)["attempt"] == token  # not enqueued a second time
+    from rq import Queue
+
+    assert Queue(s.queue_name, connection=cache.r).job_ids.count(run_id) == 1
+    jobs.cancel(cache, s, run_id)

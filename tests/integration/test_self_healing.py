@@ -92,7 +92,7 @@ def test_killed_worker_restarted_sigterm_fast_data_kept(tmp_path: Path, browser)
         page.close()
 
         # 2. SIGTERM with a job in flight: everything gone within 5 s, the job queued again
-        code, body = api_call(url, "/api/runs", {"prompts": _prompts("second"), "options": {"analyses": ["metrics"]}})
+        code, body = api_call(url, "/api/runs", {"prompts": _prompts("second", 240), "options": {"analyses": ["metrics"]}})
         second = body["run_id"]
         _wait_running(url, second)
         kids = list(_children(proc.pid))
