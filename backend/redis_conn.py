@@ -51,7 +51,7 @@ def connect(settings: Settings, patient: bool = False) -> redis.Redis:
         return client
 
 
-def pool_count() -> int:
-    """How many connection pools this process made (one per URL and retry policy; tests check it)."""
+def pool_count(url: str) -> int:
+    """How many connection pools this process made for ``url`` (one per retry policy; tests check it)."""
     with _lock:
-        return len({id(c.connection_pool) for c in _clients.values()})
+        return len({id(c.connection_pool) for k, c in _clients.items() if k[0] == url})

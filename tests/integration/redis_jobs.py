@@ -15,3 +15,24 @@ def shut_redis_down() -> str:
     except redis.ConnectionError:
         pass
     return "shut down"
+
+
+def stubborn_run(run_id: str) -> str:
+    """Hold run ``run_id`` as a running attempt and never reach a stop check (a long forward pass would
+    look like this): only the stop watchdog can end it."""
+    import time
+    import uuid
+
+    from backend.cache import Cache
+    from backend.recovery import worker_name
+    from backend.redis_conn import connect
+    from backend.settings import get_settings
+    from workers import tasks
+
+    s = get_settings()
+    cache = Cache(connect(s, patient=True), s)
+    attempt = uuid.uuid4().hex
+    cache.start_attempt(run_id, attempt, worker_name(), status="running", stage="stubborn")
+    tasks.CURRENT.update(id=run_id, attempt=attempt, kind="run", queue=None)
+    time.sleep(120)
+    return "slept"

@@ -119,3 +119,47 @@ def test_killed_worker_restarted_sigterm_fast_data_kept(tmp_path: Path, browser)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+def test_a_job_that_does_not_stop_is_requeued_and_the_worker_exits(redis_url) -> None:
+    """SIGTERM while a job never reaches a stop check: after ATLAS_STOP_GRACE_S the watchdog queues the run
+    again and ends the process (instead of waiting for the job)."""
+    import uuid
+
+    import redis
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from backend.cache import Cache
+    from backend.redis_conn import connect
+    from backend.settings import Settings
+    from tests.conftest import purge_test_keys, start_worker
+
+    tag = f"atlas-stop-{uuid.uuid4().hex[:8]}"
+    env = {"REDIS_URL": redis_url, "ATLAS_KEY_PREFIX": tag, "ATLAS_QUEUE": tag, "HF_HUB_OFFLINE": "1",
+           "ATLAS_WARM_PROJECTIONS": "0", "ATLAS_STOP_GRACE_S": "1.0"}
+    s = Settings(redis_url=redis_url, key_prefix=tag, queue_name=tag)
+    cache = Cache(connect(s), s)
+    run_id = uuid.uuid4().hex
+    cache.create_run(run_id, {"model": "x", "kind": "text", "inputs": ["a"], "options": {}}, {"ref": "x"}, "t")
+    worker = start_worker(env, preload=False)
+    try:
+        q = Queue(tag, connection=cache.r, serializer=JSONSerializer)
+        q.enqueue_call("tests.integration.redis_jobs.stubborn_run", args=(run_id,), job_id=run_id, timeout=300)
+        deadline = time.time() + 60
+        while (cache.manifest(run_id) or {}).get("status") != "running":
+            assert time.time() < deadline
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(10)
+        took = time.monotonic() - t0
+        assert took < 4.0, f"worker took {took:.1f} s to exit"
+        m = cache.manifest(run_id)
+        assert m["status"] == "queued" and "SIGTERM" in m["events"][0] and m["attempts"] == 0, m
+        assert run_id in q.job_ids  # back on its queue for the next worker
+        assert cache.running_jobs() == {}
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        purge_test_keys(redis.Redis.from_url(redis_url), tag)
