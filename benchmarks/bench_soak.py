@@ -87,10 +87,18 @@ def alive(pid: int) -> bool:
 
 
 def children(pid: int) -> list[int]:
+    """Child processes of ``pid``, whichever of its threads started them (serve's supervisor thread starts
+    the replacement workers)."""
+    kids: list[int] = []
     try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                kids += [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                continue
     except OSError:
         return []
+    return sorted(set(kids))
 
 
 def p95(xs: list[float]) -> float:
