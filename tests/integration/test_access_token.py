@@ -41,7 +41,7 @@ def guarded_app(atlas_env):
     log = log_file("app-token")
     env = {**os.environ, **atlas_env, "ATLAS_ACCESS_TOKEN": TOKEN}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "serve", "--no-worker", "--server", "waitress", "--port", str(port)],
+        [sys.executable, "-m", "attention_atlas.cli", "serve", "--no-worker", "--server", "waitress", "--port", str(port)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
