@@ -438,7 +438,8 @@ def main() -> None:
                           "samples": [(round(t, 1), list(v.values())) for t, v in rss_samples]},
         "ratio_worker_rss_end_over_warm_up": max(rss_end[p] / rss_warm[p] for p in worker_pids)
         if worker_pids and not faulty else None,  # with faults the workers at the end are replacements
-        "worker_rss_mb_per_100_jobs": slope_mb_per_100_jobs(jobs_samples, args.workers),
+        # with faults, workers are replaced (and warm up again): no slope means anything then
+        "worker_rss_mb_per_100_jobs": None if faulty else slope_mb_per_100_jobs(jobs_samples, args.workers),
         "faults": {"kill_every_s": args.kill_every, "restart_redis_at_s": args.restart_redis_at,
                    "done": faults.log if faulty else [],
                    "runs_with_events": sum(bool(x["events"]) for x in recs),
@@ -472,8 +473,9 @@ def main() -> None:
     print(f"in-process check: {deep['runs_compared']} runs x {deep['heads_per_run']} heads, "
           f"max abs diff {deep['max_abs_diff']:.2e}")
     slopes = report["worker_rss_mb_per_100_jobs"]
-    print(f"worker RSS slope, MB per 100 jobs: whole {[round(v, 2) for v in slopes['whole']]}, "
-          f"second half {[round(v, 2) for v in slopes['second_half']]}")
+    if slopes:
+        print(f"worker RSS slope, MB per 100 jobs: whole {[round(v, 2) for v in slopes['whole']]}, "
+              f"second half {[round(v, 2) for v in slopes['second_half']]}")
     if faulty:
         f = report["faults"]
         print(f"faults: {len(f['done'])} injected ({', '.join(x['what'] for x in f['done'])}); runs retried "
