@@ -75,6 +75,14 @@ def test_grid_metric_switch_and_click_to_head(live_app, runs, browser) -> None:
     other.goto(page.url)
     other.wait_for_function("document.querySelector('#sinks-grid .gtitle')?.textContent.includes('entropy')", timeout=60_000)
     other.wait_for_function("document.querySelector('#sinks-received .gtitle')?.textContent.includes('prompt 2, all layers')")
+    # the sink threshold and rule come from the URL, and the rate is the API's at that threshold and rule
+    other.goto(f"{live_app}/runs/{run_id}/sinks?eps=0.45&rule=prompt_mean")
+    other.wait_for_function("document.querySelector('#sinks-rate')?.innerText.includes('eps = 0.45')", timeout=60_000)
+    text = other.locator("#sinks-rate").inner_text()
+    assert "prompt-mean alpha (variant)" in text
+    with urllib.request.urlopen(f"{live_app}/api/runs/{run_id}/metrics?eps=0.45&sink_rule=prompt_mean") as resp:
+        rate = json.loads(resp.read())["metrics"]["sink_rate"]
+    assert f"Sink rate {rate:.4f}" in text
     other.close()
 
     # click the cell of layer 2, head 5 (6 layers top to bottom, 12 heads left to right)
