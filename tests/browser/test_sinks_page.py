@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import submit_run
+from tests.conftest import get_json, submit_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -80,8 +80,7 @@ def test_grid_metric_switch_and_click_to_head(live_app, runs, browser) -> None:
     other.wait_for_function("document.querySelector('#sinks-rate')?.innerText.includes('eps = 0.45')", timeout=60_000)
     text = other.locator("#sinks-rate").inner_text()
     assert "prompt-mean alpha (variant)" in text
-    with urllib.request.urlopen(f"{live_app}/api/runs/{run_id}/metrics?eps=0.45&sink_rule=prompt_mean") as resp:
-        rate = json.loads(resp.read())["metrics"]["sink_rate"]
+    rate = get_json(live_app, f"/api/runs/{run_id}/metrics?eps=0.45&sink_rule=prompt_mean")["metrics"]["sink_rate"]
     assert f"Sink rate {rate:.4f}" in text
     other.close()
 
