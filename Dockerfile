@@ -27,6 +27,7 @@ COPY app ./app
 COPY attention_atlas ./attention_atlas
 COPY backend ./backend
 COPY workers ./workers
+COPY docs ./docs
 COPY asset[s] ./assets/
 # Editable, so that settings.REPO_ROOT is /app and /app/assets/models is a model root.
 RUN pip install -e .

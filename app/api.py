@@ -88,8 +88,15 @@ def register(server: Flask) -> None:
 
 @api.get("/runs/<run_id>/metrics")
 def get_metrics(run_id: str):
+    """Every ``metrics.*`` grid; ``?eps=0.3&sink_rule=per_prompt|prompt_mean`` choose the sink-rate threshold
+    and rule (``sink_rate`` in ``metrics`` is then the rate at that threshold; docs/REFERENCES.md)."""
     values, info = state.metrics(run_id)
-    return jsonify({"n_layers": info["n_layers"], "n_heads": info["n_heads"], "metrics": values})
+    body = {"n_layers": info["n_layers"], "n_heads": info["n_heads"], "metrics": values}
+    if "sink_rate" in values:
+        sink = state.sink_summary(run_id, request.args.get("eps"), request.args.get("sink_rule"))
+        values["sink_rate"] = sink["sink_rate"]
+        body.update(sink_eps=sink["eps"], sink_rule=sink["rule"], sink_rule_label=sink["rule_label"])
+    return jsonify(body)
 
 
 @api.get("/runs/<run_id>/embedding")
@@ -112,15 +119,17 @@ def get_received(run_id: str):
 
 @api.get("/runs/<run_id>/rollout")
 def get_rollout(run_id: str):
-    """Attention rollout of one image of a ViT run: ``?image=I&fusion=mean|max|min&discard=0.9``."""
+    """Attention rollout of one image of a ViT run: ``?image=I&fusion=mean|max|min&discard=0.9`` and
+    ``discard_rule=all_entries`` (vit-explain, default) or ``spare_cls`` (variant; docs/REFERENCES.md)."""
     from app import vit_data  # noqa: PLC0415
 
     if "image" not in request.args:
         return error("missing query parameter image", 400)
+    rule = vit_data.check_discard_rule(request.args.get("discard_rule"))
     grid, _, fusion, discard = vit_data.rollout(
-        run_id, request.args["image"], request.args.get("fusion", "mean"), request.args.get("discard", "0")
+        run_id, request.args["image"], request.args.get("fusion", "mean"), request.args.get("discard", "0"), rule
     )
-    return jsonify({"grid": grid.round(8).tolist(), "fusion": fusion, "discard": discard})
+    return jsonify({"grid": grid.round(8).tolist(), "fusion": fusion, "discard": discard, "discard_rule": rule})
 
 
 @api.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])

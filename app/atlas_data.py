@@ -33,11 +33,15 @@ def load(run_id: str) -> dict[str, Any]:
     dominant = np.asarray(state.load_array(run_id, names.role_array("dominant")), dtype=np.int64)
     recall_name = names.role_array("retrieval_recall")
     recall = state.load_array(run_id, recall_name).tolist() if recall_name in sizes else None
+    trials_name = names.role_array("retrieval_trials")
+    retrieval = None
+    if trials_name in sizes:
+        retrieval = json.loads(np.asarray(state.load_array(run_id, trials_name), dtype=np.uint8).tobytes().decode())
     info = m.get("info") or {}
     return {
         "run_id": run_id, "label": run_label(m), "model": (m.get("model") or {}).get("ref"),
         "n_layers": int(dominant.shape[0]), "n_heads": int(dominant.shape[1]), "causal": info.get("causal"),
-        "scores": scores, "dominant": dominant.tolist(), "retrieval_recall": recall,
+        "scores": scores, "dominant": dominant.tolist(), "retrieval_recall": recall, "retrieval": retrieval,
         "notices": info.get("notices", []),
     }
 
@@ -64,6 +68,7 @@ def to_json(data: dict[str, Any]) -> str:
     body = {
         "run_id": data["run_id"], "model": data["model"], "n_layers": data["n_layers"], "n_heads": data["n_heads"],
         "scores": data["scores"], "dominant": data["dominant"], "retrieval_recall": data.get("retrieval_recall"),
+        "retrieval": data.get("retrieval"),
         "role_codes": list(hr.ROLES), "priority": list(hr.PRIORITY), "thresholds": hr.THRESHOLDS,
         "definitions": {s.key: {"label": s.label, "definition": s.definition, "inputs": s.inputs,
                                 "source": s.source, "url": s.url} for s in hr.SCORES},

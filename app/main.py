@@ -15,6 +15,9 @@ from backend.settings import get_settings
 
 HERE = Path(__file__).resolve().parent
 ASSETS = HERE.parent / "assets"
+REFERENCES = HERE.parent / "docs" / "REFERENCES.md"
+REFERENCES_URL = "/docs/references"
+"""The metric definitions, their sources and variants (docs/REFERENCES.md), served as Markdown text."""
 
 
 def root_layout() -> html.Div:
@@ -24,6 +27,9 @@ def root_layout() -> html.Div:
             html.Nav(children=[
                 dcc.Link("New analysis", href="/", className="navlink"),
                 dcc.Link("Recent runs", href="/runs", className="navlink"),
+                html.A("Definitions", href=REFERENCES_URL, target="_blank", rel="noopener", className="navlink",
+                       id="nav-definitions", title="Every metric's definition, the released code it follows, and "
+                                                     "the labelled variants (docs/REFERENCES.md)"),
             ]),
         ]),
         html.Main(dash.page_container, className="content"),
@@ -38,8 +44,20 @@ def create_app() -> Dash:
     app.layout = root_layout
     access.install(app.server, get_settings().access_token)  # first: it guards everything registered below
     api.register(app.server)
+    app.server.add_url_rule(REFERENCES_URL, "references", _references)
     app.server.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
     return app
+
+
+def _references():
+    """docs/REFERENCES.md as UTF-8 Markdown text (404 with a message when the file is not installed)."""
+    from flask import Response  # noqa: PLC0415
+
+    try:
+        return Response(REFERENCES.read_text(encoding="utf-8"), mimetype="text/markdown; charset=utf-8")
+    except OSError:
+        return Response("docs/REFERENCES.md is not installed with this copy of Attention Atlas.", status=404,
+                        mimetype="text/plain")
 
 
 def __getattr__(name: str):  # lazy WSGI entry point: `gunicorn app.main:server`

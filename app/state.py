@@ -123,6 +123,40 @@ def metrics(run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return out, m["info"]
 
 
+def sink_summary(run_id: str, eps: Any = None, rule: Any = None) -> dict[str, Any]:
+    """The sink rate of a finished run at threshold ``eps`` (default 0.3) by ``rule`` (default ``per_prompt``,
+    the released evaluation; ``prompt_mean`` the variant), from the stored per-prompt alpha: no recomputation.
+
+    Returns ``{"sink_rate", "eps", "rule", "rule_label", "n_prompts", "share" [L, H]}`` (``share``: fraction of
+    prompts in which each head has a sink). ViewError for a bad ``eps`` or ``rule``; runs stored before the
+    per-prompt alpha existed give their stored rate only at the default threshold."""
+    from backend import metrics as M  # noqa: PLC0415  (pure NumPy)
+
+    try:
+        e = M.SINK_EPS if eps in (None, "") else M.check_sink_eps(eps)
+    except ValueError as exc:
+        raise ViewError(str(exc)) from None
+    r = M.DEFAULT_SINK_RULE if rule in (None, "") else str(rule)
+    if r not in M.SINK_RULES:
+        raise ViewError(f"sink_rule must be one of {', '.join(M.SINK_RULES)}, got {rule!r}")
+    m = done_manifest(run_id)
+    sizes = m.get("sizes") or {}
+    out: dict[str, Any] = {"eps": e, "rule": r, "rule_label": M.SINK_RULES[r]}
+    if names.SINK_ALPHA_FIRST in sizes:
+        alpha = load_array(run_id, names.SINK_ALPHA_FIRST)
+        out.update(sink_rate=M.sink_rate(alpha, e, r), n_prompts=int(alpha.shape[0]),
+                   share=np.round(M.sink_share(alpha, e), 6).tolist())
+        return out
+    if names.metric("sink_rate") not in sizes:
+        raise ViewError("this run has no sink metrics; submit it with the 'metrics' analysis")
+    if e != M.SINK_EPS:
+        raise ViewError("this run was stored without per-prompt alpha; its sink rate exists only at eps = 0.3 "
+                        "(recompute the run for other thresholds)")
+    out.update(sink_rate=float(load_array(run_id, names.metric("sink_rate"))), n_prompts=len(m["info"]["tokens"]),
+               share=None)
+    return out
+
+
 def received(run_id: str, prompt: Any, layer: Any) -> tuple[list[str], np.ndarray]:
     """Tokens and ``[head, key_pos]`` attention received per position (Gu et al. alpha)."""
     m = done_manifest(run_id)

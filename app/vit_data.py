@@ -52,6 +52,14 @@ def check_discard(discard: Any) -> float:
     return d
 
 
+def check_discard_rule(rule: Any) -> str:
+    if rule in (None, ""):
+        return vit.DEFAULT_DISCARD_RULE
+    if rule not in vit.DISCARD_RULES:
+        raise state.ViewError(f"discard_rule must be one of {', '.join(vit.DISCARD_RULES)}")
+    return str(rule)
+
+
 def layer_pattern(run_id: str, m: dict[str, Any], image: int, layer: int) -> np.ndarray:
     """``[H, T, T]`` of one image and layer."""
     name = names.attn_pattern(image, layer)
@@ -60,13 +68,15 @@ def layer_pattern(run_id: str, m: dict[str, Any], image: int, layer: int) -> np.
     return _array(run_id, name)
 
 
-def rollout(run_id: str, image: Any, fusion: Any = "mean", discard: Any = 0.0) -> tuple[np.ndarray, vit.TokenLayout, str, float]:
-    """Validated rollout of one image: ``(grid [rows, cols], layout, fusion, discard)``."""
+def rollout(run_id: str, image: Any, fusion: Any = "mean", discard: Any = 0.0,
+            discard_rule: Any = None) -> tuple[np.ndarray, vit.TokenLayout, str, float]:
+    """Validated rollout of one image: ``(grid [rows, cols], layout, fusion, discard)``; ``discard_rule``
+    one of :data:`backend.vit.DISCARD_RULES` (default: vit-explain's, all entries but CLS->CLS)."""
     m, layout = image_run(run_id)
     p = check_image(m, image)
-    fusion, discard = check_fusion(fusion), check_discard(discard)
+    fusion, discard, rule = check_fusion(fusion), check_discard(discard), check_discard_rule(discard_rule)
     pats = [layer_pattern(run_id, m, p, l) for l in range(int(m["info"]["n_layers"]))]
-    return vit.rollout_grid(pats, layout, fusion, discard), layout, fusion, discard
+    return vit.rollout_grid(pats, layout, fusion, discard, rule), layout, fusion, discard
 
 
 def norms(run_id: str, m: dict[str, Any], image: int) -> np.ndarray | None:

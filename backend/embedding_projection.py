@@ -1,4 +1,4 @@
-"""Joint query-key maps of attention heads (AttentionViz, REFERENCES.md section 1). NumPy/sklearn/umap only.
+"""Joint query-key maps of attention heads (AttentionViz, docs/REFERENCES.md section 1). NumPy/sklearn/umap only.
 
 Pipeline per head: query vectors ``q [n, d]`` and key vectors ``k [m, d]`` (scaled so that ``q_i . k_j`` is the
 logit) -> :func:`normalise_qk` (translate keys onto the query centroid, equalise mean norms) -> one joint set

@@ -1,4 +1,4 @@
-"""Figures of the joint query-key maps (AttentionViz, REFERENCES.md section 1): arrays in, ``go.Figure`` out.
+"""Figures of the joint query-key maps (AttentionViz, docs/REFERENCES.md section 1): arrays in, ``go.Figure`` out.
 
 Points go to the browser as float32 arrays (Plotly sends them as base64 typed arrays) in WebGL traces.
 """

@@ -2,7 +2,7 @@
 
 Long prompts: token axes are numeric positions (hover shows ``position:token``), never one tick per
 token, and every ``z`` goes to Plotly as a float32 NumPy array (sent as a typed array, not a JSON list).
-Definitions and sources of the numbers: :mod:`backend.metrics` (REFERENCES.md section 3).
+Definitions and sources of the numbers: :mod:`backend.metrics` (docs/REFERENCES.md section 3).
 """
 
 from __future__ import annotations

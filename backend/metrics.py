@@ -4,7 +4,7 @@ Every function takes ONE prompt's pattern ``A [head, query_pos, key_pos]`` (``[H
 removed, rows summing to 1) and returns one number per head (``[H]``) unless said otherwise. They are the
 plain definitions, written for clarity; the streaming reducers in ``backend.engine.metrics_reducer``
 compute the same numbers chunk by chunk and are tested against these (``tests/unit/test_metrics.py``).
-Sources: ``REFERENCES.md`` sections 3 (sinks, massive activations) and 5 (head roles).
+Sources: ``docs/REFERENCES.md`` sections 3 (sinks, massive activations) and 5 (head roles).
 
 Conventions (applied the same way everywhere):
   * Positions are 0-based: the first token is ``k = 0``.
@@ -18,10 +18,12 @@ Conventions (applied the same way everywhere):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
+from backend import vocab
 from backend.vocab import SINK_EPS  # Gu et al. (ICLR 2025): a first-token sink when alpha(first) > SINK_EPS
 
 
@@ -38,7 +40,7 @@ def unpad(pattern: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:
     return [pattern[b, :, :n, :n] for b, n in enumerate(lengths)]
 
 
-# --- attention sinks (REFERENCES.md section 3) ------------------------------------------------------
+# --- attention sinks (docs/REFERENCES.md section 3) ------------------------------------------------------
 
 
 def received(A: np.ndarray, causal: bool) -> np.ndarray:
@@ -77,20 +79,60 @@ def sink_special(A: np.ndarray, special: np.ndarray | None, causal: bool) -> np.
 
 
 def sink_flags(alpha_first: np.ndarray, eps: float = SINK_EPS) -> np.ndarray:
-    """``alpha_first [L, H]`` -> ``[L, H]`` bool: the head has a first-token sink (``alpha > eps``).
+    """``alpha_first [..., L, H]`` -> bool of the same shape: first-token sink (``alpha > eps``).
 
-    In the run-level metrics ``alpha_first`` is ``metrics.sink_first``, i.e. already averaged over prompts.
     NaN (a layer never measured) counts as no sink.
     """
-    return np.asarray(alpha_first, dtype=np.float64) > eps
+    with np.errstate(invalid="ignore"):
+        return np.asarray(alpha_first, dtype=np.float64) > eps
 
 
-def sink_rate(alpha_first: np.ndarray, eps: float = SINK_EPS) -> float:
-    """Fraction of all heads (over all layers) with a first-token sink (Gu et al.)."""
-    return float(sink_flags(alpha_first, eps).mean())
+SINK_RULES: dict[str, str] = {r.name: f"{r.label}: {r.source}" for r in vocab.SINK_RULES}
+"""How a sink rate over several prompts is taken (declared in :data:`backend.vocab.SINK_RULES`); the first is the
+default (the released evaluation)."""
+DEFAULT_SINK_RULE = vocab.SINK_RULES[0].name
 
 
-# --- head roles (REFERENCES.md section 5) -----------------------------------------------------------
+def check_sink_eps(eps: float) -> float:
+    """``eps`` as a float in ``[0, 1]`` (alpha is a mean of attention weights); ValueError otherwise."""
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"eps must be a number between 0 and 1, got {eps!r}") from None
+    if not np.isfinite(e) or not 0.0 <= e <= 1.0:
+        raise ValueError(f"eps must be between 0 and 1, got {eps!r}")
+    return e
+
+
+def sink_rate(alpha_first: np.ndarray, eps: float = SINK_EPS, rule: str = DEFAULT_SINK_RULE) -> float:
+    """Sink rate (Gu et al., ICLR 2025) from the per-prompt first-token alpha ``[P, L, H]`` (``[L, H]``: one prompt).
+
+    ``rule="per_prompt"`` (default; the released ``compute_attention_sink``): threshold every prompt's
+    ``alpha[l, h]`` at ``eps``, then average the indicator over prompts, layers and heads.
+    ``rule="prompt_mean"``: average ``alpha`` over prompts first, then the fraction of heads above ``eps``.
+    Both agree for a single prompt. Layers never measured (NaN) count as no sink, in the denominator.
+    """
+    if rule not in SINK_RULES:
+        raise ValueError(f"sink rule must be one of {', '.join(SINK_RULES)}, got {rule!r}")
+    a = np.asarray(alpha_first, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.shape[0] == 0:
+        raise ValueError(f"expected alpha_first [prompts, layers, heads], got shape {a.shape}")
+    if rule == "prompt_mean":
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers stay NaN (no sink)
+            a = np.nanmean(a, axis=0)
+    return float(sink_flags(a, eps).mean())
+
+
+def sink_share(alpha_first: np.ndarray, eps: float = SINK_EPS) -> np.ndarray:
+    """``[P, L, H]`` -> ``[L, H]``: the fraction of prompts in which each head has a first-token sink."""
+    a = np.asarray(alpha_first, dtype=np.float64)
+    return sink_flags(a if a.ndim == 3 else a[None], eps).mean(axis=0)
+
+
+# --- head roles (docs/REFERENCES.md section 5) -----------------------------------------------------------
 
 
 def entropy(A: np.ndarray) -> np.ndarray:
@@ -191,7 +233,7 @@ def mean_over_prompts(values: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean(np.stack([np.asarray(v, dtype=np.float64) for v in values]), axis=0)
 
 
-# --- massive activations (REFERENCES.md section 3, Sun et al. 2024) ---------------------------------
+# --- massive activations (docs/REFERENCES.md section 3, Sun et al. 2024) ---------------------------------
 
 
 def massive_activation_stats(hidden: np.ndarray) -> dict[str, np.ndarray]:

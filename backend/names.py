@@ -7,6 +7,7 @@ Captured per prompt ``p`` and layer ``l`` (TransformerLens-style names):
     prompt.{p}.blocks.{l}.resid.absmax    # [T] largest |hidden activation| per token
 Derived over the run:
     metrics.{name}                        # [layer, head] float32, e.g. metrics.sink_first
+    sinks.alpha_first                     # [prompt, layer, head] float32 per-prompt alpha(first token)
     embedding.{l}.{h}.{method}            # [n_points, 2] float32 joint query/key map of one head
     embedding.{l}.{h}.meta                # [n_points, 3] int32 (kind 0=query 1=key, prompt, position)
     roles.{name}                          # head atlas extras, e.g. roles.dominant [layer, head] int32
@@ -33,6 +34,12 @@ def resid_absmax(p: int, layer: int) -> str:
 
 def metric(name: str) -> str:
     return f"metrics.{name}"
+
+
+SINK_ALPHA_FIRST = "sinks.alpha_first"
+"""``[prompt, layer, head]`` float32: Gu et al.'s alpha of the first token per prompt (NaN: layer not seen), so
+that the sink rate can be taken at any threshold and by either rule without recomputation
+(``backend.metrics.sink_rate``)."""
 
 
 def embedding(layer: int, head: int, method: str) -> str:

@@ -2,7 +2,7 @@
 role of each head, the retrieval-score counting rule, and the comparison of two runs. Pure NumPy (the app
 imports it without torch; the worker stage :mod:`backend.engine.roles_stage` computes the scores).
 
-Scores per head (each ``[layer, head]``; definitions in ``REFERENCES.md`` section 5 and :data:`SCORES`):
+Scores per head (each ``[layer, head]``; definitions in ``docs/REFERENCES.md`` section 5 and :data:`SCORES`):
 
     previous_token   run's prompts          mean over t >= 1 of A[t, t-1]               (backend.metrics)
     induction        repeated random tokens mean over the 2nd copy of A[t, t-L+1]       (Olsson et al. 2022)
@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from backend import vocab
 from backend.vocab import SINK_EPS
 
 ROLES: tuple[str, ...] = (
@@ -66,6 +67,63 @@ ROLE_SCORE = {
 """Role -> the score its threshold applies to."""
 RETRIEVAL_MIN_RECALL = 0.5
 """Wu et al. credit a trial's heads only when the answer's ROUGE-1 recall of the needle exceeds 50 %."""
+RETRIEVAL_MAX_NEW_TOKENS = 50
+"""The released detector decodes at most 50 tokens and stops after a newline."""
+RETRIEVAL_TESTS: dict[str, str] = {r.name: f"{r.label}: {r.source}" for r in vocab.RETRIEVAL_TESTS}
+DEFAULT_RETRIEVAL_TEST = vocab.RETRIEVAL_TESTS[0].name
+RETRIEVAL_TEMPLATE = "Based on the content of the book, Question: {question}\nAnswer:"
+"""The released detector's question format (appended right after the haystack with the needle)."""
+RETRIEVAL_NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
+RETRIEVAL_QUESTION = "What is the best thing to do in San Francisco?"
+RETRIEVAL_ANSWER = "eat a sandwich and sit in Dolores Park on a sunny day"
+"""Default needle, question and answer: the released detector's defaults (the answer, ``real_needle`` there,
+is what generation must recall and whose tokens the heads must attend to)."""
+RETRIEVAL_HAYSTACK = (
+    "The ferry left the harbour a little after seven, as it did every morning. The river was wide and slow "
+    "there, and the water carried a faint smell of timber from the mills upstream. Most passengers were "
+    "workers going to the shipyard on the far bank; a few carried baskets of vegetables for the market. "
+    "The captain had made the crossing for twenty years and knew every sandbank by the colour of the water "
+    "above it. In winter the fog could hide the far bank entirely, and then he steered by the bells of the "
+    "church and the horn of the yard. The town itself had grown around the crossing. There was a square with "
+    "a fountain, a library that opened three afternoons a week, and a bakery whose bread was sold out by "
+    "nine. Children walked to school along the embankment, counting the barges that passed. Nobody remembered "
+    "exactly when the bridge had first been proposed, but every few years a new plan appeared in the paper, "
+    "was discussed at length in the square, and was quietly forgotten. The ferry went on crossing. "
+)
+"""Default haystack (written for Attention Atlas), repeated until the context is full."""
+
+
+def rouge1_recall(target: str, prediction: str) -> float:
+    """ROUGE-1 recall of ``target`` words found in ``prediction`` (Porter stemming, lower case, alphanumeric
+    words), exactly ``rouge_score.rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)`` as the released
+    detector calls it (``scorer.score(real_needle, response)["rouge1"].recall``). In [0, 1]."""
+    return float(_rouge_scorer().score(target, prediction)["rouge1"].recall)
+
+
+_SCORER: list = []
+
+
+def _rouge_scorer():
+    if not _SCORER:
+        from rouge_score import rouge_scorer  # noqa: PLC0415  (worker-side only)
+
+        _SCORER.append(rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True))
+    return _SCORER[0]
+
+
+def find_needle_span(prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> tuple[int, int]:
+    """Where the answer sits in the prompt, as the released ``find_needle_idx``: the first ``i`` whose window
+    ``prompt_ids[i : i + len(answer_ids)]`` holds more than 90 % of the answer's distinct ids; ``(-1, -1)``
+    when there is none."""
+    want = set(int(x) for x in answer_ids)
+    n = len(answer_ids)
+    if not want:
+        return -1, -1
+    ids = [int(x) for x in prompt_ids]
+    for i in range(len(ids)):
+        if len(set(ids[i : i + n]) & want) / len(want) > 0.9:
+            return i, i + n
+    return -1, -1
 POSITIONAL_MAX_OFFSET = 8
 
 
@@ -82,7 +140,7 @@ class Score:
 SCORES: tuple[Score, ...] = (
     Score("previous_token", "previous token",
           "Mean over query positions t ≥ 1 of A[t, t−1]: how much each token attends to the one before it.",
-          "the run's prompts", "REFERENCES.md §5; TransformerLens head detector (previous-token pattern)",
+          "the run's prompts", "docs/REFERENCES.md §5; TransformerLens head detector (previous-token pattern)",
           "https://transformerlensorg.github.io/TransformerLens/generated/code/transformer_lens.head_detector.html"),
     Score("induction", "induction",
           "Random tokens repeated twice (length L each): mean attention from each position t of the second copy "
@@ -107,20 +165,26 @@ SCORES: tuple[Score, ...] = (
           "https://arxiv.org/abs/1906.04341"),
     Score("retrieval", "retrieval",
           "Needle in a haystack, greedy generation: a step counts for a head when the generated token equals a "
-          "needle token and the head's top-attended position is that token in the needle; score = counted steps "
-          "/ needle length, averaged over the trials where the model reproduced the needle (recall > 0.5). "
-          "Heads above 0.1 are retrieval heads. Causal LMs only.",
-          "3 synthetic prompts: random-token haystack, a random-token needle at depth 20/50/80 %, "
-          "its first 4 tokens repeated at the end as the cue",
-          "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality",
+          "token of the answer span and the head's top-attended position is that token there; score = counted "
+          "steps / answer length, averaged over the trials where the model reproduced the answer (ROUGE-1 recall "
+          "> 0.5). Heads above 0.1 are retrieval heads. Causal LMs only. Default protocol as the released "
+          "detector (a needle sentence in a text, a question, up to 50 tokens stopping at a newline, ROUGE-1 on "
+          "stemmed words); variant 'synthetic' (random-token needle and haystack with a copy cue, 8 tokens, "
+          "ROUGE-1 on token ids).",
+          "3 prompts, the needle at depth 20/50/80 % (run options retrieval_test, retrieval_needle, "
+          "retrieval_question, retrieval_answer, retrieval_haystack)",
+          "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality; released code "
+          "nightdessert/Retrieval_Head retrieval_head_detection.py",
           "https://arxiv.org/abs/2404.15574"),
     Score("sink_first", "first-token sink",
-          f"Mean attention the first token receives from the queries that see it (alpha); a sink when > {SINK_EPS}.",
+          "Mean attention the first token receives from the queries that see it (alpha), averaged over the run's "
+          f"prompts; the role 'sink' when that mean is > {SINK_EPS} (the sinks page gives the sink rate per prompt, "
+          "as the released evaluation).",
           "the run's prompts", "Gu et al. ICLR 2025, When Attention Sink Emerges in Language Models",
           "https://arxiv.org/abs/2410.10781"),
     Score("entropy", "entropy",
           "Mean over queries of −Σ_j A[t, j] log A[t, j] (nats): 0 = one key, high = spread out.",
-          "the run's prompts", "REFERENCES.md §5", "https://arxiv.org/abs/1906.04341"),
+          "the run's prompts", "docs/REFERENCES.md §5", "https://arxiv.org/abs/1906.04341"),
 )
 SCORE_KEYS: tuple[str, ...] = tuple(s.key for s in SCORES)
 SCORE_BY_KEY = {s.key: s for s in SCORES}

@@ -10,6 +10,7 @@ from typing import Any
 
 from backend import ENGINE_VERSION
 from backend.settings import Settings
+from backend import vocab
 from backend.vocab import ANALYSIS_NAMES, INPUT_KINDS, METHOD_NAMES
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -20,11 +21,23 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "embedding_methods": ["umap"],
     "max_points_per_head": 20_000,
     "seed": 0,
+    "importance_rule": "per_token",
+    "retrieval_test": "text",
 }
+RETRIEVAL_TESTS = vocab.rule_names(vocab.RETRIEVAL_TESTS)
+"""Retrieval heads (Wu et al.): the released detector's text protocol (default) or the synthetic copy test
+(``backend.roles.RETRIEVAL_TESTS``)."""
+RETRIEVAL_TEXT_LIMITS = {"retrieval_needle": 2_000, "retrieval_question": 1_000, "retrieval_answer": 2_000,
+                         "retrieval_haystack": 20_000, "retrieval_template": 1_000}
+"""Optional texts of the retrieval test (characters at most); absent: the released detector's defaults."""
+IMPORTANCE_RULES = vocab.rule_names(vocab.IMPORTANCE_RULES)
+"""Head importance (Michel et al.): ``|.|`` per token as the authors' released code (default) or per example
+as the paper's eq. 2 (``backend.engine.importance.REDUCTIONS``)."""
 MAP_POINTS_RANGE = (100, 50_000)
 """Bounds of ``max_points_per_head`` (queries + keys per head): t-SNE on 50,000 points takes minutes per head."""
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
-OPTIONAL_OPTIONS = ("labels",)
+OPTIONAL_OPTIONS = ("labels", "retrieval_needle", "retrieval_question", "retrieval_answer", "retrieval_haystack",
+                    "retrieval_template")
 """Options that are absent unless given (so runs without them keep their run ids): ``labels``, one class id
 per input, the targets of a classifier's head-importance loss (``backend.engine.losses``)."""
 
@@ -89,6 +102,27 @@ def normalise_options(raw: dict[str, Any] | None) -> dict[str, Any]:
             isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in labels
         ):
             raise SpecError("labels must be a non-empty list of non-negative integer class ids, one per input")
+    if opts["retrieval_test"] not in RETRIEVAL_TESTS:
+        raise SpecError(f"retrieval_test must be one of {', '.join(RETRIEVAL_TESTS)}")
+    for name, limit in RETRIEVAL_TEXT_LIMITS.items():
+        if name not in opts:
+            continue
+        text = opts[name]
+        if text is None or (isinstance(text, str) and not text.strip()):
+            del opts[name]  # empty: the default text
+            continue
+        if not isinstance(text, str) or "\x00" in text:
+            raise SpecError(f"{name} must be a string of text")
+        if len(text) > limit:
+            raise SpecError(f"{name} has {len(text):,} characters; the limit is {limit:,}")
+    template = opts.get("retrieval_template")
+    if template is not None and (template.count("{question}") != 1 or
+                                 template.replace("{question}", "").count("{") + template.count("}") > 1):
+        raise SpecError("retrieval_template must contain {question} once and no other braces")
+    if opts.get("retrieval_answer") and not opts.get("retrieval_needle"):
+        raise SpecError("retrieval_answer needs retrieval_needle: the answer must be part of the needle")
+    if opts["importance_rule"] not in IMPORTANCE_RULES:
+        raise SpecError(f"importance_rule must be one of {', '.join(IMPORTANCE_RULES)}")
     for name in ("max_points_per_head", "seed"):
         if not isinstance(opts[name], int) or isinstance(opts[name], bool) or opts[name] < 0:
             raise SpecError(f"{name} must be a non-negative integer")

@@ -9,11 +9,13 @@ Attention rollout (Abnar & Zuidema, ACL 2020, "Quantifying Attention Flow in Tra
 
 1. fuse the heads of ``A_l [H, T, T]``: mean (the paper), or the element-wise max / min over heads
    (offered by the common implementations, e.g. jacobgil/vit-explain);
-2. optionally drop the lowest attentions: the ``discard_ratio`` fraction of the smallest fused entries
-   is set to 0. Entries in the CLS row and the CLS column are never dropped ("keep the CLS token",
-   as the common implementations do; vit-explain protects only the single CLS->CLS entry, here the
-   whole row and column are kept so CLS can always receive and pass on attention). The fraction is
-   taken of the candidate entries (all entries outside the CLS row and column);
+2. optionally drop the lowest attentions (``discard_rule``, :data:`DISCARD_RULES`):
+
+   * ``"all_entries"`` (default; jacobgil/vit-explain ``vit_rollout.py``): take the
+     ``int(T*T*discard_ratio)`` smallest entries of the whole fused matrix and set them to 0, except the
+     CLS->CLS entry (flat index 0), which is spared (so one entry fewer is zeroed when it is among them);
+   * ``"spare_cls"`` (Attention Atlas variant, the rule of engine versions <= 4): entries in the CLS row
+     and the CLS column are never dropped, and the fraction is taken of the other entries;
 3. add the residual: ``0.5 * A + 0.5 * I``;
 4. renormalise every row to sum to 1 (row-stochastic; vit-explain's ``a / a.sum(dim=-1)`` broadcasts
    over columns instead, which is a known quirk we do not copy);
@@ -37,7 +39,11 @@ from typing import Sequence
 
 import numpy as np
 
+from backend import vocab
+
 FUSIONS = ("mean", "max", "min")
+DISCARD_RULES = {r.name: f"{r.label}: {r.source}" for r in vocab.DISCARD_RULES}
+DEFAULT_DISCARD_RULE = vocab.DISCARD_RULES[0].name
 NORM_RULES = {"sd": "norm > mean + 3 sd of the layer's patch norms",
               "median": "norm > 2 x median of the layer's patch norms"}
 _PATCH = re.compile(r"^patch r(\d+) c(\d+)$")
@@ -127,34 +133,47 @@ def fuse_heads(pattern: np.ndarray, fusion: str = "mean") -> np.ndarray:
     return {"mean": np.mean, "max": np.max, "min": np.min}[fusion](pat, axis=0)
 
 
-def _discard(a: np.ndarray, ratio: float, keep: Sequence[int]) -> np.ndarray:
-    """Zero the ``ratio`` fraction of the smallest entries outside the rows and columns ``keep``."""
-    cand = np.ones(a.shape, dtype=bool)
+def _discard(a: np.ndarray, ratio: float, keep: Sequence[int], rule: str = DEFAULT_DISCARD_RULE) -> np.ndarray:
+    """Zero the ``ratio`` fraction of the smallest entries by ``rule`` (:data:`DISCARD_RULES`).
+
+    ``all_entries``: the ``int(size * ratio)`` smallest of all entries, then the entries ``(k, k)`` for ``k``
+    in ``keep`` (CLS->CLS) are left as they were. ``spare_cls``: the fraction of the entries outside the
+    rows and columns ``keep``. Ties: the lower flat index is dropped first (stable order)."""
+    if rule not in DISCARD_RULES:
+        raise ValueError(f"discard rule must be one of {', '.join(DISCARD_RULES)}")
     keep = list(keep)
-    cand[keep, :] = False
-    cand[:, keep] = False
+    cand = np.ones(a.shape, dtype=bool)
+    if rule == "spare_cls":
+        cand[keep, :] = False
+        cand[:, keep] = False
     flat_idx = np.flatnonzero(cand)
     k = int(flat_idx.size * ratio)
     if k <= 0:
         return a
-    a = a.copy()
     order = np.argsort(a.ravel()[flat_idx], kind="stable")[:k]
-    a.ravel()[flat_idx[order]] = 0.0
-    return a
+    drop = np.zeros(a.size, dtype=bool)
+    drop[flat_idx[order]] = True
+    if rule == "all_entries":
+        drop[[k_ * a.shape[1] + k_ for k_ in keep]] = False
+    out = a.copy()
+    out.ravel()[drop] = 0.0
+    return out
 
 
 def rollout(patterns: Sequence[np.ndarray], fusion: str = "mean", discard_ratio: float = 0.0,
-            keep: Sequence[int] = (0,)) -> np.ndarray:
+            keep: Sequence[int] = (0,), discard_rule: str = DEFAULT_DISCARD_RULE) -> np.ndarray:
     """Attention rollout over ``patterns`` (first layer first, each ``[H, T, T]``) -> ``[T, T]`` float64.
 
-    See the module docstring for the steps; ``keep`` are the token positions (default: CLS) whose rows and
-    columns the discard never touches."""
+    See the module docstring for the steps; ``keep`` are the token positions (default: CLS) that the
+    discard spares (``all_entries``: their diagonal entries; ``spare_cls``: their rows and columns)."""
     if not patterns:
         raise ValueError("rollout needs at least one layer")
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}")
     if not 0.0 <= float(discard_ratio) < 1.0:
         raise ValueError("discard_ratio must be in [0, 1)")
+    if discard_rule not in DISCARD_RULES:
+        raise ValueError(f"discard rule must be one of {', '.join(DISCARD_RULES)}")
     n = np.asarray(patterns[0]).shape[-1]
     eye = np.eye(n)
     result = eye.copy()
@@ -163,7 +182,7 @@ def rollout(patterns: Sequence[np.ndarray], fusion: str = "mean", discard_ratio:
         if a.shape != (n, n):
             raise ValueError(f"every layer must be [H, {n}, {n}], got {np.asarray(pat).shape}")
         if discard_ratio > 0:
-            a = _discard(a, float(discard_ratio), keep)
+            a = _discard(a, float(discard_ratio), keep, discard_rule)
         a = 0.5 * a + 0.5 * eye
         a = a / a.sum(axis=-1, keepdims=True)
         result = a @ result
@@ -171,9 +190,9 @@ def rollout(patterns: Sequence[np.ndarray], fusion: str = "mean", discard_ratio:
 
 
 def rollout_grid(patterns: Sequence[np.ndarray], layout: TokenLayout, fusion: str = "mean",
-                 discard_ratio: float = 0.0) -> np.ndarray:
+                 discard_ratio: float = 0.0, discard_rule: str = DEFAULT_DISCARD_RULE) -> np.ndarray:
     """Patch relevance ``[rows, cols]``: the CLS row of :func:`rollout` over the patch columns."""
-    r = rollout(patterns, fusion, discard_ratio, keep=(0,))
+    r = rollout(patterns, fusion, discard_ratio, keep=(0,), discard_rule=discard_rule)
     return r[0, layout.n_prefix:].reshape(layout.rows, layout.cols)
 
 

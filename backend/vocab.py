@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ENGINE_VERSION = "4"
+ENGINE_VERSION = "5"
 """Bumped whenever captured tensors or metrics change meaning: it is part of every run id."""
 
 SINK_EPS = 0.3
@@ -106,6 +106,48 @@ PROJECTION_METHODS: tuple[ProjectionMethod, ...] = (
 )
 METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in PROJECTION_METHODS)
 METHOD_LABELS: dict[str, str] = {m.name: m.label for m in PROJECTION_METHODS}
+
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One way to compute a number whose definition has variants (docs/REFERENCES.md). The name is stored in
+    run options or view URLs; the first rule of each family is the default and follows the paper's released
+    code, the others are labelled variants."""
+
+    name: str
+    label: str
+    source: str
+
+
+SINK_RULES: tuple[Rule, ...] = (
+    Rule("per_prompt", "per prompt, then averaged (released code)",
+         "sail-sg/Attention-Sink, eval_sink_open_source.py (compute_attention_sink)"),
+    Rule("prompt_mean", "threshold of the prompt-mean alpha (variant)", "Attention Atlas, engine versions <= 4"),
+)
+"""Sink rate over several prompts (view option ``eps``/``rule`` of the sinks page, ``sink_rule`` in the API)."""
+DISCARD_RULES: tuple[Rule, ...] = (
+    Rule("all_entries", "all entries, spare CLS->CLS (released code)", "jacobgil/vit-explain, vit_rollout.py"),
+    Rule("spare_cls", "spare CLS row and column (variant)", "Attention Atlas, engine versions <= 4"),
+)
+"""Attention-rollout discard (view option ``discard_rule``)."""
+IMPORTANCE_RULES: tuple[Rule, ...] = (
+    Rule("per_token", "|.| per token (released code)",
+         "pmichel31415's pytorch-pretrained-BERT (branch paul) classifier_eval.py; fairseq prune.py"),
+    Rule("per_example", "|.| per example (paper eq. 2)", "Michel et al. 2019, eq. 2; Attention Atlas <= 4"),
+)
+"""Head importance (run option ``importance_rule``)."""
+RETRIEVAL_TESTS: tuple[Rule, ...] = (
+    Rule("text", "needle sentence, question, ROUGE-1 on stemmed words (released code)",
+         "nightdessert/Retrieval_Head, retrieval_head_detection.py"),
+    Rule("synthetic", "random-token copy test (variant)", "Attention Atlas, engine versions <= 4"),
+)
+"""Retrieval-head test (run option ``retrieval_test``)."""
+
+
+def rule_names(rules: tuple[Rule, ...]) -> tuple[str, ...]:
+    return tuple(r.name for r in rules)
+
 
 INPUT_KINDS: tuple[str, ...] = ("text", "image")
 """What a model takes (``RunSpec.kind``); ``backend.engine.inputs.ADAPTERS`` has one adapter per kind."""

@@ -5,6 +5,7 @@ View state in the URL: ``?colour=<role|score>&roles=<role,role>`` (the table's r
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 import dash
@@ -38,6 +39,8 @@ def definitions_panel() -> html.Details:
              for r in hr.PRIORITY]
     return html.Details(id="atlas-definitions", className="card", children=[
         html.Summary("Score definitions and sources"),
+        html.P(["Each definition, the released code it follows and its labelled variants: ",
+                html.A("docs/REFERENCES.md", href="/docs/references", target="_blank", rel="noopener"), "."]),
         html.Dl(items),
         html.P("Dominant role: the first of these a head passes, in this order (else · no clear role); the table's "
                "'roles' column lists every role a head passes."),
@@ -89,6 +92,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                 dcc.Download(id="atlas-csv"), dcc.Download(id="atlas-json"),
             ]),
             html.Div(id="atlas-summary", className="muted"),
+            html.Div(id="atlas-retrieval", className="muted"),
             dcc.Graph(id="atlas-grid", config={"displaylogo": False}),
             html.Div(id="atlas-head-link"),
             _table(),
@@ -120,6 +124,25 @@ def load(_n, run_id):
     model = f"{data['model']} · {data['n_layers']} layers × {data['n_heads']} heads · run {run_id[:12]}"
     notices = [alert(n, "warn") for n in data.get("notices", []) if "etrieval" in n or "roles" in n.lower()]
     return data, "", True, model, notices
+
+
+def retrieval_text(data: dict[str, Any]) -> list:
+    """The retrieval test of the run and the needle recall of each trial."""
+    r = data.get("retrieval")
+    if not r:
+        return []
+    trials = " · ".join(f"depth {100 * t['depth']:.0f} %: recall {t['recall']:.2f}"
+                        + (" (counted)" if t["counted"] else "") for t in r.get("trials", []))
+    parts: list = [html.B("Retrieval test: "), r.get("label", r.get("test", "")), ". Needle recall (ROUGE-1): ",
+                   trials or "no trial", "."]
+    if r.get("answer"):
+        parts += [" Answer sought: ", html.Q(r["answer"]), "."]
+    return parts
+
+
+@callback(Output("atlas-retrieval", "children"), Input("atlas-data", "data"))
+def render_retrieval(data):
+    return retrieval_text(data) if data else ""
 
 
 @callback(

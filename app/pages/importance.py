@@ -25,7 +25,7 @@ from app.components import alert, help_text, progress_bar, query_int
 from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_importance as fi
-from backend import jobs
+from backend import jobs, vocab
 from backend.prune_spec import format_off, parse_off
 
 # order=1: see app/pages/sinks.py ('/runs/<run_id>' must not swallow '/runs/<id>/importance')
@@ -36,14 +36,19 @@ register_view("importance", "Head importance", needs="metrics.importance")
 SCALES = ("raw", "normalised")
 METRICS = ("loss", "perplexity", "accuracy")
 SOURCE = ("Head importance (Michel, Levy, Neubig, NeurIPS 2019, 'Are Sixteen Heads Really Better than One?'): "
-          "a gate xi = 1 multiplies each head's output; importance I = E_x |dL(x)/d xi| over the run's inputs, "
-          "optionally divided by its l2 norm within each layer (the paper's normalisation). Pruning removes "
-          "10 % of the heads per step, least important first, recomputing importance after each step; random "
-          "order (3 seeds) and most-important-first are shown for comparison.")
+          "a gate xi = 1 multiplies each head's output. Two rules: 'per token' (default, the authors' released "
+          "code, classifier_eval.py / fairseq prune.py): I = sum over inputs and positions of |dL/d xi_t| / number "
+          "of tokens, with xi_t the gate at position t; 'per example' (the paper's eq. 2): I = E_x |dL(x)/d xi|. "
+          "Both come from the same pass; the run's option importance_rule orders the pruning. Scores may be "
+          "divided by their l2 norm within each layer (the paper's normalisation). Pruning removes 10 % of the "
+          "heads per step, least important first, recomputing importance after each step; random order (3 seeds) "
+          "and most-important-first are shown for comparison. Definitions and sources: docs/REFERENCES.md.")
+RULES = {r.name: r.label for r in vocab.IMPORTANCE_RULES}
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     scale = query.get("view") if query.get("view") in SCALES else "raw"
+    rule = query.get("rule") if query.get("rule") in RULES else None  # None: the run's own rule
     metric = query.get("metric") if query.get("metric") in METRICS else "loss"
     off = parse_off(query.get("off"))
     prompt = query_int(query.get("prompt"))
@@ -51,6 +56,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="imp-run-id", data=run_id),
         dcc.Store(id="imp-info"),
         dcc.Store(id="imp-off", data=off),
+        dcc.Store(id="imp-rule-init", data=rule),
         dcc.Store(id="imp-prompt-init", data=prompt),
         dcc.Store(id="imp-job"),
         dcc.Location(id="imp-url", refresh=False),
@@ -73,6 +79,11 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                     dcc.RadioItems(id="imp-scale", value=scale, inline=True, options=[
                         {"label": " raw E|dL/dξ|", "value": "raw"},
                         {"label": " normalised per layer (l2)", "value": "normalised"}]),
+                ]),
+                html.Div(className="field", children=[
+                    html.Label(["Importance rule ", help_text(SOURCE)]),
+                    dcc.RadioItems(id="imp-rule", value=rule or "per_token", inline=True,
+                                   options=[{"label": f" {v}", "value": k} for k, v in RULES.items()]),
                 ]),
             ]),
             dcc.Graph(id="imp-grid", config={"displaylogo": False}),
@@ -136,6 +147,7 @@ def objective_text(meta: dict[str, Any]) -> list:
     return [html.B(f"Objective ({meta['task_label']}): "), meta["objective"], ". ",
             f"Importance over {meta['n_prompts']} input(s); pruning curves and live pruning on the first "
             f"{meta['n_curve_prompts']} (at most {meta['max_curve_prompts']}). ",
+            f"Pruning order by importance {RULES.get(meta.get('importance_rule', 'per_example'), '')}. ",
             f"All heads: {', '.join(parts)}." if parts else "",
             help_text(f"Source: {meta['source']}. Loss per model type: backend/engine/losses.py.")]
 
@@ -211,29 +223,42 @@ def paint_toggles(off, info, ids):
     return classes, text
 
 
-def _view_query(scale, metric, off, prompt, info) -> dict | None:
+def _view_query(scale, metric, off, prompt, rule, info) -> dict | None:
     """The view in the URL (write only: the layout reads it on load)."""
     if not info or prompt is None:
         return None
-    q = {"view": scale, "metric": metric, "prompt": prompt}
+    q = {"view": scale, "metric": metric, "prompt": prompt, "rule": rule}
     if off:
         q["off"] = format_off(off)
     return q
 
 
-sync_url("imp-url", [("imp-scale", "value"), ("imp-metric", "value"), ("imp-off", "data"), ("imp-prompt", "value")],
-         ("imp-info", "data"), _view_query, safe=",")
+sync_url("imp-url", [("imp-scale", "value"), ("imp-metric", "value"), ("imp-off", "data"), ("imp-prompt", "value"),
+                     ("imp-rule", "value")], ("imp-info", "data"), _view_query, safe=",")
+
+
+@callback(Output("imp-rule", "value"), Input("imp-info", "data"), State("imp-rule-init", "data"))
+def default_rule(info, asked):
+    """The rule shown first: the URL's, else the run's own (the one that ordered its pruning curves)."""
+    if not info:
+        return no_update
+    return asked if asked in RULES else info.get("rule", "per_token")
 
 
 @callback(Output("imp-grid", "figure"), Input("imp-scale", "value"), Input("imp-info", "data"),
-          Input("imp-off", "data"))
-def render_grid(scale, info, off):
+          Input("imp-off", "data"), Input("imp-rule", "value"))
+def render_grid(scale, info, off, rule):
     if not info or scale not in SCALES:
         return no_update
-    grid = np.asarray(info["grids"][scale], dtype=np.float64)
+    if f"{rule}.{scale}" not in info["grids"]:
+        return fi.importance_grid(np.zeros((info["n_layers"], info["n_heads"])), False,
+                                  f"this run has no '{RULES.get(rule, rule)}' scores (recompute it)")
+    grid = np.asarray(info["grids"][f"{rule}.{scale}"], dtype=np.float64)
     meta = info["meta"]
-    what = "normalised within each layer (l2)" if scale == "normalised" else "raw E|dL/dξ|"
-    title = f"Head importance, {what}; {meta.get('task_label', '')} objective over {meta.get('n_prompts', '?')} input(s)"
+    what = "normalised within each layer (l2)" if scale == "normalised" else "raw"
+    order = " (orders the pruning curves)" if rule == info.get("rule") else ""
+    title = (f"Head importance, {RULES[rule]}{order}, {what}; {meta.get('task_label', '')} objective over "
+             f"{meta.get('n_prompts', '?')} input(s)")
     return fi.importance_grid(grid, scale == "normalised", title, off=off)
 
 

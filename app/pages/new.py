@@ -108,6 +108,38 @@ def layout(**_query: str) -> html.Div:
                               min=MAP_POINTS_RANGE[0], max=MAP_POINTS_RANGE[1], step=100),
                 ]),
             ]),
+            html.Details(id="new-defs", children=[
+                html.Summary(["Definitions: head importance and retrieval heads ", help_text(
+                    "Defaults follow each paper's released code; the variants are the earlier Attention Atlas "
+                    "rules. Definitions and sources: docs/REFERENCES.md.")]),
+                html.Div(className="row", children=[
+                    html.Div(className="field", children=[
+                        html.Label("Head importance |dL/dξ| taken"),
+                        dcc.RadioItems(id="new-importance-rule", value=DEFAULT_OPTIONS["importance_rule"], options=[
+                            {"label": " per token, summed over positions (released code)", "value": "per_token"},
+                            {"label": " per example (the paper's eq. 2)", "value": "per_example"}]),
+                    ]),
+                    html.Div(className="field", children=[
+                        html.Label("Retrieval-head test (causal LMs)"),
+                        dcc.RadioItems(id="new-retrieval-test", value=DEFAULT_OPTIONS["retrieval_test"], options=[
+                            {"label": " needle sentence, question, ROUGE-1 on words (released code)", "value": "text"},
+                            {"label": " random-token copy test (variant)", "value": "synthetic"}]),
+                    ]),
+                ]),
+                html.P("Needle-in-a-haystack texts (empty: the released detector's needle and question, and a "
+                       "built-in haystack). The answer is what the model must reproduce; it must be part of the "
+                       "needle (empty: the whole needle).", className="muted"),
+                html.Div(className="row", children=[
+                    html.Div(className="field", style={"flex": "1"}, children=[
+                        html.Label("Needle"), dcc.Textarea(id="new-needle", style={"width": "100%", "height": "3em"})]),
+                    html.Div(className="field", style={"flex": "1"}, children=[
+                        html.Label("Question"), dcc.Textarea(id="new-question", style={"width": "100%", "height": "3em"})]),
+                    html.Div(className="field", style={"flex": "1"}, children=[
+                        html.Label("Answer"), dcc.Textarea(id="new-answer", style={"width": "100%", "height": "3em"})]),
+                ]),
+                html.Div(className="field", children=[
+                    html.Label("Haystack"), dcc.Textarea(id="new-haystack", style={"width": "100%", "height": "5em"})]),
+            ]),
             html.P(limits_text(), className="limits", id="new-limits"),
             html.Button("Analyse", id="new-submit", className="btn", n_clicks=0),
             dcc.Loading(html.Div(id="new-message"), type="dot"),
@@ -165,9 +197,12 @@ def on_upload(contents, filenames, current, images):
     State("new-model", "value"), State("new-model-custom", "value"), State("new-prompts", "value"),
     State("new-images", "data"), State("new-analyses", "value"), State("new-labels", "data"),
     State("new-map-methods", "value"), State("new-map-points", "value"),
+    State("new-importance-rule", "value"), State("new-retrieval-test", "value"), State("new-needle", "value"),
+    State("new-question", "value"), State("new-answer", "value"), State("new-haystack", "value"),
     prevent_initial_call=True,
 )
-def on_submit(_n, model, custom, text, images, analyses, labels=None, map_methods=None, map_points=None):
+def on_submit(_n, model, custom, text, images, analyses, labels=None, map_methods=None, map_points=None,
+              importance_rule=None, retrieval_test=None, needle=None, question=None, answer=None, haystack=None):
     model = (custom or "").strip() or model or DEFAULT_MODEL
     s = state.settings()
     try:
@@ -191,6 +226,14 @@ def on_submit(_n, model, custom, text, images, analyses, labels=None, map_method
             [p for p in inputs if p.strip()]
         ):  # the CSV's labels, while the text is as uploaded
             options["labels"] = labels["labels"]
+        if importance_rule and importance_rule != DEFAULT_OPTIONS["importance_rule"]:
+            options["importance_rule"] = importance_rule
+        if retrieval_test and retrieval_test != DEFAULT_OPTIONS["retrieval_test"]:
+            options["retrieval_test"] = retrieval_test
+        for key, value in (("retrieval_needle", needle), ("retrieval_question", question),
+                           ("retrieval_answer", answer), ("retrieval_haystack", haystack)):
+            if value and value.strip():
+                options[key] = value
         run_id, _ = jobs.submit(state.cache(), s, model, inputs, options, kind=kind, client="browser")
     except (SpecError, ModelError, jobs.RateLimited) as exc:
         return alert(str(exc)), no_update

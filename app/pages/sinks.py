@@ -24,6 +24,8 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 from app import sinks_data, state
 from app.components import alert, help_text, query_int
 from app.run_gate import poll_interval, sync_url, wait_for_run
+from backend import metrics as sink_defs
+from backend import vocab
 from app.view_links import register_view
 from backend import names
 from backend import figures_sinks as fs
@@ -36,11 +38,15 @@ dash.register_page(__name__, path_template="/runs/<run_id>/sinks", title="Attent
 register_view("sinks", "Attention sinks", needs="metrics.sink_first")
 
 SINK_SOURCE = (
-    "Sink rate: the fraction of heads (over all layers) whose first token receives alpha(first) > eps, "
-    f"with alpha(k) the mean attention key k receives from the queries that see it and eps = {SINK_EPS}, as in "
-    "Gu et al., ICLR 2025, 'When Attention Sink Emerges in Language Models: An Empirical View'. "
-    "Attention sinks: Xiao et al., ICLR 2024, 'Efficient Streaming Language Models with Attention Sinks'."
+    "Sink rate (Gu et al., ICLR 2025, 'When Attention Sink Emerges in Language Models: An Empirical View'): "
+    "alpha(k) is the mean attention key k receives from the queries that see it; a head has a first-token "
+    "sink on a prompt when alpha(first) > eps (0.3 in the paper; the slider sets it). Default rule, as the "
+    "released evaluation (sail-sg/Attention-Sink, eval_sink_open_source.py): threshold each prompt's alpha, "
+    "then average over prompts, layers and heads. Variant 'threshold of the prompt-mean alpha': average alpha "
+    "over the prompts first, then count heads. Attention sinks: Xiao et al., ICLR 2024, 'Efficient Streaming "
+    "Language Models with Attention Sinks'. Definitions and sources: docs/REFERENCES.md."
 )
+RULE_LABELS = {r.name: r.label for r in vocab.SINK_RULES}
 MASSIVE_SOURCE = (
     "Massive activations (Sun et al., 2024): a few hidden-state entries of magnitude ~100+ and up to "
     "~10,000x the median, at fixed feature dimensions and on a few tokens. Colour: the largest |activation| "
@@ -61,6 +67,11 @@ def _layer_value(value: Any) -> int | str:
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     metric = query.get("metric") if query.get("metric") in GRID_METRICS else "sink_first"
     view = {"metric": metric, "prompt": query_int(query.get("prompt")), "layer": _layer_value(query.get("layer"))}
+    try:
+        eps = sink_defs.check_sink_eps(query.get("eps", sink_defs.SINK_EPS))
+    except ValueError:
+        eps = sink_defs.SINK_EPS
+    rule = query.get("rule") if query.get("rule") in sink_defs.SINK_RULES else sink_defs.DEFAULT_SINK_RULE
     return html.Div([
         dcc.Store(id="sinks-run-id", data=run_id),
         dcc.Store(id="sinks-info"),
@@ -88,10 +99,24 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                 html.Button("Download grid (JSON)", id="sinks-json-btn", className="btn secondary", n_clicks=0),
                 dcc.Download(id="sinks-download"),
             ]),
+            html.Div(className="row", children=[
+                html.Div(className="field", style={"minWidth": "320px"}, children=[
+                    html.Label(["Sink threshold eps ", help_text("A head has a first-token sink on a prompt when "
+                                                                  "alpha(first) > eps; Gu et al. use 0.3.")]),
+                    dcc.Slider(id="sinks-eps", min=0.0, max=1.0, step=0.01, value=eps,
+                               marks={v / 10: f"{v / 10:g}" for v in range(0, 11, 2)},
+                               tooltip={"placement": "bottom", "always_visible": True}),
+                ]),
+                html.Div(className="field", children=[
+                    html.Label(["Sink-rate rule ", help_text(SINK_SOURCE)]),
+                    dcc.RadioItems(id="sinks-rule", value=rule,
+                                   options=[{"label": RULE_LABELS[r], "value": r} for r in sink_defs.SINK_RULES]),
+                ]),
+            ]),
             html.P(id="sinks-rate", className="sink-rate"),
             dcc.Graph(id="sinks-grid", config={"displaylogo": False}),
             html.P("Hover a cell for its value; click a cell to open that head on the run page. "
-                   "Red outlines: heads with a first-token sink (alpha > eps).", className="muted"),
+                   "Red outlines: heads whose prompt-mean alpha(first) > eps.", className="muted"),
         ]),
         html.Div(id="sinks-prompt-card", className="card", style={"display": "none"}, children=[
             html.Div(className="row", children=[
@@ -152,39 +177,54 @@ def setup(info, view):
             shown if has("streaming.nll_full") else hidden, prompts, prompt, layers, layer)
 
 
-def _view_query(metric, prompt, layer, info) -> dict | None:
+def _view_query(metric, prompt, layer, eps, rule, info) -> dict | None:
     """The view in the URL (write only: the layout reads it on load)."""
     if not info or metric is None or prompt is None or layer is None:
         return None
-    return {"metric": metric, "prompt": prompt, "layer": layer}
+    return {"metric": metric, "prompt": prompt, "layer": layer, "eps": f"{float(eps):g}", "rule": rule}
 
 
-sync_url("sinks-url", [("sinks-metric", "value"), ("sinks-prompt", "value"), ("sinks-layer", "value")],
-         ("sinks-info", "data"), _view_query)
+sync_url("sinks-url", [("sinks-metric", "value"), ("sinks-prompt", "value"), ("sinks-layer", "value"),
+                       ("sinks-eps", "value"), ("sinks-rule", "value")], ("sinks-info", "data"), _view_query)
 
 
-def sink_rate_text(metrics: dict[str, Any]) -> list:
-    first = np.asarray(metrics.get("sink_first", []), dtype=np.float64)
-    rate = metrics.get("sink_rate")
-    if rate is None or first.size == 0:
-        return ["No sink rate for this run."]
-    n_sink = int((first > SINK_EPS).sum())
-    return [html.B(f"Sink rate {rate:.3f}"),
-            f": {n_sink} of {first.size} heads have alpha(first) > eps = {SINK_EPS} (Gu et al., ICLR 2025) ",
+def sink_rate_text(run_id: str, eps: float, rule: str) -> list:
+    """The sink rate at ``eps`` by ``rule``, with what it counts (from the stored per-prompt alpha)."""
+    try:
+        s = state.sink_summary(run_id, eps, rule)
+    except (state.ViewError, state.NotReady, LookupError) as exc:
+        return [str(exc)]
+    if s["share"] is None:
+        what = "stored rate of an older run"
+    elif rule == "per_prompt":
+        what = f"share of (prompt, layer, head) triples over {s['n_prompts']} prompt(s) with alpha(first) > eps"
+    else:
+        what = f"share of heads whose alpha(first), averaged over {s['n_prompts']} prompt(s), is > eps"
+    return [html.B(f"Sink rate {s['sink_rate']:.4f}"), f" at eps = {s['eps']:g}, rule: {RULE_LABELS[rule]}: {what}. ",
             help_text(SINK_SOURCE)]
 
 
 @callback(Output("sinks-grid", "figure"), Output("sinks-rate", "children"), Output("sinks-metric-help", "children"),
-          Input("sinks-metric", "value"), Input("sinks-info", "data"))
-def render_grid(metric, info):
+          Input("sinks-metric", "value"), Input("sinks-info", "data"), Input("sinks-eps", "value"),
+          Input("sinks-rule", "value"), State("sinks-run-id", "data"))
+def render_grid(metric, info, eps, rule, run_id):
     if not info or not info["metrics"] or metric not in GRID_METRICS:
         return no_update, no_update, no_update
+    try:
+        eps = sink_defs.check_sink_eps(eps)
+    except ValueError:
+        eps = sink_defs.SINK_EPS
+    rule = rule if rule in sink_defs.SINK_RULES else sink_defs.DEFAULT_SINK_RULE
     values = info["metrics"].get(metric)
     if values is None:
         return fs.head_grid(np.zeros((1, 1)), metric, "not in this run"), "", ""
     grid = np.asarray(values, dtype=np.float64)
     title = f"{fs.METRICS[metric]['label']} per layer x head (mean over {len(info['tokens'])} prompt(s))"
-    return fs.head_grid(grid, metric, title), sink_rate_text(info["metrics"]), help_text(fs.METRICS[metric]["help"])
+    try:
+        text = sink_rate_text(run_id, eps, rule)
+    except state.REDIS_ERRORS:
+        text = [state.REDIS_DOWN]
+    return fs.head_grid(grid, metric, title, eps=eps), text, help_text(fs.METRICS[metric]["help"])
 
 
 @callback(Output("sinks-go", "href"), Input("sinks-grid", "clickData"), State("sinks-run-id", "data"),
@@ -284,15 +324,19 @@ def grid_csv(values: np.ndarray) -> str:
 
 @callback(Output("sinks-download", "data"), Input("sinks-csv-btn", "n_clicks"), Input("sinks-json-btn", "n_clicks"),
           State("sinks-metric", "value"), State("sinks-info", "data"), State("sinks-run-id", "data"),
-          prevent_initial_call=True)
-def download(_csv, _json, metric, info, run_id):
+          State("sinks-eps", "value"), State("sinks-rule", "value"), prevent_initial_call=True)
+def download(_csv, _json, metric, info, run_id, eps, rule):
     if not info or metric not in (info.get("metrics") or {}):
         return no_update
     grid = np.asarray(info["metrics"][metric], dtype=np.float64)
     stem = f"{metric}_{run_id[:8]}"
     if dash.ctx.triggered_id == "sinks-csv-btn":
         return dict(content=grid_csv(grid), filename=f"{stem}.csv")
+    try:
+        sink = state.sink_summary(run_id, eps, rule)
+    except (state.ViewError, state.NotReady, LookupError):
+        sink = {"eps": SINK_EPS, "rule": None, "sink_rate": info["metrics"].get("sink_rate")}
     body = {"run_id": run_id, "model": info.get("model"), "metric": metric, "n_layers": info["n_layers"],
-            "n_heads": info["n_heads"], "eps": SINK_EPS, "sink_rate": info["metrics"].get("sink_rate"),
+            "n_heads": info["n_heads"], "eps": sink["eps"], "sink_rule": sink["rule"], "sink_rate": sink["sink_rate"],
             "values": [[None if not np.isfinite(v) else float(v) for v in row] for row in grid]}
     return dict(content=json.dumps(body), filename=f"{stem}.json")

@@ -17,7 +17,7 @@ from app import state, vit_data
 from app.components import alert, empty_figure, field, help_text
 from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
-from backend import figures_vit, names, vit
+from backend import figures_vit, names, vit, vocab
 
 dash.register_page(__name__, path_template="/runs/<run_id>/vit", title="Patch attention · Attention Atlas",
                    name="Patch attention", order=1)  # before the run page, whose /runs/<run_id> would match too
@@ -25,9 +25,13 @@ register_view("vit", "Patch attention", needs=names.resid_norm(0, 0))
 
 ROLLOUT_HELP = (
     "Attention rollout (Abnar & Zuidema 2020): per layer fuse the heads (mean, max or min), optionally zero "
-    "the lowest 'discard' fraction of attentions (the CLS row and column are kept), add the residual "
-    "0.5*A + 0.5*I, renormalise rows, multiply across layers. Shown: the CLS row over the patches."
+    "the lowest 'discard' fraction of attentions, add the residual 0.5*A + 0.5*I, renormalise rows, multiply "
+    "across layers. Shown: the CLS row over the patches. Discard rule, default as the released code "
+    "(jacobgil/vit-explain, vit_rollout.py): the lowest fraction of all entries of the fused matrix, sparing "
+    "only CLS->CLS; variant 'spare CLS row and column': never drop an entry of the CLS row or column. "
+    "Definitions and sources: docs/REFERENCES.md."
 )
+DISCARD_LABELS = {r.name: r.label for r in vocab.DISCARD_RULES}
 NORM_HELP = {
     "sd": "high norm: above mean + 3 sd of the layer's patch-token norms",
     "median": "high norm: above 2 x the median of the layer's patch-token norms",
@@ -59,6 +63,8 @@ def parse_view(query: dict) -> dict:
         "opacity": _float(query.get("opacity"), 0.6, 0.0, 1.0),
         "patch": _int(query.get("patch"), None),
         "rule": query.get("rule") if query.get("rule") in vit.NORM_RULES else "sd",
+        "discard_rule": (query.get("discard_rule") if query.get("discard_rule") in vit.DISCARD_RULES
+                         else vit.DEFAULT_DISCARD_RULE),
     }
 
 
@@ -100,6 +106,9 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                 field("Discard ratio (lowest attentions dropped)", dcc.Slider(
                     id="vit-discard", min=0, max=0.95, step=0.05, value=view["discard"],
                     marks={0: "0", 0.5: "0.5", 0.9: "0.9"}), "320px"),
+                field("Discard rule", dcc.RadioItems(
+                    id="vit-discard-rule", value=view["discard_rule"],
+                    options=[{"label": DISCARD_LABELS[r], "value": r} for r in vit.DISCARD_RULES])),
             ]),
             _graph("vit-rollout"),
         ]),
@@ -208,19 +217,21 @@ def render_heads(image, layer, head, opacity, patch, run_id, info):
 @callback(
     Output("vit-rollout", "figure"),
     Input("vit-image", "value"), Input("vit-fusion", "value"), Input("vit-discard", "value"),
-    Input("vit-opacity", "value"), Input("vit-patch", "data"), State("vit-id", "data"), State("vit-info", "data"),
+    Input("vit-opacity", "value"), Input("vit-patch", "data"), Input("vit-discard-rule", "value"),
+    State("vit-id", "data"), State("vit-info", "data"),
 )
-def render_rollout(image, fusion, discard, opacity, patch, run_id, info):
+def render_rollout(image, fusion, discard, opacity, patch, discard_rule, run_id, info):
     if not info or image is None:
         return no_update
     lay = _layout(info)
     try:
-        grid, _, fusion, discard = vit_data.rollout(run_id, image, fusion, discard or 0.0)
+        grid, _, fusion, discard = vit_data.rollout(run_id, image, fusion, discard or 0.0, discard_rule)
         uri, w, hgt = vit_data.display(run_id, int(image), lay.rows, lay.cols)
     except VIEW_ERRORS as exc:
         return empty_figure(f"rollout not available: {exc}", 260)
     return figures_vit.overlay(uri, w, hgt, grid, lay, float(opacity if opacity is not None else 0.6),
-                               title=f"rollout over {info['n_layers']} layers · fusion {fusion} · discard {discard:.2f}",
+                               title=f"rollout over {info['n_layers']} layers · fusion {fusion} · discard {discard:.2f}"
+                                     + (f" ({DISCARD_LABELS.get(discard_rule, '')})" if discard > 0 else ""),
                                value_name="relevance", selected=_patch_rc(patch, lay))
 
 
@@ -294,17 +305,19 @@ def pick_head(click, info):
     return h if isinstance(h, int) and 0 <= h < info["n_heads"] else no_update
 
 
-def _view_query(image, layer, head, fusion, discard, opacity, patch, rule, info) -> dict | None:
+def _view_query(image, layer, head, fusion, discard, opacity, patch, rule, discard_rule, info) -> dict | None:
     """The view in the URL query, so the URL re-opens the same view."""
     if not info or image is None or layer is None or head is None:
         return None
     q = {"image": image, "layer": layer, "head": head, "fusion": fusion, "discard": round(float(discard or 0), 2),
-         "opacity": round(float(opacity if opacity is not None else 0.6), 2), "rule": rule}
+         "opacity": round(float(opacity if opacity is not None else 0.6), 2), "rule": rule,
+         "discard_rule": discard_rule}
     if isinstance(patch, int):
         q["patch"] = patch
     return q
 
 
 sync_url("vit-url", [("vit-image", "value"), ("vit-layer", "value"), ("vit-head", "value"), ("vit-fusion", "value"),
-                     ("vit-discard", "value"), ("vit-opacity", "value"), ("vit-patch", "data"), ("vit-rule", "value")],
+                     ("vit-discard", "value"), ("vit-opacity", "value"), ("vit-patch", "data"), ("vit-rule", "value"),
+                     ("vit-discard-rule", "value")],
          ("vit-info", "data"), _view_query, prevent_initial_call=False)

@@ -103,6 +103,8 @@ class CaptureSession:
     model: nn.Module
     reducers: list = field(default_factory=list)
     gates: torch.Tensor | None = None
+    # when a dict: every layer puts a per-token leaf gate ``[B, H, T, 1]`` (valued as ``gates``) in it
+    token_gates: dict[int, torch.Tensor] | None = None
     chunk_size: int | None = None
     prompts: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
@@ -194,6 +196,12 @@ def atlas_attention(
         if session.gates is not None:
             # gates [L, H] (shared by all rows) or [B, L, H] (one per batch row: per-example gradients)
             gate = session.gates[..., layer, :].to(device=query.device, dtype=query.dtype).reshape(-1, hq, 1, 1)  # [1|B, Hq, 1, 1]
+        if session.token_gates is not None:
+            # one leaf gate per row, head and query position, valued as the head's gate: its gradient is the
+            # per-token dL/dxi (Michel et al.'s released code); the sum over positions is the per-row dL/dxi
+            base = gate.detach() if gate is not None else torch.ones(1, hq, 1, 1, device=query.device, dtype=query.dtype)
+            gate = base.expand(b, hq, t, 1).clone().requires_grad_(True)  # [B, Hq, T, 1]
+            session.token_gates[layer] = gate
 
     outs = []
     weights_full = None
@@ -219,7 +227,7 @@ def atlas_attention(
         weights_d = nn.functional.dropout(weights, p=dropout, training=module.training)
         out = torch.matmul(weights_d, value_r)  # [B, Hq, tq, d]
         if gate is not None:
-            out = out * gate
+            out = out * (gate[:, :, q0:q1] if gate.shape[2] > 1 else gate)
         outs.append(out)
         if chunk >= t:
             weights_full = weights

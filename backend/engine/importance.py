@@ -1,17 +1,34 @@
-"""Head importance and pruning curves (Michel, Levy, Neubig, NeurIPS 2019; REFERENCES.md section 2).
+"""Head importance and pruning curves (Michel, Levy, Neubig, NeurIPS 2019; docs/REFERENCES.md section 2).
 
 A gate ``xi[l, h]`` (1 by default) multiplies each head's output before the output projection (the
-capture engine's gates). Importance ``I[l, h] = E_x |dL(x)/d xi[l, h]|``: the absolute value is taken
-*per example*, as the reference defines it (the paper's released code takes ``|.|`` of each *batch*
-gradient instead, which lets gradients of different examples cancel). The loss ``L(x)`` per model type
-is documented in :mod:`backend.engine.losses`.
+capture engine's gates). Two ways to take the absolute value (:data:`REDUCTIONS`), both from the same
+backward pass:
 
-Per-example gradients in one backward pass: the gates handed to the engine have shape ``[B, L, H]``
-(one copy per batch row, all equal to the current mask). Rows of a batch never interact in the forward
-pass, and every per-example loss ``L(x_b)`` depends only on row ``b`` (the encoder's contrastive
-targets are fixed and detached), so ``d(sum_b L(x_b))/d gates[b] = dL(x_b)/d xi`` exactly: batching
-changes the cost, not the numbers. (A model whose rows interact, e.g. a mixture-of-experts with
-capacity limits, would break this; none of the supported families do.)
+* ``"per_token"`` (default; the authors' released code: ``calculate_head_importance`` in
+  ``classifier_eval.py`` of pmichel31415's pytorch-pretrained-BERT fork, branch ``paul``, and ``prune.py`` of
+  their fairseq fork): the gradient of the loss with respect to a head's output at *each position*,
+  dotted with that output (= ``dL/d xi[l, h, t]`` for a gate per position), taken in absolute value per
+  token, summed over positions and examples, divided by the number of tokens:
+  ``I = sum_x sum_t |dL(x)/d xi_t| / #tokens``;
+* ``"per_example"`` (the paper's eq. 2, ``I = E_x |dL(x)/d xi|``; Attention Atlas <= engine 4): the
+  absolute value of each example's gate gradient (the sum over positions of the per-token ones),
+  averaged over examples.
+
+The rankings differ (opposite-signed positions cancel in the second). HuggingFace's ``run_bertology.py``
+(often mistaken for the authors' code) takes ``|.|`` of each *batch* gradient, which neither rule does.
+The released ``classifier_eval.py`` writes the per-position product as ``einsum("bhli,bhlj->bhl")``
+(sum of the gradient times sum of the output, a typo for the dot product that fairseq's ``prune.py`` and the
+gate derivative use); we follow the dot product. The loss ``L(x)`` per model type is documented in
+:mod:`backend.engine.losses`; the per-example losses are summed (no mean over the batch), as the
+released ``loss = model(...).sum()``.
+
+Per-example and per-token gradients in one backward pass: the engine gives each layer a leaf gate per
+batch row, head and query position (``CaptureSession.token_gates``), valued as the current mask. Rows of
+a batch never interact in the forward pass, and every per-example loss ``L(x_b)`` depends only on row
+``b`` (the encoder's contrastive targets are fixed and detached), so the gradients of ``sum_b L(x_b)``
+are the per-example ones exactly: batching changes the cost, not the numbers. (A model whose rows
+interact, e.g. a mixture-of-experts with capacity limits, would break this; none of the supported
+families do.) Padded positions get no gradient and are not counted as tokens.
 
 Pruning (paper section 4): remove ``step_fraction`` of all heads per step, lowest importance first,
 recomputing importance over the remaining heads after each step (``recompute=True``); a layer may
@@ -27,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backend import vocab
 from backend.engine.cancel import Cancelled  # noqa: F401  (one class: the worker catches it; re-exported)
 from backend.engine.capture import CaptureSession
 from backend.engine.losses import (
@@ -41,6 +59,14 @@ from backend.engine.losses import (
 Progress = Callable[[float, str], None] | None  # (fraction done in [0, 1], stage), as in analyze.py
 ShouldCancel = Callable[[], bool] | None
 ORDERS = ("importance", "random", "reverse")
+REDUCTIONS: dict[str, str] = {r.name: f"{r.label}: {r.source}" for r in vocab.IMPORTANCE_RULES}
+DEFAULT_REDUCTION = vocab.IMPORTANCE_RULES[0].name
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"importance rule must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    return reduction
 
 
 def model_shape(model: nn.Module) -> tuple[int, int]:
@@ -92,34 +118,55 @@ def _can_fuse(task: str, batches: list[dict], gates: torch.Tensor) -> bool:
     return ones and (task == "classifier" or (task == "encoder" and len(batches) == 1))
 
 
+def _real_positions(batch: dict, shape: tuple[int, int], device) -> torch.Tensor:
+    """``[B, T]`` bool: the real (unpadded) query positions of a batch."""
+    mask = batch.get("attention_mask")
+    if mask is None or tuple(mask.shape) != shape:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    return mask.to(device).bool()
+
+
 def _pass(model, batches, task, targets, gates, grad, should_cancel=None, progress=None):
-    """One pass over the data at ``gates [L, H]``: metrics, and with ``grad`` the summed per-example
-    ``|dL(x)/d xi|`` ``[L, H]`` and the number of examples that have a loss. ``targets=None``: taken
+    """One pass over the data at ``gates [L, H]``: metrics, and with ``grad`` the summed gate gradients
+    ``{"per_example": sum_x |dL(x)/d xi|, "per_token": sum_x sum_t |dL(x)/d xi_t|}`` (each ``[L, H]``) and
+    ``{"per_example": #examples with a loss, "per_token": #their real tokens}``. ``targets=None``: taken
     from the pass's own outputs (see :func:`_can_fuse`)."""
     n_layers, n_heads = gates.shape
-    imp = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-    n_examples, loss_sum, count, correct = 0, 0.0, 0, 0
+    imp = {r: torch.zeros(n_layers, n_heads, dtype=torch.float64) for r in REDUCTIONS}
+    counts = {r: 0 for r in REDUCTIONS}
+    loss_sum, count, correct = 0.0, 0, 0
     with _EvalMode(model):
         for i, batch in enumerate(batches):
             tgt = None if targets is None else targets[i]
             if should_cancel is not None and should_cancel():
                 raise Cancelled("cancelled")
-            # per-example gates [B, L, H] for gradients, the shared [L, H] otherwise
-            g = gates.expand(_batch_size(batch), n_layers, n_heads).clone().requires_grad_() if grad else gates
-            with torch.set_grad_enabled(grad), CaptureSession(model, gates=g) as session:
+            token_gates: dict[int, torch.Tensor] | None = {} if grad else None
+            with torch.set_grad_enabled(grad), CaptureSession(model, gates=gates, token_gates=token_gates) as session:
                 out = model_output(task, model, batch, tgt)
             session.check_captured()
             tgt = _fused_targets(task, batch, out) if tgt is None else tgt
             terms = terms_from_output(task, out, batch, tgt)
             if grad:
                 w = terms.weight  # [B] examples that have a loss
-                (grad_g,) = torch.autograd.grad((terms.per_example * w).sum(), g)  # [B, L, H]
-                imp += grad_g.detach().abs()[w].sum(0).to("cpu", torch.float64)
-                n_examples += int(w.sum())
+                leaves = [token_gates[layer] for layer in range(n_layers)]
+                grads = torch.autograd.grad((terms.per_example * w).sum(), leaves)  # L x [B, H, T, 1]
+                g = torch.stack([x[..., 0] for x in grads], dim=1).detach().to("cpu", torch.float64)  # [B, L, H, T]
+                real = _real_positions(batch, (g.shape[0], g.shape[-1]), "cpu")  # [B, T]
+                g = g * real[:, None, None, :]
+                keep = w.detach().to("cpu")
+                imp["per_example"] += g.sum(-1).abs()[keep].sum(0)
+                imp["per_token"] += g.abs().sum(-1)[keep].sum(0)
+                counts["per_example"] += int(keep.sum())
+                counts["per_token"] += int(real[keep].sum())
             loss_sum, count, correct = loss_sum + terms.loss_sum, count + terms.count, correct + terms.correct
             if progress is not None:
                 progress((i + 1) / len(batches), f"head importance: batch {i + 1}/{len(batches)}")
-    return imp, n_examples, metrics_from(task, loss_sum, count, correct)
+    return imp, counts, metrics_from(task, loss_sum, count, correct)
+
+
+def _scores(imp: dict, counts: dict, reduction: str) -> np.ndarray:
+    """The importance ``[L, H]`` of ``reduction`` from :func:`_pass`'s sums."""
+    return imp[reduction].numpy() / max(counts[reduction], 1)
 
 
 def _normalise(imp: np.ndarray, alive: np.ndarray | None = None) -> np.ndarray:
@@ -138,8 +185,9 @@ def head_importance(
     *,
     targets: list[dict] | None = None,
     gates=None,
+    reduction: str = DEFAULT_REDUCTION,
 ) -> np.ndarray:
-    """``I [L, H]`` = mean over examples of ``|dL(x)/d xi[l, h]|`` at ``gates`` (default all 1).
+    """``I [L, H]`` at ``gates`` (default all 1) by ``reduction`` (:data:`REDUCTIONS`; module docstring).
 
     ``targets`` from :func:`backend.engine.losses.prepare_targets` (computed with defaults when None;
     for classifiers, and encoders given one batch, at all-one gates they come from the gradient pass
@@ -147,12 +195,22 @@ def head_importance(
     ``should_cancel()`` is polled between batches. Cost: one forward + backward per batch, whatever
     the batch size (per-example gates).
     """
+    out = head_importance_all(model, batches, task, progress, should_cancel, targets=targets, gates=gates)
+    out = out[check_reduction(reduction)]
+    return _normalise(out) if normalise_layers else out
+
+
+def head_importance_all(
+    model: nn.Module, batches: list[dict], task: str, progress: Progress = None, should_cancel: ShouldCancel = None,
+    *, targets: list[dict] | None = None, gates=None,
+) -> dict[str, np.ndarray]:
+    """Both rules of :data:`REDUCTIONS` from one pass: ``{"per_token": [L, H], "per_example": [L, H]}``
+    (not normalised)."""
     base = _gates(model, gates)
     if targets is None and not _can_fuse(task, batches, base):
         targets = prepare_targets(task, model, batches)
-    imp, n, _ = _pass(model, batches, task, targets, base, True, should_cancel, progress)
-    out = imp.numpy() / max(n, 1)
-    return _normalise(out) if normalise_layers else out
+    imp, counts, _ = _pass(model, batches, task, targets, base, True, should_cancel, progress)
+    return {r: _scores(imp, counts, r) for r in REDUCTIONS}
 
 
 def evaluate_with_gates(model: nn.Module, batches: list[dict], task: str, gates, *, targets=None) -> dict:
@@ -184,8 +242,11 @@ def pruning_curve(
     should_cancel: ShouldCancel = None,
     targets: list[dict] | None = None,
     normalise_layers: bool = True,
+    reduction: str = DEFAULT_REDUCTION,
 ) -> dict:
     """Metric against the fraction of heads removed, from 0 to 1 in steps of ``step_fraction``.
+
+    ``reduction`` is the importance rule that orders the heads (:data:`REDUCTIONS`).
 
     ``order``: ``"importance"`` (least important first), ``"reverse"`` (most important first) or
     ``"random"`` (one random order per seed; ``loss``/``perplexity``/``accuracy`` are the means over
@@ -198,6 +259,7 @@ def pruning_curve(
         raise ValueError(f"order must be one of {ORDERS}")
     if not 0 < step_fraction <= 1:
         raise ValueError("step_fraction must be in (0, 1]")
+    check_reduction(reduction)
     if targets is None:
         targets = prepare_targets(task, model, batches)
     n_layers, n_heads = model_shape(model)
@@ -209,6 +271,7 @@ def pruning_curve(
         "task": task, "order": order, "recompute": recompute, "step_fraction": step_fraction,
         "n_layers": n_layers, "n_heads": n_heads, "n_removed": counts,
         "fractions": [c / total for c in counts], "label_source": targets[0].get("label_source"),
+        "reduction": reduction,
     }
     if order == "random":
         return {**out, **_random_curves(model, batches, task, targets, base, counts, seeds, progress,
@@ -228,7 +291,7 @@ def pruning_curve(
         if c == total:
             break
         if need:
-            scores = imp.numpy() / max(n, 1)
+            scores = _scores(imp, n, reduction)
             scores = _normalise(scores, alive) if normalise_layers else scores
         for flat in _order(scores, alive, order == "reverse")[: counts[k + 1] - c]:
             layer, head = divmod(int(flat), n_heads)

@@ -1,6 +1,6 @@
 """Head importance and pruning curves as a post-capture stage, and the live pruning experiment.
 
-Michel, Levy, Neubig, NeurIPS 2019, "Are Sixteen Heads Really Better than One?" (REFERENCES.md
+Michel, Levy, Neubig, NeurIPS 2019, "Are Sixteen Heads Really Better than One?" (docs/REFERENCES.md
 section 2); the numbers come from :mod:`backend.engine.importance`, the loss per model type from
 :mod:`backend.engine.losses` (causal LM: next-token NLL; masked LM: NLL of 15 % seeded masked tokens;
 classifier: cross-entropy on the run's ``labels`` option, else on the unpruned model's own predictions;
@@ -8,14 +8,16 @@ sentence encoder without a head, e.g. all-MiniLM-L6-v2: contrastive InfoNCE over
 
 The stage (``"importance"`` in the run's analyses) emits
 
-* ``metrics.importance`` ``[L, H]`` float32: ``I = E_x |dL(x)/d xi|`` over **all** the run's inputs, and
-  ``metrics.importance_normalised``: the same divided by its l2 norm within each layer (the paper's
-  normalisation);
+* ``metrics.importance`` ``[L, H]`` float32: the importance over **all** the run's inputs by the run's
+  ``importance_rule`` option (``per_token``, the authors' released code, default; or ``per_example``, the
+  paper's eq. 2; :data:`backend.engine.importance.REDUCTIONS`), and ``metrics.importance_normalised``: the
+  same divided by its l2 norm within each layer (the paper's normalisation); both rules' raw scores, from
+  the same backward pass, as ``metrics.importance_per_token`` and ``metrics.importance_per_example``;
 * pruning curves on the **first** :data:`MAX_CURVE_PROMPTS` inputs (the cost is about ``3 x steps``
   passes of importance order, as many of reverse order and ``3 seeds x steps`` forward passes of random
   order, so the data set is capped to keep a CPU run in minutes): ``pruning.{importance|reverse|random}``
   ``.fractions|.loss|.perplexity|.accuracy`` (+ ``_std`` for random: mean and population std over seeds
-  0, 1, 2), ``.removed``; 10 % of the heads per step, importance recomputed after each step;
+  0, 1, 2), ``.removed``; 10 % of the heads per step, importance (by the run's rule) recomputed after each step;
 * ``importance.meta``: UTF-8 JSON (uint8) with the task, the objective in words, the label source, the
   prompts used and the baseline metrics (see :func:`describe`);
 
@@ -38,7 +40,16 @@ import torch
 from backend import names
 from backend.engine.cancel import Cancelled
 from backend.engine.inputs import text_batch
-from backend.engine.importance import evaluate_with_gates, head_importance, model_shape, pruning_curve, top_predictions
+from backend.engine.importance import (
+    DEFAULT_REDUCTION,
+    REDUCTIONS,
+    check_reduction,
+    evaluate_with_gates,
+    head_importance_all,
+    model_shape,
+    pruning_curve,
+    top_predictions,
+)
 from backend.engine.losses import model_task, prepare_targets
 from backend.engine.models import LoadedModel
 from backend.prune_spec import check_heads
@@ -123,7 +134,8 @@ def _clean(metrics: dict) -> dict:
     return out
 
 
-def describe(task: str, label_source: str | None, n_prompts: int, n_curve: int) -> dict[str, Any]:
+def describe(task: str, label_source: str | None, n_prompts: int, n_curve: int,
+             rule: str = DEFAULT_REDUCTION) -> dict[str, Any]:
     """What the importance numbers mean, for the page and the API (JSON-able)."""
     objective = OBJECTIVES[task]
     if task == "classifier":
@@ -132,7 +144,8 @@ def describe(task: str, label_source: str | None, n_prompts: int, n_curve: int) 
     return {"task": task, "task_label": TASK_LABELS[task], "objective": objective, "label_source": label_source,
             "n_prompts": n_prompts, "n_curve_prompts": n_curve, "max_curve_prompts": MAX_CURVE_PROMPTS,
             "step_fraction": STEP_FRACTION, "seeds": list(SEEDS), "source": SOURCE,
-            "has_perplexity": task in ("causal_lm", "masked_lm")}
+            "has_perplexity": task in ("causal_lm", "masked_lm"),
+            "importance_rule": rule, "importance_rule_label": REDUCTIONS[rule]}
 
 
 def _json_array(obj: Any) -> np.ndarray:
@@ -198,18 +211,22 @@ def importance_stage(loaded, inputs, options, reducers, emit, progress, should_c
     units = len(inputs) / max(n_curve, 1)  # cost of a pass over all inputs, in curve passes
     budget = _Budget(progress, {"importance": 3 * units, "baseline": units, "importance_order": 3 * n_steps,
                                 "reverse": 3 * n_steps, "random": len(SEEDS) * n_steps})
+    rule = check_reduction(options.get("importance_rule", DEFAULT_REDUCTION))
     targets = _targets(loaded, task, batches, options)
     label_source = targets[0].get("label_source")
-    imp = head_importance(model, batches, task, progress=budget.part("importance"), should_cancel=should_cancel,
-                          targets=targets)
+    both = head_importance_all(model, batches, task, progress=budget.part("importance"), should_cancel=should_cancel,
+                               targets=targets)
+    imp = both[rule]
     normalised = imp / (np.linalg.norm(imp, axis=1, keepdims=True) + 1e-20)  # as head_importance(normalise_layers)
     emit(names.metric("importance"), imp.astype(np.float32))
     emit(names.metric("importance_normalised"), normalised.astype(np.float32))
+    for r, arr in both.items():
+        emit(names.metric(f"importance_{r}"), arr.astype(np.float32))
     if should_cancel():
         raise Cancelled("cancelled by the user")
     budget.part("baseline")(0.0, "head importance: baseline metrics")
     baseline = evaluate_with_gates(model, batches, task, None, targets=targets)
-    meta = describe(task, label_source, len(inputs), n_curve)
+    meta = describe(task, label_source, len(inputs), n_curve, rule)
     meta.update(baseline=_clean(baseline), n_layers=n_layers, n_heads=n_heads)
     if n_curve:
         if n_curve < len(inputs):
@@ -222,7 +239,8 @@ def importance_stage(loaded, inputs, options, reducers, emit, progress, should_c
             curve_batches, curve_targets = batches, targets
         for order, key in (("importance", "importance_order"), ("reverse", "reverse"), ("random", "random")):
             curve = pruning_curve(model, curve_batches, task, order=order, step_fraction=STEP_FRACTION, seeds=SEEDS,
-                                  progress=budget.part(key), should_cancel=should_cancel, targets=curve_targets)
+                                  progress=budget.part(key), should_cancel=should_cancel, targets=curve_targets,
+                                  reduction=rule)
             _emit_curve(emit, order, curve)
             if order == "importance":
                 meta["curve_baseline"] = _clean({k: curve[k][0] if curve[k] is not None else None

@@ -1,4 +1,4 @@
-"""The loss behind head importance and pruning, one per model type (REFERENCES.md section 2).
+"""The loss behind head importance and pruning, one per model type (docs/REFERENCES.md section 2).
 
 A *batch* is a dict of model inputs (``input_ids``, ``attention_mask``, ``pixel_values``, ...) that may
 also carry two metadata keys that are never passed to the model: ``labels`` (classifiers: ``[B]`` class

@@ -44,10 +44,13 @@ def _layer_mean(per_prompt: dict[tuple[int, int], np.ndarray], n_layers: int, sh
 
 class SinkMetricsReducer(BaseReducer):
     """Per layer x head: ``sink_first``, ``sink_special``, ``entropy``, ``distance``, ``previous_token``
-    (mean over prompts), the sink rate, and every prompt's ``received`` (Gu et al. alpha) per layer.
+    (mean over prompts), every prompt's first-token alpha (``sinks.alpha_first [P, L, H]``), the sink rate
+    (per-prompt rule of the released evaluation, :func:`backend.metrics.sink_rate`), and every prompt's
+    ``received`` (Gu et al. alpha) per layer.
 
     ``causal`` selects the alpha denominator (queries ``t >= k`` for decoders, all queries for encoders);
-    the runner knows it from the model config. ``eps`` is the first-token sink threshold.
+    the runner knows it from the model config. ``eps`` is the first-token sink threshold of the stored
+    ``metrics.sink_rate`` (the app recomputes the rate at other thresholds from ``sinks.alpha_first``).
     """
 
     def __init__(self, n_layers: int, n_heads: int, causal: bool, eps: float = ref.SINK_EPS) -> None:
@@ -128,11 +131,22 @@ class SinkMetricsReducer(BaseReducer):
 
     def results(self) -> dict[str, np.ndarray]:
         """``metrics.{name}`` [L, H] float32 (NaN rows: layer never seen), ``metrics.sink_rate`` [] float32,
-        and ``prompt.{p}.blocks.{l}.attn.received`` [H, T_p] float32."""
+        ``sinks.alpha_first`` [P, L, H] float32 (prompts in index order) and
+        ``prompt.{p}.blocks.{l}.attn.received`` [H, T_p] float32."""
         out: dict[str, np.ndarray] = {}
         for name in HEAD_METRICS:
             out[names.metric(name)] = _layer_mean(self._values[name], self.n_layers, (self.n_heads,))
-        rate = ref.sink_rate(out[names.metric("sink_first")], self.eps)
+        first = self._values["sink_first"]
+        prompts = sorted({p for p, _ in first})
+        row = {p: i for i, p in enumerate(prompts)}
+        alpha = np.full((len(prompts), self.n_layers, self.n_heads), np.nan, dtype=np.float32)
+        for (p, layer), v in first.items():
+            alpha[row[p], layer] = v
+        if prompts:
+            out[names.SINK_ALPHA_FIRST] = alpha
+            rate = ref.sink_rate(alpha, self.eps, "per_prompt")
+        else:
+            rate = float("nan")
         out[names.metric("sink_rate")] = np.asarray(rate, dtype=np.float32)
         for (p, layer), alpha in sorted(self._received.items()):
             out[names.attn_received(p, layer)] = alpha

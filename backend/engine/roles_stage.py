@@ -1,4 +1,4 @@
-"""The "roles" stage: per-head role scores for the head atlas (definitions: ``REFERENCES.md`` section 5 and
+"""The "roles" stage: per-head role scores for the head atlas (definitions: ``docs/REFERENCES.md`` section 5 and
 :mod:`backend.roles`; the per-pattern numbers come from :mod:`backend.metrics`).
 
 After the run's capture pass (which gives ``metrics.previous_token``, ``metrics.sink_first`` and
@@ -16,19 +16,38 @@ did not ask for "metrics") the stage runs the model on synthetic inputs:
    is ``roles.positional_profile [L, H, 17]``. Each number is the mean over the sequences. The synthetic
    inputs are used for the positional profile because they are long and of equal length: on short prompts
    the largest offsets have a single query, which a first-token sink makes look like a positional head.
-2. **Retrieval** (Wu et al. 2024), causal LMs with an LM head only: ``len(DEPTHS)`` prompts of the tokenizer's
-   prefix + a haystack of random tokens with a needle of ``CUE_LEN + NEEDLE_LEN`` distinct random tokens
-   (none of them in the haystack) at 20/50/80 % depth + the needle's first ``CUE_LEN`` tokens as the cue;
-   then ``NEEDLE_LEN`` greedy steps with the KV cache, capturing each head's top-attended position for the
-   query that produces each token. The needle scored is the part after the cue. Per trial the score is
-   :func:`backend.roles.retrieval_hits`; ``metrics.retrieval`` is the mean over the trials whose
-   greedy output recalls more than half of the needle (ROUGE-1 on token ids, Wu et al.'s filter), 0 for
-   every head (with a notice) when no trial does. ``roles.retrieval_recall [trials]`` keeps each recall.
-   Simplifications against the paper: random-token haystack and needle instead of essays and a sentence,
-   a copy cue instead of a natural-language question (so the test does not depend on instruction
-   following or on the model's language), contexts of at most ``NIAH_MAX_TOKENS`` tokens instead of up to
-   50k, 3 depths x 1 length; every generated token is scored, including the first (the released code
-   skips the step computed from the prompt pass).
+2. **Retrieval** (Wu et al. 2024), causal LMs with an LM head only; two protocols (run option
+   ``retrieval_test``, :data:`backend.roles.RETRIEVAL_TESTS`):
+
+   * ``"text"`` (default), as the released detector (nightdessert/Retrieval_Head,
+     ``retrieval_head_detection.py``): a haystack text (option ``retrieval_haystack``, default
+     :data:`~backend.roles.RETRIEVAL_HAYSTACK`, repeated to fill the context) is cut to the context
+     budget less the needle, the needle (``retrieval_needle``) is inserted at 20/50/80 % depth, moved back to
+     just after a period token (``insert_needle``), and the question (``retrieval_question``) follows in the
+     released format (``retrieval_template``, default :data:`~backend.roles.RETRIEVAL_TEMPLATE`; with a
+     tokenizer that has a chat template, the released chat form ``<book>{context}</book>`` + question as one
+     user turn with the generation prompt). The
+     answer to recall (``retrieval_answer``, the released ``real_needle``; default the needle) is located in
+     the prompt by :func:`backend.roles.find_needle_span`. Greedy decoding with the KV cache for at most
+     :data:`~backend.roles.RETRIEVAL_MAX_NEW_TOKENS` tokens, stopping after a token whose text holds a
+     newline. The released code prefills all but the last prompt token and then feeds that token, so its
+     first scored step is the query of the last prompt token, which is what our prompt pass's last row
+     gives: every generated token is scored, the first included. A trial counts when the ROUGE-1 recall of
+     the answer's words (Porter-stemmed, :func:`~backend.roles.rouge1_recall`) in the decoded response
+     exceeds 0.5;
+   * ``"synthetic"`` (variant): the tokenizer's prefix + a haystack of random tokens with a needle of
+     ``CUE_LEN + NEEDLE_LEN`` distinct random tokens (none of them in the haystack) at 20/50/80 % depth +
+     the needle's first ``CUE_LEN`` tokens as the cue; ``NEEDLE_LEN`` greedy steps; a trial counts when the
+     output's ROUGE-1 recall on token ids exceeds 0.5. It needs no instruction following, so small models
+     can be probed.
+
+   Per counted trial the score is :func:`backend.roles.retrieval_hits` (top-1 attended position in the
+   answer span holding the generated token, / span length); ``metrics.retrieval`` is the mean over counted
+   trials, 0 for every head (with a notice) when none counts. ``roles.retrieval_recall [trials]`` keeps each
+   trial's recall (the needle recall shown in the atlas), ``roles.retrieval_trials`` (UTF-8 JSON, uint8) the
+   protocol, depths, responses and recalls. Simplification against the paper: contexts of at most
+   ``TEXT_CONTEXT_TOKENS`` (text) or ``NIAH_MAX_TOKENS`` (synthetic) tokens and 3 depths instead of lengths
+   up to 50k and 10 depths.
 3. ``roles.dominant [L, H]`` int32: :func:`backend.roles.dominant_roles` (code table ``ROLES``).
 
 All ``metrics.*`` arrays are float32 ``[L, H]``. Progress and cancellation are checked between sequences
@@ -56,6 +75,8 @@ DEPTHS = (0.2, 0.5, 0.8)
 CUE_LEN = 4
 NEEDLE_LEN = 8
 NIAH_MAX_TOKENS = 160
+TEXT_CONTEXT_TOKENS = 480
+"""Prompt budget of the text protocol (haystack + needle + question), within the model's token limit."""
 _UNUSED = re.compile(r"^[\[<]unused\d+[\]>]$")
 
 
@@ -74,14 +95,15 @@ class PatternCollector(BaseReducer):
 
 
 class TopKey(BaseReducer):
-    """Each head's most-attended key position for the *last* query row: ``top[l] [B, H]`` int64."""
+    """Each head's most-attended key position for the *last* query row: ``top[l] [B, H]`` int64 (``topk(1)``
+    as the released detector, so exact ties, e.g. a uniform row, resolve the same way)."""
 
     def __init__(self) -> None:
         self.top: dict[int, np.ndarray] = {}
 
     def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
         if q0 + pattern.shape[2] == view.query.shape[2]:  # the chunk holding the last query
-            self.top[view.layer] = pattern[:, :, -1, :].float().argmax(dim=-1).cpu().numpy()
+            self.top[view.layer] = pattern[:, :, -1, :].float().topk(1, dim=-1).indices[..., 0].cpu().numpy()
 
 
 # --- inputs -----------------------------------------------------------------------------------------
@@ -195,9 +217,11 @@ def needle_prompt(rng: np.random.Generator, pool: np.ndarray, prefix: Sequence[i
 
 
 def greedy_with_top_keys(loaded: LoadedModel, prompt: Sequence[int], steps: int,
-                         should_cancel: Callable[[], bool] = lambda: False) -> tuple[list[int], np.ndarray]:
+                         should_cancel: Callable[[], bool] = lambda: False,
+                         stop: Callable[[int], bool] | None = None) -> tuple[list[int], np.ndarray]:
     """Greedy generation with the KV cache; returns the generated ids and ``top [steps, layers, heads]``,
-    each head's top-attended position for the query whose logits gave each generated token."""
+    each head's top-attended position for the query whose logits gave each generated token. With ``stop``,
+    generation ends after the first token for which ``stop(id)`` is true (that token is kept and scored)."""
     ids = torch.as_tensor(list(prompt), dtype=torch.long)[None]
     generated: list[int] = []
     tops: list[np.ndarray] = []
@@ -211,6 +235,8 @@ def greedy_with_top_keys(loaded: LoadedModel, prompt: Sequence[int], steps: int,
         nxt = int(out.logits[0, -1].float().argmax())
         generated.append(nxt)
         tops.append(np.stack([top.top[l][0] for l in range(loaded.n_layers)]))  # [layers, heads]
+        if stop is not None and stop(nxt):
+            break
         ids = torch.tensor([[nxt]], dtype=torch.long)
     return generated, np.stack(tops)
 
@@ -232,7 +258,118 @@ def retrieval_scores(loaded: LoadedModel, rng: np.random.Generator, pool: np.nda
     return scores.astype(np.float32), np.asarray(recalls, dtype=np.float32)
 
 
+def newline_stop(tok: Any) -> Callable[[int], bool]:
+    """``stop(id)``: the token's text holds a newline (the released detector stops at ``<0x0A>``, id 144 of Qwen)."""
+    cache: dict[int, bool] = {}
+
+    def stop(i: int) -> bool:
+        if i not in cache:
+            cache[i] = "\n" in tok.decode([int(i)], skip_special_tokens=False)
+        return cache[i]
+
+    return stop
+
+
+def _ids(tok: Any, text: str) -> list[int]:
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def period_ids(tok: Any) -> set[int]:
+    """Ids a sentence-ending period may take (alone, and after a word)."""
+    out = set(_ids(tok, "."))
+    tail = _ids(tok, "word.")
+    if tail:
+        out.add(tail[-1])
+    return out
+
+
+def text_needle_prompt(tok: Any, haystack: str, needle: str, question: str, template: str, answer: str,
+                       budget: int, depth: float, chat: bool = False) -> tuple[list[int], int, int, str]:
+    """The released detector's prompt: ``(ids, answer start, answer end, prompt text)``.
+
+    The haystack (repeated until long enough) is cut to ``budget`` tokens less the needle and the question;
+    the needle goes in at ``depth``, moved back to just after a period token; the context is decoded to text
+    and the question appended in ``template``; the whole is tokenized with the tokenizer's special tokens.
+    With ``chat`` (a tokenizer with a chat template, as the released code does for chat models) the user turn
+    is ``<book>{context}</book>\n`` + the question, with the generation prompt. The answer span is :func:`backend.roles.find_needle_span` of the answer's ids (``-1, -1``: not found).
+    """
+    tail = template.format(question=question)
+    wrap = (lambda body: tok.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                                 add_generation_prompt=True)) if chat else None
+    frame = len(_ids(tok, wrap("<book></book>\n"))) if wrap else 0
+    room = budget - len(_ids(tok, tail)) - frame - 4  # special tokens and re-tokenization at the seams
+    needle_ids = _ids(tok, needle)
+    if room - len(needle_ids) < 8:
+        raise ValueError(f"a context of {budget} tokens is too short for this needle and question")
+    hay_ids = _ids(tok, haystack)
+    if not hay_ids:
+        raise ValueError("the haystack text has no tokens")
+    while len(hay_ids) < room:
+        hay_ids = hay_ids + _ids(tok, " " + haystack)
+    context = hay_ids[: room - len(needle_ids)]
+    point = int(len(context) * depth)
+    periods = period_ids(tok)
+    while point > 0 and context[point - 1] not in periods:
+        point -= 1
+    context_text = tok.decode(context[:point] + needle_ids + context[point:])
+    if wrap:
+        text = wrap(f"<book>{context_text}</book>\n{tail}")
+        ids = _ids(tok, text)[:budget]  # the template holds the special tokens
+    else:
+        text = context_text + tail
+        ids = list(tok(text)["input_ids"])[:budget]
+    start, end = roles.find_needle_span(ids, _ids(tok, answer))
+    return ids, start, end, text
+
+
+def uses_chat(tok: Any, texts: dict[str, str]) -> bool:
+    """The chat form: the tokenizer has a chat template and the run kept the released question format."""
+    return bool(getattr(tok, "chat_template", None)) and texts.get("template") == roles.RETRIEVAL_TEMPLATE
+
+
+def retrieval_texts(options: dict[str, Any]) -> dict[str, str]:
+    """The text protocol's needle, question, answer, haystack and template (run options, else the defaults)."""
+    needle = options.get("retrieval_needle") or roles.RETRIEVAL_NEEDLE
+    answer = options.get("retrieval_answer") or (roles.RETRIEVAL_ANSWER if not options.get("retrieval_needle")
+                                                 else needle.strip())
+    return {"needle": needle, "question": options.get("retrieval_question") or roles.RETRIEVAL_QUESTION,
+            "answer": answer, "haystack": options.get("retrieval_haystack") or roles.RETRIEVAL_HAYSTACK,
+            "template": options.get("retrieval_template") or roles.RETRIEVAL_TEMPLATE}
+
+
+def text_retrieval_scores(loaded: LoadedModel, texts: dict[str, str], budget: int,
+                          should_cancel: Callable[[], bool] = lambda: False,
+                          progress: Callable[[float], None] = lambda f: None,
+                          ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """``(retrieval [layers, heads] float32, recall [trials] float32, trials)`` of the text protocol."""
+    tok = loaded.preprocessor
+    stop = newline_stop(tok)
+    chat = uses_chat(tok, texts)
+    credited, recalls, trials = [], [], []
+    for i, depth in enumerate(DEPTHS):
+        ids, start, end, _ = text_needle_prompt(tok, texts["haystack"], texts["needle"], texts["question"],
+                                                texts["template"], texts["answer"], budget, depth, chat)
+        generated, top = greedy_with_top_keys(loaded, ids, roles.RETRIEVAL_MAX_NEW_TOKENS, should_cancel, stop)
+        response = tok.decode(generated, skip_special_tokens=True).strip()
+        recall = roles.rouge1_recall(texts["answer"], response)
+        counted = start >= 0 and recall > roles.RETRIEVAL_MIN_RECALL
+        if counted:
+            credited.append(roles.retrieval_hits(top, generated, ids + generated, start, end))
+        recalls.append(recall)
+        trials.append({"depth": depth, "context_tokens": len(ids), "answer_span": [start, end], "chat": chat,
+                       "response": response, "recall": recall, "counted": bool(counted)})
+        progress((i + 1) / len(DEPTHS))
+    scores = np.mean(credited, axis=0) if credited else np.zeros((loaded.n_layers, loaded.n_heads))
+    return scores.astype(np.float32), np.asarray(recalls, dtype=np.float32), trials
+
+
 # --- the stage --------------------------------------------------------------------------------------
+
+
+def _json_array(obj: Any) -> np.ndarray:
+    import json  # noqa: PLC0415
+
+    return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8).copy()
 
 
 def _vocab_size(loaded: LoadedModel) -> int:
@@ -278,18 +415,41 @@ def roles_stage(loaded: LoadedModel, inputs: Sequence[Any], options: dict[str, A
     )
     emit(names.role_array("positional_profile"), scores.pop("positional_profile"))
     if causal_lm:
-        context_len = min(limit - NEEDLE_LEN, NIAH_MAX_TOKENS)
-        retrieval, recall = retrieval_scores(
-            loaded, rng, pool, prefix, context_len, should_cancel,
-            lambda f: progress(share + (1 - share) * f, "roles: needle in a haystack"),
-        )
-        scores["retrieval"] = retrieval
-        emit(names.role_array("retrieval_recall"), recall)
-        if not (recall > roles.RETRIEVAL_MIN_RECALL).any():
-            info.notices.append(
-                f"Retrieval: the model did not reproduce the needle in any of {len(recall)} trials (best recall "
-                f"{float(recall.max()):.2f}), so no head could be credited; every retrieval score is 0."
-            )
+        test = options.get("retrieval_test", roles.DEFAULT_RETRIEVAL_TEST)
+        part = lambda f: progress(share + (1 - share) * f, "roles: needle in a haystack")  # noqa: E731
+        texts: dict[str, str] = {}
+        retrieval = None
+        if test == "text":
+            texts = retrieval_texts(options)
+            budget = min(limit - roles.RETRIEVAL_MAX_NEW_TOKENS, TEXT_CONTEXT_TOKENS)
+            try:
+                retrieval, recall, trials = text_retrieval_scores(loaded, texts, budget, should_cancel, part)
+            except ValueError as exc:  # the model's context cannot hold needle, question and 50 new tokens
+                info.notices.append(
+                    f"Retrieval: the model's context of {limit} tokens is too small for the text test ({exc}, with "
+                    f"{roles.RETRIEVAL_MAX_NEW_TOKENS} tokens to generate); the synthetic copy test was used "
+                    "instead (retrieval_test 'synthetic').")
+                test, texts = "synthetic", {}
+        if test == "synthetic":
+            context_len = min(limit - NEEDLE_LEN, NIAH_MAX_TOKENS)
+            retrieval, recall = retrieval_scores(loaded, rng, pool, prefix, context_len, should_cancel, part)
+            trials = [{"depth": d, "recall": float(r), "counted": bool(r > roles.RETRIEVAL_MIN_RECALL)}
+                      for d, r in zip(DEPTHS, recall)]
+        if retrieval is not None:
+            scores["retrieval"] = retrieval
+            emit(names.role_array("retrieval_recall"), recall)
+            emit(names.role_array("retrieval_trials"), _json_array(
+                {"test": test, "label": roles.RETRIEVAL_TESTS[test], "trials": trials,
+                 **{k: v for k, v in texts.items() if k != "haystack"}}))
+            if any(t.get("answer_span", [0])[0] < 0 for t in trials):
+                info.notices.append("Retrieval: the answer's tokens were not found in some prompts (they must "
+                                    "appear in the needle); those trials were not counted.")
+            if not any(t["counted"] for t in trials):
+                info.notices.append(
+                    f"Retrieval: the model did not reproduce the needle in any of {len(recall)} trials (best recall "
+                    f"{float(recall.max()):.2f}, ROUGE-1 > 0.5 needed), so no head could be credited; every "
+                    "retrieval score is 0."
+                )
     elif loaded.causal:
         info.notices.append("Retrieval scores need a causal LM with an LM head; this model has none.")
     for key, arr in scores.items():

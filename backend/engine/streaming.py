@@ -1,4 +1,4 @@
-"""StreamingLLM experiment (Xiao et al., ICLR 2024; REFERENCES.md section 3), a post-capture stage.
+"""StreamingLLM experiment (Xiao et al., ICLR 2024; docs/REFERENCES.md section 3), a post-capture stage.
 
 On the run's first prompt ``x_0 .. x_{T-1}`` (meant to be a long text) we compute the NLL of every next
 token ``x_{t+1}`` (nats, ``[T-1]``) when the query at position ``t`` may see:

@@ -41,6 +41,13 @@ def test_toggle_heads_run_and_compare(live_app, run_id, browser) -> None:
     page.wait_for_function("window.location.search.includes('metric=perplexity') && "
                            "window.location.search.includes('view=normalised')")
     page.wait_for_function("document.querySelector('#imp-curves .gtitle')?.textContent.includes('perplexity')")
+    # both importance rules, labelled: the released code's (default, orders the curves) and the paper's eq. 2
+    assert "per token (released code) (orders the pruning curves)" in page.locator("#imp-grid .gtitle").text_content()
+    page.locator("#imp-rule label", has_text="per example").click()
+    page.wait_for_function("document.querySelector('#imp-grid .gtitle')?.textContent.includes('per example')")
+    page.wait_for_function("window.location.search.includes('rule=per_example')")
+    page.locator("#imp-rule label", has_text="per token").click()
+    page.wait_for_function("window.location.search.includes('rule=per_token')")
 
     # switch two heads off: they turn red and the set is in the URL
     page.click("#imp-head-grid button:has-text('2.0')")

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import submit_run
+from tests.conftest import get_json, submit_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -75,6 +75,13 @@ def test_grid_metric_switch_and_click_to_head(live_app, runs, browser) -> None:
     other.goto(page.url)
     other.wait_for_function("document.querySelector('#sinks-grid .gtitle')?.textContent.includes('entropy')", timeout=60_000)
     other.wait_for_function("document.querySelector('#sinks-received .gtitle')?.textContent.includes('prompt 2, all layers')")
+    # the sink threshold and rule come from the URL, and the rate is the API's at that threshold and rule
+    other.goto(f"{live_app}/runs/{run_id}/sinks?eps=0.45&rule=prompt_mean")
+    other.wait_for_function("document.querySelector('#sinks-rate')?.innerText.includes('eps = 0.45')", timeout=60_000)
+    text = other.locator("#sinks-rate").inner_text()
+    assert "prompt-mean alpha (variant)" in text
+    rate = get_json(live_app, f"/api/runs/{run_id}/metrics?eps=0.45&sink_rule=prompt_mean")["metrics"]["sink_rate"]
+    assert f"Sink rate {rate:.4f}" in text
     other.close()
 
     # click the cell of layer 2, head 5 (6 layers top to bottom, 12 heads left to right)

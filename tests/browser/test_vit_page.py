@@ -106,10 +106,15 @@ def test_vit_run_overlay_rollout_and_shared_url(live_app, worker, browser) -> No
     # the rollout API
     status, body = api_call(live_app, f"/api/runs/{run_id}/rollout?image=1&fusion=mean&discard=0.9")
     assert status == 200 and body["fusion"] == "mean" and body["discard"] == 0.9
+    assert body["discard_rule"] == "all_entries"  # vit-explain's rule by default
+    status, variant = api_call(live_app, f"/api/runs/{run_id}/rollout?image=1&fusion=mean&discard=0.9&discard_rule=spare_cls")
+    assert status == 200 and variant["discard_rule"] == "spare_cls"
+    assert np.abs(np.asarray(variant["grid"]) - np.asarray(body["grid"])).max() > 1e-4
     grid = np.asarray(body["grid"])
     side = int(round((n_tok - 1) ** 0.5))
     assert grid.shape == (side, side) and np.all(grid >= 0) and grid.sum() < 1
     for query, message in (("image=1&fusion=median", "fusion"), ("image=7", "image"),
-                           ("image=0&discard=1.5", "discard"), ("fusion=mean", "image")):
+                           ("image=0&discard=1.5", "discard"), ("fusion=mean", "image"),
+                           ("image=0&discard_rule=none", "discard_rule")):
         status, body = api_call(live_app, f"/api/runs/{run_id}/rollout?{query}")
         assert status == 400 and message in body["error"], (query, body)

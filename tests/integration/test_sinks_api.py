@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -42,8 +43,22 @@ def test_metrics_api_returns_grids_and_a_consistent_sink_rate(live_app, worker) 
         assert grid.shape == (n_layers, n_heads), name
         assert np.isfinite(grid).all()
     assert isinstance(m["sink_rate"], float)
-    assert m["sink_rate"] == pytest.approx(float(np.mean(np.asarray(m["sink_first"]) > 0.3)), abs=1e-6)
+    assert body["sink_eps"] == 0.3 and body["sink_rule"] == "per_prompt"
     first = np.asarray(m["sink_first"])
+    # the default rule thresholds each prompt's alpha (released code); the variant thresholds the mean alpha
+    alpha = np.stack([[np.asarray(_get(live_app, f"/api/runs/{run['run_id']}/received?prompt={p}&layer={l}")
+                                  ["received"])[:, 0] for l in range(n_layers)] for p in range(len(PROMPTS))])
+    assert m["sink_rate"] == pytest.approx(float(np.mean(alpha > 0.3)), abs=1e-6)
+    for eps in (0.2, 0.45):
+        got = _get(live_app, f"/api/runs/{run['run_id']}/metrics?eps={eps}")
+        assert got["sink_eps"] == eps
+        assert got["metrics"]["sink_rate"] == pytest.approx(float(np.mean(alpha > eps)), abs=1e-6)
+    variant = _get(live_app, f"/api/runs/{run['run_id']}/metrics?sink_rule=prompt_mean")
+    assert variant["metrics"]["sink_rate"] == pytest.approx(float(np.mean(first > 0.3)), abs=1e-6)
+    for bad in ("eps=2", "eps=abc", "sink_rule=majority"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _get(live_app, f"/api/runs/{run['run_id']}/metrics?{bad}")
+        assert err.value.code == 400
     assert ((first >= 0) & (first <= 1)).all()
 
     # the per-position view agrees with the grid: alpha(first token) of every head of layer 2, averaged

@@ -106,7 +106,7 @@ def test_gate_gradients_match_central_differences(arch: str) -> None:
             fd.view(-1)[i] = (f(1 + e) - f(1 - e)) / (2 * eps)
     assert fd.abs().max() > 0
     assert ((grad - fd).norm() / fd.norm()).item() < 1e-3
-    imp = head_importance(model, [batch], task, targets=tgt)
+    imp = head_importance(model, [batch], task, targets=tgt, reduction="per_example")  # the paper's eq. 2
     expected = fd.abs().mean(0).numpy()
     assert np.linalg.norm(imp - expected) / np.linalg.norm(expected) < 1e-3
 
@@ -117,9 +117,10 @@ def test_batching_does_not_change_importance(arch: str) -> None:
     model = _build(arch, ATTN_IMPLEMENTATION, torch.float64)
     task, batch = model_task(model), _inputs(arch)
     singles = [{k: v[i : i + 1, : 9 if i == 0 else 6] for k, v in batch.items()} for i in range(2)]
-    together = head_importance(model, [batch], task, targets=_targets(model, [batch]))
-    apart = head_importance(model, singles, task, targets=_targets(model, singles))
-    np.testing.assert_allclose(apart, together, rtol=1e-7, atol=1e-12)
+    for rule in ("per_token", "per_example"):
+        together = head_importance(model, [batch], task, targets=_targets(model, [batch]), reduction=rule)
+        apart = head_importance(model, singles, task, targets=_targets(model, singles), reduction=rule)
+        np.testing.assert_allclose(apart, together, rtol=1e-7, atol=1e-12)
 
 
 @pytest.mark.parametrize("arch", ["vit", "encoder"])

@@ -105,7 +105,12 @@ def test_stage_on_the_demo_lm_and_live_pruning(lm) -> None:
     np.testing.assert_allclose(np.linalg.norm(arrays[names.metric("importance_normalised")], axis=1), 1, rtol=1e-5)
     batches = make_batches(lm, PROMPTS, info.tokens)
     np.testing.assert_allclose(imp, head_importance(lm.model, batches, "causal_lm"), rtol=1e-5)
+    for rule in ("per_token", "per_example"):  # both rules stored, the run's rule (default per_token) as importance
+        np.testing.assert_allclose(arrays[names.metric(f"importance_{rule}")],
+                                   head_importance(lm.model, batches, "causal_lm", reduction=rule), rtol=1e-5)
+    np.testing.assert_array_equal(imp, arrays[names.metric("importance_per_token")])
     meta = read_meta(arrays[names.IMPORTANCE_META])
+    assert meta["importance_rule"] == "per_token" and "released code" in meta["importance_rule_label"]
     assert meta["task"] == "causal_lm" and meta["n_curve_prompts"] == 3 and "next-token" in meta["objective"]
     base = evaluate_with_gates(lm.model, batches, "causal_lm", None)
     assert meta["baseline"]["loss"] == pytest.approx(base["loss"], rel=1e-6)

@@ -41,7 +41,8 @@ def _prompts(seed: int, n: int = 3, length: int = 20) -> list[str]:
 def handset_run():
     loaded = _loaded(hs.build(ATTN_IMPLEMENTATION), hs.tokenizer())
     arrays: dict[str, np.ndarray] = {}
-    info = an.analyze(loaded, _prompts(1), normalise_options({"analyses": ["roles"]}), arrays.__setitem__)
+    info = an.analyze(loaded, _prompts(1), normalise_options({"analyses": ["roles"], "retrieval_test": "synthetic"}),
+                     arrays.__setitem__)
     return arrays, info
 
 

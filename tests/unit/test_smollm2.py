@@ -146,6 +146,19 @@ def test_previous_token_and_induction_heads(roles):
     assert roles["metrics.previous_token"].max() > 0.6
 
 
+def test_retrieval_heads_with_the_released_needle_test(roles):
+    """The released detector's protocol (chat form for this instruct model): SmolLM2 answers with the needle in
+    every trial, and a minority of heads copy it (observed: recall 1.0 x 3, 24 of 270 heads above 0.1, the best
+    L18H6 at 0.97)."""
+    import json
+
+    trials = json.loads(np.asarray(roles["roles.retrieval_trials"], dtype=np.uint8).tobytes().decode())
+    assert trials["test"] == "text" and all(t["chat"] for t in trials["trials"])
+    assert (roles["roles.retrieval_recall"] > 0.5).all(), trials
+    r = roles["metrics.retrieval"]
+    assert r.max() > 0.5 and 0 < (r > 0.1).mean() < 0.2, np.sort(r, axis=None)[-10:]
+
+
 def test_pruning_induction_heads_breaks_copying(loaded, roles):
     """Switching off the 5 strongest induction heads raises the loss on a repeated random sequence far more than
     switching off 5 heads chosen at random."""

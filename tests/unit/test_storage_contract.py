@@ -75,8 +75,8 @@ def test_run_id_is_content_addressed() -> None:
     assert run_id_for(a, "fp") != run_id_for(build_spec("m", ["one", "two"], {"seed": 2}, s), "fp")
     # pinned literals: a change here changes every cached run's address (bump ENGINE_VERSION instead, and update
     # these literals in the same commit)
-    assert run_id_for(RunSpec("m", ("x",), "text", {}), "fp") == "b3c03ee66291cd48eacc3cf49bfc7fb1"
-    assert run_id_for(a, "fp") == "6143d50db62e67992890d64845a2d96e"  # with the default options filled in
+    assert run_id_for(RunSpec("m", ("x",), "text", {}), "fp") == "584a909f83acfb32a700774cf86dc40d"
+    assert run_id_for(a, "fp") == "7f3af7b712817185aae46e8bca4c6313"  # with the default options filled in
     assert len(run_id_for(a, "fp")) == 32
 
 
@@ -91,7 +91,7 @@ def test_bad_prompts_are_refused_with_a_message(prompts, message) -> None:
 
 @pytest.mark.parametrize("options,message", [
     ({"dtype": "int8"}, "dtype"), ({"bogus": 1}, "unknown option"), ({"analyses": ["x"]}, "analyses"),
-    ({"seed": -1}, "seed"), ("x", "object"), ({"max_points_per_head": 10**9}, "between 100 and 50,000"),
+    ({"seed": -1}, "seed"), ("x", "object"), ({"importance_rule": "per_batch"}, "importance_rule"), ({"max_points_per_head": 10**9}, "between 100 and 50,000"),
     ({"max_points_per_head": 5}, "max_points_per_head"), ({"max_points_per_head": 2.5}, "integer"),
     ({"analyses": ["embedding"], "embedding_methods": []}, "at least one projection"),
     ({"embedding_methods": ["mds"]}, "embedding_methods"),

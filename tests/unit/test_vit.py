@@ -29,9 +29,11 @@ def tiny_vit():
 
 
 def reference_rollout(attentions, head_fusion, discard_ratio):
-    """Attention rollout written plainly, after jacobgil/vit-explain (vit_rollout.py), with two documented
-    differences: rows are renormalised (vit-explain's ``a / a.sum(dim=-1)`` broadcasts over columns) and the
-    whole CLS row and column are kept when discarding (vit-explain keeps only the CLS->CLS entry)."""
+    """Attention rollout written plainly, the ``spare_cls`` variant: after jacobgil/vit-explain
+    (vit_rollout.py) with two documented differences: rows are renormalised (vit-explain's
+    ``a / a.sum(dim=-1)`` broadcasts over columns) and the whole CLS row and column are kept when
+    discarding (vit-explain keeps only the CLS->CLS entry; the default rule, tested against it in
+    tests/unit/test_released_code.py)."""
     n = attentions[0].shape[-1]
     result = np.eye(n)
     for attention in attentions:
@@ -58,12 +60,12 @@ def reference_rollout(attentions, head_fusion, discard_ratio):
 @pytest.mark.parametrize("discard", [0.0, 0.5, 0.9])
 def test_rollout_equals_plain_reference_on_tiny_vit(tiny_vit, fusion: str, discard: float) -> None:
     _, patterns, _ = tiny_vit
-    got = vit.rollout(patterns, fusion, discard)
+    got = vit.rollout(patterns, fusion, discard, discard_rule="spare_cls")
     want = reference_rollout(patterns, fusion, discard)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-12)  # a product of row-stochastic matrices
     layout = vit.TokenLayout(n_prefix=1, rows=GRID, cols=GRID)
-    grid = vit.rollout_grid(patterns, layout, fusion, discard)
+    grid = vit.rollout_grid(patterns, layout, fusion, discard, "spare_cls")
     assert grid.shape == (GRID, GRID)
     np.testing.assert_allclose(grid.ravel(), want[0, 1:])
 
@@ -90,6 +92,8 @@ def test_rollout_refuses_bad_parameters(tiny_vit) -> None:
         vit.rollout(patterns, "mean", 1.0)
     with pytest.raises(ValueError):
         vit.rollout([], "mean")
+    with pytest.raises(ValueError, match="discard rule"):
+        vit.rollout(patterns, "mean", 0.5, discard_rule="keep_all")
 
 
 def test_cls_patch_attention_has_the_patch_grid_shape(tiny_vit) -> None:
