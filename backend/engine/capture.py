@@ -6,6 +6,11 @@ RoPE, before the GQA repeat). It computes attention itself (mask-aware, GQA-awar
 over queries), multiplies each head's output by a gate (differentiable: head importance and pruning
 need it) and hands each layer's queries, keys and pattern chunks to *reducers*. The engine never
 holds more than one layer's pattern, and with chunking only ``chunk x S`` of it.
+
+Interventions (``backend.engine.interventions``) use two optional edits of the session, applied here
+for every architecture: ``weights_mod`` rewrites the attention weights after the softmax (scaling or
+masking chosen keys, then renormalising; reducers see the edited pattern) and ``head_mod`` rewrites each
+head's output before the output projection (mean ablation, activation patching, or recording).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class LayerView:
     prompts: list[int]  # global prompt index of each batch row
     lengths: list[int]  # real (unpadded) length of each batch row; padding is on the right
     special: torch.Tensor | None = None  # [B, S] bool: special tokens ([CLS], [SEP], BOS, ...)
+    value: torch.Tensor | None = None  # [B, H, S, d] detached, repeated to query heads (GQA)
 
 
 class Reducer(Protocol):
@@ -112,6 +118,12 @@ class CaptureSession:
     # optional ``score_mod(view, q0, scores [B, H, tq, S]) -> scores``: edits the raw logits of query rows
     # q0.. before softcap and mask (StreamingLLM's re-assigned sink positions: backend.engine.streaming)
     score_mod: Callable[[LayerView, int, torch.Tensor], torch.Tensor] | None = None
+    # optional ``weights_mod(view, q0, weights [B, H, tq, S]) -> weights``: edits the attention weights of
+    # query rows q0.. after the softmax, before reducers see them and before they weight the values
+    weights_mod: Callable[[LayerView, int, torch.Tensor], torch.Tensor] | None = None
+    # optional ``head_mod(view, out [B, H, T, d]) -> out``: edits each head's output (after the gate,
+    # before the output projection)
+    head_mod: Callable[[LayerView, torch.Tensor], torch.Tensor] | None = None
     calls: int = 0
     _token: contextvars.Token | None = None
     _layers: dict[int, int] = field(default_factory=dict)
@@ -189,7 +201,8 @@ def atlas_attention(
         session.calls += 1
         layer = session.layer_of(module)
         view = LayerView(
-            layer, query.detach(), key_r.detach(), scale, session.prompts, session.lengths, session.special
+            layer, query.detach(), key_r.detach(), scale, session.prompts, session.lengths, session.special,
+            value_r.detach(),
         )
         for r in session.reducers:
             r.begin_layer(view)
@@ -220,6 +233,8 @@ def atlas_attention(
             else:
                 scores = scores + mask
         weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        if session is not None and session.weights_mod is not None:
+            weights = session.weights_mod(view, q0, weights)
         if session is not None:
             detached = weights.detach()
             for r in session.reducers:
@@ -234,7 +249,9 @@ def atlas_attention(
     if session is not None:
         for r in session.reducers:
             r.end_layer(view)
-    attn_output = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    attn_output = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]  # [B, Hq, T, d]
+    if session is not None and session.head_mod is not None:
+        attn_output = session.head_mod(view, attn_output)
     return attn_output.transpose(1, 2).contiguous(), weights_full
 
 
