@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from app import api_prune  # noqa: F401  (its endpoints join the blueprint before register() is called)
+from app import api_lab, api_prune  # noqa: F401  (their endpoints join the blueprint before register() is called)
 from app import maps_data, state
 from app.api_blueprint import api, client_id, error, run_url
 from backend import jobs
@@ -136,4 +136,3 @@ def get_rollout(run_id: str):
 def not_found(rest: str):
     """Any other /api path is a JSON 404 (never the HTML app)."""
     return error(f"no such API endpoint: /api/{rest}", 404)
-

@@ -9,6 +9,7 @@ Layout (``P`` is the configured prefix, ``R`` a run id):
 - ``P:running``          hash: run or prune job id -> JSON {worker, attempt, kind} while a worker runs it
 - ``P:runs``             sorted set: run ids by creation time (the "recent runs" list)
 - ``P:derived:D``        bytes/JSON: a result derived from a run (e.g. a pruning experiment), D its digest
+- ``P:derived:D:t:NAME`` bytes: one array of a derived result (NAME from ``backend.names``)
 - ``P:blob:D``           bytes: an uploaded file (image) addressed by its SHA-256
 - ``P:rate:C:M``         counter: requests of client C in minute M
 - ``P:active:C``         set: unfinished run ids submitted by client C
@@ -70,3 +71,8 @@ def rate(prefix: str, client: str, minute: int) -> str:
 
 def active_jobs(prefix: str, client: str) -> str:
     return f"{prefix}:active:{_check(client)}"
+
+
+def derived_array(prefix: str, digest: str, name: str) -> str:
+    """bytes: one array of a derived result (e.g. the lab's patterns), ``P:derived:D:t:NAME``."""
+    return f"{prefix}:derived:{_check(digest)}:t:{_check(name)}"

@@ -97,3 +97,15 @@ def pruning(order: str, key: str) -> str:
     if order not in PRUNING_ORDERS or key not in PRUNING_KEYS:
         raise ValueError(f"unknown pruning array {order}.{key}")
     return f"pruning.{order}.{key}"
+
+
+LAB_SIDES = ("before", "after")
+
+
+def lab_pattern(side: str, layer: int) -> str:
+    """Intervention lab (``backend.engine.lab_job``): ``lab.{before|after}.{l}`` ``[head, query_pos, key_pos]``
+    float16, the chosen prompt's attention in layer ``l`` without and with the intervention (stored under
+    the request's digest, ``keys.derived_array``)."""
+    if side not in LAB_SIDES:
+        raise ValueError(f"unknown lab side {side!r}")
+    return f"lab.{side}.{int(layer)}"

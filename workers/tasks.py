@@ -322,3 +322,49 @@ def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
     cache.release_running(digest, attempt)
     CURRENT.clear()
     return "failed"
+
+
+def run_lab(digest: str, run_id: str, spec: dict) -> str:
+    """RQ entry point of an intervention-lab job (``backend.lab_jobs.submit_lab``): the request ``spec`` on
+    the run's model and inputs; the record under ``keys.derived`` goes running -> done (result TTL, with
+    its arrays) or failed."""
+    from backend.engine.lab_job import lab_experiment
+    from backend.lab_jobs import put_arrays, put_record
+    from backend.jobs import FAILURE_TTL_S
+
+    settings = get_settings()
+    cache = Cache(connect(settings, patient=True), settings)
+    base = {"job": digest, "run_id": run_id, "spec": spec, "created": time.time()}
+    last = [0.0]
+
+    def progress(frac: float, stage: str) -> None:
+        now = time.time()
+        if now - last[0] > 0.25 or frac >= 1.0:
+            last[0] = now
+            put_record(cache, digest, {**base, "status": "running", "stage": stage, "progress": round(float(frac), 4)},
+                       settings.job_timeout_s + 600)
+
+    try:
+        progress(0.0, "loading model")
+        manifest = cache.manifest(run_id)
+        if manifest is None or manifest.get("status") != "done":
+            raise SpecError("the run is unknown or not finished")
+        run_spec = manifest["spec"]
+        loaded = registry(settings).get(resolve_model(run_spec["model"], settings), run_spec["options"]["dtype"])
+        tokens = (manifest.get("info") or {}).get("tokens") or []
+        result, arrays = lab_experiment(loaded, list(run_spec["inputs"]), tokens, run_spec["options"], spec, progress)
+        put_arrays(cache, digest, arrays, settings.result_ttl_s)
+        put_record(cache, digest, {**base, **result, "status": "done", "stage": "done", "progress": 1.0,
+                                   "finished": time.time()}, settings.result_ttl_s)
+        return "done"
+    except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
+        known = isinstance(exc, (ModelError, SpecError, ValueError))
+        if not known:
+            traceback.print_exc()
+        failed = {**base, "status": "failed", "stage": "failed", "error": str(exc) if known else _failure_message(exc)}
+        if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            put_record(cache, digest, {**failed, "finished": time.time()}, FAILURE_TTL_S)
+            raise
+    release_memory()  # as run_analysis: after the except block, the job's tensors are no longer referenced
+    put_record(cache, digest, {**failed, "finished": time.time()}, FAILURE_TTL_S)
+    return "failed"
