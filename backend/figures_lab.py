@@ -18,11 +18,12 @@ def side_by_side(tokens_a: Sequence[str], a: np.ndarray, tokens_b: Sequence[str]
                  diff: np.ndarray, titles: tuple[str, str, str], title: str, marks: Sequence[int] = ()) -> go.Figure:
     """Two ``[query, key]`` patterns and their difference (``b - a`` over the common tokens), in a row.
     ``marks``: key positions outlined in the first two panels (sinks, intervened keys)."""
+    titles = (f"{titles[0]} (white 0, blue 1)", titles[1], titles[2])
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.07)
     for col, (toks, z) in enumerate(((tokens_a, a), (tokens_b, b)), start=1):
         lab = _labels(toks)
         fig.add_trace(go.Heatmap(z=z.astype(np.float32), x=lab, y=lab, colorscale="Blues", zmin=0, zmax=1,
-                                 showscale=col == 1, colorbar=dict(title="attn", x=0.285, len=0.9),
+                                 showscale=False,
                                  hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.4f}<extra></extra>"),
                       row=1, col=col)
         for k in marks:
@@ -90,7 +91,7 @@ def domain_grids(rates: np.ndarray, domains: Sequence[str], counts: Sequence[int
         last = i == n - 1
         fig.add_trace(go.Heatmap(z=grid.astype(np.float32), x=x, y=y, zmin=0, zmax=1,
                                  colorscale="Reds" if last else "Viridis", showscale=i in (0, n - 1),
-                                 colorbar=dict(title="switch" if last else "rate", x=1.0 if last else -0.08),
+                                 colorbar=dict(title="switch" if last else "rate", x=1.1 if last else 1.01, len=0.9),
                                  hovertemplate=f"{titles[i]}<br>layer %{{y}} head %{{x}}<br>%{{z:.3f}}<extra></extra>"),
                       row=1, col=i + 1)
     for s in switching:
@@ -100,7 +101,9 @@ def domain_grids(rates: np.ndarray, domains: Sequence[str], counts: Sequence[int
     fig.update_yaxes(autorange="reversed")
     fig.update_yaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=True, row=1, col=1)
-    return _base(fig, title, height=max(300, 16 * n_layers + 140))
+    fig = _base(fig, title, height=max(300, 16 * n_layers + 140))
+    fig.update_layout(margin=dict(r=110))
+    return fig
 
 
 def patch_grid(values: np.ndarray, x: Sequence[str], title: str, x_title: str) -> go.Figure:

@@ -43,11 +43,15 @@ DOMAIN_SOURCE = ("A head is dormant on an input when its first token receives al
                  f"number lines, {domains.RANDOM_COUNT} sequences of {domains.RANDOM_LENGTH} random tokens.")
 
 
+INTEGER_COLUMNS = ("position", "layer", "head")
+
+
 def _table(table_id: str, columns: list[tuple[str, str, bool]]) -> dash_table.DataTable:
     return dash_table.DataTable(
         id=table_id, data=[], sort_action="native", page_action="native", page_size=20,
         columns=[{"name": n, "id": i, "type": "numeric" if num else "text",
-                  **({"format": {"specifier": ".4g"}} if num else {})} for n, i, num in columns],
+                  **({"format": {"specifier": "d" if i in INTEGER_COLUMNS else "~.4g"}} if num else {})}
+                 for n, i, num in columns],
         style_table={"overflowX": "auto"},
         style_cell={"fontFamily": "Inter, system-ui, sans-serif", "fontSize": 13, "padding": "4px 8px"},
         style_header={"fontWeight": 600})
@@ -91,10 +95,8 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                                 value=_eps(query.get("eps", SINK_EPS)), debounce=True), width="90px"),
             ]),
             html.Div(id="ext-job-status"),
-            html.Div(className="grid2", children=[
-                dcc.Graph(id="ext-scatter", config={"displaylogo": False}),
-                dcc.Graph(id="ext-received", config={"displaylogo": False}),
-            ]),
+            dcc.Graph(id="ext-scatter", config={"displaylogo": False}),
+            dcc.Graph(id="ext-received", config={"displaylogo": False}),
             html.H4("Tokens of this layer (click a header to sort)"),
             _table("ext-table", [("position", "position", True), ("token", "token", False),
                                  ("attention received", "received", True), ("value norm", "value_norm", True),
