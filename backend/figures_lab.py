@@ -39,7 +39,9 @@ def side_by_side(tokens_a: Sequence[str], a: np.ndarray, tokens_b: Sequence[str]
                   row=1, col=3)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(tickangle=-60)
-    return _base(fig, title, height=max(360, min(800, 14 * max(len(tokens_a), len(tokens_b)) + 160)))
+    fig = _base(fig, title, height=max(380, min(820, 14 * max(len(tokens_a), len(tokens_b)) + 180)))
+    fig.update_layout(margin=dict(t=75))
+    return fig
 
 
 def value_scatter(received: np.ndarray, value_norm: np.ndarray, tokens: Sequence[str], title: str) -> go.Figure:

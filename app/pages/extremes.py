@@ -50,7 +50,7 @@ def _table(table_id: str, columns: list[tuple[str, str, bool]]) -> dash_table.Da
     return dash_table.DataTable(
         id=table_id, data=[], sort_action="native", page_action="native", page_size=20,
         columns=[{"name": n, "id": i, "type": "numeric" if num else "text",
-                  **({"format": {"specifier": "d" if i in INTEGER_COLUMNS else "~.4g"}} if num else {})}
+                  **({"format": {"specifier": "d" if i in INTEGER_COLUMNS else ".4~g"}} if num else {})}
                  for n, i, num in columns],
         style_table={"overflowX": "auto"},
         style_cell={"fontFamily": "Inter, system-ui, sans-serif", "fontSize": 13, "padding": "4px 8px"},

@@ -94,8 +94,8 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.Div(id="lab-result"),
             html.Div(id="lab-att-card", style={"display": "none"}, children=[
                 html.Div(className="row", children=[
-                    field("Layer", dcc.Dropdown(id="lab-layer", clearable=False, value=view["layer"])),
-                    field("Head", dcc.Dropdown(id="lab-head", clearable=False, value=view["head"])),
+                    field("Layer", dcc.Dropdown(id="lab-layer", clearable=False)),
+                    field("Head", dcc.Dropdown(id="lab-head", clearable=False)),
                 ]),
                 html.Div(id="lab-att-error"),
                 dcc.Graph(id="lab-att", config={"displaylogo": False}),

@@ -17,6 +17,15 @@ PROMPTS = ["The list is a mutable sequence.", 'The "for" statement iterates over
            "A list is a mutable sequence."]
 
 
+def _watch(page) -> list[str]:
+    """Console errors of a page (a component that throws in the browser logs one, e.g. a bad table format)."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text
+            else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors
+
+
 @pytest.fixture(scope="module")
 def run_id(live_app, worker) -> str:
     code, body = api_call(live_app, "/api/runs", {"model": "tiny-pydoc-lm", "prompts": PROMPTS,
@@ -28,6 +37,7 @@ def run_id(live_app, worker) -> str:
 
 def test_intervention_from_the_run_page_and_from_its_url(live_app, run_id, browser) -> None:
     page = browser.new_page(viewport={"width": 1300, "height": 1100})
+    errors = _watch(page)
     page.goto(f"{live_app}/runs/{run_id}")
     page.wait_for_selector("#run-link-lab", timeout=60_000)
     page.click("#run-link-lab")
@@ -72,11 +82,13 @@ def test_intervention_from_the_run_page_and_from_its_url(live_app, run_id, brows
     page.wait_for_function("document.querySelector('#lab-pair .gtitle')?.textContent.includes('Layer 1 head 2')")
     assert "B - A" in page.locator("#lab-pair").inner_text()
     page.wait_for_function("window.location.search.includes('pb=2')")
+    assert not errors, errors
     page.close()
 
 
 def test_patching_from_a_url(live_app, run_id, browser) -> None:
     page = browser.new_page(viewport={"width": 1300, "height": 1100})
+    errors = _watch(page)
     page.goto(f"{live_app}/runs/{run_id}/lab?mode=patch&clean=0&corrupted=2&good=+It&bad=+A")
     page.wait_for_selector("#lab-patch-resid .heatmaplayer", state="attached", timeout=120_000)
     page.wait_for_selector("#lab-patch-heads .heatmaplayer", state="attached")
@@ -89,11 +101,13 @@ def test_patching_from_a_url(live_app, run_id, browser) -> None:
     page.press("#lab-bad", "Enter")
     page.click("#lab-run")
     page.wait_for_function("document.querySelector('#lab-job-status')?.textContent.includes('the two answers must differ')")
+    assert not errors, errors
     page.close()
 
 
 def test_extreme_tokens_page(live_app, run_id, browser) -> None:
     page = browser.new_page(viewport={"width": 1300, "height": 1200})
+    errors = _watch(page)
     page.goto(f"{live_app}/runs/{run_id}")
     page.wait_for_selector("#run-link-extremes", timeout=60_000)
     page.goto(f"{live_app}/runs/{run_id}/extremes?prompt=1&layer=2&eps=0.2")
@@ -116,4 +130,6 @@ def test_extreme_tokens_page(live_app, run_id, browser) -> None:
     page.press("#ext-labels", "Enter")
     page.wait_for_function("decodeURIComponent(window.location.search).includes('labels=prose,code,prose')")
     page.wait_for_function("document.querySelector('#ext-domains')?.textContent.includes('prose (10)')")
+    assert page.locator("#ext-table tbody tr td").first.inner_text() != ""
+    assert not errors, errors
     page.close()
