@@ -18,7 +18,7 @@ from flask import jsonify, request
 
 from app import lab_data, state
 from app.api_blueprint import api, client_id, error
-from backend.metrics import SINK_EPS
+from backend.vocab import SINK_EPS
 
 
 def _eps() -> float:

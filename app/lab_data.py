@@ -12,6 +12,17 @@ from backend import domains, extremes, lab_jobs, names
 from backend.lab_spec import DIGEST_RE
 
 
+def load_info(run_id: str) -> dict[str, Any]:
+    """What the lab and extreme-token pages need of a finished text run: model, shape, tokens, prompt labels."""
+    m = state.done_manifest(run_id)
+    if (m.get("spec") or {}).get("kind") != "text":
+        raise state.ViewError("The intervention lab and extreme tokens work on text runs.")
+    info = m.get("info") or {}
+    prompts = [f"{i}: {p[:70]} ({len(t)} tokens)" for i, (p, t) in enumerate(zip(m["spec"]["inputs"], info["tokens"]))]
+    return {"n_layers": info["n_layers"], "n_heads": info["n_heads"], "tokens": info["tokens"], "prompts": prompts,
+            "model": (m.get("model") or {}).get("ref")}
+
+
 def submit(run_id: str, spec: dict[str, Any], client: str = "local") -> tuple[str, dict[str, Any]]:
     state.done_manifest(run_id)  # 404 unknown run, 409 unfinished
     return lab_jobs.submit_lab(state.cache(), state.settings(), run_id, spec, client=client)

@@ -224,7 +224,7 @@ class Cache:
     def get_blob(self, digest: str) -> bytes | None:
         return self.r.get(keys.blob(self.prefix, digest))
 
-    # ---- derived records (live pruning jobs) ----------------------------------------------
+    # ---- derived records (live pruning and lab jobs) ----------------------------------------------
     def put_record(self, digest: str, record: dict[str, Any], ttl_s: int) -> None:
         """A small JSON record under ``keys.derived`` (at least one second of TTL)."""
         self.r.set(keys.derived(self.prefix, digest), json.dumps(record), ex=max(1, int(ttl_s)))
@@ -232,6 +232,18 @@ class Cache:
     def get_record(self, digest: str) -> dict[str, Any] | None:
         raw = self.r.get(keys.derived(self.prefix, digest))
         return None if raw is None else json.loads(raw)
+
+    def put_derived_arrays(self, digest: str, arrays: dict[str, np.ndarray], ttl_s: int) -> None:
+        """Arrays of a derived result (the lab's patterns) under ``keys.derived_array``, zlib-compressed."""
+        pipe = self.r.pipeline()
+        for name, arr in arrays.items():
+            pipe.set(keys.derived_array(self.prefix, digest, name), tensor_io.encode(arr, compress=True),
+                     ex=max(1, int(ttl_s)))
+        pipe.execute()
+
+    def get_derived_array(self, digest: str, name: str) -> np.ndarray | None:
+        blob = self.r.get(keys.derived_array(self.prefix, digest, name))
+        return None if blob is None else tensor_io.decode(blob)
 
     # ---- clients: rate limit and unfinished jobs --------------------------------------------
     def count_submission(self, client: str) -> int:

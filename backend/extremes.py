@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from backend.metrics import SINK_EPS
+from backend.vocab import SINK_EPS
 
 MIN_QUERIES = 4
 """A key counts as a sink only when at least this many queries can see it: in a causal prompt the last

@@ -215,8 +215,9 @@ def put_prune(cache: Cache, digest: str, record: dict[str, Any], ttl_s: int) -> 
     cache.put_record(digest, record, ttl_s)
 
 
-def prune_status(cache: Cache, settings: Settings, digest: str) -> dict[str, Any] | None:
-    """A pruning job's record, reconciled with RQ (a job that died is reported failed); None if unknown."""
+def derived_status(cache: Cache, digest: str, what: str) -> dict[str, Any] | None:
+    """The record of a job on a finished run (live pruning, lab), reconciled with RQ: a job that died is
+    reported failed ("the worker stopped while running this {what}"); None if unknown."""
     rec = cache.get_record(digest)
     if rec is None:
         return None
@@ -230,9 +231,14 @@ def prune_status(cache: Cache, settings: Settings, digest: str) -> dict[str, Any
         if rq_status in (None, "failed", "stopped", "canceled"):
             rec = cache.get_record(digest) or rec  # the worker may have just finished
             if rec.get("status") in ("queued", "running"):
-                rec.update(status="failed", error="the worker stopped while running this pruning job; run it again")
-                put_prune(cache, digest, rec, FAILURE_TTL_S)
+                rec.update(status="failed", error=f"the worker stopped while running this {what}; run it again")
+                cache.put_record(digest, rec, FAILURE_TTL_S)
     return rec
+
+
+def prune_status(cache: Cache, settings: Settings, digest: str) -> dict[str, Any] | None:
+    """A pruning job's record, reconciled with RQ (a job that died is reported failed); None if unknown."""
+    return derived_status(cache, digest, "pruning job")
 
 
 def submit_prune(

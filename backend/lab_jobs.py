@@ -7,7 +7,6 @@ arrays (``keys.derived_array``). A done, queued or running twin is reused; a fai
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,9 +15,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend import keys, tensor_io
 from backend.cache import Cache
-from backend.jobs import FAILURE_TTL_S, _check_rate, queue_for
+from backend.jobs import FAILURE_TTL_S, _check_rate, derived_status, queue_for
 from backend.lab_spec import check_spec, lab_digest
 from backend.settings import Settings
 from backend.spec import SpecError
@@ -27,42 +25,21 @@ LAB_TASK = "workers.tasks.run_lab"
 
 
 def put_record(cache: Cache, digest: str, record: dict[str, Any], ttl_s: int) -> None:
-    cache.r.set(keys.derived(cache.prefix, digest), json.dumps(record), ex=max(1, int(ttl_s)))
+    """Write a lab job's record (queued / running / done / failed) under ``keys.derived``."""
+    cache.put_record(digest, record, ttl_s)
 
 
 def put_arrays(cache: Cache, digest: str, arrays: dict[str, np.ndarray], ttl_s: int) -> None:
-    pipe = cache.r.pipeline()
-    for name, arr in arrays.items():
-        pipe.set(keys.derived_array(cache.prefix, digest, name), tensor_io.encode(arr, compress=True),
-                 ex=max(1, int(ttl_s)))
-    pipe.execute()
+    cache.put_derived_arrays(digest, arrays, ttl_s)
 
 
 def get_array(cache: Cache, digest: str, name: str) -> np.ndarray | None:
-    blob = cache.r.get(keys.derived_array(cache.prefix, digest, name))
-    return None if blob is None else tensor_io.decode(blob)
+    return cache.get_derived_array(digest, name)
 
 
 def lab_status(cache: Cache, settings: Settings, digest: str) -> dict[str, Any] | None:
     """A lab job's record, reconciled with RQ (a job that died is reported failed); None if unknown."""
-    raw = cache.r.get(keys.derived(cache.prefix, digest))
-    if raw is None:
-        return None
-    rec = json.loads(raw)
-    if rec.get("status") in ("queued", "running"):
-        try:
-            job = Job.fetch(digest, connection=cache.r, serializer=JSONSerializer)
-            rq_status = job.get_status(refresh=True)
-            rq_status = getattr(rq_status, "value", rq_status)
-        except NoSuchJobError:  # (missing for a moment between the record and the enqueue)
-            rq_status = None if time.time() - rec.get("created", 0) > 10 else "queued"
-        if rq_status in (None, "failed", "stopped", "canceled"):
-            again = cache.r.get(keys.derived(cache.prefix, digest))  # the worker may have just finished
-            rec = json.loads(again) if again is not None else rec
-            if rec.get("status") in ("queued", "running"):
-                rec.update(status="failed", error="the worker stopped while running this lab job; run it again")
-                put_record(cache, digest, rec, FAILURE_TTL_S)
-    return rec
+    return derived_status(cache, digest, "lab job")
 
 
 def check_request(cache: Cache, run_id: str, raw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -86,15 +63,15 @@ def submit_lab(cache: Cache, settings: Settings, run_id: str, raw: Any, client: 
     existing = lab_status(cache, settings, digest)
     if existing and existing.get("status") in ("done", "queued", "running"):
         return digest, existing
-    _check_rate(cache.r, settings, client)
+    _check_rate(cache, settings, client)
     record = {"job": digest, "run_id": run_id, "spec": spec, "status": "queued", "stage": "queued",
               "progress": 0.0, "created": time.time()}
     put_record(cache, digest, record, settings.job_timeout_s + 600)
     try:
-        Job.fetch(digest, connection=cache.r, serializer=JSONSerializer).delete()
+        Job.fetch(digest, connection=cache.connection, serializer=JSONSerializer).delete()
     except NoSuchJobError:
         pass
-    queue_for(cache.r, settings).enqueue_call(
+    queue_for(cache.connection, settings).enqueue_call(
         LAB_TASK, args=(digest, run_id, spec), job_id=digest, timeout=settings.job_timeout_s,
         result_ttl=600, failure_ttl=FAILURE_TTL_S, description=f"lab {spec['kind']} {run_id}",
     )

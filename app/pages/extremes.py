@@ -15,17 +15,16 @@ View state (``prompt``, ``layer``, ``eps``, ``labels``) lives in the URL.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
-
 import dash
 from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
 
 from app import lab_data, state
 from app.components import alert, field, help_text, progress_bar, query_int
+from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import domains, extremes
 from backend import figures_lab as fl
-from backend.metrics import SINK_EPS
+from backend.vocab import SINK_EPS
 
 dash.register_page(__name__, path_template="/runs/<run_id>/extremes", title="Extreme tokens · Attention Atlas",
                    name="Extreme tokens", order=1)
@@ -76,7 +75,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="ext-dom-job"),
         dcc.Store(id="ext-dom-rec"),
         dcc.Location(id="ext-url", refresh=False),
-        dcc.Interval(id="ext-poll", interval=800, n_intervals=0),
+        poll_interval("ext"),
         dcc.Interval(id="ext-job-poll", interval=500, n_intervals=0, disabled=True),
         html.Div(className="card", children=[
             html.H2(["Extreme tokens ", html.Span(help_text(SOURCE), id="ext-source")]),
@@ -128,22 +127,10 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
           Input("ext-poll", "n_intervals"), State("ext-run-id", "data"))
 def poll(_n, run_id):
     """Wait for the run to finish, then hand its shape and prompts to the views."""
-    try:
-        m = state.run_status(run_id)
-        if m is None:
-            return None, True, alert(f"No run with id {run_id}.")
-        if m["status"] in ("failed", "cancelled"):
-            return None, True, alert(m.get("error") or f"run {m['status']}")
-        if m["status"] != "done":
-            return no_update, False, progress_bar(m["progress"], m["stage"], m["status"])
-    except state.REDIS_ERRORS:
-        return no_update, False, alert(state.REDIS_DOWN, "warn")
-    if (m.get("spec") or {}).get("kind") != "text":
-        return None, True, alert("Extreme tokens are measured on text runs.")
-    info = m.get("info") or {}
-    prompts = [f"{i}: {p[:70]}" for i, p in enumerate(m["spec"]["inputs"])]
-    data = {"n_layers": info["n_layers"], "n_heads": info["n_heads"], "prompts": prompts,
-            "model": (m.get("model") or {}).get("ref")}
+    gate = wait_for_run(run_id, lab_data.load_info)
+    if not gate.ready:
+        return gate.data, gate.stop, gate.status
+    data = gate.data
     return data, True, html.Span(f"{data['model']} · {data['n_layers']} layers x {data['n_heads']} heads",
                                  className="muted")
 
@@ -256,13 +243,14 @@ def render_domains(rec, labels, eps, run_id, info):
     return fig, v["switching"]
 
 
-@callback(Output("ext-url", "search"), Input("ext-prompt", "value"), Input("ext-layer", "value"),
-          Input("ext-eps", "value"), Input("ext-labels", "value"), State("ext-info", "data"), prevent_initial_call=True)
-def sync_url(prompt, layer, eps, labels, info):
-    """Mirror the view into the URL (write only: the layout reads it on load)."""
+def _view_query(prompt, layer, eps, labels, info) -> dict[str, Any] | None:
     if not info or prompt is None or layer is None:
-        return no_update
+        return None
     q: dict[str, Any] = {"prompt": prompt, "layer": layer, "eps": f"{_eps(eps):g}"}
     if labels:
         q["labels"] = labels
-    return "?" + urlencode(q, safe=",")
+    return q
+
+
+sync_url("ext-url", [("ext-prompt", "value"), ("ext-layer", "value"), ("ext-eps", "value"), ("ext-labels", "value")],
+         ("ext-info", "data"), _view_query, safe=",")

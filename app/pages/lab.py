@@ -16,14 +16,13 @@ with ``mode`` in it runs (or fetches from the cache) the same job.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
-
 import dash
 import numpy as np
-from dash import Input, Output, State, callback, ctx, dcc, html, no_update
+from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import lab_data, state
 from app.components import alert, empty_figure, field, help_text, progress_bar, query_int
+from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_lab as fl
 from backend import jobs
@@ -36,6 +35,7 @@ dash.register_page(__name__, path_template="/runs/<run_id>/lab", title="Interven
 register_view("lab", "Intervention lab", needs="prompt.0.input_ids")
 
 MODES = ("scale", "mask", "mean", "patch")
+REQUEST_KEYS = ("mode", "prompt", "heads", "keys", "factor", "clean", "corrupted", "good", "bad")
 SOURCE = ("Scaling the attention to the first token and renormalising changes a head's behaviour and the model's "
           "accuracy (ZeroTuning); masking a key = recomputing the softmax without it. Mean ablation replaces a head's "
           "output by its mean over the run's inputs (all tokens). Activation patching (as TransformerLens users do): "
@@ -59,7 +59,8 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="lab-rec"),
         dcc.Store(id="lab-go"),
         dcc.Location(id="lab-url", refresh=False),
-        dcc.Interval(id="lab-poll", interval=800, n_intervals=0),
+        dcc.Store(id="lab-req", data={k: query[k] for k in REQUEST_KEYS if k in query} if "mode" in query else None),
+        poll_interval("lab"),
         dcc.Interval(id="lab-job-poll", interval=500, n_intervals=0, disabled=True),
         html.Div(className="card", children=[
             html.H2(["Intervention lab ", html.Span(help_text(SOURCE), id="lab-source")]),
@@ -120,25 +121,12 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
           Input("lab-poll", "n_intervals"), State("lab-run-id", "data"))
 def poll(_n, run_id):
     """Wait for the run to finish, then hand its shape and prompts to the views."""
-    try:
-        m = state.run_status(run_id)
-        if m is None:
-            return None, True, alert(f"No run with id {run_id}.")
-        if m["status"] in ("failed", "cancelled"):
-            return None, True, alert(m.get("error") or f"run {m['status']}")
-        if m["status"] != "done":
-            return no_update, False, progress_bar(m["progress"], m["stage"], m["status"])
-    except state.REDIS_ERRORS:
-        return no_update, False, alert(state.REDIS_DOWN, "warn")
-    info = m.get("info") or {}
-    if (m.get("spec") or {}).get("kind") != "text":
-        return None, True, alert("The intervention lab works on text runs.")
-    prompts = [f"{i}: {p[:70]} ({len(t)} tokens)" for i, (p, t) in enumerate(zip(m["spec"]["inputs"], info["tokens"]))]
-    data = {"n_layers": info["n_layers"], "n_heads": info["n_heads"], "tokens": info["tokens"], "prompts": prompts,
-            "model": (m.get("model") or {}).get("ref")}
-    text = html.Span(f"{data['model']} · {data['n_layers']} layers x {data['n_heads']} heads · "
-                     f"{len(prompts)} input(s)", className="muted")
-    return data, True, text
+    gate = wait_for_run(run_id, lab_data.load_info)
+    if not gate.ready:
+        return gate.data, gate.stop, gate.status
+    data = gate.data
+    return data, True, html.Span(f"{data['model']} · {data['n_layers']} layers x {data['n_heads']} heads · "
+                                 f"{len(data['prompts'])} input(s)", className="muted")
 
 
 @callback(
@@ -199,12 +187,11 @@ CONTROLS = [State("lab-mode", "value"), State("lab-prompt", "value"), State("lab
 
 @callback(
     Output("lab-job", "data"), Output("lab-job-poll", "disabled"), Output("lab-job-status", "children"),
-    Output("lab-rec", "data"), Output("lab-url", "search"),
+    Output("lab-rec", "data"), Output("lab-req", "data"),
     Input("lab-run", "n_clicks"), Input("lab-go", "data"), State("lab-run-id", "data"), State("lab-info", "data"),
-    State("lab-layer", "value"), State("lab-head", "value"), State("lab-pa", "value"), State("lab-pb", "value"),
     *CONTROLS, prevent_initial_call=True,
 )
-def run_job(_n, _go, run_id, info, layer, head, pa, pb, *controls):
+def run_job(_n, _go, run_id, info, *controls):
     """Submit the job (a cache hit when the same request ran before) and put the request in the URL."""
     if not info:
         return no_update, True, no_update, no_update, no_update
@@ -215,10 +202,8 @@ def run_job(_n, _go, run_id, info, layer, head, pa, pb, *controls):
         return no_update, True, alert(state.REDIS_DOWN, "warn"), no_update, no_update
     except (SpecError, ValueError, LookupError, jobs.RateLimited) as exc:
         return None, True, alert(str(exc)), None, no_update
-    search = "?" + urlencode({**to_query(rec["spec"]), "layer": layer or 0, "head": head or 0,
-                              "pa": pa or 0, "pb": pb or 0}, safe=",")
     done = rec.get("status") in ("done", "failed")
-    return digest, done, job_status(rec), rec if done else None, search
+    return digest, done, job_status(rec), rec if done else None, to_query(rec["spec"])
 
 
 @callback(
@@ -365,15 +350,12 @@ def render_pair(pa, pb, layer, head, run_id, info):
     return fig, ""
 
 
-@callback(Output("lab-url", "search", allow_duplicate=True),
-          Input("lab-layer", "value"), Input("lab-head", "value"), Input("lab-pa", "value"), Input("lab-pb", "value"),
-          State("lab-url", "search"), State("lab-info", "data"), prevent_initial_call=True)
-def sync_view(layer, head, pa, pb, search, info):
-    """Mirror the view (layer, head, pair) into the URL, keeping the request already there."""
-    if not info or ctx.triggered_id is None:
-        return no_update
-    from urllib.parse import parse_qsl
+def _view_query(req, layer, head, pa, pb, info) -> dict[str, Any] | None:
+    """The submitted request (once one ran) and the view (layer, head, pair)."""
+    if not info or None in (layer, head, pa, pb):
+        return None
+    return {**(req or {}), "layer": layer, "head": head, "pa": pa, "pb": pb}
 
-    q = dict(parse_qsl((search or "").lstrip("?")))
-    q.update({"layer": layer or 0, "head": head or 0, "pa": pa or 0, "pb": pb or 0})
-    return "?" + urlencode(q, safe=",")
+
+sync_url("lab-url", [("lab-req", "data"), ("lab-layer", "value"), ("lab-head", "value"), ("lab-pa", "value"),
+                     ("lab-pb", "value")], ("lab-info", "data"), _view_query, safe=",")

@@ -34,7 +34,7 @@ from backend.engine.interventions import (
     block_list,
     heads_by_layer,
 )
-from backend.engine.metric_reducers import SinkMetricsReducer
+from backend.engine.metrics_reducer import SinkMetricsReducer
 
 
 def model_shape(model: nn.Module) -> tuple[int, int]:

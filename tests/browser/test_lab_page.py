@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tests.conftest import api_call, wait_done
+from tests.conftest import api_call, submit_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,11 +28,8 @@ def _watch(page) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run_id(live_app, worker) -> str:
-    code, body = api_call(live_app, "/api/runs", {"model": "tiny-pydoc-lm", "prompts": PROMPTS,
-                                                  "options": {"analyses": ["attention", "metrics"]}})
-    assert code in (200, 202), body
-    assert wait_done(live_app, body["run_id"])["status"] == "done"
-    return body["run_id"]
+    return submit_run(live_app, {"model": "tiny-pydoc-lm", "prompts": PROMPTS,
+                                 "options": {"analyses": ["attention", "metrics"]}})
 
 
 def test_intervention_from_the_run_page_and_from_its_url(live_app, run_id, browser) -> None:

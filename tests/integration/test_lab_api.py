@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import api_call, wait_done
+from tests.conftest import api_call, submit_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,11 +40,8 @@ def _submit(base: str, run_id: str, spec: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def run_id(live_app, worker) -> str:
-    code, body = api_call(live_app, "/api/runs", {"model": MODEL, "prompts": PROMPTS,
-                                                  "options": {"analyses": ["attention", "metrics"]}})
-    assert code in (200, 202), body
-    assert wait_done(live_app, body["run_id"])["status"] == "done"
-    return body["run_id"]
+    return submit_run(live_app, {"model": MODEL, "prompts": PROMPTS,
+                                 "options": {"analyses": ["attention", "metrics"]}})
 
 
 @pytest.fixture(scope="module")

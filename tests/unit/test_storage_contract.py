@@ -58,8 +58,11 @@ def test_key_and_name_grammar_is_pinned() -> None:
     assert names.PRUNING_ORDERS == ("importance", "random", "reverse")
     assert names.PRUNING_KEYS == ("fractions", "loss", "perplexity", "accuracy", "loss_std", "perplexity_std",
                                   "accuracy_std", "removed")
+    assert [names.lab_pattern(side, 7) for side in names.LAB_SIDES] == ["lab.before.7", "lab.after.7"]
+    assert keys.derived("atlas", "d" * 64) == "atlas:derived:" + "d" * 64
+    assert keys.derived_array("atlas", "d" * 64, names.lab_pattern("after", 2)) == f"atlas:derived:{'d' * 64}:t:lab.after.2"
     for bad in (lambda: names.streaming("nll"), lambda: names.pruning("best", "loss"),
-                lambda: names.pruning("random", "auc")):
+                lambda: names.pruning("random", "auc"), lambda: names.lab_pattern("during", 0)):
         with pytest.raises(ValueError):
             bad()
     with pytest.raises(ValueError):
