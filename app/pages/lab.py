@@ -328,7 +328,11 @@ def render_attention(rec, layer, head, run_id):
                           ("original", "intervened", "intervened - original"),
                           f"Layer {layer} head {head}" + (" (intervened)" if chosen else " (not intervened: downstream effect)"),
                           marks=spec.get("keys", ()))
-    change = fl.change_grid(np.asarray(rec["pattern_change"]), "Mean |change| of each head's attention pattern")
+    n_heads = rec["n_heads"]
+    grid = np.array([[np.nan] * n_heads if row is None else row for row in rec["pattern_change"]], dtype=np.float64)
+    change = fl.change_grid(grid, "Mean |change| of each head's attention pattern"
+                            + ("" if len(rec["pattern_layers"]) == rec["n_layers"] else
+                               f" (layers {rec['pattern_layers']}: the prompt is long)"))
     return fig, change, ""
 
 

@@ -152,22 +152,28 @@ def first_token_alpha(model: nn.Module, ids: Sequence[Sequence[int]], pad_id: in
 
 
 class _Patterns(BaseReducer):
-    """Every layer's pattern of batch row 0, ``[H, T, T]`` (one prompt; the lab caps its length)."""
+    """The pattern of batch row 0, ``[H, T, T]``, of every layer in ``keep`` (None: all layers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: set[int] | None = None) -> None:
+        self.keep = keep
         self.layers: dict[int, np.ndarray] = {}
         self._buf: torch.Tensor | None = None
 
     def begin_layer(self, view: LayerView) -> None:
         _, h, t, _ = view.query.shape
-        self._buf = torch.zeros(h, t, view.key.shape[2])
+        keep = self.keep is None or view.layer in self.keep
+        self._buf = torch.zeros(h, t, view.key.shape[2]) if keep else None
 
     def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
-        self._buf[:, q0:q0 + pattern.shape[2]] = pattern[0].float().cpu()
+        if self._buf is not None:
+            self._buf[:, q0:q0 + pattern.shape[2]] = pattern[0].float().cpu()
 
     def end_layer(self, view: LayerView) -> None:
+        if self._buf is None:
+            return
         n = view.lengths[0] if view.lengths else self._buf.shape[1]
         self.layers[view.layer] = self._buf[:, :n, :n].numpy()
+        self._buf = None
 
 
 def mods_for(op: str, heads: Sequence[Sequence[int]] | None, n_layers: int, n_heads: int, *,
@@ -214,9 +220,10 @@ def head_means(model: nn.Module, batches: Sequence[dict]) -> dict[int, torch.Ten
 
 
 def intervened_pass(model: nn.Module, batch: dict, mods: dict[str, Any] | None = None, patterns: bool = True,
-                    ) -> tuple[torch.Tensor, dict[int, np.ndarray]]:
-    """``(logits [B, T, V] or [B, C], {layer: pattern [H, T, T] of row 0})`` under ``mods`` (None: none)."""
-    red = _Patterns()
+                    keep: set[int] | None = None) -> tuple[torch.Tensor, dict[int, np.ndarray]]:
+    """``(logits [B, T, V] or [B, C], {layer: pattern [H, T, T] of row 0})`` under ``mods`` (None: none), with the
+    patterns of the layers in ``keep`` (None: every layer)."""
+    red = _Patterns(keep)
     mask = batch.get("attention_mask")
     t = batch["input_ids"].shape[1]
     lengths = mask.sum(1).tolist() if mask is not None else [t] * batch["input_ids"].shape[0]

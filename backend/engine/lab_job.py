@@ -32,8 +32,9 @@ from backend.engine.models import LoadedModel
 
 Progress = Callable[[float, str], None]
 MAX_PATTERN_ENTRIES = 4_000_000
-"""Patterns before and after are stored (float16) for every layer while ``L x H x T x T`` stays under this;
-past it only for the layers that hold intervened heads."""
+"""Patterns before and after are kept and stored (float16) for every layer while ``L x H x T x T`` stays under
+this; past it only for the layers that hold intervened heads (layer 0 when every head is), and the per-head
+summaries (``pattern_change``, ``key_share``) are None for the other layers."""
 
 
 def _ids(loaded: LoadedModel, tokens: Sequence[str]) -> list[int]:
@@ -103,10 +104,19 @@ def domain_sinks(loaded: LoadedModel, tokens: list[list[str]], progress: Progres
             "alpha_first": np.round(alpha.astype(np.float64), 6).tolist()}, {}
 
 
+def _per_layer(n_layers: int, layers: list[int], fn, digits: int) -> list:
+    """``[L][H]`` lists: ``fn(layer)`` rounded for the layers in ``layers``, None for the others."""
+    return [np.round(fn(l).astype(np.float64), digits).tolist() if l in layers else None for l in range(n_layers)]
+
+
 def _layers_to_store(n_layers: int, n_heads: int, t: int, heads) -> list[int]:
-    if n_layers * n_heads * t * t <= MAX_PATTERN_ENTRIES:
+    """Every layer when they fit :data:`MAX_PATTERN_ENTRIES`, else the intervened layers (first first) that fit,
+    at least one."""
+    per_layer = n_heads * t * t
+    if n_layers * per_layer <= MAX_PATTERN_ENTRIES:
         return list(range(n_layers))
-    return sorted({l for l, _ in heads}) if heads != "all" else [0]
+    wanted = sorted({l for l, _ in heads}) if heads != "all" else list(range(n_layers))
+    return wanted[: max(1, MAX_PATTERN_ENTRIES // per_layer)]
 
 
 def intervene(loaded: LoadedModel, inputs: Sequence[str], tokens: list[list[str]], options: dict, spec: dict,
@@ -135,8 +145,9 @@ def intervene(loaded: LoadedModel, inputs: Sequence[str], tokens: list[list[str]
         result["after"] = _metrics(model, task, batches, targets, mods)
     progress(0.7, "lab: the prompt before and after")
     batch, where = _prediction_batch(loaded, task, inputs[p], tokens[p])
-    logits_b, pats_b = lab.intervened_pass(model, model_inputs(batch), None)
-    logits_a, pats_a = lab.intervened_pass(model, model_inputs(batch), mods)
+    layers = _layers_to_store(n_layers, n_heads, len(tokens[p]), spec["heads"])
+    logits_b, pats_b = lab.intervened_pass(model, model_inputs(batch), None, keep=set(layers))
+    logits_a, pats_a = lab.intervened_pass(model, model_inputs(batch), mods, keep=set(layers))
     if task != "encoder":
         result["predictions"] = {"prompt": p, "what": where["what"], "position": where["position"],
                                  "before": _top(loaded, task, logits_b, where["position"]),
@@ -145,13 +156,13 @@ def intervene(loaded: LoadedModel, inputs: Sequence[str], tokens: list[list[str]
         one = make_batches(loaded, [inputs[p]], [tokens[p]])
         result["prompt_loss"] = {"before": _metrics(model, task, one, [{"task": task}], None)["loss"],
                                  "after": _metrics(model, task, one, [{"task": task}], mods)["loss"]}
-    change = np.stack([np.abs(pats_a[l] - pats_b[l]).mean(axis=(1, 2)) for l in range(n_layers)])  # [L, H]
-    result["pattern_change"] = np.round(change.astype(np.float64), 7).tolist()
+    # per layer and head (layers whose patterns were kept; None elsewhere): mean |after - before|, and the share
+    # of attention on the chosen keys (mean over all queries)
+    result["pattern_change"] = _per_layer(n_layers, layers, lambda l: np.abs(pats_a[l] - pats_b[l]).mean(axis=(1, 2)), 7)
     keys = spec.get("keys")
-    if keys:  # the share of attention on the chosen keys, mean over queries that see them, per head
-        share = lambda pats: np.stack([pats[l][:, :, keys].sum(-1).mean(-1) for l in range(n_layers)])  # noqa: E731
-        result["key_share"] = {"before": np.round(share(pats_b), 6).tolist(), "after": np.round(share(pats_a), 6).tolist()}
-    layers = _layers_to_store(n_layers, n_heads, len(tokens[p]), spec["heads"])
+    if keys:
+        result["key_share"] = {side: _per_layer(n_layers, layers, lambda l, pats=pats: pats[l][:, :, keys].sum(-1).mean(-1), 6)
+                               for side, pats in (("before", pats_b), ("after", pats_a))}
     result["pattern_layers"] = layers
     arrays = {}
     for l in layers:

@@ -296,3 +296,17 @@ def test_first_token_alpha_over_a_padded_batch() -> None:
         for layer in range(2):
             want = ref.attentions[layer][0][:, :, 0].numpy().mean(-1)  # [H]
             np.testing.assert_allclose(got[i, layer], want, rtol=1e-5)
+
+
+def test_long_prompts_keep_the_patterns_of_a_few_layers_only() -> None:
+    from backend.engine import lab_job
+
+    assert lab_job._layers_to_store(30, 9, 100, "all") == list(range(30))  # 2.7 M entries: every layer
+    assert lab_job._layers_to_store(30, 9, 600, [[7, 0], [3, 1], [5, 2]]) == [3]  # 3.2 M entries per layer
+    assert lab_job._layers_to_store(30, 9, 300, [[7, 0], [3, 1], [5, 2]]) == [3, 5, 7]
+    assert lab_job._layers_to_store(30, 9, 2048, "all") == [0]
+    cap, eag = _pair("llama")
+    ids = _ids(60)
+    _, pats = lab.intervened_pass(cap, lab.id_batch([ids], 0), None, keep={1})
+    assert list(pats) == [1]
+    np.testing.assert_allclose(pats[1], _eager(eag, ids).attentions[1][0].numpy(), atol=1e-7)
