@@ -221,7 +221,7 @@ def head_means(model: nn.Module, batches: Sequence[dict]) -> dict[int, torch.Ten
 
 def intervened_pass(model: nn.Module, batch: dict, mods: dict[str, Any] | None = None, patterns: bool = True,
                     keep: set[int] | None = None) -> tuple[torch.Tensor, dict[int, np.ndarray]]:
-    """``(logits [B, T, V] or [B, C], {layer: pattern [H, T, T] of row 0})`` under ``mods`` (None: none), with the
+    """``(logits [B, T, V] or [B, C] or None, {layer: pattern [H, T, T] of row 0})`` under ``mods`` (None: none), with the
     patterns of the layers in ``keep`` (None: every layer)."""
     red = _Patterns(keep)
     mask = batch.get("attention_mask")
@@ -230,9 +230,9 @@ def intervened_pass(model: nn.Module, batch: dict, mods: dict[str, Any] | None =
     session = CaptureSession(model, reducers=[red] if patterns else [], prompts=list(range(len(lengths))),
                              lengths=lengths, **(mods or {}))
     with torch.no_grad(), session:
-        logits = model(**batch).logits
+        out = model(**batch)
     session.check_captured()
-    return logits, red.layers
+    return getattr(out, "logits", None), red.layers  # (None for an encoder without a head)
 
 
 # ----------------------------------------------------------------------------- patching
