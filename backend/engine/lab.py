@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backend import names
 from backend.engine.capture import BaseReducer, CaptureSession, LayerView
 from backend.engine.interventions import (
     HeadMean,
@@ -96,8 +97,6 @@ def extreme_tokens(model: nn.Module, ids: Sequence[int], causal: bool) -> dict[s
         model(**id_batch([ids], 0, dev))
     session.check_captured()
     res = sinks.results()
-    from backend import names
-
     received = np.stack([res[names.attn_received(0, layer)] for layer in range(n_layers)])  # [L, H, T]
     value_norm = np.stack([values.norms[layer] for layer in range(n_layers)])  # [L, H, T]
     resid = np.stack([blocks.out[layer][:t].float().norm(dim=-1).cpu().numpy() for layer in range(n_layers)])
