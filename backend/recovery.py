@@ -67,14 +67,18 @@ def lost_run(cache: Cache, settings: Settings, run_id: str, attempt: str, reason
     return outcome
 
 
-def lost_prune(cache: Cache, digest: str, attempt: str, reason: str) -> None:
-    """A pruning job lost its worker: mark it failed (it is short and cheap to ask for again)."""
+DERIVED_KINDS = {"prune": "pruning job", "lab": "lab job"}
+"""Jobs on a finished run (a record under ``keys.derived``), by the kind they register as running."""
+
+
+def lost_prune(cache: Cache, digest: str, attempt: str, reason: str, kind: str = "prune") -> None:
+    """A pruning (or lab) job lost its worker: mark it failed (it is short and cheap to ask for again)."""
     from backend import jobs  # noqa: PLC0415
 
     rec = cache.get_record(digest)
     if rec is not None and rec.get("status") in ("queued", "running"):
-        rec.update(status="failed", stage="failed", error=f"the worker stopped while running this pruning job "
-                   f"({reason}); run it again", finished=time.time())
+        rec.update(status="failed", stage="failed", error=f"the worker stopped while running this "
+                   f"{DERIVED_KINDS.get(kind, 'job')} ({reason}); run it again", finished=time.time())
         jobs.put_prune(cache, digest, rec, jobs.FAILURE_TTL_S)
     cache.release_running(digest, attempt)
 
@@ -86,8 +90,8 @@ def lost_jobs(cache: Cache, settings: Settings, reason: str, worker: str | None 
     for job_id, entry in cache.running_jobs().items():
         if worker is not None and entry.get("worker") != worker:
             continue
-        if entry.get("kind") == "prune":
-            lost_prune(cache, job_id, entry["attempt"], reason)
+        if entry.get("kind") in DERIVED_KINDS:
+            lost_prune(cache, job_id, entry["attempt"], reason, entry["kind"])
             out[job_id] = "failed"
         else:
             out[job_id] = lost_run(cache, settings, job_id, entry["attempt"], reason)

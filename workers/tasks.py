@@ -239,7 +239,7 @@ def enqueue_stopped() -> None:
 
 
 def abandon_current(reason: str) -> None:
-    """Called by the stop watchdog when the job did not stop in time: requeue a run, fail a pruning job."""
+    """Called by the stop watchdog when the job did not stop in time: requeue a run, fail a pruning or lab job."""
     job = dict(CURRENT)
     if not job:
         return
@@ -250,7 +250,7 @@ def abandon_current(reason: str) -> None:
     else:
         from backend.recovery import lost_prune
 
-        lost_prune(cache, job["id"], job["attempt"], reason)
+        lost_prune(cache, job["id"], job["attempt"], reason, job["kind"])
 
 
 def _record_failure(cache: Cache, run_id: str, attempt: str, message: str, status: str) -> None:
@@ -329,11 +329,14 @@ def run_lab(digest: str, run_id: str, spec: dict) -> str:
     the run's model and inputs; the record under ``keys.derived`` goes running -> done (result TTL, with
     its arrays) or failed."""
     from backend.engine.lab_job import lab_experiment
-    from backend.lab_jobs import put_arrays, put_record
     from backend.jobs import FAILURE_TTL_S
+    from backend.lab_jobs import put_arrays, put_record
 
     settings = get_settings()
     cache = Cache(connect(settings, patient=True), settings)
+    attempt = uuid.uuid4().hex
+    cache.register_running(digest, attempt, worker_name(), "lab")
+    CURRENT.update(id=digest, attempt=attempt, kind="lab")
     base = {"job": digest, "run_id": run_id, "spec": spec, "created": time.time()}
     last = [0.0]
 
@@ -343,6 +346,11 @@ def run_lab(digest: str, run_id: str, spec: dict) -> str:
             last[0] = now
             put_record(cache, digest, {**base, "status": "running", "stage": stage, "progress": round(float(frac), 4)},
                        settings.job_timeout_s + 600)
+
+    def finish(record: dict, ttl_s: int) -> None:
+        put_record(cache, digest, {**record, "finished": time.time()}, ttl_s)
+        cache.release_running(digest, attempt)
+        CURRENT.clear()
 
     try:
         progress(0.0, "loading model")
@@ -354,8 +362,7 @@ def run_lab(digest: str, run_id: str, spec: dict) -> str:
         tokens = (manifest.get("info") or {}).get("tokens") or []
         result, arrays = lab_experiment(loaded, list(run_spec["inputs"]), tokens, run_spec["options"], spec, progress)
         put_arrays(cache, digest, arrays, settings.result_ttl_s)
-        put_record(cache, digest, {**base, **result, "status": "done", "stage": "done", "progress": 1.0,
-                                   "finished": time.time()}, settings.result_ttl_s)
+        finish({**base, **result, "status": "done", "stage": "done", "progress": 1.0}, settings.result_ttl_s)
         return "done"
     except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
         known = isinstance(exc, (ModelError, SpecError, ValueError))
@@ -363,8 +370,8 @@ def run_lab(digest: str, run_id: str, spec: dict) -> str:
             traceback.print_exc()
         failed = {**base, "status": "failed", "stage": "failed", "error": str(exc) if known else _failure_message(exc)}
         if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            put_record(cache, digest, {**failed, "finished": time.time()}, FAILURE_TTL_S)
+            finish(failed, FAILURE_TTL_S)
             raise
     release_memory()  # as run_analysis: after the except block, the job's tensors are no longer referenced
-    put_record(cache, digest, {**failed, "finished": time.time()}, FAILURE_TTL_S)
+    finish(failed, FAILURE_TTL_S)
     return "failed"

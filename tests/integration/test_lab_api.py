@@ -164,3 +164,17 @@ def test_unknown_jobs_and_runs(live_app, run_id) -> None:
     assert api_call(live_app, f"/api/runs/{run_id}/lab/{'0' * 64}")[0] == 404
     assert api_call(live_app, f"/api/runs/{run_id}/lab/nope")[0] == 404
     assert api_call(live_app, f"/api/runs/{'0' * 32}/lab", {"kind": "domains"})[0] == 404
+
+
+def test_a_lab_job_whose_worker_died_is_failed_with_a_message(cache) -> None:
+    """Recovery (``backend.recovery.lost_jobs``) treats lab jobs like pruning jobs: failed, to be asked for again."""
+    from backend.recovery import lost_jobs
+    from backend.settings import get_settings
+
+    digest = "e" * 64
+    cache.put_record(digest, {"job": digest, "run_id": "r" * 32, "status": "running", "created": time.time()}, 600)
+    cache.register_running(digest, "attempt-1", "worker-x", "lab")
+    assert lost_jobs(cache, get_settings(), "killed by the test", worker="worker-x") == {digest: "failed"}
+    rec = cache.get_record(digest)
+    assert rec["status"] == "failed" and "lab job (killed by the test)" in rec["error"]
+    assert digest not in cache.running_jobs()
