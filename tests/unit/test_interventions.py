@@ -310,3 +310,20 @@ def test_long_prompts_keep_the_patterns_of_a_few_layers_only() -> None:
     _, pats = lab.intervened_pass(cap, lab.id_batch([ids], 0), None, keep={1})
     assert list(pats) == [1]
     np.testing.assert_allclose(pats[1], _eager(eag, ids).attentions[1][0].numpy(), atol=1e-7)
+
+
+def test_scaling_is_the_same_when_attention_is_chunked_over_queries() -> None:
+    """Long prompts run with the query rows in chunks: the intervention applies to each chunk alike."""
+    from backend.engine.interventions import KeyScale
+
+    cap, _ = _pair("llama")
+    batch = lab.id_batch([_ids(70)], 0)
+    mod = KeyScale({0: [1, 3], 1: [0]}, [0, 2], 0.3)
+    with torch.no_grad(), CaptureSession(cap, weights_mod=mod):
+        whole = cap(**batch).logits
+    with torch.no_grad(), CaptureSession(cap, weights_mod=mod, chunk_size=2):
+        chunked = cap(**batch).logits
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+    with torch.no_grad(), CaptureSession(cap):
+        plain = cap(**batch).logits
+    assert not torch.allclose(whole, plain)
