@@ -137,7 +137,7 @@ def submit(
 # same model and inputs, so adding an analysis to a finished run adds arrays without changing any stored one:
 # the run keeps its id (and every URL to it), its manifest keeps the spec it was submitted with, and the
 # analyses added later are listed in the manifest's ``extra_analyses``. A recompute after eviction runs the
-# spec's analyses plus the extra ones. The extension itself is a job (id ``extension_job_id(run_id)``) whose
+# spec's analyses plus the extra ones. The extension itself is a job (id ``<run id>-extend``) whose
 # progress lives in the manifest's ``extension`` field while the run stays ``done`` (its views keep working).
 
 
@@ -148,7 +148,7 @@ def run_analyses(manifest: dict[str, Any]) -> list[str]:
 
 
 def extension_job_id(run_id: str) -> str:
-    return f"{run_id}.extend"
+    return f"{run_id}-extend"
 
 
 def extend(cache: Cache, settings: Settings, run_id: str, analyses: Any, client: str = "local") -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import state
 from app.components import alert, help_text
-from app.examples import EXAMPLES, submit_example
+from app.examples import EXAMPLES as ONE_CLICK_EXAMPLES, submit_example
 from app.sample_picker import sample_picker
 from backend import jobs
 from backend.model_refs import DEFAULT_MODEL, ModelError, available_models, default_causal_model, missing_models
@@ -76,7 +76,7 @@ def intro() -> html.Div:
                className="lead"),
         html.Div(className="examples", children=[
             html.Button(ex.title, id={"type": "new-example", "key": ex.key}, className="btn secondary",
-                        title=ex.blurb, n_clicks=0) for ex in EXAMPLES
+                        title=ex.blurb, n_clicks=0) for ex in ONE_CLICK_EXAMPLES
         ]),
         html.Div(id="new-example-message"),
     ])
