@@ -41,6 +41,8 @@ def status_body(m: dict[str, Any]) -> dict[str, Any]:
         "events": m.get("events") or [],
         "attempts": m.get("attempts") or 0,
         "options": (m.get("spec") or {}).get("options"),
+        "analyses": jobs.run_analyses(m),
+        "extension": m.get("extension"),
         "created": m.get("created"),
         "finished": m.get("finished"),
     }
@@ -51,6 +53,7 @@ def list_runs():
     runs = state.cache().recent_runs(50)
     return jsonify({"runs": [
         {"run_id": r["run_id"], "status": r["status"], "model": (r.get("model") or {}).get("ref"),
+         "analyses": jobs.run_analyses(r),
          "n_inputs": len((r.get("spec") or {}).get("inputs", [])), "created": r["created"]}
         for r in runs
     ]})
@@ -70,6 +73,18 @@ def cancel_run(run_id: str):
         return error(f"unknown run {run_id}", 404)
     ok = jobs.cancel(state.cache(), state.settings(), run_id)
     return jsonify({"run_id": run_id, "cancelled": ok})
+
+
+@api.post("/runs/<run_id>/extend")
+def extend_run(run_id: str):
+    """Add analyses to a finished run in the background (same run id); poll ``GET /api/runs/<id>``."""
+    if not state.RUN_ID.match(run_id):
+        return error(f"unknown run {run_id}", 404)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return error('body must be a JSON object: {"analyses": [...]}', 400)
+    ext = jobs.extend(state.cache(), state.settings(), run_id, body.get("analyses"), client=client_id())
+    return jsonify({"run_id": run_id, "extension": ext}), 202 if ext.get("status") in ("queued", "running") else 200
 
 
 @api.get("/runs/<run_id>/attention")

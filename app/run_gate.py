@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from urllib.parse import urlencode
 
-from dash import Input, Output, State, callback, dcc, no_update
+from dash import MATCH, Input, Output, State, callback, dcc, html, no_update
 
 from app import state
 from app.components import alert, progress_bar
+from backend import jobs
+from backend.vocab import ANALYSES
+
+ANALYSIS_LABEL = {a.name: a.label for a in ANALYSES}
 
 POLL_MS = 800
 """How often a waiting page asks for its run's status."""
@@ -49,16 +53,60 @@ class Gate:
         return "" if self.stop else no_update
 
 
-def wait_for_run(run_id: str, load: Callable[[str], Any]) -> Gate:
-    """Check the run once; when it is done, ``load(run_id)`` gives the page's data (see :class:`Gate`)."""
+def extension_offer(run_id: str, analysis: str, ext: dict[str, Any] | None) -> html.Div:
+    """Instead of a dead end: this run lacks the view's analysis; a button adds it to the same run (same URL)."""
+    label = ANALYSIS_LABEL.get(analysis, analysis)
+    failed = ext and ext.get("status") == "failed" and analysis in ext.get("analyses", [])
+    return html.Div(className="extend-offer", id="extend-offer", children=[
+        alert(f"This run was submitted without the “{label}” analysis this view draws."
+              + (f" The last attempt to add it failed: {ext.get('error')}" if failed else ""), "info"),
+        html.Button(f"Compute {label.split(' (')[0].lower()} now", className="btn",
+                    id={"type": "extend-run", "run": run_id, "analysis": analysis}, n_clicks=0),
+        html.Span(" The run keeps its id and this page its URL; the view appears when the analysis is done.",
+                  className="muted"),
+        html.Div(id={"type": "extend-message", "run": run_id, "analysis": analysis}),
+    ])
+
+
+@callback(Output({"type": "extend-message", "run": MATCH, "analysis": MATCH}, "children"),
+          Input({"type": "extend-run", "run": MATCH, "analysis": MATCH}, "n_clicks"), prevent_initial_call=True)
+def _extend(n_clicks: int) -> Any:
+    """The offer's button: queue the extension; the page's poll then shows its progress."""
+    from dash import ctx
+
+    if not n_clicks:
+        return no_update
+    run_id, analysis = ctx.triggered_id["run"], ctx.triggered_id["analysis"]
+    try:
+        jobs.extend(state.cache(), state.settings(), run_id, [analysis], client="browser")
+    except state.REDIS_ERRORS:
+        return alert(state.REDIS_DOWN, "warn")
+    except (ValueError, LookupError, jobs.RateLimited) as exc:
+        return alert(str(exc), "warn")
+    return alert("Queued; the progress shows here in a moment…", "info")
+
+
+def wait_for_run(run_id: str, load: Callable[[str], Any], analysis: str | None = None) -> Gate:
+    """Check the run once; when it is done, ``load(run_id)`` gives the page's data (see :class:`Gate`).
+    With ``analysis``: a done run without it gets :func:`extension_offer` (polling goes on), then the
+    extension's progress bar, then the view."""
     try:
         m = state.run_status(run_id)
         if m is None:
             return Gate(None, True, alert(f"No run with id {run_id}."))
         if m["status"] in ("queued", "running"):
             return Gate(no_update, False, progress_bar(m["progress"], m["stage"], m["status"]), m)
-        if m["status"] != "done":
-            return Gate(None, True, alert(f"The run {m['status']}: {m.get('error') or 'no error message'}"), m)
+        if m["status"] != "done":  # failed or cancelled: the bar stays at the progress it had reached
+            return Gate(None, True, html.Div([
+                progress_bar(m.get("progress", 0), m["status"], m["status"]),
+                alert(f"The run {m['status']}: {m.get('error') or 'no error message'}"),
+            ]), m)
+        if analysis and analysis not in jobs.run_analyses(m):
+            ext = jobs.extension_status(state.cache(), run_id, m)
+            if ext and ext.get("status") in ("queued", "running") and analysis in ext.get("analyses", []):
+                stage = f"adding {ANALYSIS_LABEL.get(analysis, analysis).lower()}: {ext.get('stage', '')}"
+                return Gate(no_update, False, progress_bar(ext.get("progress", 0), stage, ext["status"]), m)
+            return Gate(no_update, False, extension_offer(run_id, analysis, ext), m)
         data = load(run_id)
     except state.REDIS_ERRORS:
         return Gate(no_update, False, alert(state.REDIS_DOWN, "warn"))

@@ -81,10 +81,17 @@ def _serve(args: argparse.Namespace) -> int:
                   "to load", flush=True)
         from app.main import create_app
 
+        from attention_atlas import discovery
+
         app = create_app()
+        s = get_settings()
+        discovery.announce(args.port, args.host, os.environ["REDIS_URL"], s.key_prefix, s.queue_name)
         print(f"Attention Atlas on http://{args.host}:{args.port}/", flush=True)
         serving.run(app.server, args.host, args.port, kind)
     finally:
+        from attention_atlas import discovery
+
+        discovery.withdraw(args.port)
         # Workers first (each requeues its job, with Redis still up), then Redis: all within ~5 s.
         if supervisor is not None:
             for pid, returncode in supervisor.stop(deadline_s=3.0):
@@ -115,6 +122,20 @@ def _analyze(args: argparse.Namespace) -> int:
     from backend.redis_conn import RedisUnavailable, connect
     from backend.spec import SpecError
 
+    base_url = args.base_url
+    if not os.environ.get("REDIS_URL"):  # find the server `attention-atlas serve` started on this machine
+        from attention_atlas import discovery
+
+        found = discovery.find_server()
+        if found is None:
+            print("error: REDIS_URL is not set and no running `attention-atlas serve` was found on this machine; "
+                  "start one, or set REDIS_URL to the Redis your server uses", file=sys.stderr)
+            return 2
+        os.environ.update(REDIS_URL=found["redis_url"], ATLAS_KEY_PREFIX=found["key_prefix"],
+                          ATLAS_QUEUE=found["queue"])
+        base_url = base_url or found["url"]
+        print(f"using the server at {found['url']}", file=sys.stderr)
+    base_url = base_url or "http://127.0.0.1:8050"
     prompts = list(args.prompts)
     if args.file:
         from backend.uploads import parse_upload
@@ -129,7 +150,7 @@ def _analyze(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(run_id)
-    print(f"{args.base_url.rstrip('/')}/runs/{run_id}")
+    print(f"{base_url.rstrip('/')}/runs/{run_id}")
     if args.wait:
         while True:
             st = jobs.status(cache, settings, run_id)
@@ -167,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--file", help=".txt (one prompt per line), .csv or .jsonl file of prompts")
     a.add_argument("--options", help='JSON object of options, e.g. \'{"analyses": ["metrics"]}\'')
     a.add_argument("--queue", help="queue to put the run on (default ATLAS_QUEUE), e.g. one only GPU workers serve")
-    a.add_argument("--base-url", default="http://127.0.0.1:8050")
+    a.add_argument("--base-url", default=None,
+                   help="the web address printed with the run id (default: the found server's, else port 8050)")
     a.add_argument("--wait", action="store_true", help="wait for the run to finish, showing progress")
     a.set_defaults(func=_analyze)
     return p

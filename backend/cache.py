@@ -142,14 +142,15 @@ class Cache:
 
     def recent_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         ids = self.r.zrevrange(keys.runs_index(self.prefix), 0, limit - 1)
+        fields = ["run_id", "status", "spec", "model", "created", "progress", "extra_analyses"]
         pipe = self.r.pipeline()
         for rid in ids:
-            pipe.hmget(keys.run_manifest(self.prefix, rid.decode()), ["run_id", "status", "spec", "model", "created"])
+            pipe.hmget(keys.run_manifest(self.prefix, rid.decode()), fields)
         out = []
         for vals in pipe.execute():
             if vals[0] is None:
                 continue
-            out.append(dict(zip(["run_id", "status", "spec", "model", "created"], (json.loads(v) for v in vals))))
+            out.append(dict(zip(fields, (None if v is None else json.loads(v) for v in vals))))
         return out
 
     # ---- arrays ----------------------------------------------------------------------------

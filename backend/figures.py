@@ -55,10 +55,31 @@ def attention_row(tokens: Sequence[str], weights: np.ndarray, query: int, title:
 
 
 def attention_lines(tokens: Sequence[str], pattern: np.ndarray, query: int | None = None,
-                    title: str = "", min_weight: float = 0.02) -> go.Figure:
-    """bertviz-style lines: queries on the left, keys on the right, line opacity = attention."""
+                    title: str = "", min_weight: float = 0.02, max_lines: int | None = None) -> go.Figure:
+    """bertviz-style lines: queries on the left, keys on the right, line opacity = attention.
+
+    With a ``query`` and more than ``max_lines`` tokens, only that token's ``max_lines`` strongest edges are drawn,
+    its keys listed in text order (``12:the``): a 512-token prompt stays a readable figure, not a 11,000 px one."""
     n = len(tokens)
-    xs, ys, fig = [], [], go.Figure()
+    fig = go.Figure()
+    if query is not None and max_lines is not None and n > max_lines:
+        row = np.asarray(pattern[query], dtype=np.float64)
+        keys = sorted(int(k) for k in np.argsort(-row, kind="stable")[:max_lines])
+        m = len(keys)
+        for y, k in enumerate(keys):
+            w = float(row[k])
+            fig.add_trace(go.Scatter(
+                x=[0, 1], y=[(m - 1) / 2, y], mode="lines",
+                line=dict(color=f"rgba(31,119,180,{min(1.0, 0.15 + w)})", width=1 + 6 * w), hoverinfo="text",
+                text=f"{tokens[query]} → {tokens[k]}: {w:.3f}", showlegend=False,
+            ))
+        fig.add_trace(go.Scatter(x=[-0.02], y=[(m - 1) / 2], mode="text", text=[f"{query}:{tokens[query]}"],
+                                 textposition="middle left", showlegend=False, hovertemplate="query %{text}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=[1.02] * m, y=list(range(m)), mode="text", text=[f"{k}:{tokens[k]}" for k in keys],
+                                 textposition="middle right", showlegend=False, hovertemplate="key %{text}<extra></extra>"))
+        fig.update_xaxes(visible=False, range=[-0.6, 1.6])
+        fig.update_yaxes(visible=False, autorange="reversed")
+        return _base(fig, title, height=max(300, 22 * m + 80))
     rows = [query] if query is not None else list(range(n))
     for q in rows:
         for k in range(n):
@@ -75,7 +96,6 @@ def attention_lines(tokens: Sequence[str], pattern: np.ndarray, query: int | Non
             textposition="middle left" if side == "query" else "middle right", showlegend=False,
             hovertemplate=f"{side} %{{text}}<extra></extra>",
         ))
-        xs.append(x)
     fig.update_xaxes(visible=False, range=[-0.6, 1.6])
     fig.update_yaxes(visible=False, autorange="reversed")
     return _base(fig, title, height=max(300, 22 * n + 80))

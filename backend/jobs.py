@@ -27,6 +27,7 @@ from backend.settings import Settings
 from backend.spec import RunSpec, SpecError, build_spec, run_id_for
 
 TASK = "workers.tasks.run_analysis"
+EXTEND_TASK = "workers.tasks.run_extension"
 FAILURE_TTL_S = 3600
 HEARTBEAT_S = float(os.environ.get("ATLAS_HEARTBEAT_S", "5"))
 """The worker refreshes a running run's ``heartbeat`` this often; silence for 6x this means it died."""
@@ -128,6 +129,91 @@ def submit(
     cache.add_active_run(client, run_id)
     enqueue(cache, settings, run_id, queue)
     return run_id, True
+
+
+# ------------------------------------------------------------------------------- extending a run
+#
+# A run id addresses (engine, model weights, inputs, options). Every analysis is a deterministic function of the
+# same model and inputs, so adding an analysis to a finished run adds arrays without changing any stored one:
+# the run keeps its id (and every URL to it), its manifest keeps the spec it was submitted with, and the
+# analyses added later are listed in the manifest's ``extra_analyses``. A recompute after eviction runs the
+# spec's analyses plus the extra ones. The extension itself is a job (id ``<run id>-extend``) whose
+# progress lives in the manifest's ``extension`` field while the run stays ``done`` (its views keep working).
+
+
+def run_analyses(manifest: dict[str, Any]) -> list[str]:
+    """The analyses a run has (or will have once done): the spec's plus those added by extensions."""
+    spec_analyses = ((manifest.get("spec") or {}).get("options") or {}).get("analyses") or []
+    return sorted(set(spec_analyses) | set(manifest.get("extra_analyses") or []))
+
+
+def extension_job_id(run_id: str) -> str:
+    return f"{run_id}-extend"
+
+
+def extend(cache: Cache, settings: Settings, run_id: str, analyses: Any, client: str = "local") -> dict[str, Any]:
+    """Add ``analyses`` to a finished run in the background; returns the manifest's ``extension`` record.
+
+    Analyses the run already has are skipped; while an extension is queued or running, a request for analyses
+    it covers returns its record and a request for others is refused (one extension at a time)."""
+    from backend.vocab import ANALYSIS_NAMES
+
+    if not isinstance(analyses, list) or not analyses or not all(a in ANALYSIS_NAMES for a in analyses):
+        raise SpecError(f"analyses must be a non-empty list drawn from {', '.join(ANALYSIS_NAMES)}")
+    m = cache.manifest(run_id)
+    if m is None:
+        raise LookupError(f"unknown run {run_id}")
+    if m["status"] != "done":
+        raise SpecError(f"the run is {m['status']}; an analysis can be added once it is done")
+    missing = sorted(set(analyses) - set(run_analyses(m)))
+    ext = extension_status(cache, run_id, m)
+    if ext and ext.get("status") in ("queued", "running"):
+        if set(missing) <= set(ext["analyses"]):
+            return ext
+        raise SpecError(f"this run is already being extended with {', '.join(ext['analyses'])}; "
+                        "wait for it to finish")
+    if not missing:
+        return {"analyses": [], "status": "done", "progress": 1.0, "stage": "done", "error": ""}
+    if (m.get("spec") or {}).get("kind") == "image" and "streaming" in missing:
+        raise SpecError("the StreamingLLM experiment needs a causal language model on text")
+    _check_rate(cache, settings, client)
+    ext = {"analyses": missing, "status": "queued", "progress": 0.0, "stage": "queued", "error": "",
+           "created": time.time()}
+    cache.update(run_id, extension=ext)
+    job_id = extension_job_id(run_id)
+    try:
+        Job.fetch(job_id, connection=cache.connection, serializer=JSONSerializer).delete()
+    except NoSuchJobError:
+        pass
+    queue_for(cache.connection, settings).enqueue_call(
+        EXTEND_TASK, args=(run_id, missing), job_id=job_id, timeout=settings.job_timeout_s, result_ttl=600,
+        failure_ttl=FAILURE_TTL_S, description=f"extend {run_id} with {', '.join(missing)}",
+    )
+    return ext
+
+
+def extension_status(cache: Cache, run_id: str, manifest: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The run's latest extension record, reconciled with RQ (a job that died is reported failed)."""
+    m = manifest if manifest is not None else cache.manifest(run_id)
+    ext = (m or {}).get("extension")
+    if not ext or ext.get("status") not in ("queued", "running"):
+        return ext
+    try:
+        job = Job.fetch(extension_job_id(run_id), connection=cache.connection, serializer=JSONSerializer)
+        rq_status = job.get_status(refresh=True)
+        rq_status = getattr(rq_status, "value", rq_status)
+    except NoSuchJobError:
+        rq_status = None if time.time() - ext.get("created", 0) > 10 else "queued"
+    beat = ext.get("heartbeat")
+    dead = ext.get("status") == "running" and beat is not None and time.time() - beat > 6 * HEARTBEAT_S
+    if dead or rq_status in (None, "failed", "stopped", "canceled"):
+        fresh = (cache.manifest(run_id) or {}).get("extension") or ext
+        if fresh.get("status") in ("queued", "running"):
+            fresh = {**fresh, "status": "failed", "stage": "failed",
+                     "error": "the worker stopped while adding this analysis; try again"}
+            cache.update(run_id, extension=fresh)
+        return fresh
+    return ext
 
 
 def recompute(cache: Cache, settings: Settings, run_id: str) -> bool:

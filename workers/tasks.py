@@ -16,7 +16,7 @@ import numpy as np
 import redis
 
 from backend.cache import Cache
-from backend.jobs import HEARTBEAT_S
+from backend.jobs import HEARTBEAT_S, run_analyses
 from backend.model_refs import ModelError, resolve_model
 from backend.recovery import worker_name
 from backend.redis_conn import connect
@@ -167,7 +167,8 @@ def run_analysis(run_id: str) -> str:
         ref = resolve_model(spec["model"], settings)
         loaded = registry(settings).get(ref, spec["options"]["dtype"])
         inputs = _load_inputs(cache, spec, settings)
-        info = analyze(loaded, inputs, spec["options"], writer, progress, should_stop, settings)
+        options = {**spec["options"], "analyses": run_analyses(manifest)}  # + analyses added by extensions
+        info = analyze(loaded, inputs, options, writer, progress, should_stop, settings)
         writer.flush()
         done = cache.update_attempt(run_id, attempt, ("running",), info=info.to_dict(), sizes=writer.sizes,
                                     status="done", stage="done", progress=1.0, finished=time.time())
@@ -268,6 +269,63 @@ def _record_failure(cache: Cache, run_id: str, attempt: str, message: str, statu
             return
         except (redis.ConnectionError, redis.TimeoutError):
             time.sleep(1.0)
+
+
+def run_extension(run_id: str, analyses: list[str]) -> str:
+    """RQ entry point of :func:`backend.jobs.extend`: run ``analyses`` on a finished run and add their arrays
+    under the same run id (no pattern store: the run has its patterns). The run stays ``done`` throughout;
+    progress goes to the manifest's ``extension`` record, and ``sizes``, ``extra_analyses`` and the notices
+    are merged only once every array is written, so a view never sees half an analysis."""
+    from backend.engine.analyze import Cancelled, analyze
+
+    settings = get_settings()
+    cache = Cache(connect(settings, patient=True), settings)
+    manifest = cache.manifest(run_id)
+    if manifest is None or manifest.get("status") != "done":
+        return "run not done"
+    spec = manifest["spec"]
+    ext = {**(manifest.get("extension") or {}), "analyses": analyses, "status": "running", "stage": "loading model",
+           "progress": 0.0, "error": "", "heartbeat": time.time()}
+    cache.update(run_id, extension=ext)
+    writer = _Writer(cache, run_id)
+    last = [0.0]
+
+    def progress(frac: float, stage: str) -> None:
+        now = time.time()
+        if now - last[0] > 0.25 or frac >= 1.0:
+            last[0] = now
+            ext.update(progress=round(float(frac), 4), stage=stage, heartbeat=now)
+            cache.update(run_id, extension=ext)
+
+    try:
+        ref = resolve_model(spec["model"], settings)
+        loaded = registry(settings).get(ref, spec["options"]["dtype"])
+        inputs = _load_inputs(cache, spec, settings)
+        options = {**spec["options"], "analyses": sorted(set(analyses) | {"attention"})}
+        info = analyze(loaded, inputs, options, writer, progress, lambda: False, settings, store_patterns=False)
+        writer.flush()
+        fresh = cache.manifest(run_id) or manifest
+        old_info = fresh.get("info") or {}
+        notices = list(old_info.get("notices") or [])
+        notices += [n for n in info.notices if n not in notices]
+        cache.update(run_id, sizes={**(fresh.get("sizes") or {}), **writer.sizes},
+                     extra_analyses=sorted(set(fresh.get("extra_analyses") or []) | set(analyses)),
+                     info={**old_info, "notices": notices},
+                     extension={**ext, "status": "done", "stage": "done", "progress": 1.0, "finished": time.time()})
+        return "done"
+    except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
+        known = isinstance(exc, (ModelError, SpecError, ValueError, Cancelled))
+        if not known:
+            traceback.print_exc()
+        msg = str(exc) if known else _failure_message(exc)
+        failed = {**ext, "status": "failed", "stage": "failed", "error": msg, "finished": time.time()}
+        if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            cache.update(run_id, extension=failed)
+            raise
+    writer.buf.clear()
+    release_memory()
+    cache.update(run_id, extension=failed)
+    return "failed"
 
 
 def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:

@@ -20,7 +20,7 @@ from backend import roles as hr
 
 dash.register_page(__name__, path_template="/runs/<run_id>/atlas", title="Head atlas · Attention Atlas",
                    name="Head atlas", order=1)  # before the run page, whose /runs/<run_id> would match too
-register_view("atlas", "Head atlas", needs="metrics.induction")
+register_view("atlas", "Head atlas", needs="metrics.induction", analysis="roles")
 
 COLOUR_OPTIONS = [{"label": "dominant role", "value": "role"}] + [
     {"label": s.label, "value": s.key} for s in hr.SCORES]
@@ -117,7 +117,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
 )
 def load(_n, run_id):
     """Poll until the run is finished, then load its atlas once."""
-    gate = wait_for_run(run_id, atlas_data.load)
+    gate = wait_for_run(run_id, atlas_data.load, analysis="roles")
     if not gate.ready:
         return gate.data, gate.status, gate.stop, gate.blank, gate.blank
     data = gate.data

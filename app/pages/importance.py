@@ -31,7 +31,7 @@ from backend.prune_spec import format_off, parse_off
 # order=1: see app/pages/sinks.py ('/runs/<run_id>' must not swallow '/runs/<id>/importance')
 dash.register_page(__name__, path_template="/runs/<run_id>/importance", title="Head importance · Attention Atlas",
                    name="Head importance", order=1)
-register_view("importance", "Head importance", needs="metrics.importance")
+register_view("importance", "Head importance", needs="metrics.importance", analysis="importance")
 
 SCALES = ("raw", "normalised")
 METRICS = ("loss", "perplexity", "accuracy")
@@ -128,7 +128,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
 )
 def poll(_n, run_id):
     """Wait for the run to finish, then hand its info to the views."""
-    gate = wait_for_run(run_id, importance_data.load_info)
+    gate = wait_for_run(run_id, importance_data.load_info, analysis="importance")
     if not gate.ready:
         return gate.data, gate.stop, gate.status, gate.blank, gate.blank
     info = gate.data

@@ -23,7 +23,7 @@ from backend.vocab import METHOD_LABELS
 
 dash.register_page(__name__, path_template="/runs/<run_id>/maps", title="Query-key maps · Attention Atlas",
                    name="Query-key maps", order=1)  # before the run page, whose /runs/<run_id> would match too
-register_view("maps", "Query-key maps", needs="embedding.")
+register_view("maps", "Query-key maps", needs="embedding.", analysis="embedding")
 
 MAPS_HELP = (
     "AttentionViz (Yeh et al., IEEE VIS 2023): every query and key vector of one head, over all prompts, projected "
@@ -108,7 +108,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
 def setup(_n, run_id, view):
     """Show progress (per head while the maps are computed) until the run is done, then fill the pickers."""
     nothing = (no_update,) * 6
-    gate = wait_for_run(run_id, maps_data.map_run)
+    gate = wait_for_run(run_id, maps_data.map_run, analysis="embedding")
     m = gate.manifest
     model = f"{(m.get('model') or {}).get('ref')} · run {run_id[:12]}" if m else gate.blank
     if not gate.ready:

@@ -6,10 +6,11 @@ import base64
 import hashlib
 
 import dash
-from dash import Input, Output, State, callback, dcc, html, no_update
+from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import state
 from app.components import alert, help_text
+from app.examples import EXAMPLES as ONE_CLICK_EXAMPLES, submit_example
 from app.sample_picker import sample_picker
 from backend import jobs
 from backend.model_refs import DEFAULT_MODEL, ModelError, available_models, default_causal_model, missing_models
@@ -59,21 +60,55 @@ def missing_models_notice() -> html.Div | None:
     return alert(" ".join(missing.values()), "warn")
 
 
+DEFAULT_ANALYSES = ["attention", "metrics"]
+"""Ticked by default: the analyses that take seconds on any model (the token view and the sinks page). Head roles
+(minutes on SmolLM2 on two cores), maps (UMAP per head) and importance (a backward pass per batch) are offered
+on their views of a finished run (the run is extended, same id), so nothing is a dead end."""
+
+
+def intro() -> html.Div:
+    """What the app does in two lines, and the one-click examples."""
+    return html.Div(className="card", id="intro", children=[
+        html.H2("Attention Atlas"),
+        html.P("Look inside transformer attention: run a model on your prompts or images, then explore where each "
+               "token attends, attention sinks, query-key maps, head roles and head importance.", className="lead"),
+        html.P("Every view is a shareable URL; runs are cached, so an example opens at once after its first run.",
+               className="lead"),
+        html.Div(className="examples", children=[
+            html.Button(ex.title, id={"type": "new-example", "key": ex.key}, className="btn secondary",
+                        title=ex.blurb, n_clicks=0) for ex in ONE_CLICK_EXAMPLES
+        ]),
+        html.Div(id="new-example-message"),
+    ])
+
+
+def model_options(models: list[str]) -> list[dict[str, str]]:
+    """Dropdown entries; every listed model runs offline (registry models, the bundled encoder, local folders)."""
+    return [{"label": f"{m} (offline)", "value": m} for m in models]
+
+
 def layout(**_query: str) -> html.Div:
     s = state.settings()
     models = available_models(s)
+    roots = ", ".join(str(r) for r in s.model_roots)
     return html.Div([
+        intro(),
         html.H2("New analysis"),
         html.Div(className="card", children=[
             html.Div(className="row", children=[
                 html.Div(className="field", style={"minWidth": "280px"}, children=[
                     html.Label("Model", htmlFor="new-model"),
-                    dcc.Dropdown(id="new-model", options=[{"label": m, "value": m} for m in models],
+                    dcc.Dropdown(id="new-model", options=model_options(models),
                                  value=default_causal_model(s), clearable=False),
                 ]),
                 html.Div(className="field", style={"flex": "1"}, children=[
-                    html.Label("…or a HuggingFace hub id / local folder under the model roots", htmlFor="new-model-custom"),
-                    dcc.Input(id="new-model-custom", type="text", placeholder="e.g. gpt2 or /models/my-bert",
+                    html.Label(["…or a local model folder (or a hub id when online) ", help_text(
+                        f"Every model in the list is available offline. To add your own, put a HuggingFace model "
+                        f"folder (config.json, weights, tokenizer) under one of the model roots ({roots}; "
+                        "ATLAS_MODEL_ROOTS) and it joins the list, or type its path here. Hub ids need a network "
+                        "connection and ATLAS_ALLOW_HUB=1.")], htmlFor="new-model-custom"),
+                    dcc.Input(id="new-model-custom", type="text",
+                              placeholder=f"a folder under {s.model_roots[0] if s.model_roots else 'the model roots'}",
                               debounce=True, style={"width": "100%"}),
                 ]),
             ]),
@@ -88,7 +123,7 @@ def layout(**_query: str) -> html.Div:
             dcc.Store(id="new-images", data=[]),
             dcc.Store(id="new-labels"),  # {"text", "labels"} from CSV 'label' columns, used while the text is unchanged
             html.Div(className="row", style={"marginTop": "0.8rem"}, children=[
-                dcc.Checklist(id="new-analyses", options=ANALYSIS_OPTIONS, value=["attention", "metrics"],
+                dcc.Checklist(id="new-analyses", options=ANALYSIS_OPTIONS, value=DEFAULT_ANALYSES,
                               inline=True, inputStyle={"marginRight": "4px", "marginLeft": "12px"}),
             ]),
             html.Div(className="row", children=[
@@ -140,6 +175,8 @@ def layout(**_query: str) -> html.Div:
                 html.Div(className="field", children=[
                     html.Label("Haystack"), dcc.Textarea(id="new-haystack", style={"width": "100%", "height": "5em"})]),
             ]),
+            html.P("Analyses left unticked can be added later: each view of a run offers to compute what it needs.",
+                   className="limits"),
             html.P(limits_text(), className="limits", id="new-limits"),
             html.Button("Analyse", id="new-submit", className="btn", n_clicks=0),
             dcc.Loading(html.Div(id="new-message"), type="dot"),
@@ -156,9 +193,9 @@ def on_model(model: str | None) -> str:
 @callback(
     Output("new-prompts", "value"), Output("new-images", "data"), Output("new-upload-status", "children"),
     Output("new-labels", "data"), Input("new-upload", "contents"), State("new-upload", "filename"), State("new-prompts", "value"),
-    State("new-images", "data"), prevent_initial_call=True,
+    State("new-images", "data"), State("new-model", "value"), State("new-model-custom", "value"), prevent_initial_call=True,
 )
-def on_upload(contents, filenames, current, images):
+def on_upload(contents, filenames, current, images, model=None, custom=None):
     """Text files fill the prompt box; images are stored (by digest) for an image model."""
     if not contents:
         return no_update, no_update, no_update, no_update
@@ -186,9 +223,40 @@ def on_upload(contents, filenames, current, images):
         return no_update, no_update, alert(str(exc)), no_update
     except state.REDIS_ERRORS:
         return no_update, no_update, alert(state.REDIS_DOWN), no_update
+    if any(n.endswith("image stored") for n in notes) and _model_kind(model, custom) == "text":
+        notes.append(f"note: {(custom or '').strip() or model} is a text model and ignores images; choose an image "
+                     "model (digits-vit) to analyse them")
     text = "\n".join(prompts) if prompts else current
     kept = {"text": text, "labels": labels} if prompts and labels else None
-    return text, images, alert("; ".join(notes), "info"), kept
+    kind = "warn" if any(n.startswith("note:") for n in notes) else "info"
+    return text, images, alert("; ".join(notes), kind, alert_id="new-upload-alert"), kept
+
+
+def _model_kind(model: str | None, custom: str | None) -> str | None:
+    """The chosen model's input kind, or None when it cannot be resolved."""
+    from backend.model_refs import resolve_model
+
+    try:
+        return resolve_model((custom or "").strip() or model or DEFAULT_MODEL, state.settings()).kind
+    except (ModelError, OSError, ValueError):
+        return None
+
+
+@callback(
+    Output("new-example-message", "children"), Output("new-redirect", "href", allow_duplicate=True),
+    Input({"type": "new-example", "key": ALL}, "n_clicks"), prevent_initial_call=True,
+)
+def on_example(clicks):
+    """Open an example's run: submitted on the first click, a cache hit afterwards."""
+    if not ctx.triggered_id or not any(clicks or []):
+        return no_update, no_update
+    try:
+        _run_id, path = submit_example(state.cache(), state.settings(), ctx.triggered_id["key"])
+    except (SpecError, ModelError, jobs.RateLimited) as exc:
+        return alert(f"This example cannot run here: {exc}"), no_update
+    except state.REDIS_ERRORS:
+        return alert(state.REDIS_DOWN), no_update
+    return alert("Opening the example's run…", "info"), path
 
 
 @callback(

@@ -14,23 +14,27 @@ import numpy as np
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import state
-from app.components import alert, progress_bar, query_int
-from backend import figures, jobs
+from app.components import alert, help_text, progress_bar, query_int
+from app.run_gate import poll_interval, wait_for_run
+from backend import figures, jobs, token_text
 
 dash.register_page(__name__, path_template="/runs/<run_id>", title="Run · Attention Atlas", name="Run")
 
 VIEW_KEYS = ("prompt", "layer", "head", "token")
 SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<|endoftext|>", "<bos>", "<eos>"}
+MAX_LINES = 24
+"""The lines view draws the strongest edges of the chosen token only (a 512-token prompt would draw 512)."""
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     view = {k: query_int(query.get(k)) for k in VIEW_KEYS}
+    words = query.get("words") == "1"
     return html.Div([
         dcc.Store(id="run-id", data=run_id),
         dcc.Store(id="run-info"),
         dcc.Store(id="run-view", data=view),
         dcc.Location(id="run-url", refresh=False),
-        dcc.Interval(id="run-poll", interval=700, n_intervals=0),
+        poll_interval("run"),
         html.Div(className="card", children=[
             html.H2(id="run-title", children=f"Run {run_id}"),
             html.Div(id="run-model", className="muted"),
@@ -39,63 +43,70 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.Div(id="run-notices"),
             html.Div(className="row", children=[
                 html.Button("Cancel", id="run-cancel", className="btn secondary", n_clicks=0),
-                html.Div(id="run-links"),
             ]),
+            html.Div(id="run-links", className="view-list"),
         ]),
-        html.Div(id="run-view-card", className="card", style={"display": "none"}, children=[
+        # hidden by visibility, not display: a figure drawn in a display:none card keeps a 700 px width
+        html.Div(id="run-view-card", className="card", style=HIDDEN, children=[
             html.Div(className="row", children=[
                 html.Div(className="field", children=[html.Label("Prompt"), dcc.Dropdown(id="run-prompt", clearable=False)]),
                 html.Div(className="field", children=[html.Label("Layer"), dcc.Dropdown(id="run-layer", clearable=False)]),
                 html.Div(className="field", children=[html.Label("Head"), dcc.Dropdown(id="run-head", clearable=False)]),
+                dcc.Checklist(id="run-words", options=[{"label": " Merge sub-words into words", "value": "1"}],
+                              value=["1"] if words else [], className="field"),
                 html.Button("Download pattern (JSON)", id="run-download-btn", className="btn secondary", n_clicks=0),
                 dcc.Download(id="run-download"),
             ]),
-            html.P("Click a token to see where it attends.", className="muted"),
+            html.P(["Click a token to see where it attends. ", help_text(
+                "Merging sub-words: a word's attention to another word is the sum over the key's pieces, averaged "
+                "over the query's pieces (Clark et al. 2019; BertViz), so each row still sums to 1."
+            )], className="muted"),
             html.Div(id="run-tokens", className="tokens"),
             html.Div(id="run-view-error"),
             html.Div(className="grid2", children=[
                 dcc.Graph(id="run-row", config={"displaylogo": False}),
                 dcc.Graph(id="run-lines", config={"displaylogo": False}),
             ]),
-            dcc.Graph(id="run-heatmap", config={"displaylogo": False}),
+            html.Div(className="scroll-figure", children=dcc.Graph(id="run-heatmap", config={"displaylogo": False})),
         ]),
     ])
 
 
+HIDDEN = {"visibility": "hidden", "height": 0, "overflow": "hidden", "padding": 0, "border": 0}
+SHOWN = {"visibility": "visible"}
+
+
+def _model_line(m: dict) -> str:
+    model = m.get("model") or {}
+    n_in = len((m.get("spec") or {}).get("inputs", []))
+    return f"{model.get('ref')} · {model.get('model_type')} · {n_in} input(s) · status {m['status']}"
+
+
+def _view_info(run_id: str) -> dict:
+    m = state.done_manifest(run_id)
+    mi = m["info"] or {}
+    return {"tokens": mi.get("tokens", []), "n_layers": mi.get("n_layers"), "n_heads": mi.get("n_heads"),
+            "kind": mi.get("kind", "text"), "sizes": sorted(m.get("sizes") or {}),
+            "notices": mi.get("notices", [])}
+
+
 @callback(
-    Output("run-status", "children"), Output("run-error", "children"), Output("run-info", "data"),
-    Output("run-poll", "disabled"), Output("run-model", "children"), Output("run-notices", "children"),
-    Output("run-cancel", "disabled"),
+    Output("run-status", "children"), Output("run-info", "data"), Output("run-poll", "disabled"),
+    Output("run-model", "children"), Output("run-notices", "children"), Output("run-cancel", "disabled"),
     Input("run-poll", "n_intervals"), State("run-id", "data"), State("run-info", "data"),
 )
 def poll(_n, run_id, info):
-    """Refresh the status until the run is finished; then hand its info to the view."""
-    try:
-        m = state.run_status(run_id)
-    except state.REDIS_ERRORS:
-        return no_update, alert(state.REDIS_DOWN, "warn"), no_update, False, no_update, no_update, True
-    if m is None:
-        return progress_bar(0, "unknown run", "failed"), alert(
-            f"No run with id {run_id}. It may have been deleted; start a new analysis."
-        ), None, True, "", "", True
-    model = m.get("model") or {}
-    n_in = len((m.get("spec") or {}).get("inputs", []))
-    model_text = f"{model.get('ref')} · {model.get('model_type')} · {n_in} input(s) · status {m['status']}"
-    finished = m["status"] in ("done", "failed", "cancelled")
-    error = alert(m["error"]) if m["status"] in ("failed", "cancelled") and m["error"] else ""
-    new_info = no_update
-    events = [alert(e, "warn") for e in m.get("events") or []]  # e.g. a worker died and the run was retried
-    notices = events or no_update
-    if m["status"] == "done":
-        mi = m["info"] or {}
-        new_info = {"tokens": mi.get("tokens", []), "n_layers": mi.get("n_layers"), "n_heads": mi.get("n_heads"),
-                    "kind": mi.get("kind", "text"), "sizes": sorted(m.get("sizes") or {})} if info is None else no_update
-        notices = events + [alert(n, "warn") for n in mi.get("notices", [])]
-    return (progress_bar(m["progress"], m["stage"], m["status"]), error, new_info, finished, model_text,
-            notices, finished)
+    """Refresh the status until the run is finished (through the run gate); then hand its info to the view."""
+    gate = wait_for_run(run_id, _view_info)
+    model = _model_line(gate.manifest) if gate.manifest else gate.blank
+    if not gate.ready:
+        return gate.status, gate.data, gate.stop, model, gate.blank, gate.stop
+    events = [alert(e, "warn") for e in gate.manifest.get("events") or []]  # e.g. a worker died, the run retried
+    notices = events + [alert(n, "warn") for n in gate.data.pop("notices", [])]
+    return (progress_bar(1.0, "done", "done"), gate.data if info is None else no_update, True, model, notices, True)
 
 
-@callback(Output("run-error", "children", allow_duplicate=True), Input("run-cancel", "n_clicks"),
+@callback(Output("run-error", "children"), Input("run-cancel", "n_clicks"),
           State("run-id", "data"), prevent_initial_call=True)
 def on_cancel(_n, run_id):
     try:
@@ -103,6 +114,24 @@ def on_cancel(_n, run_id):
     except state.REDIS_ERRORS:
         return alert(state.REDIS_DOWN, "warn")
     return alert("Cancelling…" if ok else "This run is no longer running.", "info")
+
+
+def view_list(run_id: str, kind: str, sizes: list[str]) -> list:
+    """Every view of the run: a link when its analysis is there, else a link marked "not computed yet" (the view
+    offers to compute it), then the compare pages."""
+    items = []
+    for seg, label in VIEW_LINKS:
+        if kind not in VIEW_KINDS.get(seg, ("text", "image")):
+            continue
+        have = any(s.startswith(VIEW_NEEDS[seg]) for s in sizes)
+        items.append(html.Li(dcc.Link(
+            [label] + ([] if have else [html.Span(" · not computed yet, opens with a button to compute it",
+                                                  className="muted")]),
+            href=f"/runs/{run_id}/{seg}", className="navlink" + ("" if have else " not-computed"),
+            id=f"run-link-{seg}")))
+    items.append(html.Li(dcc.Link("Compare with another run", href=f"/compare?a={run_id}", className="navlink",
+                                  id="run-link-compare")))
+    return [html.H3("Views of this run"), html.Ul(items)]
 
 
 @callback(
@@ -113,22 +142,21 @@ def on_cancel(_n, run_id):
 )
 def setup_controls(info, view, run_id):
     if not info:
-        return {"display": "none"}, [], [], [], None, None, None, ""
+        return HIDDEN, [], [], [], None, None, None, ""
     toks = info["tokens"]
-    prompts = [{"label": f"{i + 1}: {' '.join(t[:12])[:60]}", "value": i} for i, t in enumerate(toks)]
+    prompts = [{"label": f"{i + 1}: {''.join(token_text.labels(t[:16])).strip()[:60]}", "value": i}
+               for i, t in enumerate(toks)]
     layers = [{"label": f"layer {l}", "value": l} for l in range(info["n_layers"])]
     heads = [{"label": f"head {h}", "value": h} for h in range(info["n_heads"])]
     clamp = lambda v, n: v if isinstance(v, int) and 0 <= v < n else 0  # noqa: E731
-    sizes = info.get("sizes", [])
-    links = [dcc.Link(label, href=f"/runs/{run_id}/{seg}", className="navlink", id=f"run-link-{seg}")
-             for seg, label in VIEW_LINKS if any(s.startswith(VIEW_NEEDS[seg]) for s in sizes)]
-    return ({"display": "block"}, prompts, layers, heads, clamp(view["prompt"], len(toks)),
-            clamp(view["layer"], info["n_layers"]), clamp(view["head"], info["n_heads"]), links)
+    return (SHOWN, prompts, layers, heads, clamp(view["prompt"], len(toks)),
+            clamp(view["layer"], info["n_layers"]), clamp(view["head"], info["n_heads"]),
+            view_list(run_id, info.get("kind", "text"), info.get("sizes", [])))
 
 
 # (url segment, label) of further views of a run, and the array prefix each needs; pages register
 # themselves through app.view_links.register_view (a page importing this module would load it twice)
-from app.view_links import VIEW_LINKS, VIEW_NEEDS  # noqa: E402
+from app.view_links import VIEW_KINDS, VIEW_LINKS, VIEW_NEEDS  # noqa: E402
 
 
 @callback(
@@ -150,39 +178,67 @@ def pick_token(_clicks, prompt, view):
     return view
 
 
+def token_chips(shown: list[str], raw: list[str], selected: int) -> list:
+    """One button per token (readable text; a newline token ends its line), special tokens marked."""
+    chips: list = []
+    for i, (t, r) in enumerate(zip(shown, raw)):
+        special = r in SPECIAL or token_text.is_special(r)
+        chips.append(html.Button(
+            token_text.one_line(t) if "\n" in t or not t.strip() else t, id={"type": "run-token", "index": i},
+            n_clicks=0, title=f"position {i}: {r!r}",
+            className="token" + (" selected" if i == selected else "") + (" special" if special else "")))
+        if t.endswith("\n"):
+            chips.append(html.Span(className="token-break"))
+    return chips
+
+
+def strongest_edges_note(n_keys: int, shown: int) -> str:
+    return f" (the {shown} strongest of {n_keys} keys)" if shown < n_keys else ""
+
+
 @callback(
     Output("run-tokens", "children"), Output("run-row", "figure"), Output("run-lines", "figure"),
     Output("run-heatmap", "figure"), Output("run-view-error", "children"), Output("run-url", "search"),
     Input("run-prompt", "value"), Input("run-layer", "value"), Input("run-head", "value"),
-    Input("run-view", "data"), State("run-id", "data"), State("run-info", "data"),
+    Input("run-view", "data"), Input("run-words", "value"), State("run-id", "data"), State("run-info", "data"),
 )
-def render(prompt, layer, head, view, run_id, info):
+def render(prompt, layer, head, view, words, run_id, info):
     """Draw the chosen head for the chosen prompt and token; mirror the state into the URL."""
     if not info or prompt is None or layer is None or head is None:
         return no_update, no_update, no_update, no_update, no_update, no_update
+    merge = "1" in (words or [])
     token = (view or {}).get("token", 0) if (view or {}).get("prompt", prompt) == prompt else 0
-    search = "?" + urlencode({"prompt": prompt, "layer": layer, "head": head, "token": token})
+    query = {"prompt": prompt, "layer": layer, "head": head, "token": token, **({"words": 1} if merge else {})}
     try:
-        tokens, pat = state.pattern(run_id, prompt, layer, head)
+        raw, pat = state.pattern(run_id, prompt, layer, head)
     except (state.ViewError, state.NotReady, LookupError) as exc:
         empty = figures.attention_row(["-"], np.zeros(1), 0)
-        return [], empty, empty, empty, alert(str(exc), "warn"), search
+        return [], empty, empty, empty, alert(str(exc), "warn"), "?" + urlencode(query)
     except state.REDIS_ERRORS:
         return no_update, no_update, no_update, no_update, alert(state.REDIS_DOWN, "warn"), no_update
-    token = token if 0 <= token < len(tokens) else 0
-    buttons = [
-        html.Button(t, id={"type": "run-token", "index": i}, n_clicks=0, title=f"position {i}",
-                    className="token" + (" selected" if i == token else "") + (" special" if t in SPECIAL else ""))
-        for i, t in enumerate(tokens)
-    ]
+    if merge:
+        groups = token_text.word_groups(raw)
+        shown = token_text.word_text(raw, groups)
+        raw = [" ".join(raw[i] for i in g) for g in groups]
+        pat = token_text.merge_words(pat, groups)
+    else:
+        shown = token_text.readable_tokens(raw)
+    token = token if 0 <= token < len(shown) else 0
+    query["token"] = token
+    labels = [token_text.one_line(t) for t in shown]
     label = f"layer {layer} head {head}"
+    unit = "word" if merge else "position"
+    n_lines = min(MAX_LINES, len(labels))
     return (
-        buttons,
-        figures.attention_row(tokens, pat[token], token, title=f"{label}: attention from '{tokens[token]}' (position {token})"),
-        figures.attention_lines(tokens, pat, query=token, title=f"{label}: lines from '{tokens[token]}'"),
-        figures.pattern_heatmap(tokens, pat, title=f"{label}: full pattern (rows = queries)", query=token),
+        token_chips(shown, raw, token),
+        figures.attention_row(labels, pat[token], token,
+                              title=f"{label}: attention from '{labels[token].strip()}' ({unit} {token})"),
+        figures.attention_lines(labels, pat, query=token, max_lines=MAX_LINES,
+                                title=f"{label}: lines from '{labels[token].strip()}'"
+                                      + strongest_edges_note(len(labels), n_lines)),
+        figures.pattern_heatmap(labels, pat, title=f"{label}: full pattern (rows = queries)", query=token),
         "",
-        search,
+        "?" + urlencode(query),
     )
 
 

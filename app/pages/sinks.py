@@ -35,7 +35,7 @@ from backend.vocab import GRID_METRICS, SINK_EPS
 # order sort by module name, so '/runs/<run_id>' (pages.run) would swallow '/runs/<id>/sinks' (pages.sinks)
 dash.register_page(__name__, path_template="/runs/<run_id>/sinks", title="Attention sinks · Attention Atlas",
                    name="Attention sinks", order=1)
-register_view("sinks", "Attention sinks", needs="metrics.sink_first")
+register_view("sinks", "Attention sinks", needs="metrics.sink_first", analysis="metrics")
 
 SINK_SOURCE = (
     "Sink rate (Gu et al., ICLR 2025, 'When Attention Sink Emerges in Language Models: An Empirical View'): "
@@ -145,7 +145,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
 )
 def poll(_n, run_id):
     """Wait for the run to finish, then hand its info to the views."""
-    gate = wait_for_run(run_id, sinks_data.load_info)
+    gate = wait_for_run(run_id, sinks_data.load_info, analysis="metrics")
     if not gate.ready:
         return gate.data, gate.stop, gate.status, gate.blank
     info = gate.data

@@ -21,7 +21,7 @@ from backend import figures_vit, names, vit, vocab
 
 dash.register_page(__name__, path_template="/runs/<run_id>/vit", title="Patch attention · Attention Atlas",
                    name="Patch attention", order=1)  # before the run page, whose /runs/<run_id> would match too
-register_view("vit", "Patch attention", needs=names.resid_norm(0, 0))
+register_view("vit", "Patch attention", needs=names.resid_norm(0, 0), kinds=("image",))
 
 ROLLOUT_HELP = (
     "Attention rollout (Abnar & Zuidema 2020): per layer fuse the heads (mean, max or min), optionally zero "

@@ -94,11 +94,14 @@ def _batches(n: int, size: int) -> list[range]:
     return [range(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def make_reducers(loaded: LoadedModel, options: dict[str, Any], emit: Emit, settings: Settings) -> list:
-    """The capture pass's reducers: the pattern store, then those the run's analyses ask for
-    (:data:`backend.engine.stages.REDUCERS`); each may have ``results() -> {name: array}``."""
+def make_reducers(
+    loaded: LoadedModel, options: dict[str, Any], emit: Emit, settings: Settings, store_patterns: bool = True,
+) -> list:
+    """The capture pass's reducers: the pattern store (unless ``store_patterns`` is off: a run being extended
+    has its patterns), then those the run's analyses ask for (:data:`backend.engine.stages.REDUCERS`); each may
+    have ``results() -> {name: array}``."""
     store = PatternStore(emit, settings.max_pattern_tokens, loaded.n_layers, settings.max_pattern_mb << 20)
-    return [store, *capture_reducers(loaded, options)]
+    return [store, *capture_reducers(loaded, options)] if store_patterns else capture_reducers(loaded, options)
 
 
 def _capture_pass(
@@ -144,8 +147,10 @@ def analyze(
     progress: Progress | None = None,
     should_cancel: Callable[[], bool] | None = None,
     settings: Settings | None = None,
+    store_patterns: bool = True,
 ) -> RunInfo:
-    """Run every analysis the options ask for; arrays go to ``emit`` as they are ready."""
+    """Run every analysis the options ask for; arrays go to ``emit`` as they are ready (``store_patterns``
+    off: no full patterns, for :func:`workers.tasks.run_extension`)."""
     settings = settings or get_settings()
     progress = progress or (lambda frac, stage: None)
     should_cancel = should_cancel or (lambda: False)
@@ -154,7 +159,7 @@ def analyze(
         n_layers=loaded.n_layers, n_heads=loaded.n_heads, causal=loaded.causal, kind=loaded.kind,
         model_class=type(loaded.model).__name__, device=str(loaded.device), dtype=loaded.dtype,
     )
-    reducers = make_reducers(loaded, options, emit, settings)
+    reducers = make_reducers(loaded, options, emit, settings, store_patterns)
     stages = post_stages(options)
     n_parts = 1 + len(stages)
 
@@ -168,11 +173,6 @@ def analyze(
                 emit(name, arr)
     for i, stage in enumerate(stages, start=1):
         stage.run(loaded, inputs, options, reducers, emit, part(i), should_cancel, info)
-    if info.truncated:
-        info.notices.append(
-            f"{len(info.truncated)} prompt(s) were truncated to the model's token limit: "
-            + ", ".join(str(i + 1) for i in info.truncated[:20])
-        )
     progress(1.0, "done")
     return info
 

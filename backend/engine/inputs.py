@@ -36,17 +36,33 @@ def token_limit(loaded: LoadedModel, settings: Settings) -> int:
     return limit
 
 
-def encode_text(loaded: LoadedModel, prompts: Sequence[str], settings: Settings) -> tuple[list[list[int]], list[int]]:
-    """Token ids per prompt, truncated to the model's limit; returns (ids, truncated prompt indices)."""
+def truncation_notice(index: int, text: str, n_tokens: int, limit: int, model: str, refused: bool = False) -> str:
+    """One line naming the prompt (number and opening words), its length and the model's limit."""
+    opening = " ".join(text.split()[:8])
+    opening = opening if len(opening) <= 60 else opening[:57] + "…"
+    verb = "is over" if refused else "was truncated to"
+    return (f"prompt {index + 1} (\"{opening}…\") has {n_tokens:,} tokens and {verb} the limit of {limit:,} tokens "
+            f"for {model}" + ("; shorten it or split it into several prompts" if refused else
+                              f": only its first {limit:,} tokens were analysed"))
+
+
+def encode_text(
+    loaded: LoadedModel, prompts: Sequence[str], settings: Settings, notices: list[str] | None = None,
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids per prompt, truncated to the model's limit; returns (ids, truncated prompt indices) and appends
+    one :func:`truncation_notice` per truncated prompt to ``notices``."""
     tok = loaded.preprocessor
     limit = token_limit(loaded, settings)
+    model = getattr(getattr(loaded, "ref", None), "ref", None) or type(loaded.model).__name__
     ids_all, truncated = [], []
     for i, text in enumerate(prompts):
         ids = tok(text, add_special_tokens=True)["input_ids"]
         if len(ids) > limit:
             if not settings.truncate_long_prompts:
-                raise ValueError(f"prompt {i + 1} has {len(ids)} tokens; the limit is {limit}")
+                raise ValueError(truncation_notice(i, text, len(ids), limit, model, refused=True))
             truncated.append(i)
+            if notices is not None:
+                notices.append(truncation_notice(i, text, len(ids), limit, model))
             ids = ids[: limit - 1] + ids[-1:] if tok.sep_token_id is not None else ids[:limit]
         ids_all.append(ids)
     return ids_all, truncated
@@ -125,7 +141,7 @@ class TextInputs:
         return pre
 
     def start(self, inputs: Sequence[Any], info: Any, emit: Emit) -> None:
-        self.ids, info.truncated = encode_text(self.loaded, inputs, self.settings)
+        self.ids, info.truncated = encode_text(self.loaded, inputs, self.settings, info.notices)
         tok = self.loaded.preprocessor
         info.tokens = [tok.convert_ids_to_tokens(x) for x in self.ids]
         for p, x in enumerate(self.ids):

@@ -86,7 +86,7 @@ def test_recent_runs_lists_runs(live_app, worker, browser) -> None:
     assert row.count() == 1
     cells = row.locator("td").all_inner_texts()
     assert cells[0] == run_id[:12] and cells[1] == "all-MiniLM-L6-v2" and cells[2] == "1"
-    assert cells[3] == prompt and cells[4] == "done"
+    assert cells[3] == prompt and cells[4] == "metrics" and cells[5] == "done"
     row.locator("a").click()
     page.wait_for_url(f"**/runs/{run_id}")
     page.close()
