@@ -404,8 +404,11 @@ def test_gate_evaluator_importance_equals_head_importance() -> None:
     gates[1, 2] = 0
     ev = GateEvaluator(model, batches, "causal_lm", _targets(model, batches))
     (imp, n, metrics), (imp2, n2, metrics2) = ev.run([torch.ones(2, 4), gates], True)
-    np.testing.assert_allclose(imp.numpy() / n, head_importance(model, batches, "causal_lm"), rtol=1e-5)
-    np.testing.assert_allclose(imp2.numpy() / n2, head_importance(model, batches, "causal_lm", gates=gates), rtol=1e-5)
+    for rule in ("per_token", "per_example"):
+        np.testing.assert_allclose(imp[rule].numpy() / n[rule],
+                                   head_importance(model, batches, "causal_lm", reduction=rule), rtol=1e-5)
+        np.testing.assert_allclose(imp2[rule].numpy() / n2[rule],
+                                   head_importance(model, batches, "causal_lm", gates=gates, reduction=rule), rtol=1e-5)
     assert metrics["loss"] == pytest.approx(evaluate_with_gates(model, batches, "causal_lm", None)["loss"], rel=1e-6)
     assert metrics2["loss"] == pytest.approx(evaluate_with_gates(model, batches, "causal_lm", gates)["loss"], rel=1e-6)
     passes = ev.passes
