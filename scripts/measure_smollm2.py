@@ -46,10 +46,15 @@ def top_heads(arr: np.ndarray, k: int = 5) -> list[dict]:
 
 def sinks(settings) -> dict:
     arrays, info = analyze_model(MODEL, SINK_PROMPTS, {"analyses": ["metrics"]}, settings)
+    from backend.metrics import sink_rate  # noqa: PLC0415
+
     sf = arrays["metrics.sink_first"]
+    alpha = arrays["sinks.alpha_first"]  # [prompt, layer, head]
     return {
         "prompts": len(SINK_PROMPTS), "tokens": [len(t) for t in info.tokens],
         "sink_rate_eps_0.3": round(float(arrays["metrics.sink_rate"]), 4),
+        "sink_rate_by_eps_per_prompt_rule": {str(e): round(sink_rate(alpha, e), 4) for e in (0.1, 0.3, 0.5, 0.7)},
+        "sink_rate_eps_0.3_prompt_mean_variant": round(sink_rate(alpha, 0.3, "prompt_mean"), 4),
         "heads_above_eps_of_prompt_mean": int((sf > 0.3).sum()), "n_heads_total": int(sf.size),
         "layer_mean_sink_first": [round(float(x), 3) for x in sf.mean(axis=1)],
         "strongest_sink_heads": top_heads(sf),
@@ -153,7 +158,12 @@ def live_pruning(loaded, induction: np.ndarray, k: int = 5) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter streaming text and fewer prompts (smoke run)")
+    ap.add_argument("--only", nargs="*", default=None, metavar="SECTION",
+                    help="re-measure only these sections (sinks massive_activations streaming roles live_pruning "
+                         "importance) and keep the others from the existing JSON")
     args = ap.parse_args()
+    wanted = set(args.only) if args.only else None
+    keep = json.loads(OUT.read_text()) if wanted and OUT.is_file() else {}
     torch.set_num_threads(max(1, torch.get_num_threads()))
     settings = get_settings()
     from backend.engine.models import load_model  # noqa: PLC0415
@@ -170,20 +180,32 @@ def main() -> None:
         ("massive_activations", lambda: massive(loaded, settings)),
         ("streaming", lambda: streaming(loaded, (64, 256) if not args.quick else (32,), 2048 if not args.quick else 300)),
     ]
+    role_arrays: dict = {}
+
+    def roles_section() -> dict:
+        out, arrays = roles(settings)
+        role_arrays.update(arrays)
+        return out
+
+    def live_section() -> dict:
+        if "metrics.induction" not in role_arrays:
+            role_arrays.update(roles(settings)[1])
+        return live_pruning(loaded, role_arrays["metrics.induction"])
+
+    steps += [
+        ("roles", roles_section),
+        ("live_pruning", live_section),
+        ("importance", lambda: importance(settings, 4 if args.quick else 8)),
+    ]
+    result.update({k: v for k, v in keep.items() if k not in result})
     for name, fn in steps:
+        if wanted is not None and name not in wanted:
+            continue
         t = time.time()
         result[name] = fn()
+        result.setdefault("section_seconds", {})[name] = round(time.time() - t, 1)
         print(f"{name}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    t = time.time()
-    result["roles"], role_arrays = roles(settings)
-    print(f"roles: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    t = time.time()
-    result["live_pruning"] = live_pruning(loaded, role_arrays["metrics.induction"])
-    print(f"live pruning: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    t = time.time()
-    result["importance"] = importance(settings, 4 if args.quick else 8)
-    print(f"importance: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    result["seconds"] = round(time.time() - t0, 1)
+    result["seconds"] = round(time.time() - t0, 1) if wanted is None else keep.get("seconds")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k not in ("massive_activations",)}, indent=1)[:6000])

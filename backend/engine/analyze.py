@@ -64,6 +64,11 @@ class PatternStore(BaseReducer):
         self.max_bytes = max_bytes
         self._rows: list[np.ndarray | None] = []
 
+    @property
+    def fused(self) -> bool:
+        """True when this layer stores no prompt's pattern (the capture may then skip patterns altogether)."""
+        return all(row is None for row in self._rows)
+
     def stores(self, n_tokens: int, n_heads: int) -> bool:
         fits = self.max_bytes is None or self.n_layers * n_heads * n_tokens * n_tokens * 4 <= self.max_bytes
         return n_tokens <= self.max_tokens and fits
@@ -127,6 +132,7 @@ def _capture_pass(
         session = CaptureSession(
             model, reducers=reducers, chunk_size=256 if width > 1024 else None,
             prompts=rows, lengths=lengths, special=special,
+            fused=loaded.device.type == "cuda",  # metrics from log-sum-exp statistics where no pattern is kept
         )
         with torch.no_grad(), session:
             out = model(**batch, output_hidden_states=True)

@@ -65,7 +65,17 @@ class Reducer(Protocol):
 
 
 class BaseReducer:
-    """No-op defaults so reducers implement only the hooks they need."""
+    """No-op defaults so reducers implement only the hooks they need.
+
+    ``fused = True`` declares that the reducer needs no pattern chunks: in a session with ``fused=True``
+    whose reducers all declare it, layers run without patterns (:mod:`backend.engine.fused_metrics`) and
+    such reducers get ``lse_layer`` instead of ``chunk``."""
+
+    fused = False
+
+    def lse_layer(self, view: LayerView, lse: torch.Tensor, mask: torch.Tensor | None, chunk: int) -> None:
+        """``lse [B, H, T]`` float32: each query row's log-sum-exp of its scores (fused sessions only)."""
+        return None
 
     def begin_layer(self, view: LayerView) -> None:
         return None
@@ -124,6 +134,9 @@ class CaptureSession:
     # optional ``head_mod(view, out [B, H, T, d]) -> out``: edits each head's output (after the gate,
     # before the output projection)
     head_mod: Callable[[LayerView, torch.Tensor], torch.Tensor] | None = None
+    # no pattern chunks when every reducer declares ``fused`` (and no gradient, dropout or softcap is involved):
+    # the output through scaled_dot_product_attention, reducers fed its log-sum-exp (backend.engine.fused_metrics)
+    fused: bool = False
     calls: int = 0
     _token: contextvars.Token | None = None
     _layers: dict[int, int] = field(default_factory=dict)
@@ -216,6 +229,14 @@ def atlas_attention(
             gate = base.expand(b, hq, t, 1).clone().requires_grad_(True)  # [B, Hq, T, 1]
             session.token_gates[layer] = gate
 
+    if session is not None and _can_fuse(session, module, softcap, dropout, gate):
+        out, weights_full = _fused_layer(session, module, view, query, key_r, value_r, attention_mask, scale)
+        if gate is not None:
+            out = out * gate
+        for r in session.reducers:
+            r.end_layer(view)
+        return out.transpose(1, 2).contiguous(), weights_full
+
     outs = []
     weights_full = None
     for q0 in range(0, t, chunk):
@@ -253,6 +274,28 @@ def atlas_attention(
     if session is not None and session.head_mod is not None:
         attn_output = session.head_mod(view, attn_output)
     return attn_output.transpose(1, 2).contiguous(), weights_full
+
+
+def _can_fuse(session: CaptureSession, module: nn.Module, softcap, dropout: float, gate) -> bool:
+    if not session.fused or session.score_mod is not None or session.weights_mod is not None or session.head_mod is not None or softcap is not None or session.token_gates is not None:
+        return False
+    if (dropout and module.training) or (torch.is_grad_enabled() and gate is not None and gate.requires_grad):
+        return False
+    return all(getattr(r, "fused", False) for r in session.reducers)
+
+
+def _fused_layer(session, module, view, query, key_r, value_r, attention_mask, scale):
+    from backend.engine.fused_metrics import attention_lse, stats_chunk  # noqa: PLC0415
+
+    causal = bool(getattr(module, "is_causal", False))
+    b, h, t, _ = query.shape
+    s = key_r.shape[2]
+    chunk = session.chunk_size or stats_chunk(b, h, s)
+    out, lse, plain = attention_lse(query, key_r, value_r, attention_mask, scale, causal, chunk)
+    mask = None if plain else attention_mask
+    for r in session.reducers:
+        r.lse_layer(view, lse, mask, chunk)
+    return out, None
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, atlas_attention)

@@ -169,6 +169,129 @@ def _scores(imp: dict, counts: dict, reduction: str) -> np.ndarray:
     return imp[reduction].numpy() / max(counts[reduction], 1)
 
 
+# ------------------------------------------------------------------ batched gate settings
+
+MAX_PASS_TOKENS = 2048
+"""Rows x positions of one batched pass (gate settings x prompts); bounds the logits ([tokens, vocab]) and
+activations a pass holds. A batch alone may exceed it (one setting per pass, as unbatched)."""
+
+
+def _rows_of(x, g: int):
+    """``x [B, ...]`` tiled ``g`` times along dim 0 (row ``j * B + b`` is setting ``j``, example ``b``)."""
+    return x.repeat(g, *([1] * (x.dim() - 1))) if torch.is_tensor(x) and x.dim() > 0 else x
+
+
+def _tile(task: str, batch: dict, tgt: dict, g: int) -> tuple[dict, dict]:
+    """A batch and its targets repeated for ``g`` gate settings (rows never interact: see the module doc)."""
+    if g == 1:
+        return batch, tgt
+    tiled = {k: _rows_of(v, g) for k, v in batch.items()}
+    if task == "masked_lm":
+        tgt = {**tgt, "input_ids": _rows_of(tgt["input_ids"], g), "labels": _rows_of(tgt["labels"], g)}
+    elif task == "classifier":
+        tgt = {**tgt, "labels": _rows_of(tgt["labels"], g)}
+    elif task == "encoder":
+        tgt = {**tgt, "index": _rows_of(tgt["index"], g)}
+    return tiled, tgt
+
+
+def _batch_tokens(batch: dict) -> int:
+    ids = batch.get("input_ids")
+    return int(ids.numel()) if torch.is_tensor(ids) else _batch_size(batch)
+
+
+class GateEvaluator:
+    """Metrics (and optionally per-example importance) of the model at many gate settings ``[L, H]``,
+    several settings per forward pass: each batch is tiled once per setting with per-row gates
+    ``[G * B, L, H]``. Rows never interact, so every setting's numbers are those of its own pass
+    (:func:`_pass`) up to float rounding. Results are memoised by setting, so the points shared by
+    several curves (all heads, no heads) are evaluated once.
+    """
+
+    def __init__(self, model: nn.Module, batches: list[dict], task: str, targets: list[dict],
+                 should_cancel: ShouldCancel = None, max_tokens: int = MAX_PASS_TOKENS) -> None:
+        self.model, self.batches, self.task, self.targets = model, batches, task, targets
+        self.should_cancel, self.max_tokens = should_cancel, max_tokens
+        self.n_layers, self.n_heads = model_shape(model)
+        self._memo: dict[tuple[bytes, bool], tuple[dict, dict, dict]] = {}
+        self.passes = 0  # forward passes run (for benchmarks and progress)
+
+    def _key(self, gates: torch.Tensor, grad: bool) -> tuple[bytes, bool]:
+        return gates.detach().to("cpu", torch.float64).numpy().tobytes(), grad
+
+    def cached(self, gates: torch.Tensor, grad: bool) -> tuple[dict, dict, dict] | None:
+        """A memoised result (a gradient result serves a metrics-only request too)."""
+        hit = self._memo.get(self._key(gates, True))
+        return hit if hit is not None or grad else self._memo.get(self._key(gates, False))
+
+    def run(self, settings: list[torch.Tensor], grad: bool, progress: Callable[[int], None] | None = None
+            ) -> list[tuple[dict, dict, dict]]:
+        """``(importance sums, counts, metrics)`` per setting ``[L, H]``, as :func:`_pass` returns them
+        (sums ``{rule: [L, H] float64}``, zeros without ``grad``). ``progress(n_new)`` after each pass."""
+        todo, seen = [], set()
+        for g in settings:
+            key = self._key(g, grad)
+            if self.cached(g, grad) is None and key not in seen:
+                seen.add(key)
+                todo.append(g)
+        if todo:
+            self._evaluate(todo, grad, progress)
+        return [self.cached(g, grad) for g in settings]
+
+    def _evaluate(self, todo: list[torch.Tensor], grad: bool, progress) -> None:
+        n_set = len(todo)
+        shape = (self.n_layers, self.n_heads)
+        imp = [{r: torch.zeros(shape, dtype=torch.float64) for r in REDUCTIONS} for _ in todo]
+        n_ex = [{r: 0 for r in REDUCTIONS} for _ in todo]
+        sums = np.zeros((n_set, 3))  # loss sum, count, correct
+        stack = torch.stack([g.detach() for g in todo])  # [G, L, H]
+        with _EvalMode(self.model):
+            for batch, tgt in zip(self.batches, self.targets):
+                b = _batch_size(batch)
+                per_pass = max(1, self.max_tokens // max(_batch_tokens(batch), 1))
+                for j0 in range(0, n_set, per_pass):
+                    if self.should_cancel is not None and self.should_cancel():
+                        raise Cancelled("cancelled")
+                    j1 = min(n_set, j0 + per_pass)
+                    k = j1 - j0
+                    tiled, ttgt = _tile(self.task, batch, tgt, k)
+                    g = stack[j0:j1].repeat_interleave(b, dim=0)  # [k * B, L, H]
+                    token_gates: dict[int, torch.Tensor] | None = {} if grad else None
+                    with torch.set_grad_enabled(grad), CaptureSession(self.model, gates=g,
+                                                                      token_gates=token_gates) as session:
+                        out = model_output(self.task, self.model, tiled, ttgt)
+                    session.check_captured()
+                    terms = terms_from_output(self.task, out, tiled, ttgt)
+                    if grad:  # as _pass: per-token leaf gates, both rules
+                        w = terms.weight
+                        leaves = [token_gates[layer] for layer in range(self.n_layers)]
+                        grads = torch.autograd.grad((terms.per_example * w).sum(), leaves)  # L x [kB, H, T, 1]
+                        gt = torch.stack([x[..., 0] for x in grads], dim=1).detach().to("cpu", torch.float64)
+                        real = _real_positions(tiled, (gt.shape[0], gt.shape[-1]), "cpu")  # [kB, T]
+                        gt = gt * real[:, None, None, :] * w.detach().to("cpu")[:, None, None, None]
+                        per_ex, per_tok = gt.sum(-1).abs(), gt.abs().sum(-1)  # [kB, L, H]
+                        n_tok = (real & w.detach().to("cpu")[:, None]).sum(1)  # [kB]
+                    rs = terms.row_sum.cpu().view(k, b).sum(1).numpy()
+                    rc = terms.row_count.cpu().view(k, b).sum(1).numpy()
+                    rh = terms.row_correct.cpu().view(k, b).sum(1).numpy()
+                    wn = terms.weight.cpu().view(k, b).sum(1).numpy()
+                    for j in range(k):
+                        sums[j0 + j] += (rs[j], rc[j], rh[j])
+                        if grad:
+                            rows = slice(j * b, (j + 1) * b)
+                            imp[j0 + j]["per_example"] += per_ex[rows].sum(0)
+                            imp[j0 + j]["per_token"] += per_tok[rows].sum(0)
+                            n_ex[j0 + j]["per_example"] += int(wn[j])
+                            n_ex[j0 + j]["per_token"] += int(n_tok[rows].sum())
+                    self.passes += 1
+                    del out, terms
+                    if progress is not None:
+                        progress(k if batch is self.batches[-1] else 0)
+        for j, g in enumerate(todo):
+            metrics = metrics_from(self.task, float(sums[j, 0]), int(sums[j, 1]), int(sums[j, 2]))
+            self._memo[self._key(g, grad)] = (imp[j], n_ex[j], metrics)
+
+
 def _normalise(imp: np.ndarray, alive: np.ndarray | None = None) -> np.ndarray:
     """Divide each layer's scores by their l2 norm (over the ``alive`` heads only)."""
     x = imp if alive is None else np.where(alive, imp, 0.0)
@@ -243,6 +366,7 @@ def pruning_curve(
     targets: list[dict] | None = None,
     normalise_layers: bool = True,
     reduction: str = DEFAULT_REDUCTION,
+    batched: bool = True,
 ) -> dict:
     """Metric against the fraction of heads removed, from 0 to 1 in steps of ``step_fraction``.
 
@@ -254,7 +378,13 @@ def pruning_curve(
     ``fractions``, ``n_removed``, ``loss``, ``perplexity`` (None for non-LMs), ``accuracy`` and
     ``removed`` (``[layer, head]`` in removal order; one list per seed for random).
     ``progress(fraction, stage)`` after each step; ``should_cancel()`` is polled between batches.
+    ``batched``: evaluate several gate settings per forward pass (:class:`GateEvaluator`; the same
+    numbers up to float rounding); ``False`` runs one pass per setting (the reference, for benchmarks).
     """
+    if batched:
+        return pruning_curves(model, batches, task, (order,), step_fraction, seeds, recompute, progress,
+                              should_cancel=should_cancel, targets=targets, normalise_layers=normalise_layers,
+                              reduction=reduction)[order]
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}")
     if not 0 < step_fraction <= 1:
@@ -300,6 +430,121 @@ def pruning_curve(
     if task not in ("causal_lm", "masked_lm"):
         curve["perplexity"] = None
     return {**out, **curve, "removed": removed}
+
+
+def _check_curve_args(orders, step_fraction) -> None:
+    bad = [o for o in orders if o not in ORDERS]
+    if bad or not orders:
+        raise ValueError(f"order must be one of {ORDERS}")
+    if not 0 < step_fraction <= 1:
+        raise ValueError("step_fraction must be in (0, 1]")
+
+
+def pruning_curves(
+    model: nn.Module,
+    batches: list[dict],
+    task: str,
+    orders=ORDERS,
+    step_fraction: float = 0.1,
+    seeds=(0, 1, 2),
+    recompute: bool = True,
+    progress: Progress = None,
+    *,
+    should_cancel: ShouldCancel = None,
+    targets: list[dict] | None = None,
+    normalise_layers: bool = True,
+    reduction: str = DEFAULT_REDUCTION,
+    evaluator: GateEvaluator | None = None,
+) -> dict[str, dict]:
+    """:func:`pruning_curve` for several ``orders`` at once, ``{order: curve}``, batched: the deterministic
+    orders advance in lock-step (step ``k`` of every order in one pass, with the gradients that choose the
+    next heads), every random setting (seeds x steps) is known up front and evaluated in a few wide
+    passes, and points shared by the curves (all heads, no heads) are computed once. ``evaluator``: a
+    :class:`GateEvaluator` on the same batches and targets whose memo may already hold the all-heads pass."""
+    orders = tuple(orders)
+    _check_curve_args(orders, step_fraction)
+    check_reduction(reduction)
+    if evaluator is not None:
+        targets = evaluator.targets
+    elif targets is None:
+        targets = prepare_targets(task, model, batches)
+    ev = evaluator or GateEvaluator(model, batches, task, targets, should_cancel)
+    n_layers, n_heads = model_shape(model)
+    total = n_layers * n_heads
+    step = max(1, int(round(step_fraction * total)))
+    counts = list(range(0, total, step)) + [total]
+    base = _gates(model, None)
+    det = [o for o in orders if o != "random"]
+    units = len(det) * len(counts) + (len(seeds) * len(counts) if "random" in orders else 0)
+    done = [0]
+
+    def tick(n: int, stage: str) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(min(done[0] / units, 1.0), stage)
+
+    head = {"recompute": recompute, "reduction": reduction, "step_fraction": step_fraction,
+            "n_layers": n_layers, "n_heads": n_heads,
+            "n_removed": counts, "fractions": [c / total for c in counts],
+            "label_source": targets[0].get("label_source")}
+    state = {o: {"alive": np.ones((n_layers, n_heads), dtype=bool), "removed": [], "scores": None,
+                 "curve": {"loss": [], "perplexity": [], "accuracy": []}} for o in det}
+    for k, c in enumerate(counts):
+        if not det:
+            break
+        need = c < total and (recompute or state[det[0]]["scores"] is None)
+        settings = [base * torch.as_tensor(state[o]["alive"], dtype=base.dtype, device=base.device) for o in det]
+        for o, (imp, n, metrics) in zip(det, ev.run(settings, need)):
+            st = state[o]
+            for key in st["curve"]:
+                st["curve"][key].append(metrics[key])
+            if c == total:
+                continue
+            if need:
+                scores = _scores(imp, n, reduction)
+                st["scores"] = _normalise(scores, st["alive"]) if normalise_layers else scores
+            for flat in _order(st["scores"], st["alive"], o == "reverse")[: counts[k + 1] - c]:
+                layer, hd = divmod(int(flat), n_heads)
+                st["alive"][layer, hd] = False
+                st["removed"].append([layer, hd])
+        tick(len(det), f"pruning ({' and '.join(det)} order): step {k + 1}/{len(counts)}")
+    out: dict[str, dict] = {}
+    for o in det:
+        curve = state[o]["curve"]
+        if task not in ("causal_lm", "masked_lm"):
+            curve["perplexity"] = None
+        out[o] = {"task": task, "order": o, **head, **curve, "removed": state[o]["removed"]}
+    if "random" in orders:
+        perms = [torch.randperm(total, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+        settings = []
+        for perm in perms:
+            for c in counts:
+                gates = base.flatten().clone()
+                gates[perm[:c].to(gates.device)] = 0
+                settings.append(gates.view(n_layers, n_heads))
+        finished = [0]
+
+        def random_tick(n: int) -> None:
+            finished[0] += n
+            tick(n, f"pruning (random, {len(seeds)} seeds): {finished[0]}/{len(settings)} gate settings")
+
+        res = ev.run(settings, False, progress=random_tick)
+        tick(units - done[0], f"pruning (random, {len(seeds)} seeds): {len(settings)}/{len(settings)} gate settings")
+        per_seed: dict[str, list] = {key: [] for key in ("loss", "perplexity", "accuracy")}
+        for i in range(len(seeds)):
+            rows = res[i * len(counts):(i + 1) * len(counts)]
+            for key in per_seed:
+                per_seed[key].append([m[key] for _, _, m in rows])
+        rnd: dict = {"seeds": list(seeds), "removed": [[list(divmod(int(f), n_heads)) for f in p] for p in perms],
+                     "per_seed": per_seed}
+        for key, rows in per_seed.items():
+            if task not in ("causal_lm", "masked_lm") and key == "perplexity":
+                rnd[key] = rnd[f"{key}_std"] = None
+                continue
+            arr = np.asarray(rows, dtype=np.float64)  # [S, K]
+            rnd[key], rnd[f"{key}_std"] = arr.mean(0).tolist(), arr.std(0).tolist()
+        out["random"] = {"task": task, "order": "random", **head, **rnd}
+    return out
 
 
 def _random_curves(model, batches, task, targets, base, counts, seeds, progress, should_cancel) -> dict:

@@ -249,6 +249,9 @@ class LossTerms:
     total: torch.Tensor  # [] summed NLL over tokens (LMs) or examples, differentiable
     count: int  # number of tokens (LMs) or examples
     correct: int  # top-1 hits among them
+    row_sum: torch.Tensor | None = None  # [B] float64 detached: each row's summed NLL (batched gate settings)
+    row_count: torch.Tensor | None = None  # [B] int64: each row's tokens (LMs) or 1
+    row_correct: torch.Tensor | None = None  # [B] int64: each row's top-1 hits
 
     @property
     def loss_sum(self) -> float:
@@ -262,9 +265,12 @@ def _token_terms(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
     nll = F.cross_entropy(picked, gold, reduction="none")  # [n]
     rows = valid.nonzero()[:, 0]  # [n] batch row of each scored token
     n = valid.sum(1)  # [B]
-    per_example = nll.new_zeros(valid.shape[0]).index_add(0, rows, nll) / n.clamp(min=1)
-    correct = (picked.argmax(-1) == gold).sum()
-    return LossTerms(per_example, n > 0, nll.sum(), int(n.sum()), int(correct))
+    row_sum = nll.new_zeros(valid.shape[0]).index_add(0, rows, nll)  # [B]
+    per_example = row_sum / n.clamp(min=1)
+    hit = picked.argmax(-1) == gold  # [n]
+    row_correct = torch.zeros(valid.shape[0], dtype=torch.int64, device=hit.device).index_add(0, rows, hit.long())
+    return LossTerms(per_example, n > 0, nll.sum(), int(n.sum()), int(hit.sum()),
+                     row_sum.detach().double(), n.long(), row_correct)
 
 
 def model_output(task: str, model: nn.Module, batch: dict, targets: dict) -> torch.Tensor:
@@ -293,9 +299,10 @@ def terms_from_output(task: str, out: torch.Tensor, batch: dict, targets: dict) 
         logits = out @ targets["targets"].to(out.dtype).T / targets["temperature"]  # [B, N]
         labels = targets["index"]  # [B]
     per_example = F.cross_entropy(logits, labels, reduction="none")
-    correct = int((logits.argmax(-1) == labels).sum())
+    hit = (logits.argmax(-1) == labels).long()
     ones = torch.ones_like(labels, dtype=torch.bool)
-    return LossTerms(per_example, ones, per_example.sum(), len(labels), correct)
+    return LossTerms(per_example, ones, per_example.sum(), len(labels), int(hit.sum()),
+                     per_example.detach().double(), ones.long(), hit)
 
 
 def loss_terms(task: str, model: nn.Module, batch: dict, targets: dict) -> LossTerms:

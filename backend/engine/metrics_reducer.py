@@ -20,6 +20,7 @@ import torch
 from backend import metrics as ref
 from backend import names
 from backend.engine.capture import BaseReducer, LayerView
+from backend.engine.fused_metrics import layer_stats
 from backend.vocab import HEAD_METRICS
 
 
@@ -52,6 +53,8 @@ class SinkMetricsReducer(BaseReducer):
     the runner knows it from the model config. ``eps`` is the first-token sink threshold of the stored
     ``metrics.sink_rate`` (the app recomputes the rate at other thresholds from ``sinks.alpha_first``).
     """
+
+    fused = True  # also fed by log-sum-exp statistics instead of patterns (backend.engine.fused_metrics)
 
     def __init__(self, n_layers: int, n_heads: int, causal: bool, eps: float = ref.SINK_EPS) -> None:
         self.n_layers, self.n_heads, self.causal, self.eps = n_layers, n_heads, causal, eps
@@ -103,6 +106,13 @@ class SinkMetricsReducer(BaseReducer):
         prev_idx = (q - 1).clamp(min=0).view(1, 1, tq, 1).expand(b, p.shape[1], tq, 1)
         prev = p.gather(-1, prev_idx)[..., 0] * (q >= 1)  # [B, H, tq]: A[t, t-1], 0 for t = 0
         acc["previous_token"] += prev.sum(dim=-1, dtype=torch.float64)
+
+    def lse_layer(self, view: LayerView, lse: torch.Tensor, mask: torch.Tensor | None, chunk: int) -> None:
+        """The same sums as :meth:`chunk`, from the scores and their log-sum-exp (no pattern)."""
+        _, lengths = _rows(view.prompts, view.lengths, view.key.shape[0], view.key.shape[2])
+        acc = layer_stats(view.query, view.key, lse, mask, lengths, view.scaling, self.causal, chunk)
+        for name, value in acc.items():
+            self._acc[name] += value
 
     def end_layer(self, view: LayerView) -> None:
         acc = {name: t.cpu().numpy() for name, t in self._acc.items()}
@@ -160,6 +170,8 @@ class MassiveActivationReducer(BaseReducer):
     [T_p]`` int64 (its feature); per layer ``metrics.massive_ratio [L]`` float32: ``max_t top / median|h|``
     (median over all of the prompt's ``T_p x D`` entries in that layer), mean over prompts.
     """
+
+    fused = True  # reads hidden states only
 
     def __init__(self, n_layers: int) -> None:
         self.n_layers = n_layers

@@ -23,7 +23,9 @@ from backend.engine.importance import (
     evaluate_with_gates,
     head_importance,
     model_shape,
+    GateEvaluator,
     pruning_curve,
+    pruning_curves,
     top_predictions,
 )
 from backend.engine.losses import loss_fn, loss_terms, model_task, prepare_targets
@@ -277,7 +279,7 @@ def test_pruning_curve_shapes(order: str) -> None:
     empty = evaluate_with_gates(model, batches, "causal_lm", torch.zeros(2, 4))
     assert curve["loss"][0] == pytest.approx(full["loss"]) and curve["loss"][-1] == pytest.approx(empty["loss"])
     fracs = [f for f, _ in steps]
-    assert fracs[-1] == 1.0 and fracs == sorted(fracs) and len(fracs) == (15 if order == "random" else 5)
+    assert fracs[-1] == 1.0 and fracs == sorted(fracs) and len(fracs) >= (2 if order == "random" else 5)
     assert all(isinstance(stage, str) and "pruning" in stage for _, stage in steps)
     if order == "random":
         assert np.asarray(curve["per_seed"]["loss"]).shape == (3, 5)
@@ -355,3 +357,59 @@ def test_top_predictions_match_eager_softmax() -> None:
     classes = top_predictions(_build("vit", ATTN_IMPLEMENTATION), {k: v[:1] for k, v in _inputs("vit").items()},
                               "classifier", None, k=5)
     assert len(classes) == 3 and sum(p for _, p in classes) == pytest.approx(1.0)
+
+
+def _assert_same_curve(got: dict, ref: dict, rel: float) -> None:
+    assert got.keys() == ref.keys()
+    for key, value in ref.items():
+        if key in ("loss", "perplexity", "accuracy", "loss_std", "perplexity_std", "accuracy_std"):
+            if value is None:
+                assert got[key] is None
+            else:
+                # a standard deviation of nearly equal losses amplifies rounding: absolute tolerance there
+                atol = rel * float(np.max(np.abs(ref[key[:-4]]))) if key.endswith("_std") else 1e-12
+                np.testing.assert_allclose(got[key], value, rtol=rel, atol=atol, err_msg=key)
+        elif key == "per_seed":
+            for k2 in value:
+                np.testing.assert_allclose(np.asarray(got[key][k2], dtype=float), np.asarray(value[k2], dtype=float),
+                                           rtol=rel, err_msg=k2)
+        else:
+            assert got[key] == value, key
+
+
+@pytest.mark.parametrize("arch,task", [("llama", "causal_lm"), ("bert", "masked_lm"), ("encoder", "encoder")])
+def test_batched_curves_equal_unbatched(arch: str, task: str) -> None:
+    """Every order's curve from the batched evaluator (gate settings as extra batch rows, several per
+    pass, shared points once) equals the one-pass-per-setting reference: same heads removed, same
+    metrics up to float rounding."""
+    model = _build(arch, ATTN_IMPLEMENTATION)
+    assert model_task(model) == task
+    inputs = _inputs(arch)
+    batches = [{k: v[:1] for k, v in inputs.items()}, {k: v[1:] for k, v in inputs.items()}]  # two batches
+    targets = _targets(model, batches)
+    ev = GateEvaluator(model, batches, task, targets, max_tokens=40)  # forces several passes per batch
+    got = pruning_curves(model, batches, task, step_fraction=0.25, evaluator=ev)
+    ref_passes = 0
+    for order in ("importance", "reverse", "random"):
+        ref = pruning_curve(model, batches, task, order=order, step_fraction=0.25, targets=targets, batched=False)
+        _assert_same_curve(got[order], ref, 1e-5)
+        ref_passes += len(ref["n_removed"]) * (3 if order == "random" else 1) * len(batches)
+    assert ev.passes < ref_passes / 2  # the point of batching: far fewer passes for the same numbers
+
+
+def test_gate_evaluator_importance_equals_head_importance() -> None:
+    model = _build("gpt2", ATTN_IMPLEMENTATION)
+    batches = [_inputs("gpt2")]
+    gates = torch.ones(2, 4)
+    gates[1, 2] = 0
+    ev = GateEvaluator(model, batches, "causal_lm", _targets(model, batches))
+    (imp, n, metrics), (imp2, n2, metrics2) = ev.run([torch.ones(2, 4), gates], True)
+    for rule in ("per_token", "per_example"):
+        np.testing.assert_allclose(imp[rule].numpy() / n[rule],
+                                   head_importance(model, batches, "causal_lm", reduction=rule), rtol=1e-5)
+        np.testing.assert_allclose(imp2[rule].numpy() / n2[rule],
+                                   head_importance(model, batches, "causal_lm", gates=gates, reduction=rule), rtol=1e-5)
+    assert metrics["loss"] == pytest.approx(evaluate_with_gates(model, batches, "causal_lm", None)["loss"], rel=1e-6)
+    assert metrics2["loss"] == pytest.approx(evaluate_with_gates(model, batches, "causal_lm", gates)["loss"], rel=1e-6)
+    passes = ev.passes
+    assert ev.run([gates], False)[0][2] == metrics2 and ev.passes == passes  # memoised
