@@ -90,7 +90,7 @@ def test_csv_labels_reach_the_run_options(live_app, worker, browser) -> None:
     page.goto(live_app + "/")
     page.wait_for_selector("#new-prompts")
     page.click("#new-model")
-    page.get_by_role("option", name="tiny-pydoc-lm", exact=True).click()
+    page.get_by_role("option", name="tiny-pydoc-lm (offline)", exact=True).click()
     page.get_by_text("Head importance", exact=True).click()
     csv = b"text,label\nA list is a mutable sequence.,1\n,0\nStrings are immutable.,0\n"
     page.set_input_files("#new-upload input[type=file]",

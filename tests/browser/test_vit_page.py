@@ -33,7 +33,7 @@ def test_vit_run_overlay_rollout_and_shared_url(live_app, worker, browser) -> No
     page.goto(live_app + "/")
     page.wait_for_selector("#new-prompts")
     page.click("#new-model")
-    _option(page, MODEL)
+    _option(page, f"{MODEL} (offline)")
 
     # a file that is not an image gets a clear message; a real PNG and a sample digit are stored
     page.set_input_files("#new-upload input[type=file]",
