@@ -29,7 +29,9 @@ def _upload(base_url: str, name: str, data: bytes) -> dict:
         "changedPropIds": ["new-upload.contents"],
         "state": [{"id": "new-upload", "property": "filename", "value": [name]},
                   {"id": "new-prompts", "property": "value", "value": ""},
-                  {"id": "new-images", "property": "data", "value": []}],
+                  {"id": "new-images", "property": "data", "value": []},
+                  {"id": "new-model", "property": "value", "value": "digits-vit"},
+                  {"id": "new-model-custom", "property": "value", "value": None}],
     }
     req = urllib.request.Request(base_url + "/_dash-update-component", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
