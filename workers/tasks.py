@@ -10,7 +10,7 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import redis
@@ -23,6 +23,23 @@ from backend.redis_conn import connect
 from backend.settings import Settings, get_settings
 from backend.spec import SpecError
 from workers.memory import cap_mb, is_out_of_memory, release_memory
+
+PROGRESS_EVERY_S = 0.25
+
+
+def throttled(write: Callable[[float, str, float], None]) -> Callable[[float, str], None]:
+    """A progress callback that calls ``write(fraction rounded to 4 places, stage, now)`` at most every
+    :data:`PROGRESS_EVERY_S` seconds, and always at completion (one Redis write per update, not per step)."""
+    last = [0.0]
+
+    def progress(frac: float, stage: str) -> None:
+        now = time.time()
+        if now - last[0] > PROGRESS_EVERY_S or frac >= 1.0:
+            last[0] = now
+            write(round(float(frac), 4), stage, now)
+
+    return progress
+
 
 _REGISTRY = None
 FLUSH_BYTES = 8 * 1024 * 1024
@@ -151,13 +168,8 @@ def run_analysis(run_id: str) -> str:
     beat = _Heartbeat(cache, run_id, attempt)
     beat.start()
     writer = _Writer(cache, run_id)
-    last = [0.0]
-
-    def progress(frac: float, stage: str) -> None:
-        now = time.time()
-        if now - last[0] > 0.25 or frac >= 1.0:
-            last[0] = now
-            cache.update_attempt(run_id, attempt, ("running",), progress=round(float(frac), 4), stage=stage)
+    progress = throttled(lambda frac, stage, _now: cache.update_attempt(
+        run_id, attempt, ("running",), progress=frac, stage=stage))
 
     def should_stop() -> bool:
         return STOPPING.is_set() or beat.superseded or cache.cancel_requested(run_id)
@@ -288,14 +300,11 @@ def run_extension(run_id: str, analyses: list[str]) -> str:
            "progress": 0.0, "error": "", "heartbeat": time.time()}
     cache.update(run_id, extension=ext)
     writer = _Writer(cache, run_id)
-    last = [0.0]
+    def write_extension(frac: float, stage: str, now: float) -> None:
+        ext.update(progress=frac, stage=stage, heartbeat=now)
+        cache.update(run_id, extension=ext)
 
-    def progress(frac: float, stage: str) -> None:
-        now = time.time()
-        if now - last[0] > 0.25 or frac >= 1.0:
-            last[0] = now
-            ext.update(progress=round(float(frac), 4), stage=stage, heartbeat=now)
-            cache.update(run_id, extension=ext)
+    progress = throttled(write_extension)
 
     try:
         ref = resolve_model(spec["model"], settings)
@@ -341,14 +350,8 @@ def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
     cache.register_running(digest, attempt, worker_name(), "prune")
     CURRENT.update(id=digest, attempt=attempt, kind="prune")
     base = {"job": digest, "run_id": run_id, "heads": heads, "prompt": prompt, "created": time.time()}
-    last = [0.0]
-
-    def progress(frac: float, stage: str) -> None:
-        now = time.time()
-        if now - last[0] > 0.25 or frac >= 1.0:
-            last[0] = now
-            put_prune(cache, digest, {**base, "status": "running", "stage": stage, "progress": round(float(frac), 4)},
-                      settings.job_timeout_s + 600)
+    progress = throttled(lambda frac, stage, _now: put_prune(
+        cache, digest, {**base, "status": "running", "stage": stage, "progress": frac}, settings.job_timeout_s + 600))
 
     try:
         progress(0.0, "loading model")
@@ -396,14 +399,8 @@ def run_lab(digest: str, run_id: str, spec: dict) -> str:
     cache.register_running(digest, attempt, worker_name(), "lab")
     CURRENT.update(id=digest, attempt=attempt, kind="lab")
     base = {"job": digest, "run_id": run_id, "spec": spec, "created": time.time()}
-    last = [0.0]
-
-    def progress(frac: float, stage: str) -> None:
-        now = time.time()
-        if now - last[0] > 0.25 or frac >= 1.0:
-            last[0] = now
-            put_record(cache, digest, {**base, "status": "running", "stage": stage, "progress": round(float(frac), 4)},
-                       settings.job_timeout_s + 600)
+    progress = throttled(lambda frac, stage, _now: put_record(
+        cache, digest, {**base, "status": "running", "stage": stage, "progress": frac}, settings.job_timeout_s + 600))
 
     def finish(record: dict, ttl_s: int) -> None:
         put_record(cache, digest, {**record, "finished": time.time()}, ttl_s)
