@@ -43,6 +43,14 @@ def _token_axis(fig: go.Figure, n: int, max_ticks: int = 60) -> None:
     fig.update_xaxes(type="category", tickangle=-60, nticks=min(n, max_ticks), title="key position:token")
 
 
+def cell_outline_path(mask: np.ndarray) -> str:
+    """An SVG path (data coordinates, cells centred on integers) outlining every ``True`` cell of ``mask
+    [layer, head]``: one closed rectangle per cell, ``""`` when none."""
+    ly, hx = np.nonzero(np.asarray(mask, dtype=bool))
+    return "".join(f"M{h - 0.5:g},{l - 0.5:g}H{h + 0.5:g}V{l + 0.5:g}H{h - 0.5:g}Z"
+                   for l, h in zip(ly.tolist(), hx.tolist()))
+
+
 def head_grid(values: np.ndarray, metric: str, title: str = "", eps: float | None = SINK_EPS,
               zmax: float | None = None) -> go.Figure:
     """``values [layer, head]`` of ``metric``: layer down, head across, numbers on hover; for the sink
@@ -61,11 +69,10 @@ def head_grid(values: np.ndarray, metric: str, title: str = "", eps: float | Non
         hovertemplate=f"layer %{{y}} head %{{x}}<br>{meta['label']} %{{z:.4f}}<br>click: open this head<extra></extra>",
         xgap=1, ygap=1,
     ))
-    if sink and eps is not None and show_text:  # outlines (one shape each) only on grids small enough to read
-        ly, hx = np.nonzero(v > eps)
-        for l, h in zip(ly.tolist(), hx.tolist()):
-            fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5,
-                          line=dict(color="#d62728", width=2))
+    if sink and eps is not None and show_text:  # outlines only on grids small enough to read
+        outline = cell_outline_path(v > eps)
+        if outline:  # one path shape for every outlined cell (a shape per cell took 4 s on a 30 x 9 grid)
+            fig.add_shape(type="path", path=outline, line=dict(color="#d62728", width=2), layer="above")
     fig.update_xaxes(title="head", tickmode="linear", dtick=1 if heads <= 32 else max(1, heads // 16))
     fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if layers <= 48 else 4)
     return _base(fig, title or meta["label"], height=max(300, min(900, 28 * layers + 120)))

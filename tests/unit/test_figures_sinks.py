@@ -17,8 +17,8 @@ def test_head_grid_axes_follow_layer_and_head() -> None:
     assert z.shape == (3, 5) and z.dtype == np.float32
     assert list(hm.x) == list(range(5)) and list(hm.y) == list(range(3))  # clickData: x = head, y = layer
     assert z[1, 4] == pytest.approx(0.9)
-    outlined = [(s.x0 + 0.5, s.y0 + 0.5) for s in fig.layout.shapes]
-    assert outlined == [(4, 1)]  # only the head above eps = 0.3
+    assert len(fig.layout.shapes) == 1  # one path outlines every head above eps = 0.3: here only (1, 4)
+    assert fig.layout.shapes[0].path == "M3.5,0.5H4.5V1.5H3.5Z"
     assert "layer %{y} head %{x}" in hm.hovertemplate
 
 
@@ -27,6 +27,15 @@ def test_head_grid_handles_unseen_layers_and_large_models() -> None:
     grid[3] = np.nan
     fig = fs.head_grid(grid, "entropy")
     assert fig.data[0].texttemplate is None and len(fig.layout.shapes) == 0  # no per-cell text at 1024 cells
+
+
+def test_cell_outline_path_one_rectangle_per_cell() -> None:
+    mask = np.zeros((30, 9), bool)
+    assert fs.cell_outline_path(mask) == ""
+    mask[0, 0] = mask[29, 8] = True
+    assert fs.cell_outline_path(mask) == "M-0.5,-0.5H0.5V0.5H-0.5ZM7.5,28.5H8.5V29.5H7.5Z"
+    fig = fs.head_grid(np.full((30, 9), 0.9), "sink_first")  # SmolLM2's shape, every head a sink
+    assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].path.count("Z") == 270
 
 
 def test_diff_grid_is_b_minus_a_and_needs_equal_shapes() -> None:
