@@ -305,10 +305,17 @@ def render_streaming(info, run_id):
     except state.REDIS_ERRORS:
         return no_update, alert(state.REDIS_DOWN, "warn")
     window, sinks = (int(x) for x in arr["params"])
-    ppl = {k: float(np.exp(np.mean(arr[k]))) for k in ("nll_full", "nll_window", "nll_sink")}
-    text = (f"First prompt, {len(arr['nll_full']) + 1} tokens; window W = {window}, sinks k = {sinks}; "
-            f"{'sink positions re-assigned within the cache (as in the paper)' if reassigned else 'original positions'}. "
-            f"Perplexity: full {ppl['nll_full']:.2f}, window {ppl['nll_window']:.2f}, window + sinks {ppl['nll_sink']:.2f}.")
+    ppl = fs.streaming_perplexity(arr["nll_full"], arr["nll_window"], arr["nll_sink"], window, sinks)
+    n_tok = len(arr["nll_full"]) + 1
+    head = (f"First prompt, {n_tok} tokens; window W = {window}, sinks k = {sinks}; "
+            f"{'sink positions re-assigned within the cache (as in the paper)' if reassigned else 'original positions'}. ")
+    if ppl["n"]:
+        text = head + (f"Perplexity over the {ppl['n']} tokens predicted after the cache first evicted (from token "
+                       f"{ppl['first']}): full {ppl['full']:.2f}, window {ppl['window']:.2f}, "
+                       f"window + sinks {ppl['sink']:.2f}.")
+    else:
+        text = head + (f"The text fits in the cache (W + k = {window + sinks} tokens): nothing was evicted, so the "
+                       "three settings agree; use a longer text.")
     fig = fs.streaming_curves(arr["nll_full"], arr["nll_window"], arr["nll_sink"], window, sinks, reassigned)
     return fig, text
 
