@@ -186,7 +186,7 @@ def wait_done(base_url: str, run_id: str, timeout: float = 240) -> dict:
         with urllib.request.urlopen(f"{base_url}/api/runs/{run_id}", timeout=10) as resp:
             body = json.loads(resp.read())
         seen.append((body["status"], body["progress"]))
-        if body["status"] in ("done", "failed"):
+        if body["status"] in ("done", "failed", "cancelled"):
             body["_seen"] = seen
             return body
         time.sleep(0.1)

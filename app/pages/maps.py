@@ -199,9 +199,16 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         xy, meta = maps_data.head(run_id, layer, head, method, normalised)
         run_info = maps_data.map_run(run_id)
         table = maps_data.point_table(run_id, run_info, meta)
-        mask = embedding_points.search_mask(run_info.tokens, meta, search or "")
     except VIEW_ERRORS as exc:
         return empty_figure("not available"), "", _errors(exc)
+    search_error = None
+    try:
+        mask = embedding_points.search_mask(run_info.tokens, meta, search or "")
+    except ValueError as exc:  # an invalid /regex/: the map stays as it was, the message beside the search box
+        search_error = html.Span(f"{search!r} is {exc}", className="search-error", id="maps-search-error")
+        if dash.ctx.triggered_id == "maps-search":
+            return no_update, search_error, no_update
+        mask, search = np.zeros(len(meta), dtype=bool), ""
     selected = embedding_points.find_point(meta, *sel) if sel else None
     fig = figures_maps.head_map(
         xy, meta, table.hover, colour or "kind", positions=table.positions, token_kinds=table.token_kinds,
@@ -209,7 +216,7 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         title=f"layer {layer} head {head} · {METHOD_LABELS.get(method, method)}{'' if normalised else ' (raw)'} · {len(meta)} points",
         uirevision=f"{run_id}:{layer}:{head}:{method}:{normalised}",
     )
-    return fig, _search_summary(search or "", mask, meta), ""
+    return fig, search_error or _search_summary(search or "", mask, meta), ""
 
 
 @callback(

@@ -102,6 +102,22 @@ def test_head_map_traces_cover_every_point_once() -> None:
         _head_fig("rainbow")
 
 
+def test_head_map_colours_prompts_by_category() -> None:
+    """Colour by prompt: one categorical colour per input (no colour scale), queries and keys in each."""
+    fig = _head_fig("prompt")
+    assert [t.name for t in fig.data] == ["input 1 (queries)", "input 1 (keys)", "input 2 (queries)", "input 2 (keys)"]
+    colours = [t.marker.color for t in fig.data]
+    assert all(isinstance(c, str) for c in colours) and colours[0] == colours[1] != colours[2] == colours[3]
+    assert all(META[i, 1] == 1 for i in _indices(fig.data[2])) and not any(t.marker.showscale for t in fig.data)
+    # many inputs: the colours cycle, the traces stay bounded, every point is still drawn once
+    n = 3 * len(figures_maps.PROMPT_COLOURS)
+    meta = np.array([[i % 2, i // 2, 0] for i in range(2 * n)], dtype=np.int32)
+    many = figures_maps.head_map(np.zeros((2 * n, 2), np.float32), meta, [""] * (2 * n), "prompt")
+    assert len(many.data) == 2 * len(figures_maps.PROMPT_COLOURS)
+    assert sum(len(t.x) for t in many.data) == 2 * n and many.data[0].name.startswith("inputs 1, 21, 41")
+    assert figures_maps.prompt_colour(0) == figures_maps.prompt_colour(len(figures_maps.PROMPT_COLOURS))
+
+
 def test_head_map_highlight_and_selection() -> None:
     mask = embedding_points.search_mask(TOKENS, META, "cat")
     fig = _head_fig("kind", highlight=mask, highlight_label="matches", selected=4)
