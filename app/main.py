@@ -27,6 +27,8 @@ def root_layout() -> html.Div:
             html.Nav(children=[
                 dcc.Link("New analysis", href="/", className="navlink"),
                 dcc.Link("Recent runs", href="/runs", className="navlink"),
+                dcc.Link("Compare runs", href="/compare", className="navlink", id="nav-compare"),
+                dcc.Link("Compare atlases", href="/atlas/compare", className="navlink", id="nav-atlas-compare"),
                 html.A("Definitions", href=REFERENCES_URL, target="_blank", rel="noopener", className="navlink",
                        id="nav-definitions", title="Every metric's definition, the released code it follows, and "
                                                      "the labelled variants (docs/REFERENCES.md)"),

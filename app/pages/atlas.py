@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import dash
 from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
 
-from app import atlas_data, state
+from app import atlas_data, compare_data, state
 from app.components import alert
 from app.run_gate import poll_interval, wait_for_run
 from app.view_links import register_view
@@ -201,7 +201,7 @@ def compare_options(data, run_id):
     if not data:
         return []
     try:
-        return [o for o in atlas_data.runs_with_roles() if o["value"] != run_id]
+        return [o for o in compare_data.run_options("roles") if o["value"] != run_id]
     except state.REDIS_ERRORS:
         return []
 
