@@ -4,7 +4,7 @@ also for client-side navigation to such a path."""
 
 from __future__ import annotations
 
-from dash import _pages
+from dash import _pages, dcc, html
 from flask import Flask, Response, request
 
 from app import state
@@ -45,3 +45,18 @@ def install(server: Flask) -> None:
                 and (unknown_path(request.path) or unknown_run(request.path))):
             resp.status_code = 404
         return resp
+
+
+def view(detail: str = "There is no page at this address.") -> html.Div:
+    """The not-found card: what happened and where to go instead."""
+    return html.Div(className="card not-found", id="not-found", children=[
+        html.H2("Page not found"),
+        html.P(detail),
+        html.P("Pages of Attention Atlas:", className="muted"),
+        html.Ul([
+            html.Li(dcc.Link("New analysis", href="/", className="navlink", id="not-found-home")),
+            html.Li(dcc.Link("Recent runs (each run links to its views)", href="/runs", className="navlink",
+                             id="not-found-runs")),
+            html.Li(dcc.Link("Compare two runs", href="/compare", className="navlink")),
+        ]),
+    ])

@@ -13,7 +13,7 @@ import dash
 import numpy as np
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
-from app import state
+from app import not_found, state
 from app.components import alert, help_text, progress_bar, query_int
 from app.run_gate import poll_interval, wait_for_run
 from backend import figures, jobs, token_text
@@ -28,9 +28,7 @@ MAX_LINES = 24
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     if not run_id or "/" in run_id:  # /runs/<id>/<no such view> matches this page's template too
-        from app.pages.not_found_404 import view as not_found  # noqa: PLC0415
-
-        return not_found(f"A run has no page “{(run_id or '').split('/', 1)[-1]}”.")
+        return not_found.view(f"A run has no page “{(run_id or '').split('/', 1)[-1]}”.")
     view = {k: query_int(query.get(k)) for k in VIEW_KEYS}
     words = query.get("words") == "1"
     return html.Div([
