@@ -10,7 +10,7 @@ from pathlib import Path
 import dash
 from dash import Dash, dcc, html
 
-from app import access, api
+from app import access, api, not_found
 from backend.settings import get_settings
 
 HERE = Path(__file__).resolve().parent
@@ -46,6 +46,7 @@ def create_app() -> Dash:
     app.layout = root_layout
     access.install(app.server, get_settings().access_token)  # first: it guards everything registered below
     api.register(app.server)
+    not_found.install(app.server)
     app.server.add_url_rule(REFERENCES_URL, "references", _references)
     app.server.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
     return app

@@ -127,7 +127,8 @@ def _check(run_id: str, load: Callable[[str], Any], analysis: str | None, side: 
         if m["status"] != "done":  # failed or cancelled: the bar stays at the progress it had reached
             return Gate(None, True, html.Div([
                 progress_bar(m.get("progress", 0), m["status"], m["status"], bar),
-                alert(f"The run {m['status']}: {m.get('error') or 'no error message'}"),
+                alert(f"The run {'was cancelled' if m['status'] == 'cancelled' else m['status']}: "
+                      f"{m.get('error') or 'no error message'}"),
             ]), m)
         if analysis and analysis not in jobs.run_analyses(m):
             ext = jobs.extension_status(state.cache(), run_id, m)

@@ -212,8 +212,20 @@ class Cache:
         return bool(self.r.exists(keys.run_cancel(self.prefix, run_id)))
 
     # ---- blobs (uploaded images) ----------------------------------------------------------
-    def put_blob(self, digest: str, data: bytes) -> None:
-        self.r.set(keys.blob(self.prefix, digest), data)
+    def put_blob(self, digest: str, data: bytes, name: str | None = None) -> None:
+        """Store an uploaded file by digest, and the file name it came with (the latest upload's name wins)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(keys.blob(self.prefix, digest), data)
+        if name:
+            pipe.set(keys.blob_name(self.prefix, digest), name[:200].encode("utf-8"))
+        pipe.execute()
+
+    def blob_names(self, digests: list[str]) -> list[str | None]:
+        """The file names the blobs ``digests`` were uploaded under (None where none was given)."""
+        if not digests:
+            return []
+        got = self.r.mget([keys.blob_name(self.prefix, d) for d in digests])
+        return [None if v is None else v.decode("utf-8", "replace") for v in got]
 
     def missing_blobs(self, digests: list[str]) -> list[str]:
         """The digests among ``digests`` that have no stored blob (one round trip)."""

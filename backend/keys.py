@@ -11,6 +11,7 @@ Layout (``P`` is the configured prefix, ``R`` a run id):
 - ``P:derived:D``        bytes/JSON: a result derived from a run (e.g. a pruning experiment), D its digest
 - ``P:derived:D:t:NAME`` bytes: one array of a derived result (NAME from ``backend.names``)
 - ``P:blob:D``           bytes: an uploaded file (image) addressed by its SHA-256
+- ``P:blob:D:name``      string: the file name it was last uploaded under (views name images by it)
 - ``P:rate:C:M``         counter: requests of client C in minute M
 - ``P:active:C``         set: unfinished run ids submitted by client C
 """
@@ -63,6 +64,10 @@ def derived(prefix: str, digest: str) -> str:
 
 def blob(prefix: str, digest: str) -> str:
     return f"{prefix}:blob:{_check(digest)}"
+
+
+def blob_name(prefix: str, digest: str) -> str:
+    return f"{prefix}:blob:{_check(digest)}:name"
 
 
 def rate(prefix: str, client: str, minute: int) -> str:

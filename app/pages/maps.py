@@ -61,7 +61,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.Div(id="maps-model", className="muted"),
             dcc.Link("← back to the run", href=f"/runs/{run_id}", className="muted"),
             html.Div(id="maps-status"),
-            html.Div(className="row", children=[
+            html.Div(className="row", id="maps-controls", style={"display": "none"}, children=[
                 field("View", dcc.RadioItems(id="maps-mode", value=v["view"], inline=True, options=[
                     {"label": "all heads", "value": "matrix"}, {"label": "one head", "value": "head"}],
                     inputStyle={"marginRight": "4px", "marginLeft": "8px"}), "210px"),
@@ -102,17 +102,18 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     Output("maps-run", "data"), Output("maps-poll", "disabled"), Output("maps-status", "children"),
     Output("maps-model", "children"), Output("maps-method", "options"), Output("maps-layer", "options"),
     Output("maps-head", "options"), Output("maps-method", "value"), Output("maps-layer", "value"),
-    Output("maps-head", "value"),
+    Output("maps-head", "value"), Output("maps-controls", "style"),
     Input("maps-poll", "n_intervals"), State("maps-id", "data"), State("maps-view", "data"),
 )
 def setup(_n, run_id, view):
-    """Show progress (per head while the maps are computed) until the run is done, then fill the pickers."""
+    """Show progress (per head while the maps are computed) until the run is done, then fill the pickers
+    (hidden until then: they cannot work without the run's maps)."""
     nothing = (no_update,) * 6
     gate = wait_for_run(run_id, maps_data.map_run, analysis="embedding")
     m = gate.manifest
     model = f"{(m.get('model') or {}).get('ref')} · run {run_id[:12]}" if m else gate.blank
     if not gate.ready:
-        return (gate.data, gate.stop, gate.status, model, *nothing)
+        return (gate.data, gate.stop, gate.status, model, *nothing, no_update)
     run = gate.data
     clamp = lambda v, n: v if isinstance(v, int) and 0 <= v < n else 0  # noqa: E731
     n_points = "" if not run.tokens else f" · {sum(len(t) for t in run.tokens)} tokens in {len(run.tokens)} inputs"
@@ -122,7 +123,7 @@ def setup(_n, run_id, view):
             [{"label": f"layer {l}", "value": l} for l in range(run.n_layers)],
             [{"label": f"head {h}", "value": h} for h in range(run.n_heads)],
             view.get("method") if view.get("method") in run.methods else run.methods[0],
-            clamp(view.get("layer"), run.n_layers), clamp(view.get("head"), run.n_heads))
+            clamp(view.get("layer"), run.n_layers), clamp(view.get("head"), run.n_heads), {})
 
 
 @callback(Output("maps-matrix-card", "style"), Output("maps-head-card", "style"),

@@ -13,7 +13,7 @@ import dash
 import numpy as np
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
-from app import state
+from app import not_found, state
 from app.components import alert, help_text, progress_bar, query_int
 from app.run_gate import poll_interval, wait_for_run
 from backend import figures, jobs, token_text
@@ -27,6 +27,8 @@ MAX_LINES = 24
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
+    if not run_id or "/" in run_id:  # /runs/<id>/<no such view> matches this page's template too
+        return not_found.view(f"A run has no page “{(run_id or '').split('/', 1)[-1]}”.")
     view = {k: query_int(query.get(k)) for k in VIEW_KEYS}
     words = query.get("words") == "1"
     return html.Div([
@@ -41,7 +43,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.Div(id="run-status", children=progress_bar(0, "loading…", "queued")),
             html.Div(id="run-error"),
             html.Div(id="run-notices"),
-            html.Div(className="row", children=[
+            html.Div(className="row", id="run-actions", children=[  # shown while the run is queued or running
                 html.Button("Cancel", id="run-cancel", className="btn secondary", n_clicks=0),
             ]),
             html.Div(id="run-links", className="view-list"),
@@ -93,17 +95,21 @@ def _view_info(run_id: str) -> dict:
 @callback(
     Output("run-status", "children"), Output("run-info", "data"), Output("run-poll", "disabled"),
     Output("run-model", "children"), Output("run-notices", "children"), Output("run-cancel", "disabled"),
+    Output("run-actions", "style"),
     Input("run-poll", "n_intervals"), State("run-id", "data"), State("run-info", "data"),
 )
 def poll(_n, run_id, info):
-    """Refresh the status until the run is finished (through the run gate); then hand its info to the view."""
+    """Refresh the status until the run is finished (through the run gate); then hand its info to the view.
+    The cancel button shows only while there is something to cancel."""
     gate = wait_for_run(run_id, _view_info)
     model = _model_line(gate.manifest) if gate.manifest else gate.blank
+    actions = {"display": "none"} if gate.stop else {}
     if not gate.ready:
-        return gate.status, gate.data, gate.stop, model, gate.blank, gate.stop
+        return gate.status, gate.data, gate.stop, model, gate.blank, gate.stop, actions
     events = [alert(e, "warn") for e in gate.manifest.get("events") or []]  # e.g. a worker died, the run retried
     notices = events + [alert(n, "warn") for n in gate.data.pop("notices", [])]
-    return (progress_bar(1.0, "done", "done"), gate.data if info is None else no_update, True, model, notices, True)
+    return (progress_bar(1.0, "done", "done"), gate.data if info is None else no_update, True, model, notices, True,
+            actions)
 
 
 @callback(Output("run-error", "children"), Input("run-cancel", "n_clicks"),

@@ -142,6 +142,10 @@ def _capture_pass(
             for layer, hs in enumerate(hidden[1:]):
                 for r in reducers:
                     r.hidden(layer, hs.detach(), rows, lengths)
+        logits = getattr(out, "logits", None)
+        if loaded.kind == "image" and logits is not None and logits.dim() == 2:  # a classifier: [B, classes]
+            for row, p in enumerate(rows):
+                emit(names.output_logits(p), logits[row].detach().float().cpu().numpy())
         progress((n + 1) / len(chunks), f"capture: batch {n + 1}/{len(chunks)}")
 
 

@@ -44,6 +44,7 @@ def test_key_and_name_grammar_is_pinned() -> None:
     assert names.prompt_input_ids(4) == "prompt.4.input_ids"
     assert names.resid_absmax_dim(2, 1) == "prompt.2.blocks.1.resid.absmax_dim"
     assert names.resid_norm(1, 3) == "prompt.1.blocks.3.resid.norm"
+    assert names.output_logits(2) == "prompt.2.logits"
     assert [names.streaming(k) for k in names.STREAMING_KINDS] == [
         "streaming.nll_full", "streaming.nll_window", "streaming.nll_sink", "streaming.params", "streaming.reassigned"]
     assert names.role_array("dominant") == "roles.dominant"
