@@ -18,7 +18,7 @@ from app import maps_data, state, vit_data
 from app.components import alert, empty_figure, field, help_text, query_int
 from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
-from backend import embedding_points, figures, figures_maps, figures_vit, vit
+from backend import embedding_points, figures, figures_maps, figures_vit, token_text, vit
 from backend.vocab import METHOD_LABELS
 
 dash.register_page(__name__, path_template="/runs/<run_id>/maps", title="Query-key maps · Attention Atlas",
@@ -263,8 +263,9 @@ def render_token(sel, layer, head, run, run_id):
     except VIEW_ERRORS as exc:
         return _errors(exc), empty_figure(), hidden
     weights = pat[pos] if kind == embedding_points.QUERY else pat[:, pos]
-    what = (f"where the query '{tokens[pos]}' attends" if kind == embedding_points.QUERY
-            else f"how much each query attends to the key '{tokens[pos]}'")
+    shown = tokens if run.get("image") else token_text.labels(tokens)
+    what = (f"where the query '{shown[pos]}' attends" if kind == embedding_points.QUERY
+            else f"how much each query attends to the key '{shown[pos]}'")
     title = f"layer {layer} head {head}: {what} (input {p}, position {pos})"
     link = dcc.Link("Open in the token view →", id="maps-token-link",
                     href=f"/runs/{run_id}?" + urlencode({"prompt": p, "layer": layer, "head": head, "token": pos}))
@@ -278,10 +279,10 @@ def render_token(sel, layer, head, run, run_id):
         fig = figures_vit.overlay(uri, w, h, grid, lay, 0.6, title=title, selected=lay.patch_at(pos))
         return html.Div([html.H4(f"{embedding_points.KIND_NAMES[kind]} {tokens[pos]} of image {p}"), link]), fig, {}
     body = html.Div([
-        html.H4(f"{embedding_points.KIND_NAMES[kind]} '{tokens[pos]}' · input {p}, position {pos}"),
-        html.Div(_token_spans(tokens, weights, pos), className="tokens", id="maps-token-text"), link,
+        html.H4(f"{embedding_points.KIND_NAMES[kind]} '{shown[pos]}' · input {p}, position {pos}"),
+        html.Div(_token_spans(shown, weights, pos), className="tokens", id="maps-token-text"), link,
     ])
-    return body, figures.attention_row(tokens, weights, pos, title=title), {}
+    return body, figures.attention_row(shown, weights, pos, title=title), {}
 
 
 def _view_query(mode, method, norm, layer, head, colour, search, sel, run) -> dict | None:

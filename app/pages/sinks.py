@@ -27,7 +27,7 @@ from app.run_gate import poll_interval, sync_url, wait_for_run
 from backend import metrics as sink_defs
 from backend import vocab
 from app.view_links import register_view
-from backend import names
+from backend import names, token_text
 from backend import figures_sinks as fs
 from backend.vocab import GRID_METRICS, SINK_EPS
 
@@ -166,7 +166,8 @@ def setup(info, view):
     if not info:
         return hidden, hidden, hidden, [], None, [], None
     toks = info["tokens"]
-    prompts = [{"label": f"{i + 1}: {' '.join(t[:12])[:60]}", "value": i} for i, t in enumerate(toks)]
+    prompts = [{"label": f"{i + 1}: {''.join(token_text.labels(t[:16])).strip()[:60]}", "value": i}
+               for i, t in enumerate(toks)]
     layers = [{"label": "all layers x heads", "value": "all"}] + [
         {"label": f"layer {l}", "value": l} for l in range(info["n_layers"])]
     prompt = view["prompt"] if 0 <= view["prompt"] < len(toks) else 0
@@ -271,7 +272,7 @@ def render_prompt(prompt, layer, run_id, info):
             state.check_index("layer", layer, info["n_layers"])
         tokens, rec, rows = received_rows(run_id, prompt, layer, info["n_layers"])
         where = "all layers x heads" if layer == "all" else f"layer {layer}"
-        rec_fig = fs.received_heatmap(tokens, rec, rows, f"prompt {prompt + 1}, {where}: attention received per position "
+        rec_fig = fs.received_heatmap(token_text.labels(tokens), rec, rows, f"prompt {prompt + 1}, {where}: attention received per position "
                                                          "(mean over the queries that see it)")
     except (state.ViewError, state.NotReady, LookupError) as exc:
         errors.append(alert(str(exc), "warn"))
@@ -281,7 +282,7 @@ def render_prompt(prompt, layer, run_id, info):
         if names.resid_absmax(prompt, 0) in info["sizes"]:
             top, dims = massive_arrays(run_id, prompt, info["n_layers"])
             ratio = info["metrics"].get("massive_ratio")
-            mas_fig = fs.massive_heatmap(info["tokens"][prompt], top, dims, np.asarray(ratio, dtype=np.float64)
+            mas_fig = fs.massive_heatmap(token_text.labels(info["tokens"][prompt]), top, dims, np.asarray(ratio, dtype=np.float64)
                                          if ratio is not None else None,
                                          f"prompt {prompt + 1}: largest |activation| per token after each block")
     except (state.ViewError, state.NotReady, LookupError) as exc:
