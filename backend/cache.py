@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 import redis
 
-from backend import keys, tensor_io
+from backend import keys, patterns, tensor_io
 from backend.settings import Settings
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -155,11 +155,16 @@ class Cache:
 
     # ---- arrays ----------------------------------------------------------------------------
     def put_arrays(self, run_id: str, arrays: Iterable[tuple[str, np.ndarray]]) -> dict[str, int]:
-        """Write arrays in one pipeline with the result TTL; returns their sizes in bytes."""
+        """Write arrays in one pipeline with the result TTL; returns their sizes in bytes (as stored). Full
+        patterns are stored in ``pattern_dtype`` (:mod:`backend.patterns`); arrays over 64 KiB are byte-shuffled
+        and compressed."""
         sizes: dict[str, int] = {}
         pipe = self.r.pipeline(transaction=False)
         for name, arr in arrays:
-            blob = tensor_io.encode(arr, compress=arr.nbytes > 1 << 16)
+            if patterns.is_pattern(name):
+                arr = patterns.for_storage(arr, self.s.pattern_dtype)
+            big = arr.nbytes > 1 << 16
+            blob = tensor_io.encode(arr, compress=big, shuffle=big)
             sizes[name] = len(blob)
             pipe.set(keys.run_tensor(self.prefix, run_id, name), blob, ex=self.s.result_ttl_s)
         if sizes:  # the index keeps no TTL, like the manifest: names of evicted arrays cost a no-op DEL
