@@ -123,7 +123,8 @@ def _check(run_id: str, load: Callable[[str], Any], analysis: str | None, side: 
         if m is None:
             return Gate(None, True, alert(f"No run with id {run_id}."))
         if m["status"] in ("queued", "running"):
-            return Gate(no_update, False, progress_bar(m["progress"], m["stage"], m["status"], bar), m)
+            starting = jobs.start_message(jobs.starting_workers(state.cache())) if m["status"] == "queued" else ""
+            return Gate(no_update, False, progress_bar(m["progress"], starting or m["stage"], m["status"], bar), m)
         if m["status"] != "done":  # failed or cancelled: the bar stays at the progress it had reached
             return Gate(None, True, html.Div([
                 progress_bar(m.get("progress", 0), m["status"], m["status"], bar),
