@@ -54,6 +54,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     return html.Div([
         dcc.Store(id="maps-id", data=run_id), dcc.Store(id="maps-run"), dcc.Store(id="maps-view", data=v),
         dcc.Store(id="maps-sel", data=v["sel"]),
+        dcc.Store(id="maps-head-raw"), dcc.Store(id="maps-hover"), dcc.Store(id="maps-hover-key"),
         dcc.Location(id="maps-url", refresh=False),
         poll_interval("maps"),
         html.Div(className="card", children=[
@@ -185,15 +186,18 @@ def _search_summary(query: str, mask: np.ndarray, meta: np.ndarray) -> str:
 
 
 @callback(
-    Output("maps-head-fig", "figure"), Output("maps-search-summary", "children"),
-    Output("maps-error", "children", allow_duplicate=True),
+    Output("maps-head-raw", "data"), Output("maps-hover", "data"), Output("maps-hover-key", "data"),
+    Output("maps-search-summary", "children"), Output("maps-error", "children", allow_duplicate=True),
     Input("maps-run", "data"), Input("maps-mode", "value"), Input("maps-layer", "value"), Input("maps-head", "value"),
     Input("maps-method", "value"), Input("maps-norm", "value"), Input("maps-colour", "value"),
-    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-id", "data"), prevent_initial_call=True,
+    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-id", "data"), State("maps-hover-key", "data"),
+    prevent_initial_call=True,
 )
-def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_id):
+def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_id, hover_key=None):
+    """One head's map without its hover texts (points carry indices into the run's hover table, sent to the
+    browser once per page; :data:`FILL_HOVER` puts them together), so a head switch sends coordinates only."""
     if not run or mode != "head" or method is None or layer is None or head is None:
-        return no_update, no_update, no_update
+        return (no_update,) * 5
     normalised = "on" in (norm or [])
     try:
         xy, meta = maps_data.head(run_id, layer, head, method, normalised)
@@ -201,15 +205,45 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         table = maps_data.point_table(run_id, run_info, meta)
         mask = embedding_points.search_mask(run_info.tokens, meta, search or "")
     except VIEW_ERRORS as exc:
-        return empty_figure("not available"), "", _errors(exc)
+        return {"fig": empty_figure("not available")}, no_update, no_update, "", _errors(exc)
     selected = embedding_points.find_point(meta, *sel) if sel else None
     fig = figures_maps.head_map(
-        xy, meta, table.hover, colour or "kind", positions=table.positions, token_kinds=table.token_kinds,
+        xy, meta, None, colour or "kind", positions=table.positions, token_kinds=table.token_kinds,
         token_kind_names=table.kind_names, highlight=mask, highlight_label=f"matches of {search!r}", selected=selected,
         title=f"layer {layer} head {head} · {METHOD_LABELS.get(method, method)}{'' if normalised else ' (raw)'} · {len(meta)} points",
         uirevision=f"{run_id}:{layer}:{head}:{method}:{normalised}",
     )
-    return fig, _search_summary(search or "", mask, meta), ""
+    hover = no_update if hover_key == table.key else {"key": table.key, "text": table.hover.tolist()}
+    return ({"fig": fig, "hover": table.key}, hover, table.key, _search_summary(search or "", mask, meta), "")
+
+
+FILL_HOVER = """
+function(raw, hover) {
+    const nu = window.dash_clientside.no_update;
+    if (!raw || !raw.fig) { return nu; }
+    if (!raw.hover) { return raw.fig; }
+    if (!hover || hover.key !== raw.hover) { return nu; }
+    const text = hover.text;
+    const indices = (c) => {
+        if (!c || c.bdata === undefined) { return c; }
+        const bin = atob(c.bdata), bytes = new Uint8Array(bin.length);
+        for (let i = 0; i < bin.length; i++) { bytes[i] = bin.charCodeAt(i); }
+        return new Int32Array(bytes.buffer);
+    };
+    const data = raw.fig.data.map((t) => {
+        const idx = indices(t.customdata);
+        if (!idx) { return t; }
+        const out = Object.assign({}, t, {hovertext: Array.from(idx, (i) => text[i])});
+        delete out.customdata;
+        return out;
+    });
+    return Object.assign({}, raw.fig, {data: data});
+}
+"""
+"""The head map drawn in the browser: the server's figure with each point's hover text from the run's table."""
+
+dash.clientside_callback(FILL_HOVER, Output("maps-head-fig", "figure"), Input("maps-head-raw", "data"),
+                         Input("maps-hover", "data"))
 
 
 @callback(
