@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import uuid
@@ -241,6 +242,7 @@ def main() -> None:
     from app import state
     from tests.conftest import CHROMIUM, CHROMIUM_ARGS, stop_process
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its apps
     procs, apps = [], {}
     try:
         proc, apps["this"] = start_app(env)

@@ -16,7 +16,7 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import maps_data, state, vit_data
 from app.components import alert, empty_figure, field, help_text, query_int
-from app.run_gate import poll_interval, sync_url, wait_for_run
+from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import embedding_points, figures, figures_maps, figures_vit, vit
 from backend.vocab import METHOD_LABELS
@@ -51,36 +51,41 @@ def parse_view(query: dict) -> dict:
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     v = parse_view(query)
+    ready = gate_at_layout(run_id, maps_data.map_run, analysis="embedding")
+    run, model, pickers = _ready(ready, run_id, v) if ready else (None, None, ([], [], [], v["method"], v["layer"], v["head"]))
+    method_opts, layer_opts, head_opts, method, layer, head = pickers
+    show = ({"display": "block"}, {"display": "none"}) if v["view"] == "matrix" else ({"display": "none"}, {"display": "block"})
+    matrix_style, head_style = show if ready else ({"display": "none"}, {"display": "none"})
     return html.Div([
-        dcc.Store(id="maps-id", data=run_id), dcc.Store(id="maps-run"), dcc.Store(id="maps-view", data=v),
+        dcc.Store(id="maps-id", data=run_id), dcc.Store(id="maps-run", data=run), dcc.Store(id="maps-view", data=v),
         dcc.Store(id="maps-sel", data=v["sel"]),
         dcc.Store(id="maps-head-raw"), dcc.Store(id="maps-hover"), dcc.Store(id="maps-hover-key"),
         dcc.Location(id="maps-url", refresh=False),
-        poll_interval("maps"),
+        poll_interval("maps", ready),
         html.Div(className="card", children=[
             html.H2(["Query-key maps", help_text(MAPS_HELP)]),
-            html.Div(id="maps-model", className="muted"),
+            html.Div(id="maps-model", className="muted", children=model),
             dcc.Link("← back to the run", href=f"/runs/{run_id}", className="muted"),
             html.Div(id="maps-status"),
             html.Div(className="row", children=[
                 field("View", dcc.RadioItems(id="maps-mode", value=v["view"], inline=True, options=[
                     {"label": "all heads", "value": "matrix"}, {"label": "one head", "value": "head"}],
                     inputStyle={"marginRight": "4px", "marginLeft": "8px"}), "210px"),
-                field("Projection", dcc.Dropdown(id="maps-method", clearable=False, value=v["method"])),
+                field("Projection", dcc.Dropdown(id="maps-method", clearable=False, value=method, options=method_opts)),
                 field("Normalisation", dcc.Checklist(id="maps-norm", value=["on"] if v["norm"] else [], options=[
                     {"label": "AttentionViz (translate + scale keys)", "value": "on"}],
                     inputStyle={"marginRight": "4px"}), "260px"),
-                field("Layer", dcc.Dropdown(id="maps-layer", clearable=False, value=v["layer"]), "120px"),
-                field("Head", dcc.Dropdown(id="maps-head", clearable=False, value=v["head"]), "120px"),
+                field("Layer", dcc.Dropdown(id="maps-layer", clearable=False, value=layer, options=layer_opts), "120px"),
+                field("Head", dcc.Dropdown(id="maps-head", clearable=False, value=head, options=head_opts), "120px"),
             ]),
             html.Div(id="maps-error"),
         ]),
-        html.Div(id="maps-matrix-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="maps-matrix-card", className="card", style=matrix_style, children=[
             html.P("Every head of the model, queries (green) and keys (pink) of a sample of the run's tokens. "
                    "Click a cell to open that head.", className="muted"),
             dcc.Loading(dcc.Graph(id="maps-matrix", config={"displaylogo": False}, figure=empty_figure())),
         ]),
-        html.Div(id="maps-head-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="maps-head-card", className="card", style=head_style, children=[
             html.Div(className="row", children=[
                 field("Colour by", dcc.Dropdown(id="maps-colour", clearable=False, value=v["colour"], options=[
                     {"label": lab, "value": key} for key, lab in figures_maps.COLOUR_MODES.items()]), "190px"),
@@ -114,16 +119,23 @@ def setup(_n, run_id, view):
     model = f"{(m.get('model') or {}).get('ref')} · run {run_id[:12]}" if m else gate.blank
     if not gate.ready:
         return (gate.data, gate.stop, gate.status, model, *nothing)
+    data, model, pickers = _ready(gate, run_id, view)
+    return (data, True, "", model, *pickers)
+
+
+def _ready(gate: Gate, run_id: str, view: dict) -> tuple[dict, str, tuple]:
+    """The run store, the model line and the pickers (options, then values) of a finished run."""
     run = gate.data
+    model = f"{(gate.manifest.get('model') or {}).get('ref')} · run {run_id[:12]}"
     clamp = lambda v, n: v if isinstance(v, int) and 0 <= v < n else 0  # noqa: E731
     n_points = "" if not run.tokens else f" · {sum(len(t) for t in run.tokens)} tokens in {len(run.tokens)} inputs"
     data = {"n_layers": run.n_layers, "n_heads": run.n_heads, "methods": list(run.methods), "image": run.image}
-    return (data, True, "", model + f" · {run.n_layers} layers × {run.n_heads} heads{n_points}",
-            [{"label": METHOD_LABELS[m_], "value": m_} for m_ in run.methods],
-            [{"label": f"layer {l}", "value": l} for l in range(run.n_layers)],
-            [{"label": f"head {h}", "value": h} for h in range(run.n_heads)],
-            view.get("method") if view.get("method") in run.methods else run.methods[0],
-            clamp(view.get("layer"), run.n_layers), clamp(view.get("head"), run.n_heads))
+    return (data, model + f" · {run.n_layers} layers × {run.n_heads} heads{n_points}", (
+        [{"label": METHOD_LABELS[m_], "value": m_} for m_ in run.methods],
+        [{"label": f"layer {l}", "value": l} for l in range(run.n_layers)],
+        [{"label": f"head {h}", "value": h} for h in range(run.n_heads)],
+        view.get("method") if view.get("method") in run.methods else run.methods[0],
+        clamp(view.get("layer"), run.n_layers), clamp(view.get("head"), run.n_heads)))
 
 
 @callback(Output("maps-matrix-card", "style"), Output("maps-head-card", "style"),
@@ -191,7 +203,7 @@ def _search_summary(query: str, mask: np.ndarray, meta: np.ndarray) -> str:
     Input("maps-run", "data"), Input("maps-mode", "value"), Input("maps-layer", "value"), Input("maps-head", "value"),
     Input("maps-method", "value"), Input("maps-norm", "value"), Input("maps-colour", "value"),
     Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-id", "data"), State("maps-hover-key", "data"),
-    prevent_initial_call=True,
+    prevent_initial_call="initial_duplicate",  # a cached run's map draws in the first round of callbacks
 )
 def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_id, hover_key=None):
     """One head's map without its hover texts (points carry indices into the run's hover table, sent to the
