@@ -42,6 +42,7 @@ def create_app() -> Dash:
     app = Dash(
         __name__, use_pages=True, pages_folder=str(HERE / "pages"), assets_folder=str(ASSETS),
         suppress_callback_exceptions=True, title="Attention Atlas", update_title=None,
+        compress=True,  # flask-compress: responses (figures, bundles) in zstd/brotli/gzip, as the browser accepts
     )
     app.layout = root_layout
     access.install(app.server, get_settings().access_token)  # first: it guards everything registered below

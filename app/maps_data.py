@@ -41,6 +41,7 @@ class MapRun:
 class PointTable:
     """Per-point data derived from ``meta`` alone (the same for every head of a run)."""
 
+    key: str  # the run and the content of ``meta`` (the hover table a browser holds)
     hover: np.ndarray  # [n] str
     positions: np.ndarray  # [n] float32 in [0, 1]
     token_kinds: np.ndarray  # [n] int8 codes into kind_names
@@ -116,6 +117,7 @@ def point_table(run_id: str, run: MapRun, meta: np.ndarray) -> PointTable:
         hover = [hover_text(run, k, p, pos) for k, p, pos in meta.tolist()]
         kind_names = embedding_points.IMAGE_TOKEN_KINDS if run.image else embedding_points.TEXT_TOKEN_KINDS
         return PointTable(
+            key=f"{run_id}:{digest}",
             hover=np.asarray(hover, dtype=object),
             positions=embedding_points.normalised_positions([len(t) for t in run.tokens], meta),
             token_kinds=embedding_points.token_kinds(run.tokens, meta, run.image),

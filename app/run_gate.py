@@ -27,9 +27,23 @@ POLL_MS = 800
 """How often a waiting page asks for its run's status."""
 
 
-def poll_interval(prefix: str) -> dcc.Interval:
-    """The page's poll timer, ``{prefix}-poll``; :func:`wait_for_run` says when to disable it."""
+def poll_interval(prefix: str, ready: "Gate | None" = None) -> dcc.Interval | html.Div:
+    """The page's poll timer, ``{prefix}-poll``; :func:`wait_for_run` says when to disable it. With a ``ready``
+    gate (from :func:`gate_at_layout`) there is nothing to wait for: no timer, so the poll callback never fires
+    and the page's views draw in the first round of callbacks."""
+    if ready is not None:
+        return html.Div(id=f"{prefix}-poll-done", hidden=True)
     return dcc.Interval(id=f"{prefix}-poll", interval=POLL_MS, n_intervals=0)
+
+
+def gate_at_layout(run_id: str | None, load: Callable[[str], Any], analysis: str | None = None) -> "Gate | None":
+    """The gate when the page's layout is built: a ready :class:`Gate` when the run is already done (a cached
+    page, its stores and pickers filled in the layout, one round trip less before the figures), else None
+    (the page polls as usual)."""
+    if not run_id:
+        return None
+    gate = wait_for_run(run_id, load, analysis)
+    return gate if gate.ready else None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import sinks_data, state
 from app.components import alert, help_text, query_int
-from app.run_gate import poll_interval, sync_url, wait_for_run
+from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from backend import metrics as sink_defs
 from backend import vocab
 from app.view_links import register_view
@@ -72,21 +72,23 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     except ValueError:
         eps = sink_defs.SINK_EPS
     rule = query.get("rule") if query.get("rule") in sink_defs.SINK_RULES else sink_defs.DEFAULT_SINK_RULE
+    ready = gate_at_layout(run_id, sinks_data.load_info, analysis="metrics")
+    info, status, notices = _ready(ready) if ready else (None, None, None)
     return html.Div([
         dcc.Store(id="sinks-run-id", data=run_id),
-        dcc.Store(id="sinks-info"),
+        dcc.Store(id="sinks-info", data=info),
         dcc.Store(id="sinks-view", data=view),
         dcc.Location(id="sinks-url", refresh=False),
         dcc.Location(id="sinks-go", refresh="callback-nav"),
-        poll_interval("sinks"),
+        poll_interval("sinks", ready),
         html.Div(className="card", children=[
             html.H2(["Attention sinks ", help_text(SINK_SOURCE)]),
             html.Div(className="row", children=[
                 dcc.Link("← run page", href=f"/runs/{run_id}", className="navlink", id="sinks-back"),
                 dcc.Link("compare with another run", href=f"/compare?a={run_id}", className="navlink"),
             ]),
-            html.Div(id="sinks-status"),
-            html.Div(id="sinks-notices"),
+            html.Div(id="sinks-status", children=status),
+            html.Div(id="sinks-notices", children=notices),
         ]),
         html.Div(id="sinks-grid-card", className="card", style={"display": "none"}, children=[
             html.Div(className="row", children=[
@@ -148,11 +150,17 @@ def poll(_n, run_id):
     gate = wait_for_run(run_id, sinks_data.load_info, analysis="metrics")
     if not gate.ready:
         return gate.data, gate.stop, gate.status, gate.blank
+    info, text, notices = _ready(gate)
+    return info, True, text, notices
+
+
+def _ready(gate: Gate) -> tuple[dict, html.Span, list]:
+    """The info store, the status line and the run's notices of a finished run (in the layout or by the poll)."""
     info = gate.data
     notices = [alert(n, "warn") for n in (gate.manifest.get("info") or {}).get("notices", [])]
     text = html.Span(f"{info['model']} · {info['n_layers']} layers x {info['n_heads']} heads · "
                      f"{len(info['tokens'])} prompt(s)", className="muted")
-    return info, True, text, notices
+    return info, text, notices
 
 
 @callback(
