@@ -1,20 +1,24 @@
 """The README's "First run" walk-through on SmolLM2-135M: runs, screenshots and the numbers they show.
 
-    .venv/bin/python scripts/readme_screenshots.py          # ~15-25 min on 2 CPU cores the first time
+    .venv/bin/python scripts/readme_screenshots.py          # ~30-40 min on 2 busy CPU cores the first time
 
 It does what a new user does, through the app itself: starts a private Redis (data kept in
 ``.atlas/readme-screenshots``, so a second call finds the runs finished and only re-takes the screenshots), the
 web server and one worker (``attention-atlas serve``, as ``scripts/serve.sh``), submits two runs of
 ``smollm2-135m`` through the JSON API and opens each view in headless Chromium (Playwright, ``/usr/bin/chromium``):
 
-* run A: prose, code and one repeated passage (:data:`PROMPTS`) with sink metrics, head roles and importance:
-  the sinks page, the head atlas coloured by induction score, the importance grid with its pruning curves, and
-  live pruning of the five strongest induction heads (plus five seeded random heads as a control, via the API);
+* run A: prose, code and one repeated passage (:data:`PROMPTS`) with sink metrics and head roles: the sinks page
+  and the head atlas coloured by induction score;
+* run C: a prose passage and the repeated passage of run A (:data:`CURVE_PROMPTS`) with head importance: the
+  importance grid, its pruning curves, and live pruning of run A's five strongest induction heads (plus five
+  seeded random heads as a control, via the API);
 * run B: 2,004 tokens of real prose (the paragraphs of Python's language reference, ``backend.corpora``) with the
   StreamingLLM experiment (window W = 32, 4 sink tokens: the engine's defaults for a long prompt).
 
-Two runs, not one, because the StreamingLLM experiment runs on a run's first prompt, and a 2,000-token first
-prompt would make every other analysis (importance curves, roles) run on it too.
+Three runs, not one: the StreamingLLM experiment runs on a run's first prompt, and a 2,000-token first prompt would
+make every other analysis run on it too; the pruning curves cost about 90 passes of their data set, so run C keeps
+it to two passages (on the shared 2-core machine, loaded by other work, the curves over all four prompts were
+advancing at one step in 4 minutes: over an hour).
 
 It writes PNGs (< 300 kB each; cropped to the figure) to ``assets/`` and the numbers they show to
 ``benchmarks/results/screenshots_smollm2.json``; the README's captions quote that file
@@ -72,6 +76,10 @@ REPEATED = " ".join(corpora.PROSE[6:8])
 PROMPTS = [" ".join(corpora.PROSE[:3]), " ".join(corpora.PROSE[3:6]), CODE, f"{REPEATED} {REPEATED}"]
 """Run A: two prose passages, two Python functions, and a passage said twice (where induction heads copy)."""
 PROMPT_KINDS = ["prose", "prose", "code", "repeated prose"]
+RUN_A, RUN_B, RUN_C = ["metrics", "roles"], ["streaming"], ["importance"]
+CURVE_PROMPTS = [PROMPTS[0], PROMPTS[3]]
+CURVE_KINDS = [PROMPT_KINDS[0], PROMPT_KINDS[3]]
+"""Run C (pruning curves, live pruning): a prose passage and the repeated passage."""
 LONG_TOKENS = 2048
 """Run B's text: consecutive prose paragraphs, as many as fit in the run limit of 2,048 tokens."""
 
@@ -183,7 +191,7 @@ def arrays(run_id: str, keys: list[str]) -> dict[str, Any]:
     return dict(zip(keys, cache.get_arrays(run_id, keys)))
 
 
-def numbers(base: str, run_a: str, run_b: str) -> dict[str, Any]:
+def numbers(base: str, run_a: str, run_b: str, run_c: str) -> dict[str, Any]:
     import numpy as np  # noqa: PLC0415
 
     from backend import names  # noqa: PLC0415
@@ -207,7 +215,7 @@ def numbers(base: str, run_a: str, run_b: str) -> dict[str, Any]:
     }
 
     keys = [names.pruning(o, k) for o in ("importance", "random", "reverse") for k in ("fractions", "perplexity")]
-    arr = arrays(run_a, keys)
+    arr = arrays(run_c, keys)
     curves: dict[str, Any] = {"fraction_removed": PRUNE_FRACTION, "percent_removed": int(100 * PRUNE_FRACTION)}
     for o in ("importance", "random", "reverse"):
         fr, ppl = arr[names.pruning(o, "fractions")], arr[names.pruning(o, "perplexity")]
@@ -215,14 +223,15 @@ def numbers(base: str, run_a: str, run_b: str) -> dict[str, Any]:
         curves[o] = round(float(ppl[i]), 1)
         curves["heads_removed"] = int(round(fr[i] * n_layers * n_heads))
         curves["unpruned"] = round(float(ppl[0]), 1)
-    curves["data"] = f"the run's {len(PROMPTS)} prompts (the curves use the run's own inputs, not held-out text)"
+    curves["n_prompts"] = len(CURVE_PROMPTS)
+    curves["data"] = "run C's prompts (the curves use the run's own inputs, not held-out text)"
     out["pruning_curves"] = curves
 
-    rep = PROMPT_KINDS.index("repeated prose")
-    live = prune(base, run_a, top, rep)
+    rep = CURVE_KINDS.index("repeated prose")
+    live = prune(base, run_c, top, rep)
     rng = random.Random(0)
     ctrl_heads = sorted(rng.sample([[l, h] for l in range(n_layers) for h in range(n_heads) if [l, h] not in top], N_OFF))
-    ctrl = prune(base, run_a, ctrl_heads, rep)
+    ctrl = prune(base, run_c, ctrl_heads, rep)
     out["live_pruning"] = {
         "heads_off": top, "n_heads_off": N_OFF, "prompt": rep, "objective": live.get("objective"),
         "loss_before": round(live["before"]["loss"], 2), "loss_after": round(live["after"]["loss"], 2),
@@ -267,16 +276,17 @@ def shot(page, selectors: list[str], path: Path, pad: int = 6) -> None:
     boxes = [b for b in boxes if b]
     if not boxes:
         raise RuntimeError(f"nothing to screenshot for {selectors}")
-    x0, y0 = min(b["x"] for b in boxes) - pad, min(b["y"] for b in boxes) - pad
-    x1 = max(b["x"] + b["width"] for b in boxes) + pad
-    y1 = max(b["y"] + b["height"] for b in boxes) + pad
+    sx, sy = page.evaluate("[window.scrollX, window.scrollY]")  # boxes are in viewport coordinates
+    x0, y0 = min(b["x"] for b in boxes) + sx - pad, min(b["y"] for b in boxes) + sy - pad
+    x1 = max(b["x"] + b["width"] for b in boxes) + sx + pad
+    y1 = max(b["y"] + b["height"] for b in boxes) + sy + pad
     page.screenshot(path=str(path), full_page=True,
                     clip={"x": max(0, x0), "y": max(0, y0), "width": x1 - max(0, x0), "height": y1 - max(0, y0)})
     shrink(path)
     print(f"  {path.relative_to(REPO)}: {path.stat().st_size // 1000} kB", flush=True)
 
 
-def screenshots(base: str, run_a: str, run_b: str, nums: dict[str, Any]) -> dict[str, str]:
+def screenshots(base: str, run_a: str, run_b: str, run_c: str, nums: dict[str, Any]) -> dict[str, str]:
     from playwright.sync_api import sync_playwright  # noqa: PLC0415
 
     out = {
@@ -303,7 +313,7 @@ def screenshots(base: str, run_a: str, run_b: str, nums: dict[str, Any]) -> dict
         page.wait_for_timeout(1500)
         shot(page, ["#atlas-summary", "#atlas-grid"], out["atlas"])
 
-        page.goto(f"{base}/runs/{run_a}/importance?metric=perplexity")
+        page.goto(f"{base}/runs/{run_c}/importance?metric=perplexity")
         page.wait_for_function("document.querySelector('#imp-curves .gtitle')?.textContent.includes('perplexity')",
                                timeout=120_000)
         page.wait_for_selector("#imp-curves .scatterlayer .trace", state="attached")
@@ -311,7 +321,7 @@ def screenshots(base: str, run_a: str, run_b: str, nums: dict[str, Any]) -> dict
         shot(page, ["#imp-grid", "#imp-curves-text", "#imp-curves"], out["importance"])
 
         off = ",".join(f"{l}-{h}" for l, h in nums["live_pruning"]["heads_off"])
-        page.goto(f"{base}/runs/{run_a}/importance?metric=perplexity&off={off}&prompt={nums['live_pruning']['prompt']}")
+        page.goto(f"{base}/runs/{run_c}/importance?metric=perplexity&off={off}&prompt={nums['live_pruning']['prompt']}")
         page.wait_for_selector("#imp-head-grid button.off", state="attached", timeout=120_000)
         page.click("#imp-run")  # the same job as the API's above: a cache hit
         page.wait_for_selector("#imp-result-table", timeout=600_000)
@@ -335,16 +345,19 @@ def main() -> None:
     try:
         print(f"app at {base}; submitting the runs", flush=True)
         text = long_text()
-        run_a = submit(base, PROMPTS, ["metrics", "roles", "importance"])
-        run_b = submit(base, [text], ["streaming"])
-        body_a, body_b = wait_run(base, run_a), wait_run(base, run_b)
-        nums = numbers(base, run_a, run_b)
+        run_a = submit(base, PROMPTS, RUN_A)
+        run_c = submit(base, CURVE_PROMPTS, RUN_C)
+        run_b = submit(base, [text], RUN_B)
+        body_a, body_b, body_c = wait_run(base, run_a), wait_run(base, run_b), wait_run(base, run_c)
+        nums = numbers(base, run_a, run_b, run_c)
         print(json.dumps(nums, indent=1), flush=True)
-        images = screenshots(base, run_a, run_b, nums)
+        images = screenshots(base, run_a, run_b, run_c, nums)
         result = {
             "what": "the numbers shown in the README's 'First run' screenshots (scripts/readme_screenshots.py)",
-            "model": MODEL, "run_a": run_a, "run_b": run_b,
+            "model": MODEL, "run_a": run_a, "run_b": run_b, "run_c": run_c,
+            "analyses": {"a": RUN_A, "b": RUN_B, "c": RUN_C},
             "prompts_a": [{"kind": k, "tokens": len(t)} for k, t in zip(PROMPT_KINDS, body_a["tokens"])],
+            "prompts_c": [{"kind": k, "tokens": len(t)} for k, t in zip(CURVE_KINDS, body_c["tokens"])],
             "tokens_b": len(body_b["tokens"][0]), "notices_b": body_b.get("notices"),
             **nums, "images": images, "machine": platform.platform(), "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d", time.gmtime()), "seconds": round(time.time() - t0),
