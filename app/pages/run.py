@@ -13,7 +13,7 @@ import dash
 import numpy as np
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
-from app import not_found, state
+from app import not_found, run_data, state
 from app.components import alert, help_text, progress_bar, query_int
 from app.run_gate import poll_interval, wait_for_run
 from backend import figures, jobs, token_text
@@ -84,14 +84,6 @@ def _model_line(m: dict) -> str:
     return f"{model.get('ref')} · {model.get('model_type')} · {n_in} input(s) · status {m['status']}"
 
 
-def _view_info(run_id: str) -> dict:
-    m = state.done_manifest(run_id)
-    mi = m["info"] or {}
-    return {"tokens": mi.get("tokens", []), "n_layers": mi.get("n_layers"), "n_heads": mi.get("n_heads"),
-            "kind": mi.get("kind", "text"), "sizes": sorted(m.get("sizes") or {}),
-            "notices": mi.get("notices", [])}
-
-
 @callback(
     Output("run-status", "children"), Output("run-info", "data"), Output("run-poll", "disabled"),
     Output("run-model", "children"), Output("run-notices", "children"), Output("run-cancel", "disabled"),
@@ -101,7 +93,7 @@ def _view_info(run_id: str) -> dict:
 def poll(_n, run_id, info):
     """Refresh the status until the run is finished (through the run gate); then hand its info to the view.
     The cancel button shows only while there is something to cancel."""
-    gate = wait_for_run(run_id, _view_info)
+    gate = wait_for_run(run_id, run_data.load_info)
     model = _model_line(gate.manifest) if gate.manifest else gate.blank
     actions = {"display": "none"} if gate.stop else {}
     if not gate.ready:
