@@ -45,6 +45,7 @@ def status_body(m: dict[str, Any]) -> dict[str, Any]:
         "extension": m.get("extension"),
         "created": m.get("created"),
         "finished": m.get("finished"),
+        "workers_starting": jobs.starting_workers(state.cache()) if m["status"] == "queued" else [],
     }
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from app import state
 from app.memo import LRU
-from backend import figures_vit, names, vit
+from backend import figures_vit, names, patterns, vit
 
 _MEMO: LRU[np.ndarray] = LRU(32)
 
@@ -67,7 +67,7 @@ def layer_pattern(run_id: str, m: dict[str, Any], image: int, layer: int) -> np.
     name = names.attn_pattern(image, layer)
     if name not in (m.get("sizes") or {}):
         raise state.ViewError(f"image {image} has no stored pattern for layer {layer}")
-    return _array(run_id, name)
+    return _MEMO.get((run_id, name), lambda: patterns.as_view(state.load_array(run_id, name)))
 
 
 def rollout(run_id: str, image: Any, fusion: Any = "mean", discard: Any = 0.0,

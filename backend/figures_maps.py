@@ -60,7 +60,7 @@ def _points(x: np.ndarray, y: np.ndarray, name: str, **kw) -> go.Scattergl:
 def head_map(
     xy: np.ndarray,
     meta: np.ndarray,
-    hover: Sequence[str],
+    hover: Sequence[str] | None,
     colour: str = "kind",
     positions: np.ndarray | None = None,
     token_kinds: np.ndarray | None = None,
@@ -79,19 +79,26 @@ def head_map(
     ``prompt_names`` when given). Keys are diamonds in every mode except
     ``kind``. ``highlight [n]`` bool rings matching points; ``selected`` marks one point with a star. A click maps back to
     its point by its coordinates (:func:`backend.embedding_points.nearest_point`; dcc.Graph drops typed-array
-    ``customdata`` from click events)."""
+    ``customdata`` from click events).
+
+    ``hover=None``: no hover texts in the figure; each trace's ``customdata`` holds its points' indices into the
+    run's hover table instead (int32), which the page sends to the browser once and fills in there, so that a head
+    switch transfers only coordinates and indices."""
     if colour not in COLOUR_MODES:
         raise ValueError(f"colour must be one of {', '.join(COLOUR_MODES)}")
     xy = np.asarray(xy, dtype=np.float32)
-    hover = np.asarray(hover, dtype=object)
+    hover = None if hover is None else np.asarray(hover, dtype=object)
     kind = meta[:, 0]
     fig = go.Figure()
     marker = dict(size=4, opacity=0.75)
     common = dict(hovertemplate="%{hovertext}<extra></extra>")
 
+    def texts(idx: np.ndarray) -> dict:
+        return {"customdata": idx} if hover is None else {"hovertext": hover[idx]}
+
     def add(mask: np.ndarray, name: str, **mk) -> None:
         idx = np.flatnonzero(mask).astype(np.int32)
-        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], name, hovertext=hover[idx], marker={**marker, **mk}, **common))
+        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], name, marker={**marker, **mk}, **texts(idx), **common))
 
     if colour == "kind":
         for k in (QUERY, KEY):
@@ -122,11 +129,12 @@ def head_map(
                 colorbar=dict(title="position", thickness=12) if k == QUERY else None, showscale=k == QUERY)
     if highlight is not None and highlight.any():
         idx = np.flatnonzero(highlight).astype(np.int32)
-        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], highlight_label or f"matches ({len(idx)})", hovertext=hover[idx], marker=dict(size=10, color="rgba(0,0,0,0)",
-                                                                line=dict(color="#e8112d", width=2)), **common))
+        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], highlight_label or f"matches ({len(idx)})", **texts(idx),
+                              marker=dict(size=10, color="rgba(0,0,0,0)", line=dict(color="#e8112d", width=2)), **common))
     if selected is not None and 0 <= selected < len(xy):
-        fig.add_trace(_points(xy[[selected], 0], xy[[selected], 1], "selected", hovertext=hover[[selected]], marker=dict(size=16, symbol="star", color="#111",
-                                                                       line=dict(color="#fff", width=1)), **common))
+        idx = np.asarray([selected], dtype=np.int32)
+        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], "selected", **texts(idx),
+                              marker=dict(size=16, symbol="star", color="#111", line=dict(color="#fff", width=1)), **common))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, scaleanchor="x", scaleratio=1)
     return _frame(fig, title, 640, uirevision)

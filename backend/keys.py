@@ -14,6 +14,7 @@ Layout (``P`` is the configured prefix, ``R`` a run id):
 - ``P:blob:D:name``      string: the file name it was last uploaded under (views name images by it)
 - ``P:rate:C:M``         counter: requests of client C in minute M
 - ``P:active:C``         set: unfinished run ids submitted by client C
+- ``P:workers:state``    hash: worker name -> JSON {phase, detail, started, updated} of its start-up (cold start)
 """
 
 from __future__ import annotations
@@ -81,3 +82,8 @@ def active_jobs(prefix: str, client: str) -> str:
 def derived_array(prefix: str, digest: str, name: str) -> str:
     """bytes: one array of a derived result (e.g. the lab's patterns), ``P:derived:D:t:NAME``."""
     return f"{prefix}:derived:{_check(digest)}:t:{_check(name)}"
+
+
+def worker_states(prefix: str) -> str:
+    """hash: worker name -> JSON {phase, detail, started, updated} written by each worker while it starts."""
+    return f"{prefix}:workers:state"

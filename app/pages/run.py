@@ -242,7 +242,9 @@ def render(prompt, layer, head, view, words, run_id, info):
         figures.attention_lines(labels, pat, query=token, max_lines=MAX_LINES,
                                 title=f"{label}: lines from '{labels[token].strip()}'"
                                       + strongest_edges_note(len(labels), n_lines)),
-        figures.pattern_heatmap(labels, pat, title=f"{label}: full pattern (rows = queries)", query=token),
+        figures.pattern_heatmap(labels, pat, query=token, window=figures.WINDOW,
+                                title=f"{label}: " + ("full pattern (rows = queries)" if len(labels) <= figures.WINDOW
+                                                      else f"the {figures.WINDOW} queries around {unit} {token}")),
         "",
         "?" + urlencode(query),
     )

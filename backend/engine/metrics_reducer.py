@@ -179,27 +179,52 @@ class MassiveActivationReducer(BaseReducer):
         self._dim: dict[tuple[int, int], np.ndarray] = {}
         self._ratio: dict[tuple[int, int], np.ndarray] = {}
 
+    SORT_MAX_ELEMENTS = 1 << 22
+    """Batches up to this many ``B x T x D`` entries take every prompt's median in one sort; larger ones (long
+    prompts) one ``kthvalue`` per prompt (a sort of millions of entries costs more than a selection)."""
+
     def hidden(self, layer: int, hidden: torch.Tensor, prompts: list[int], lengths: list[int]) -> None:
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer {layer} outside 0..{self.n_layers - 1}")
-        b, t, _ = hidden.shape  # [B, T, D]
+        b, t, d = hidden.shape  # [B, T, D]
         prompts, lengths = _rows(prompts, lengths, b, t)
+        h = hidden.detach().float().abs()  # [B, T, D]
+        top, dim = h.max(dim=-1)  # [B, T]; first index on ties, like np.argmax
+        meds = self._medians(h, lengths)
+        top_np, dim_np = top.cpu().numpy(), dim.cpu().numpy()
         for row, (p, n) in enumerate(zip(prompts, lengths)):
             if n < 1:
                 continue
-            h = hidden[row, :n].detach().float().abs()  # [T_p, D]
-            top, dim = h.max(dim=-1)  # first index on ties, like np.argmax
-            flat = h.flatten()
-            m = flat.numel()  # median as numpy defines it: mean of the two middle values when m is even
+            med = float(meds[row])
+            ratio = top_np[row, :n].astype(np.float64) / med if med > 0 else np.full(n, np.inf)
+            self._top[(p, layer)] = top_np[row, :n].astype(np.float32)
+            self._dim[(p, layer)] = dim_np[row, :n].astype(np.int64)
+            self._ratio[(p, layer)] = np.asarray(ratio.max())
+
+    def _medians(self, h: torch.Tensor, lengths: list[int]) -> list[float]:
+        """Median of each row's real ``T_p x D`` entries of ``|h|``, as numpy defines it (the mean of the two
+        middle values when their number is even)."""
+        b, t, d = h.shape
+        if b > 1 and h.numel() <= self.SORT_MAX_ELEMENTS:  # one sort for the batch; padding sorts last
+            n = torch.tensor(lengths, device=h.device)
+            pad = torch.arange(t, device=h.device)[None, :] >= n[:, None]  # [B, T]
+            srt = h.masked_fill(pad[..., None], float("inf")).reshape(b, t * d).sort(dim=-1).values
+            m = (n * d).clamp(min=1)
+            lo, hi = ((m + 1) // 2 - 1)[:, None], (m // 2)[:, None]
+            a, c = srt.gather(1, lo)[:, 0], srt.gather(1, hi)[:, 0]
+            return torch.where(m % 2 == 0, (a + c) / 2, a).cpu().tolist()
+        out = []
+        for row, n in enumerate(lengths):
+            if n < 1:
+                out.append(float("nan"))
+                continue
+            flat = h[row, :n].flatten()
+            m = flat.numel()
             med = flat.kthvalue((m + 1) // 2).values
             if m % 2 == 0:
                 med = (med + flat.kthvalue(m // 2 + 1).values) / 2
-            med = float(med)
-            top_np = top.cpu().numpy()
-            ratio = top_np.astype(np.float64) / med if med > 0 else np.full(n, np.inf)
-            self._top[(p, layer)] = top_np.astype(np.float32)
-            self._dim[(p, layer)] = dim.cpu().numpy().astype(np.int64)
-            self._ratio[(p, layer)] = np.asarray(ratio.max())
+            out.append(float(med))
+        return out
 
     def results(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {names.metric("massive_ratio"): _layer_mean(self._ratio, self.n_layers, ())}

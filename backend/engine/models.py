@@ -75,6 +75,33 @@ def _is_causal(model: nn.Module) -> bool:
     return bool(getattr(model.config, "is_decoder", False))
 
 
+PAGE_BYTES = 4096
+
+
+def fault_in_weights(model: nn.Module) -> int:
+    """Read one element of every page of the model's CPU parameters and buffers; return the bytes covered.
+
+    ``from_pretrained`` leaves float32 safetensors weights on CPU memory-mapped from the file, so pages are
+    faulted in only when a job first reads them: each job with new token ids touches new embedding rows,
+    and the worker's RSS (file-backed pages) climbs for hundreds of jobs until the whole file is resident.
+    That is not a leak, but it hides one and makes the worker's memory unpredictable. Faulting everything
+    in once, at load, makes the RSS after load the RSS in service. The pages stay file-backed (page cache,
+    shared by the workers of one machine), nothing is copied; GPU tensors are skipped."""
+    seen: set[int] = set()
+    covered = 0
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.device.type != "cpu" or t.numel() == 0 or t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
+            flat = t.detach().reshape(-1)  # a view for contiguous tensors (a copy, which reads all, otherwise)
+            step = max(1, PAGE_BYTES // t.element_size())
+            flat[::step].sum()
+            flat[-1].item()  # the last page, when the tensor does not start on a page boundary
+            covered += t.numel() * t.element_size()
+    return covered
+
+
 def load_model(ref: ModelRef, settings: Settings, dtype: str = "float32") -> LoadedModel:
     """Load ``ref`` from its folder onto the configured device with the capture attention."""
     if dtype not in TORCH_DTYPES:
@@ -95,6 +122,7 @@ def load_model(ref: ModelRef, settings: Settings, dtype: str = "float32") -> Loa
     except (ValueError, OSError, KeyError) as exc:
         raise ModelError(f"could not load {ref.ref}: {exc}") from exc
     model.to(device).eval()
+    fault_in_weights(model)  # once, here, rather than a few pages per job (see the docstring)
     pre = adapter_class(ref.kind).load_preprocessor(ref, settings)
     return LoadedModel(
         ref=ref,
@@ -116,22 +144,33 @@ class ModelRegistry:
         self.settings = settings
         self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
         self.loads = 0
 
     def get(self, ref: ModelRef, dtype: str) -> LoadedModel:
+        """The resident model, loading it once; a load holds only its own model's lock, so a job never waits
+        for the load of another model (the worker's background preload)."""
         key = (ref.fingerprint, dtype)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._models:  # loaded by another thread meanwhile
+                    self._models.move_to_end(key)
+                    return self._models[key]
             loaded = load_model(ref, self.settings, dtype)
-            self.loads += 1
-            self._models[key] = loaded
-            budget = self.settings.model_memory_budget_mb * 1024 * 1024
-            while len(self._models) > 1 and sum(m.nbytes for m in self._models.values()) > budget:
-                self._models.popitem(last=False)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            with self._lock:
+                self.loads += 1
+                self._models[key] = loaded
+                self._loading.pop(key, None)
+                budget = self.settings.model_memory_budget_mb * 1024 * 1024
+                while len(self._models) > 1 and sum(m.nbytes for m in self._models.values()) > budget:
+                    self._models.popitem(last=False)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
             return loaded
 
     def __len__(self) -> int:

@@ -129,6 +129,23 @@ def test_head_map_highlight_and_selection() -> None:
     assert list(_indices(fig.data[3])) == [4] and fig.data[3].marker.symbol == "star"
 
 
+def test_head_map_without_hover_carries_indices_into_the_table() -> None:
+    """hover=None (the page's head switch): each trace's customdata is its points' indices into the hover table,
+    the same points, in the same order, that carry texts in the figure with hover."""
+    mask = embedding_points.search_mask(TOKENS, META, "cat")
+    xy = np.arange(2 * len(META), dtype=np.float32).reshape(-1, 2)
+    for colour in figures_maps.COLOUR_MODES:
+        with_text = _head_fig(colour, highlight=mask, selected=4)
+        bare = figures_maps.head_map(
+            xy, META, None, colour, positions=embedding_points.normalised_positions([6, 6], META),
+            token_kinds=embedding_points.token_kinds(TOKENS, META), token_kind_names=embedding_points.TEXT_TOKEN_KINDS,
+            highlight=mask, selected=4)
+        assert len(bare.data) == len(with_text.data)
+        for t, ref in zip(bare.data, with_text.data):
+            assert t.hovertext is None and np.asarray(t.customdata).dtype == np.int32
+            assert np.asarray(t.customdata).tolist() == _indices(ref).tolist() == _indices(t).tolist()
+
+
 def test_matrix_places_each_head_in_its_cell() -> None:
     rng = np.random.default_rng(1)
     meta = np.array([[i % 2, 0, i // 2] for i in range(60)], dtype=np.int32)
