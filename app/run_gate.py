@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from urllib.parse import urlencode
 
-from dash import MATCH, Input, Output, State, callback, dcc, html, no_update
+from dash import MATCH, Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
 from app import state
 from app.components import alert, progress_bar
@@ -85,31 +85,43 @@ def extension_offer(run_id: str, analysis: str, ext: dict[str, Any] | None, side
         html.Span(" The run keeps its id and this page its URL; the view appears when the analysis is done.",
                   className="muted"),
         html.Div(id={"type": "extend-message", "run": run_id, "analysis": analysis}),
+        dcc.Store(id={"type": "extend-queued", "run": run_id, "analysis": analysis}),
     ])
 
 
 @callback(Output({"type": "extend-message", "run": MATCH, "analysis": MATCH}, "children"),
+          Output({"type": "extend-queued", "run": MATCH, "analysis": MATCH}, "data"),
           Input({"type": "extend-run", "run": MATCH, "analysis": MATCH}, "n_clicks"), prevent_initial_call=True)
 def _extend(n_clicks: int) -> Any:
-    """The offer's button: queue the extension; the page's poll then shows its progress."""
+    """The offer's button: queue the extension, then the page reloads (same URL) to follow its progress."""
     from dash import ctx
 
     if not n_clicks:
-        return no_update
+        return no_update, no_update
     run_id, analysis = ctx.triggered_id["run"], ctx.triggered_id["analysis"]
     try:
         jobs.extend(state.cache(), state.settings(), run_id, [analysis], client="browser")
     except state.REDIS_ERRORS:
-        return alert(state.REDIS_DOWN, "warn")
+        return alert(state.REDIS_DOWN, "warn"), no_update
     except (ValueError, LookupError, jobs.RateLimited) as exc:
-        return alert(str(exc), "warn")
-    return alert("Queued; the progress shows here in a moment…", "info")
+        return alert(str(exc), "warn"), no_update
+    return alert("Queued; the progress shows here in a moment…", "info"), True
+
+
+# The offer stops the page's poll (so it is drawn once, not redrawn every poll); once the extension is queued the
+# page reloads at the same URL, and its poll shows the extension's progress bar, then the view.
+clientside_callback(
+    "function(queued) { if (queued) { window.location.reload(); } return window.dash_clientside.no_update; }",
+    Output({"type": "extend-queued", "run": MATCH, "analysis": MATCH}, "clear_data"),
+    Input({"type": "extend-queued", "run": MATCH, "analysis": MATCH}, "data"), prevent_initial_call=True,
+)
 
 
 def wait_for_run(run_id: str, load: Callable[[str], Any], analysis: str | None = None, side: str = "") -> Gate:
     """Check the run once; when it is done, ``load(run_id)`` gives the page's data (see :class:`Gate`).
-    With ``analysis``: a done run without it gets :func:`extension_offer` (polling goes on), then the
-    extension's progress bar, then the view. With ``side`` (``"A"``): the status is labelled "Run A" and its
+    With ``analysis``: a done run without it gets :func:`extension_offer` (polling stops: the offer is drawn
+    once; its button reloads the page once the extension is queued), then the extension's progress bar, then
+    the view. With ``side`` (``"A"``): the status is labelled "Run A" and its
     ids carry the side, so that two gates can share a page."""
     gate = _check(run_id, load, analysis, side)
     if side and gate.status != "":
@@ -150,7 +162,7 @@ def _check(run_id: str, load: Callable[[str], Any], analysis: str | None, side: 
             if ext and ext.get("status") in ("queued", "running") and analysis in ext.get("analyses", []):
                 stage = f"adding {ANALYSIS_LABEL.get(analysis, analysis).lower()}: {ext.get('stage', '')}"
                 return Gate(no_update, False, progress_bar(ext.get("progress", 0), stage, ext["status"], bar), m)
-            return Gate(no_update, False, extension_offer(run_id, analysis, ext, side), m)
+            return Gate(None, True, extension_offer(run_id, analysis, ext, side), m)
         data = load(run_id)
     except state.REDIS_ERRORS:
         return Gate(no_update, False, alert(state.REDIS_DOWN, "warn"))

@@ -216,6 +216,7 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         xy, meta = maps_data.head(run_id, layer, head, method, normalised)
         run_info = maps_data.map_run(run_id)
         table = maps_data.point_table(run_id, run_info, meta)
+        input_names = vit_data.image_names(state.done_manifest(run_id)) if run.get("image") else None
     except VIEW_ERRORS as exc:
         return {"fig": empty_figure("not available")}, no_update, no_update, "", _errors(exc)
     search_error = None
@@ -231,7 +232,7 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         xy, meta, None, colour or "kind", positions=table.positions, token_kinds=table.token_kinds,
         token_kind_names=table.kind_names, highlight=mask, highlight_label=f"matches of {search!r}", selected=selected,
         title=f"layer {layer} head {head} · {METHOD_LABELS.get(method, method)}{'' if normalised else ' (raw)'} · {len(meta)} points",
-        uirevision=f"{run_id}:{layer}:{head}:{method}:{normalised}",
+        uirevision=f"{run_id}:{layer}:{head}:{method}:{normalised}", prompt_names=input_names,
     )
     hover = no_update if hover_key == table.key else {"key": table.key, "text": table.hover.tolist()}
     summary = search_error or _search_summary(search or "", mask, meta)

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import api_call, get_json, submit_run
+from tests.conftest import api_call, digit_png, get_json, submit_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -95,6 +95,32 @@ def test_csv_without_a_prompt_column_is_refused(live_app, browser) -> None:
     assert "add a header row" in page.locator("#new-upload-status").inner_text()
     assert page.locator("#new-upload-status .alert-error").count() == 1
     assert page.locator("#new-prompts").input_value() == before  # nothing lost
+    page.close()
+
+
+def test_model_picker_says_what_runs_offline_and_images_with_a_text_model_are_flagged(live_app, browser) -> None:
+    from backend.model_refs import available_models
+    from backend.settings import get_settings
+
+    page = browser.new_page()
+    page.goto(live_app + "/")
+    page.wait_for_selector("#new-prompts")
+    placeholder = page.locator("#new-model-custom").get_attribute("placeholder")
+    assert placeholder.startswith("a folder under ")  # not a hub id that fails offline
+    page.click("#new-model")
+    page.get_by_role("option").first.wait_for()
+    options = [o.strip() for o in page.get_by_role("option").all_inner_texts()]
+    models = available_models(get_settings())
+    assert models and all(f"{m} (offline)" in options for m in models), options  # every model says it runs offline
+    page.keyboard.press("Escape")
+    how = page.locator("label[for=new-model-custom] .help").get_attribute("title")
+    assert "available offline" in how and "model roots" in how and "ATLAS_MODEL_ROOTS" in how
+    # an image dropped while a text model is chosen: said at once, beside the upload box
+    page.set_input_files("#new-upload input[type=file]",
+                         files=[{"name": "five.png", "mimeType": "image/png", "buffer": digit_png(5)}])
+    page.wait_for_function("document.querySelector('#new-upload-status')?.textContent.includes('is a text model "
+                           "and ignores images')")
+    assert page.locator("#new-upload-status .alert-warn").count() == 1
     page.close()
 
 

@@ -116,6 +116,8 @@ def test_head_map_colours_prompts_by_category() -> None:
     assert len(many.data) == 2 * len(figures_maps.PROMPT_COLOURS)
     assert sum(len(t.x) for t in many.data) == 2 * n and many.data[0].name.startswith("inputs 1, 21, 41")
     assert figures_maps.prompt_colour(0) == figures_maps.prompt_colour(len(figures_maps.PROMPT_COLOURS))
+    named = _head_fig("prompt", prompt_names=["cat.png", "dog.png"])  # image runs: inputs by file name
+    assert [t.name for t in named.data][::2] == ["cat.png (queries)", "dog.png (queries)"]
 
 
 def test_head_map_highlight_and_selection() -> None:
