@@ -75,6 +75,23 @@ def labels(tokens: Sequence[str]) -> list[str]:
     return [one_line(t) for t in readable_tokens(tokens)]
 
 
+def text_of(tokens: Sequence[str]) -> str:
+    """The text a run of tokens stands for: byte-level and SentencePiece pieces concatenated, WordPiece tokens
+    joined by spaces with ``##`` continuations glued on (``[CLS] playing cat``)."""
+    raw = list(tokens)
+    if is_byte_level(raw) or any(t.startswith("▁") for t in raw):
+        return "".join(readable_tokens(raw))
+    out = ""
+    for t in raw:
+        out += t[2:] if t.startswith("##") and out else (" " + t if out else t)
+    return out
+
+
+def preview(tokens: Sequence[str], limit: int = 60) -> str:
+    """A prompt's first ``limit`` characters as one line (dropdown labels): ``text_of`` with newlines as ↵."""
+    return one_line(text_of(tokens[:limit]).strip())[:limit]
+
+
 def _is_punct(text: str) -> bool:
     s = text.strip()
     return bool(s) and all(unicodedata.category(c).startswith("P") for c in s)

@@ -93,7 +93,7 @@ def setup(run, view):
     if not run:
         return {"display": "none"}, [], None
     stored = set(run["stored"])
-    options = [{"label": f"{i + 1}: {''.join(token_text.labels(t[:16])).strip()[:60]}"
+    options = [{"label": f"{i + 1}: {token_text.preview(t)}"
                          + ("" if i in stored else " (patterns not stored: too long)"), "value": i}
                for i, t in enumerate(run["tokens"])]
     p = view["prompt"] if 0 <= view["prompt"] < len(options) else 0

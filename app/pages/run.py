@@ -142,7 +142,7 @@ def setup_controls(info, view, run_id):
     if not info:
         return HIDDEN, [], [], [], None, None, None, ""
     toks = info["tokens"]
-    prompts = [{"label": f"{i + 1}: {''.join(token_text.labels(t[:16])).strip()[:60]}", "value": i}
+    prompts = [{"label": f"{i + 1}: {token_text.preview(t)}", "value": i}
                for i, t in enumerate(toks)]
     layers = [{"label": f"layer {l}", "value": l} for l in range(info["n_layers"])]
     heads = [{"label": f"head {h}", "value": h} for h in range(info["n_heads"])]

@@ -174,7 +174,7 @@ def setup(info, view):
     if not info:
         return hidden, hidden, hidden, [], None, [], None
     toks = info["tokens"]
-    prompts = [{"label": f"{i + 1}: {''.join(token_text.labels(t[:16])).strip()[:60]}", "value": i}
+    prompts = [{"label": f"{i + 1}: {token_text.preview(t)}", "value": i}
                for i, t in enumerate(toks)]
     layers = [{"label": "all layers x heads", "value": "all"}] + [
         {"label": f"layer {l}", "value": l} for l in range(info["n_layers"])]

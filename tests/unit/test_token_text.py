@@ -76,3 +76,11 @@ def test_merge_of_consecutive_runs_equals_the_general_path() -> None:
     shuffled = [[0, 4], [1, 2, 3], [5, 6], [7, 8]]  # not consecutive: the general path
     general = token_text.merge_words(pat, shuffled)
     np.testing.assert_allclose(general[:, 0, 1], pat[:, [0, 4]][:, :, [1, 2, 3]].sum(-1).mean(-1), rtol=1e-6)
+
+
+def test_prompt_previews() -> None:
+    assert token_text.text_of(["[CLS]", "paris", "is", "play", "##ing", "[SEP]"]) == "[CLS] paris is playing [SEP]"
+    assert token_text.text_of(["<|im_start|>", "The", "Ġcat", "Ċ", "def"]) == "<|im_start|>The cat\ndef"
+    assert token_text.text_of(["▁The", "▁play", "ing"]) == " The playing"
+    assert token_text.preview(["The", "Ġcat", "Ċ", "def"]) == "The cat↵def"
+    assert token_text.preview(["[CLS]"] + ["word"] * 40, limit=20) == "[CLS] word word word"
