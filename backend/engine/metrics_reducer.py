@@ -88,23 +88,24 @@ class SinkMetricsReducer(BaseReducer):
         n = torch.tensor(lengths, device=dev)[:, None]  # [B, 1]
         q = torch.arange(q0, q0 + tq, device=dev)  # [tq] query positions
         k = torch.arange(s, device=dev)  # [S] key positions
-        p = pattern.float()  # [B, H, tq, S]; at most two chunk-sized temporaries live at once
-        if min(lengths) < s:  # padded rows and keys -> 0
-            real = (q[None, :, None] < n[:, :, None]) & (k[None, None, :] < n[:, :, None])  # [B, tq, S]
-            p = p * real[:, None]
+        p = pattern.float()  # [B, H, tq, S]; never masked in place: the masks go into the weights of each sum
+        row = (q[None, :] < n).float()  # [B, tq] real query rows
+        key = (k[None, :] < n).float()  # [B, S] real keys
         acc = self._acc
         # column sums in float32 within the chunk, float64 across chunks: sum(dim=2, dtype=float64) over the
         # query dim is ~14x slower on CPU (benchmarks/bench_sinks_long.py); the difference is ~1e-7
         if self.causal:  # alpha counts only the queries t >= k (the causal mask already zeroes the rest)
-            acc["received"] += (p * (k[None, :] <= q[:, None])).sum(dim=2).double()
-        else:
-            acc["received"] += p.sum(dim=2).double()
-        ent = -torch.xlogy(p, p).sum(dim=-1)  # [B, H, tq]; xlogy(0, 0) = 0
-        acc["entropy"] += ent.sum(dim=-1, dtype=torch.float64)
-        dist = (q[:, None] - k[None, :]).abs().to(p.dtype)  # [tq, S]
-        acc["distance"] += (p * dist).sum(dim=-1).sum(dim=-1, dtype=torch.float64)
+            seen = (k[None, :] <= q[:, None]).float()[None] * row[:, :, None]  # [B, tq, S]
+            acc["received"] += (p * seen[:, None]).sum(dim=2).double()
+        else:  # one matrix product: the real rows' column sums (padded keys' sums are never read)
+            acc["received"] += (row[:, None, None, :] @ p)[:, :, 0].double()
+        # per-row sums over the real keys as matrix products ([.., tq, S] @ [S, 1]), then over real rows in float64
+        ent = (torch.xlogy(p, p) @ key[:, None, :, None])[..., 0]  # [B, H, tq]; xlogy(0, 0) = 0
+        acc["entropy"] -= (ent * row[:, None]).sum(dim=-1, dtype=torch.float64)
+        dist = (q[:, None] - k[None, :]).abs().to(p.dtype)[None] * key[:, None, :]  # [B, tq, S]
+        acc["distance"] += ((p * dist[:, None]).sum(dim=-1) * row[:, None]).sum(dim=-1, dtype=torch.float64)
         prev_idx = (q - 1).clamp(min=0).view(1, 1, tq, 1).expand(b, p.shape[1], tq, 1)
-        prev = p.gather(-1, prev_idx)[..., 0] * (q >= 1)  # [B, H, tq]: A[t, t-1], 0 for t = 0
+        prev = p.gather(-1, prev_idx)[..., 0] * ((q >= 1) * row)[:, None]  # [B, H, tq]: A[t, t-1], 0 for t = 0
         acc["previous_token"] += prev.sum(dim=-1, dtype=torch.float64)
 
     def lse_layer(self, view: LayerView, lse: torch.Tensor, mask: torch.Tensor | None, chunk: int) -> None:
