@@ -181,8 +181,9 @@ class MassiveActivationReducer(BaseReducer):
         self._ratio: dict[tuple[int, int], np.ndarray] = {}
 
     SORT_MAX_ELEMENTS = 1 << 22
-    """Batches up to this many ``B x T x D`` entries take every prompt's median in one sort; larger ones (long
-    prompts) one ``kthvalue`` per prompt (a sort of millions of entries costs more than a selection)."""
+    """On GPUs, batches up to this many ``B x T x D`` entries take every prompt's median in one sort; larger ones
+    (long prompts) one ``kthvalue`` per prompt (a sort of millions of entries costs more than a selection). On the
+    CPU, numpy's ``partition`` per prompt (linear time, no thread-pool round trips)."""
 
     def hidden(self, layer: int, hidden: torch.Tensor, prompts: list[int], lengths: list[int]) -> None:
         if not 0 <= layer < self.n_layers:
@@ -202,11 +203,27 @@ class MassiveActivationReducer(BaseReducer):
             self._dim[(p, layer)] = dim_np[row, :n].astype(np.int64)
             self._ratio[(p, layer)] = np.asarray(ratio.max())
 
-    def _medians(self, h: torch.Tensor, lengths: list[int]) -> list[float]:
+    def _medians(self, h: torch.Tensor, lengths: list[int], method: str = "auto") -> list[float]:
         """Median of each row's real ``T_p x D`` entries of ``|h|``, as numpy defines it (the mean of the two
-        middle values when their number is even)."""
+        middle values when their number is even). ``method``: ``numpy``, ``sort``, ``kthvalue`` or ``auto``."""
         b, t, d = h.shape
-        if b > 1 and h.numel() <= self.SORT_MAX_ELEMENTS:  # one sort for the batch; padding sorts last
+        if method == "auto":
+            method = ("numpy" if h.device.type == "cpu"
+                      else "sort" if b > 1 and h.numel() <= self.SORT_MAX_ELEMENTS else "kthvalue")
+        if method == "numpy":  # numpy's linear-time selection, row by row, without torch's thread pool
+            hn = h.numpy()
+            out = []
+            for row, n in enumerate(lengths):
+                if n < 1:
+                    out.append(float("nan"))
+                    continue
+                m = n * d
+                lo, hi = (m + 1) // 2 - 1, m // 2
+                part = np.partition(hn[row, :n].reshape(-1), (lo, hi) if hi != lo else lo)
+                a, c = part[lo], part[hi]
+                out.append(float((a + c) / np.float32(2)) if m % 2 == 0 else float(a))
+            return out
+        if method == "sort":  # one sort for the batch; padding sorts last
             n = torch.tensor(lengths, device=h.device)
             pad = torch.arange(t, device=h.device)[None, :] >= n[:, None]  # [B, T]
             srt = h.masked_fill(pad[..., None], float("inf")).reshape(b, t * d).sort(dim=-1).values
