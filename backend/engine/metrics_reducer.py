@@ -88,23 +88,24 @@ class SinkMetricsReducer(BaseReducer):
         n = torch.tensor(lengths, device=dev)[:, None]  # [B, 1]
         q = torch.arange(q0, q0 + tq, device=dev)  # [tq] query positions
         k = torch.arange(s, device=dev)  # [S] key positions
-        p = pattern.float()  # [B, H, tq, S]; at most two chunk-sized temporaries live at once
-        if min(lengths) < s:  # padded rows and keys -> 0
-            real = (q[None, :, None] < n[:, :, None]) & (k[None, None, :] < n[:, :, None])  # [B, tq, S]
-            p = p * real[:, None]
+        p = pattern.float()  # [B, H, tq, S]; never masked in place: the masks go into the weights of each sum
+        row = (q[None, :] < n).float()  # [B, tq] real query rows
+        key = (k[None, :] < n).float()  # [B, S] real keys
         acc = self._acc
         # column sums in float32 within the chunk, float64 across chunks: sum(dim=2, dtype=float64) over the
         # query dim is ~14x slower on CPU (benchmarks/bench_sinks_long.py); the difference is ~1e-7
         if self.causal:  # alpha counts only the queries t >= k (the causal mask already zeroes the rest)
-            acc["received"] += (p * (k[None, :] <= q[:, None])).sum(dim=2).double()
-        else:
-            acc["received"] += p.sum(dim=2).double()
-        ent = -torch.xlogy(p, p).sum(dim=-1)  # [B, H, tq]; xlogy(0, 0) = 0
-        acc["entropy"] += ent.sum(dim=-1, dtype=torch.float64)
-        dist = (q[:, None] - k[None, :]).abs().to(p.dtype)  # [tq, S]
-        acc["distance"] += (p * dist).sum(dim=-1).sum(dim=-1, dtype=torch.float64)
+            seen = (k[None, :] <= q[:, None]).float()[None] * row[:, :, None]  # [B, tq, S]
+            acc["received"] += (p * seen[:, None]).sum(dim=2).double()
+        else:  # one matrix product: the real rows' column sums (padded keys' sums are never read)
+            acc["received"] += (row[:, None, None, :] @ p)[:, :, 0].double()
+        # per-row sums over the real keys as matrix products ([.., tq, S] @ [S, 1]), then over real rows in float64
+        ent = (torch.xlogy(p, p) @ key[:, None, :, None])[..., 0]  # [B, H, tq]; xlogy(0, 0) = 0
+        acc["entropy"] -= (ent * row[:, None]).sum(dim=-1, dtype=torch.float64)
+        dist = (q[:, None] - k[None, :]).abs().to(p.dtype)[None] * key[:, None, :]  # [B, tq, S]
+        acc["distance"] += ((p * dist[:, None]).sum(dim=-1) * row[:, None]).sum(dim=-1, dtype=torch.float64)
         prev_idx = (q - 1).clamp(min=0).view(1, 1, tq, 1).expand(b, p.shape[1], tq, 1)
-        prev = p.gather(-1, prev_idx)[..., 0] * (q >= 1)  # [B, H, tq]: A[t, t-1], 0 for t = 0
+        prev = p.gather(-1, prev_idx)[..., 0] * ((q >= 1) * row)[:, None]  # [B, H, tq]: A[t, t-1], 0 for t = 0
         acc["previous_token"] += prev.sum(dim=-1, dtype=torch.float64)
 
     def lse_layer(self, view: LayerView, lse: torch.Tensor, mask: torch.Tensor | None, chunk: int) -> None:
@@ -180,8 +181,9 @@ class MassiveActivationReducer(BaseReducer):
         self._ratio: dict[tuple[int, int], np.ndarray] = {}
 
     SORT_MAX_ELEMENTS = 1 << 22
-    """Batches up to this many ``B x T x D`` entries take every prompt's median in one sort; larger ones (long
-    prompts) one ``kthvalue`` per prompt (a sort of millions of entries costs more than a selection)."""
+    """On GPUs, batches up to this many ``B x T x D`` entries take every prompt's median in one sort; larger ones
+    (long prompts) one ``kthvalue`` per prompt (a sort of millions of entries costs more than a selection). On the
+    CPU, numpy's ``partition`` per prompt (linear time, no thread-pool round trips)."""
 
     def hidden(self, layer: int, hidden: torch.Tensor, prompts: list[int], lengths: list[int]) -> None:
         if not 0 <= layer < self.n_layers:
@@ -201,11 +203,27 @@ class MassiveActivationReducer(BaseReducer):
             self._dim[(p, layer)] = dim_np[row, :n].astype(np.int64)
             self._ratio[(p, layer)] = np.asarray(ratio.max())
 
-    def _medians(self, h: torch.Tensor, lengths: list[int]) -> list[float]:
+    def _medians(self, h: torch.Tensor, lengths: list[int], method: str = "auto") -> list[float]:
         """Median of each row's real ``T_p x D`` entries of ``|h|``, as numpy defines it (the mean of the two
-        middle values when their number is even)."""
+        middle values when their number is even). ``method``: ``numpy``, ``sort``, ``kthvalue`` or ``auto``."""
         b, t, d = h.shape
-        if b > 1 and h.numel() <= self.SORT_MAX_ELEMENTS:  # one sort for the batch; padding sorts last
+        if method == "auto":
+            method = ("numpy" if h.device.type == "cpu"
+                      else "sort" if b > 1 and h.numel() <= self.SORT_MAX_ELEMENTS else "kthvalue")
+        if method == "numpy":  # numpy's linear-time selection, row by row, without torch's thread pool
+            hn = h.numpy()
+            out = []
+            for row, n in enumerate(lengths):
+                if n < 1:
+                    out.append(float("nan"))
+                    continue
+                m = n * d
+                lo, hi = (m + 1) // 2 - 1, m // 2
+                part = np.partition(hn[row, :n].reshape(-1), (lo, hi) if hi != lo else lo)
+                a, c = part[lo], part[hi]
+                out.append(float((a + c) / np.float32(2)) if m % 2 == 0 else float(a))
+            return out
+        if method == "sort":  # one sort for the batch; padding sorts last
             n = torch.tensor(lengths, device=h.device)
             pad = torch.arange(t, device=h.device)[None, :] >= n[:, None]  # [B, T]
             srt = h.masked_fill(pad[..., None], float("inf")).reshape(b, t * d).sort(dim=-1).values
