@@ -61,7 +61,10 @@ PAGES = [
     ("sinks", "smollm2", "/sinks", "#sinks-grid"),
 ]
 DRAWN = """(sel) => { const gd = document.querySelector(sel + ' .js-plotly-plot');
-  return !!(gd && gd._fullData && gd._fullData.some(t => (t.x && t.x.length) || (t.z && t.z.length))); }"""
+  const drawn = !!(gd && gd._fullData && gd._fullData.some(t => (t.x && t.x.length) || (t.z && t.z.length)));
+  return drawn && performance.now(); }"""
+BOOT = """() => Math.min(...performance.getEntriesByType('resource')
+  .filter(e => e.name.includes('_dash-update-component')).map(e => e.startTime))"""
 TITLE = "([sel, text]) => document.querySelector(sel + ' .js-plotly-plot .gtitle')?.textContent.includes(text)"
 
 
@@ -153,10 +156,12 @@ def load_page(ctx, target: str, sel: str) -> tuple[float, dict[str, float]]:
     net = Net(page)
     t0 = time.perf_counter()
     page.goto(target, wait_until="commit")
-    page.wait_for_function(DRAWN, arg=sel, timeout=60_000)
+    drawn_ms = page.wait_for_function(DRAWN, arg=sel, timeout=60_000).json_value()
     dt = time.perf_counter() - t0
+    boot_ms = page.evaluate(BOOT)  # navigation start to the first callback request: page and Dash booting
     page.wait_for_timeout(300)  # let trailing callbacks finish before counting
     n = net.take()
+    n.update(boot_ms=boot_ms, callbacks_ms=drawn_ms - boot_ms)
     page.close()
     return dt, n
 
@@ -180,6 +185,8 @@ def bench_pages(browser, apps: dict[str, str], ids: dict[str, str], loads: int) 
                 "seconds": st, "dash_requests": nets[a][-1]["requests"],
                 "dash_kb": round(float(np.mean([n["kb"] for n in nets[a]])), 1),
                 "slowest_request_ms": round(float(np.median([n["server_ms_max"] for n in nets[a]])), 1),
+                "boot_ms_median": round(float(np.median([n["boot_ms"] for n in nets[a]])), 1),
+                "callbacks_ms_median": round(float(np.median([n["callbacks_ms"] for n in nets[a]])), 1),
                 "met": st["p95"] <= TARGET_PAGE_P95_S}
             print(a, f"{name}/{run}", out[a][f"{name}/{run}"], flush=True)
     for c in ctxs.values():

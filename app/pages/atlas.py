@@ -148,8 +148,9 @@ def retrieval_text(data: dict[str, Any]) -> list:
     return parts
 
 
-@callback(Output("atlas-retrieval", "children"), Input("atlas-data", "data"))
-def render_retrieval(data):
+@callback(Output("atlas-retrieval", "children"), Input("atlas-data", "data"),
+          Input("atlas-run-id", "data"))  # run id: an Input no callback writes, so this fires on load too
+def render_retrieval(data, _run_id=None):
     return retrieval_text(data) if data else ""
 
 
@@ -204,7 +205,7 @@ def download_json(_n, data):
     return dict(content=atlas_data.to_json(data), filename=f"head_atlas_{data['run_id'][:8]}.json")
 
 
-@callback(Output("atlas-compare-with", "options"), Input("atlas-data", "data"), State("atlas-run-id", "data"))
+@callback(Output("atlas-compare-with", "options"), Input("atlas-data", "data"), Input("atlas-run-id", "data"))
 def compare_options(data, run_id):
     if not data:
         return []

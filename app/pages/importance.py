@@ -165,7 +165,7 @@ def objective_text(meta: dict[str, Any]) -> list:
     Output("imp-grid-card", "style"), Output("imp-curves-card", "style"), Output("imp-live-card", "style"),
     Output("imp-prompt", "options"), Output("imp-prompt", "value"), Output("imp-toggles", "children"),
     Output("imp-metric", "options"), Output("imp-metric", "value"),
-    Input("imp-info", "data"), State("imp-prompt-init", "data"), State("imp-off", "data"),
+    Input("imp-info", "data"), Input("imp-prompt-init", "data"), State("imp-off", "data"),  # an Input that no callback writes: fires on load when the layout holds a done run
     State("imp-metric", "value"),
 )
 def setup(info, prompt, off, metric):

@@ -167,7 +167,7 @@ def _ready(gate: Gate) -> tuple[dict, html.Span, list]:
     Output("sinks-grid-card", "style"), Output("sinks-prompt-card", "style"), Output("sinks-streaming-card", "style"),
     Output("sinks-prompt", "options"), Output("sinks-prompt", "value"),
     Output("sinks-layer", "options"), Output("sinks-layer", "value"),
-    Input("sinks-info", "data"), State("sinks-view", "data"),
+    Input("sinks-info", "data"), Input("sinks-view", "data"),  # an Input that no callback writes: fires on load when the layout holds a done run
 )
 def setup(info, view):
     hidden = {"display": "none"}
@@ -301,7 +301,7 @@ def render_prompt(prompt, layer, run_id, info):
 
 
 @callback(Output("sinks-streaming", "figure"), Output("sinks-streaming-text", "children"),
-          Input("sinks-info", "data"), State("sinks-run-id", "data"))
+          Input("sinks-info", "data"), Input("sinks-run-id", "data"))  # run id: fires on load (layout-filled info)
 def render_streaming(info, run_id):
     if not info or names.streaming("nll_full") not in info["sizes"]:
         return no_update, no_update

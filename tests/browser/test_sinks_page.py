@@ -39,6 +39,8 @@ def test_grid_metric_switch_and_click_to_head(live_app, runs, browser) -> None:
     assert "Sink rate" in page.locator("#sinks-rate").inner_text()
     assert "eps = 0.3" in page.locator("#sinks-rate").inner_text()
     assert "Gu et al." in page.locator("#sinks-rate .help").get_attribute("title")
+    # the run was done when the page opened: its layout held the run's data, so the page never polls
+    assert page.locator("#sinks-poll").count() == 0 and page.locator("#sinks-poll-done").count() == 1
 
     page.click("#sinks-metric")
     page.click("text=attention entropy (nats)")
