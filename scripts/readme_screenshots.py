@@ -283,7 +283,7 @@ def shot(page, selectors: list[str], path: Path, pad: int = 6) -> None:
     page.screenshot(path=str(path), full_page=True,
                     clip={"x": max(0, x0), "y": max(0, y0), "width": x1 - max(0, x0), "height": y1 - max(0, y0)})
     shrink(path)
-    print(f"  {path.relative_to(REPO)}: {path.stat().st_size // 1000} kB", flush=True)
+    print(f"  {path}: {path.stat().st_size // 1000} kB", flush=True)
 
 
 def screenshots(base: str, run_a: str, run_b: str, run_c: str, nums: dict[str, Any]) -> dict[str, str]:

@@ -27,7 +27,7 @@ from app.run_gate import poll_interval, sync_url, wait_for_run
 from backend import metrics as sink_defs
 from backend import vocab
 from app.view_links import register_view
-from backend import names
+from backend import jobs, names
 from backend import figures_sinks as fs
 from backend.vocab import GRID_METRICS, SINK_EPS
 
@@ -138,6 +138,16 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     ])
 
 
+def gate_analysis(run_id: str) -> str | None:
+    """The analysis the page waits for: sink metrics, unless the run has the StreamingLLM experiment, whose card
+    this page draws without them (the grid card stays hidden until metrics are added)."""
+    try:
+        m = state.run_status(run_id)
+    except state.REDIS_ERRORS:
+        m = None
+    return None if m and "streaming" in jobs.run_analyses(m) else "metrics"
+
+
 @callback(
     Output("sinks-info", "data"), Output("sinks-poll", "disabled"), Output("sinks-status", "children"),
     Output("sinks-notices", "children"),
@@ -145,7 +155,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
 )
 def poll(_n, run_id):
     """Wait for the run to finish, then hand its info to the views."""
-    gate = wait_for_run(run_id, sinks_data.load_info, analysis="metrics")
+    gate = wait_for_run(run_id, sinks_data.load_info, analysis=gate_analysis(run_id))
     if not gate.ready:
         return gate.data, gate.stop, gate.status, gate.blank
     info = gate.data
