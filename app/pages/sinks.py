@@ -183,7 +183,8 @@ def setup(info, view):
     layer = view["layer"] if view["layer"] == "all" or 0 <= view["layer"] < info["n_layers"] else 0
     shown = {"display": "block"}
     has = lambda prefix: any(s.startswith(prefix) for s in info["sizes"])  # noqa: E731
-    return (shown if info["metrics"] else hidden, shown if has("prompt.") else hidden,
+    # the per-prompt card draws arrays of the metrics analysis (attention received, massive activations)
+    return (shown if info["metrics"] else hidden, shown if has("prompt.") and info["metrics"] else hidden,
             shown if has("streaming.nll_full") else hidden, prompts, prompt, layers, layer)
 
 
