@@ -1,6 +1,8 @@
 """The README's "First run" walk-through on SmolLM2-135M: runs, screenshots and the numbers they show.
 
     .venv/bin/python scripts/readme_screenshots.py          # ~30-40 min on 2 busy CPU cores the first time
+    .venv/bin/python scripts/readme_screenshots.py --without-importance   # skips run C, the slowest
+    REDIS_URL=... ATLAS_KEY_PREFIX=... .venv/bin/python scripts/readme_screenshots.py --app http://127.0.0.1:8050
 
 It does what a new user does, through the app itself: starts a private Redis (data kept in
 ``.atlas/readme-screenshots``, so a second call finds the runs finished and only re-takes the screenshots), the
@@ -191,15 +193,12 @@ def arrays(run_id: str, keys: list[str]) -> dict[str, Any]:
     return dict(zip(keys, cache.get_arrays(run_id, keys)))
 
 
-def numbers(base: str, run_a: str, run_b: str, run_c: str) -> dict[str, Any]:
+def numbers(base: str, run_a: str, run_b: str, run_c: str | None) -> dict[str, Any]:
+    """The numbers the screenshots show (``run_c`` None: without the importance views)."""
     import numpy as np  # noqa: PLC0415
-
-    from backend import names  # noqa: PLC0415
-    from backend.figures_sinks import streaming_perplexity  # noqa: PLC0415
 
     out: dict[str, Any] = {}
     _, met = call(base, f"/api/runs/{run_a}/metrics?eps={EPS}&sink_rule=per_prompt")
-    _, status_a = call(base, f"/api/runs/{run_a}")
     n_layers, n_heads = met["n_layers"], met["n_heads"]
     out["sinks"] = {"eps": EPS, "rule": met["sink_rule"], "sink_rate": round(float(met["metrics"]["sink_rate"]), 2),
                     "n_prompts": len(PROMPTS), "n_layers": n_layers, "n_heads": n_heads,
@@ -214,6 +213,19 @@ def numbers(base: str, run_a: str, run_b: str, run_c: str) -> dict[str, Any]:
         "heads_above_0.3": int((ind > 0.3).sum()), "threshold": 0.3,
     }
 
+    if run_c:
+        out.update(importance_numbers(base, run_c, top, n_layers, n_heads))
+    out["streaming"] = streaming_numbers(run_b)
+    return out
+
+
+def importance_numbers(base: str, run_c: str, top: list[list[int]], n_layers: int, n_heads: int) -> dict[str, Any]:
+    """Pruning curves at :data:`PRUNE_FRACTION` and live pruning of ``top`` (and of random heads) on run C."""
+    import numpy as np  # noqa: PLC0415
+
+    from backend import names  # noqa: PLC0415
+
+    out: dict[str, Any] = {}
     keys = [names.pruning(o, k) for o in ("importance", "random", "reverse") for k in ("fractions", "perplexity")]
     arr = arrays(run_c, keys)
     curves: dict[str, Any] = {"fraction_removed": PRUNE_FRACTION, "percent_removed": int(100 * PRUNE_FRACTION)}
@@ -242,18 +254,24 @@ def numbers(base: str, run_a: str, run_b: str, run_c: str) -> dict[str, Any]:
         "perplexity_after_random": round(ctrl["after"]["perplexity"], 1),
         "top5_before": live["predictions"]["before"], "top5_after": live["predictions"]["after"],
     }
+    return out
+
+
+def streaming_numbers(run_b: str) -> dict[str, Any]:
+    """Run B's perplexities over the tokens predicted after the first eviction (as the page shows them)."""
+    from backend import names  # noqa: PLC0415
+    from backend.figures_sinks import streaming_perplexity  # noqa: PLC0415
 
     s = arrays(run_b, [names.streaming(k) for k in ("nll_full", "nll_window", "nll_sink", "params", "reassigned")])
     window, sinks = (int(x) for x in s[names.streaming("params")])
     ppl = streaming_perplexity(s[names.streaming("nll_full")], s[names.streaming("nll_window")],
                                s[names.streaming("nll_sink")], window, sinks)
-    out["streaming"] = {"tokens": len(s[names.streaming("nll_full")]) + 1, "window": window, "sinks": sinks,
-                        "positions_reassigned": bool(int(s[names.streaming("reassigned")])),
-                        "scored_from_position": ppl["first"], "scored_tokens": ppl["n"],
-                        "dense": round(ppl["full"], 1), "window_only": round(ppl["window"], 1),
-                        "window_sinks": round(ppl["sink"], 1),
-                        "text_source": "pydoc_data prose paragraphs (Python language reference)"}
-    return out
+    return {"tokens": len(s[names.streaming("nll_full")]) + 1, "window": window, "sinks": sinks,
+            "positions_reassigned": bool(int(s[names.streaming("reassigned")])),
+            "scored_from_position": ppl["first"], "scored_tokens": ppl["n"],
+            "dense": round(ppl["full"], 1), "window_only": round(ppl["window"], 1),
+            "window_sinks": round(ppl["sink"], 1),
+            "text_source": "pydoc_data prose paragraphs (Python language reference)"}
 
 
 # --- screenshots -------------------------------------------------------------------------------------------------
@@ -283,10 +301,10 @@ def shot(page, selectors: list[str], path: Path, pad: int = 6) -> None:
     page.screenshot(path=str(path), full_page=True,
                     clip={"x": max(0, x0), "y": max(0, y0), "width": x1 - max(0, x0), "height": y1 - max(0, y0)})
     shrink(path)
-    print(f"  {path.relative_to(REPO)}: {path.stat().st_size // 1000} kB", flush=True)
+    print(f"  {path}: {path.stat().st_size // 1000} kB", flush=True)
 
 
-def screenshots(base: str, run_a: str, run_b: str, run_c: str, nums: dict[str, Any]) -> dict[str, str]:
+def screenshots(base: str, run_a: str, run_b: str, run_c: str | None, nums: dict[str, Any]) -> dict[str, str]:
     from playwright.sync_api import sync_playwright  # noqa: PLC0415
 
     out = {
@@ -313,20 +331,10 @@ def screenshots(base: str, run_a: str, run_b: str, run_c: str, nums: dict[str, A
         page.wait_for_timeout(1500)
         shot(page, ["#atlas-summary", "#atlas-grid"], out["atlas"])
 
-        page.goto(f"{base}/runs/{run_c}/importance?metric=perplexity")
-        page.wait_for_function("document.querySelector('#imp-curves .gtitle')?.textContent.includes('perplexity')",
-                               timeout=120_000)
-        page.wait_for_selector("#imp-curves .scatterlayer .trace", state="attached")
-        page.wait_for_timeout(1500)
-        shot(page, ["#imp-grid", "#imp-curves-text", "#imp-curves"], out["importance"])
-
-        off = ",".join(f"{l}-{h}" for l, h in nums["live_pruning"]["heads_off"])
-        page.goto(f"{base}/runs/{run_c}/importance?metric=perplexity&off={off}&prompt={nums['live_pruning']['prompt']}")
-        page.wait_for_selector("#imp-head-grid button.off", state="attached", timeout=120_000)
-        page.click("#imp-run")  # the same job as the API's above: a cache hit
-        page.wait_for_selector("#imp-result-table", timeout=600_000)
-        page.wait_for_timeout(1000)
-        shot(page, ["#imp-off-text", "#imp-result"], out["live_pruning"])
+        if not run_c:
+            out.pop("importance"), out.pop("live_pruning")
+        else:
+            importance_shots(page, base, run_c, nums, out)
 
         page.goto(f"{base}/runs/{run_b}/sinks")
         page.wait_for_selector("#sinks-streaming .scatterlayer .trace", state="attached", timeout=120_000)
@@ -336,28 +344,55 @@ def screenshots(base: str, run_a: str, run_b: str, run_c: str, nums: dict[str, A
     return {k: str(v.relative_to(REPO)) for k, v in out.items()}
 
 
+def importance_shots(page, base: str, run_c: str, nums: dict[str, Any], out: dict[str, Path]) -> None:
+    """The importance grid with its pruning curves, and live pruning of the strongest induction heads."""
+    page.goto(f"{base}/runs/{run_c}/importance?metric=perplexity")
+    page.wait_for_function("document.querySelector('#imp-curves .gtitle')?.textContent.includes('perplexity')",
+                           timeout=120_000)
+    page.wait_for_selector("#imp-curves .scatterlayer .trace", state="attached")
+    page.wait_for_timeout(1500)
+    shot(page, ["#imp-grid", "#imp-curves-text", "#imp-curves"], out["importance"])
+
+    off = ",".join(f"{l}-{h}" for l, h in nums["live_pruning"]["heads_off"])
+    page.goto(f"{base}/runs/{run_c}/importance?metric=perplexity&off={off}&prompt={nums['live_pruning']['prompt']}")
+    page.wait_for_selector("#imp-head-grid button.off", state="attached", timeout=120_000)
+    page.click("#imp-run")  # the same job as the API's above: a cache hit
+    page.wait_for_selector("#imp-result-table", timeout=600_000)
+    page.wait_for_timeout(1000)
+    shot(page, ["#imp-off-text", "#imp-result"], out["live_pruning"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--port", type=int, default=0, help="port of the app (default: a free one)")
+    ap.add_argument("--port", type=int, default=0, help="port of the app it starts (default: a free one)")
+    ap.add_argument("--app", default="", help="use this running app instead of starting one (its REDIS_URL, "
+                    "ATLAS_KEY_PREFIX and ATLAS_QUEUE in the environment, for reading arrays)")
+    ap.add_argument("--without-importance", action="store_true",
+                    help="skip run C (importance, pruning curves, live pruning): the slowest part")
     args = ap.parse_args()
     t0 = time.time()
-    redis_server, proc, base = start_app(args.port or _free_port())
+    if args.app:
+        redis_server, proc, base = None, None, args.app.rstrip("/")
+    else:
+        redis_server, proc, base = start_app(args.port or _free_port())
     try:
         print(f"app at {base}; submitting the runs", flush=True)
         text = long_text()
         run_a = submit(base, PROMPTS, RUN_A)
-        run_c = submit(base, CURVE_PROMPTS, RUN_C)
+        run_c = None if args.without_importance else submit(base, CURVE_PROMPTS, RUN_C)
         run_b = submit(base, [text], RUN_B)
-        body_a, body_b, body_c = wait_run(base, run_a), wait_run(base, run_b), wait_run(base, run_c)
+        body_a, body_b = wait_run(base, run_a), wait_run(base, run_b)
+        body_c = wait_run(base, run_c) if run_c else None
         nums = numbers(base, run_a, run_b, run_c)
         print(json.dumps(nums, indent=1), flush=True)
         images = screenshots(base, run_a, run_b, run_c, nums)
         result = {
             "what": "the numbers shown in the README's 'First run' screenshots (scripts/readme_screenshots.py)",
             "model": MODEL, "run_a": run_a, "run_b": run_b, "run_c": run_c,
-            "analyses": {"a": RUN_A, "b": RUN_B, "c": RUN_C},
+            "analyses": {"a": RUN_A, "b": RUN_B, "c": RUN_C if run_c else None},
             "prompts_a": [{"kind": k, "tokens": len(t)} for k, t in zip(PROMPT_KINDS, body_a["tokens"])],
-            "prompts_c": [{"kind": k, "tokens": len(t)} for k, t in zip(CURVE_KINDS, body_c["tokens"])],
+            "prompts_c": [{"kind": k, "tokens": len(t)} for k, t in zip(CURVE_KINDS, body_c["tokens"])]
+            if body_c else None,
             "tokens_b": len(body_b["tokens"][0]), "notices_b": body_b.get("notices"),
             **nums, "images": images, "machine": platform.platform(), "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d", time.gmtime()), "seconds": round(time.time() - t0),
@@ -365,12 +400,13 @@ def main() -> None:
         OUT_JSON.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {OUT_JSON.relative_to(REPO)} in {time.time() - t0:.0f} s", flush=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        redis_server.stop()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            redis_server.stop()
 
 
 if __name__ == "__main__":
