@@ -7,7 +7,7 @@ view in any browser: from cache, or after a deterministic recomputation if the c
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import dash
 import numpy as np
@@ -58,6 +58,8 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                               value=["1"] if words else [], className="field"),
                 html.Button("Download pattern (JSON)", id="run-download-btn", className="btn secondary", n_clicks=0),
                 dcc.Download(id="run-download"),
+                dcc.Link("All heads for this token →", id="run-heads-link", href=f"/runs/{run_id}/heads",
+                         className="navlink"),
             ]),
             html.P(["Click a token to see where it attends. ", help_text(
                 "Merging sub-words: a word's attention to another word is the sum over the key's pieces, averaged "
@@ -240,6 +242,15 @@ def render(prompt, layer, head, view, words, run_id, info):
         "",
         "?" + urlencode(query),
     )
+
+
+@callback(Output("run-heads-link", "href"), Input("run-url", "search"), State("run-id", "data"),
+          prevent_initial_call=True)
+def heads_link(search, run_id):
+    """The all-heads view of the prompt and token on screen (and the word merging)."""
+    q = parse_qs((search or "").lstrip("?"))
+    keep = {k: q[k][0] for k in ("prompt", "token", "words") if q.get(k)}
+    return f"/runs/{run_id}/heads" + ("?" + urlencode(keep) if keep else "")
 
 
 @callback(Output("run-download", "data"), Input("run-download-btn", "n_clicks"),

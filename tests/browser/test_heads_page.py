@@ -56,6 +56,11 @@ def test_heads_grid_hover_token_and_click_opens_the_head(live_app, worker, brows
     page.wait_for_url(re.compile(rf".*/runs/{run_id}\?prompt=0&layer=4&head=7&token=3$"), timeout=30_000)
     page.wait_for_selector("#run-tokens .token.selected", timeout=30_000)
     assert page.locator("#run-tokens .token.selected").get_attribute("title").startswith("position 3:")
+    # and back: the token view links the all-heads view of its prompt and token
+    page.wait_for_function("document.querySelector('#run-heads-link')?.getAttribute('href').endsWith('heads?prompt=0&token=3')")
+    page.click("#run-heads-link")
+    page.wait_for_function("document.querySelector('#heads-grid .gtitle')?.textContent.includes('attention from 3:')",
+                           timeout=60_000)
     # a shared link reopens the same view
     page.goto(f"{live_app}/runs/{run_id}/heads?prompt=0&token=3&scale=head")
     page.wait_for_function("document.querySelector('#heads-grid .gtitle')?.textContent.includes('attention from 3:')",
