@@ -166,11 +166,11 @@ def load_page(ctx, target: str, sel: str) -> tuple[float, dict[str, float]]:
     return dt, n
 
 
-def bench_pages(browser, apps: dict[str, str], ids: dict[str, str], loads: int) -> dict:
+def bench_pages(browser, apps: dict[str, str], ids: dict[str, str], loads: int, pages: list = PAGES) -> dict:
     """Every page, loads alternating between the apps (so that load from other work falls on all)."""
     ctxs = {a: browser.new_context(viewport={"width": 1300, "height": 1000}) for a in apps}
     out: dict[str, dict] = {a: {} for a in apps}
-    for name, run, path, sel in PAGES:
+    for name, run, path, sel in pages:
         times: dict[str, list[float]] = {a: [] for a in apps}
         nets: dict[str, list[dict]] = {a: [] for a in apps}
         for i in range(loads + 1):
@@ -238,6 +238,8 @@ def main() -> None:
                     help="another source tree (e.g. a checkout of main) served side by side as 'baseline'")
     ap.add_argument("--redis", default=os.environ.get("ATLAS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
     ap.add_argument("--fresh", action="store_true", help="a new key prefix (recompute the runs)")
+    ap.add_argument("--pages", default="", help="only pages whose name contains this (e.g. sinks); no head switches")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     prefix = f"bench-browser-{uuid.uuid4().hex[:6]}" if args.fresh else "bench-browser"
     env = {"REDIS_URL": args.redis, "ATLAS_KEY_PREFIX": prefix, "ATLAS_QUEUE": prefix, "HF_HUB_OFFLINE": "1",
@@ -261,8 +263,9 @@ def main() -> None:
         ids["big"] = big_map_run(state.cache())
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            pages = bench_pages(browser, apps, ids, args.loads)
-            switch = bench_switch(browser, apps, ids["big"], args.switches)
+            chosen = [pg for pg in PAGES if args.pages in pg[0]]
+            pages = bench_pages(browser, apps, ids, args.loads, chosen)
+            switch = {} if args.pages else bench_switch(browser, apps, ids["big"], args.switches)
             print("switch", switch, flush=True)
             browser.close()
     finally:
@@ -281,10 +284,11 @@ def main() -> None:
     if "baseline" in apps:
         result["ratio_p95_baseline_over_this"] = {
             k: round(pages["baseline"][k]["seconds"]["p95"] / pages["this"][k]["seconds"]["p95"], 2) for k in pages["this"]}
-        result["ratio_p95_baseline_over_this"]["head_switch"] = round(
-            switch["baseline"]["ms"]["p95"] / switch["this"]["ms"]["p95"], 2)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        if switch:
+            result["ratio_p95_baseline_over_this"]["head_switch"] = round(
+                switch["baseline"]["ms"]["p95"] / switch["this"]["ms"]["p95"], 2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
