@@ -29,7 +29,7 @@ def status_body(m: dict[str, Any]) -> dict[str, Any]:
     model = m.get("model") or {}
     return {
         "run_id": m["run_id"],
-        "status": m["status"] if m["status"] != "cancelled" else "failed",
+        "status": m["status"],  # queued, running, done, failed or cancelled
         "progress": m["progress"],
         "stage": m["stage"],
         "error": m["error"] or None,
@@ -45,6 +45,7 @@ def status_body(m: dict[str, Any]) -> dict[str, Any]:
         "extension": m.get("extension"),
         "created": m.get("created"),
         "finished": m.get("finished"),
+        "workers_starting": jobs.starting_workers(state.cache()) if m["status"] == "queued" else [],
     }
 
 

@@ -6,7 +6,6 @@ The data travels to the browser as JSON (``dcc.Store``): arrays become nested li
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import numpy as np
@@ -76,14 +75,3 @@ def to_json(data: dict[str, Any]) -> str:
     }
     return json.dumps(body, ensure_ascii=False)
 
-
-def runs_with_roles(limit: int = 100) -> list[dict[str, str]]:
-    """Dropdown options for recent finished runs that asked for head roles."""
-    out = []
-    for r in state.cache().recent_runs(limit):
-        opts = (r.get("spec") or {}).get("options") or {}
-        if r.get("status") != "done" or "roles" not in (opts.get("analyses") or []):
-            continue
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.get("created") or 0))
-        out.append({"label": f"{run_label(r)} · {when}", "value": r["run_id"]})
-    return out

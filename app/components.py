@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import plotly.graph_objects as go
-from dash import html
+from dash import dcc, html
 
 
 def progress_bar(fraction: float, stage: str, status: str, bar_id: str = "progress") -> html.Div:
@@ -22,6 +22,16 @@ def progress_bar(fraction: float, stage: str, status: str, bar_id: str = "progre
 def alert(message: str, kind: str = "error", alert_id: str | None = None) -> html.Div:
     props = {"id": alert_id} if alert_id else {}
     return html.Div(message, className=f"alert alert-{kind}", role="alert", **props)
+
+
+def empty_state(title: str, message: str, links: list[tuple[str, str]], state_id: str | None = None) -> html.Div:
+    """What a page shows when there is nothing to show yet: a title, what is missing and how to get it, and
+    links (``(text, href)``) to the pages that fix it."""
+    props = {"id": state_id} if state_id else {}
+    return html.Div(className="empty-state", **props, children=[
+        html.H3(title), html.P(message, className="muted"),
+        html.Div(className="row", children=[dcc.Link(text, href=href, className="btn") for text, href in links]),
+    ])
 
 
 def help_text(text: str) -> html.Span:

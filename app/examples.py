@@ -63,7 +63,7 @@ def _digits(cache: Cache) -> list[str]:
         if key.startswith("digit-"):
             s = sample_images.get_sample(key)
             digest = hashlib.sha256(s.png).hexdigest()
-            cache.put_blob(digest, s.png)
+            cache.put_blob(digest, s.png, name=f"{key}.png")
             digests.append(digest)
     return digests
 

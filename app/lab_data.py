@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from app import state
-from backend import domains, extremes, lab_jobs, names
+from backend import domains, extremes, lab_jobs, names, token_text
 from backend.lab_spec import DIGEST_RE
 
 
@@ -58,13 +58,13 @@ def lab_attention(run_id: str, job: str, layer: Any, head: Any) -> dict[str, Any
     if before is None or after is None:
         raise state.NotReady("the lab job's patterns have expired: run it again")
     b, a = before[h].astype(np.float64), after[h].astype(np.float64)
-    return {"tokens": rec["tokens"], "layer": l, "head": h, "before": b, "after": a, "difference": a - b}
+    return {"tokens": token_text.labels(rec["tokens"]), "layer": l, "head": h, "before": b, "after": a, "difference": a - b}
 
 
 def extreme_view(rec: dict[str, Any], layer: int, eps: float) -> dict[str, Any]:
     """Arrays, the token table of ``layer`` and every sink above ``eps`` of a done extremes record."""
     arrays = {k: np.asarray(rec[k], dtype=np.float64) for k in extremes.COLUMNS}
-    return {"arrays": arrays, "table": extremes.token_table(arrays, layer, rec["tokens"]),
+    return {"arrays": arrays, "table": extremes.token_table(arrays, layer, token_text.labels(rec["tokens"])),
             "sinks": extremes.sink_positions(arrays["received"], rec["causal"], eps)}
 
 
@@ -88,4 +88,4 @@ def pair(run_id: str, a: Any, b: Any, layer: Any, head: Any) -> dict[str, Any]:
     tok_b, pat_b = state.pattern(run_id, b, layer, head)
     n = min(len(tok_a), len(tok_b))
     diff = pat_b[:n, :n].astype(np.float64) - pat_a[:n, :n].astype(np.float64)
-    return {"tokens_a": tok_a, "tokens_b": tok_b, "a": pat_a, "b": pat_b, "difference": diff, "n_common": n}
+    return {"tokens_a": token_text.labels(tok_a), "tokens_b": token_text.labels(tok_b), "a": pat_a, "b": pat_b, "difference": diff, "n_common": n}

@@ -10,7 +10,7 @@ from pathlib import Path
 import dash
 from dash import Dash, dcc, html
 
-from app import access, api
+from app import access, api, not_found
 from backend.settings import get_settings
 
 HERE = Path(__file__).resolve().parent
@@ -27,6 +27,8 @@ def root_layout() -> html.Div:
             html.Nav(children=[
                 dcc.Link("New analysis", href="/", className="navlink"),
                 dcc.Link("Recent runs", href="/runs", className="navlink"),
+                dcc.Link("Compare runs", href="/compare", className="navlink", id="nav-compare"),
+                dcc.Link("Compare atlases", href="/atlas/compare", className="navlink", id="nav-atlas-compare"),
                 html.A("Definitions", href=REFERENCES_URL, target="_blank", rel="noopener", className="navlink",
                        id="nav-definitions", title="Every metric's definition, the released code it follows, and "
                                                      "the labelled variants (docs/REFERENCES.md)"),
@@ -40,10 +42,12 @@ def create_app() -> Dash:
     app = Dash(
         __name__, use_pages=True, pages_folder=str(HERE / "pages"), assets_folder=str(ASSETS),
         suppress_callback_exceptions=True, title="Attention Atlas", update_title=None,
+        compress=True,  # flask-compress: responses (figures, bundles) in zstd/brotli/gzip, as the browser accepts
     )
     app.layout = root_layout
     access.install(app.server, get_settings().access_token)  # first: it guards everything registered below
     api.register(app.server)
+    not_found.install(app.server)
     app.server.add_url_rule(REFERENCES_URL, "references", _references)
     app.server.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
     return app

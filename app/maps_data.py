@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from app import state
 from app.memo import LRU
-from backend import embedding_points, names
+from backend import embedding_points, names, token_text
 from backend.vocab import METHOD_NAMES
 
 BASE_METHODS = METHOD_NAMES
@@ -29,12 +29,19 @@ class MapRun:
     methods: tuple[str, ...]  # base methods with a stored map (e.g. ("umap",)); "*_raw" exist beside each
     image: bool
     tokens: list[list[str]]
+    shown: list[list[str]] = field(default_factory=list)
+    """Readable one-line labels of ``tokens`` (byte-level BPE marks decoded, ``backend.token_text.labels``)."""
+
+    def label(self, prompt: int, position: int) -> str:
+        """What a token shows as in hovers and titles."""
+        return (self.shown or self.tokens)[prompt][position]
 
 
 @dataclass(frozen=True)
 class PointTable:
     """Per-point data derived from ``meta`` alone (the same for every head of a run)."""
 
+    key: str  # the run and the content of ``meta`` (the hover table a browser holds)
     hover: np.ndarray  # [n] str
     positions: np.ndarray  # [n] float32 in [0, 1]
     token_kinds: np.ndarray  # [n] int8 codes into kind_names
@@ -58,8 +65,10 @@ def map_run(run_id: str) -> MapRun:
         methods = tuple(b for b in BASE_METHODS if names.embedding(0, 0, b) in sizes)
         if not methods:
             raise state.ViewError("this run has no query-key maps; submit it with the 'embedding' analysis")
+        tokens = info.get("tokens") or []
+        image = info.get("kind") == "image"
         return MapRun(n_layers=int(info["n_layers"]), n_heads=int(info["n_heads"]), methods=methods,
-                      image=info.get("kind") == "image", tokens=info.get("tokens") or [])
+                      image=image, tokens=tokens, shown=tokens if image else [token_text.labels(t) for t in tokens])
 
     return _RUNS.get(run_id, make)
 
@@ -92,7 +101,7 @@ def head(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool = Tr
 def hover_text(run: MapRun, kind: int, prompt: int, position: int) -> str:
     """One point's hover: kind, token, where it is, and (text runs) its context. HTML-escaped (Plotly renders
     a few tags in hover labels; tokens must stay text)."""
-    toks = run.tokens[prompt]
+    toks = (run.shown or run.tokens)[prompt]
     tok = html.escape(toks[position])
     if run.image:
         return f"<b>{embedding_points.KIND_NAMES[kind]}</b> · {tok} · image {prompt}"
@@ -108,6 +117,7 @@ def point_table(run_id: str, run: MapRun, meta: np.ndarray) -> PointTable:
         hover = [hover_text(run, k, p, pos) for k, p, pos in meta.tolist()]
         kind_names = embedding_points.IMAGE_TOKEN_KINDS if run.image else embedding_points.TEXT_TOKEN_KINDS
         return PointTable(
+            key=f"{run_id}:{digest}",
             hover=np.asarray(hover, dtype=object),
             positions=embedding_points.normalised_positions([len(t) for t in run.tokens], meta),
             token_kinds=embedding_points.token_kinds(run.tokens, meta, run.image),
@@ -132,7 +142,7 @@ def matrix(run_id: str, method: Any, normalised: bool = True) -> tuple[dict, dic
             xy, meta = arrays[2 * i], arrays[2 * i + 1]
             index = embedding_points.thumbnail_indices(meta, per_head)
             thumbs[(l, h)] = embedding_points.thumbnail(xy, meta, index)
-            hover[(l, h)] = [f"layer {l} head {h} · {embedding_points.KIND_NAMES[k]} '{html.escape(run.tokens[p][pos])}'"
+            hover[(l, h)] = [f"layer {l} head {h} · {embedding_points.KIND_NAMES[k]} '{html.escape(run.label(p, pos))}'"
                              for k, p, pos in meta[index].tolist()]
         return thumbs, hover
 

@@ -37,7 +37,7 @@ def on_samples(chosen, images):
         for key in chosen:
             s = sample_images.get_sample(key)
             digest = hashlib.sha256(s.png).hexdigest()
-            state.cache().put_blob(digest, s.png)
+            state.cache().put_blob(digest, s.png, name=f"{key}.png")
             added.append({"name": f"{key}.png", "digest": digest, "sample": key})
     except KeyError as exc:
         return no_update, alert(str(exc.args[0]))

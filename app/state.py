@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from backend import jobs, names
+from backend import jobs, names, patterns
 from backend.cache import Cache
 from backend.redis_conn import RedisUnavailable, connect
 from backend.settings import Settings, get_settings
@@ -109,7 +109,7 @@ def pattern(run_id: str, prompt: int, layer: int, head: int) -> tuple[list[str],
         raise ViewError(f"prompt {p} is too long for its full patterns to be stored (ATLAS_MAX_PATTERN_TOKENS, "
                         "ATLAS_MAX_PATTERN_MB); per-head metrics and the other views still cover it")
     arr = load_array(run_id, name)
-    return info["tokens"][p], np.asarray(arr[h])
+    return info["tokens"][p], patterns.as_view(arr[h])
 
 
 def metrics(run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -4,13 +4,15 @@ so loaded patterns are memoised)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app import state
 from app.memo import LRU
-from backend import figures_vit, names, vit
+from backend import figures_vit, names, patterns, vit
 
 _MEMO: LRU[np.ndarray] = LRU(32)
 
@@ -65,7 +67,7 @@ def layer_pattern(run_id: str, m: dict[str, Any], image: int, layer: int) -> np.
     name = names.attn_pattern(image, layer)
     if name not in (m.get("sizes") or {}):
         raise state.ViewError(f"image {image} has no stored pattern for layer {layer}")
-    return _array(run_id, name)
+    return _MEMO.get((run_id, name), lambda: patterns.as_view(state.load_array(run_id, name)))
 
 
 def rollout(run_id: str, image: Any, fusion: Any = "mean", discard: Any = 0.0,
@@ -118,3 +120,43 @@ def display(run_id: str, image: int, rows: int, cols: int) -> tuple[str | None, 
         return _DISPLAY.get(key, make)
     except LookupError:
         return figures_vit.display_image(None, layout)
+
+
+def image_names(m: dict[str, Any]) -> list[str]:
+    """A name per input image: the file name it was uploaded under, else the start of its digest."""
+    inputs = [str(d) for d in (m.get("spec") or {}).get("inputs") or []]
+    try:
+        names_ = state.cache().blob_names(inputs)
+    except state.REDIS_ERRORS:
+        names_ = [None] * len(inputs)
+    return [n or f"image {d[:8]}…" for n, d in zip(names_, inputs)]
+
+
+_LABELS: LRU[dict[int, str]] = LRU(8)
+
+
+def class_labels(m: dict[str, Any]) -> dict[int, str]:
+    """The model's ``id2label`` (from its config.json; empty when the folder or the field is missing)."""
+    path = Path(str((m.get("model") or {}).get("path") or ""))
+
+    def read() -> dict[int, str]:
+        try:
+            raw = json.loads((path / "config.json").read_text(encoding="utf-8")).get("id2label") or {}
+            return {int(k): str(v) for k, v in raw.items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    return _LABELS.get(str(path), read)
+
+
+def prediction(run_id: str, m: dict[str, Any], image: int) -> tuple[str, float] | None:
+    """The classifier's predicted class of ``image`` and its probability, from the stored logits; None when
+    the run has no logits (runs made before they were stored, or a model without a classification head)."""
+    name = names.output_logits(image)
+    if name not in (m.get("sizes") or {}):
+        return None
+    logits = np.asarray(_array(run_id, name), dtype=np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    c = int(probs.argmax())
+    return class_labels(m).get(c, f"class {c}"), float(probs[c])

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 import redis
 
-from backend import keys, tensor_io
+from backend import keys, patterns, tensor_io
 from backend.settings import Settings
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -153,13 +153,40 @@ class Cache:
             out.append(dict(zip(fields, (None if v is None else json.loads(v) for v in vals))))
         return out
 
+    # ---- worker start-up (cold start) ------------------------------------------------------
+    def set_worker_state(self, name: str, state: dict[str, Any]) -> None:
+        """Record what worker ``name`` is doing while it starts (``state`` gets ``updated`` = now)."""
+        self.r.hset(keys.worker_states(self.prefix), name, json.dumps({**state, "updated": time.time()}))
+
+    def clear_worker_state(self, name: str) -> None:
+        self.r.hdel(keys.worker_states(self.prefix), name)
+
+    def worker_states(self, max_age_s: float = 30.0) -> dict[str, dict[str, Any]]:
+        """Worker name -> its start-up state, for states refreshed within ``max_age_s`` (a worker killed while
+        starting leaves a stale entry, which is dropped here)."""
+        now = time.time()
+        out = {}
+        for k, v in self.r.hgetall(keys.worker_states(self.prefix)).items():
+            try:
+                state = json.loads(v)
+            except ValueError:
+                continue
+            if now - float(state.get("updated", 0)) <= max_age_s:
+                out[k.decode()] = state
+        return out
+
     # ---- arrays ----------------------------------------------------------------------------
     def put_arrays(self, run_id: str, arrays: Iterable[tuple[str, np.ndarray]]) -> dict[str, int]:
-        """Write arrays in one pipeline with the result TTL; returns their sizes in bytes."""
+        """Write arrays in one pipeline with the result TTL; returns their sizes in bytes (as stored). Full
+        patterns are stored in ``pattern_dtype`` (:mod:`backend.patterns`); arrays over 64 KiB are byte-shuffled
+        and compressed."""
         sizes: dict[str, int] = {}
         pipe = self.r.pipeline(transaction=False)
         for name, arr in arrays:
-            blob = tensor_io.encode(arr, compress=arr.nbytes > 1 << 16)
+            if patterns.is_pattern(name):
+                arr = patterns.for_storage(arr, self.s.pattern_dtype)
+            big = arr.nbytes > 1 << 16
+            blob = tensor_io.encode(arr, compress=big, shuffle=big)
             sizes[name] = len(blob)
             pipe.set(keys.run_tensor(self.prefix, run_id, name), blob, ex=self.s.result_ttl_s)
         if sizes:  # the index keeps no TTL, like the manifest: names of evicted arrays cost a no-op DEL
@@ -212,8 +239,20 @@ class Cache:
         return bool(self.r.exists(keys.run_cancel(self.prefix, run_id)))
 
     # ---- blobs (uploaded images) ----------------------------------------------------------
-    def put_blob(self, digest: str, data: bytes) -> None:
-        self.r.set(keys.blob(self.prefix, digest), data)
+    def put_blob(self, digest: str, data: bytes, name: str | None = None) -> None:
+        """Store an uploaded file by digest, and the file name it came with (the latest upload's name wins)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(keys.blob(self.prefix, digest), data)
+        if name:
+            pipe.set(keys.blob_name(self.prefix, digest), name[:200].encode("utf-8"))
+        pipe.execute()
+
+    def blob_names(self, digests: list[str]) -> list[str | None]:
+        """The file names the blobs ``digests`` were uploaded under (None where none was given)."""
+        if not digests:
+            return []
+        got = self.r.mget([keys.blob_name(self.prefix, d) for d in digests])
+        return [None if v is None else v.decode("utf-8", "replace") for v in got]
 
     def missing_blobs(self, digests: list[str]) -> list[str]:
         """The digests among ``digests`` that have no stored blob (one round trip)."""

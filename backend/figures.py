@@ -23,23 +23,46 @@ def _labels(tokens: Sequence[str]) -> list[str]:
     return [f"{i}:{t}" for i, t in enumerate(tokens)]
 
 
-def pattern_heatmap(tokens: Sequence[str], pattern: np.ndarray, title: str = "", query: int | None = None) -> go.Figure:
-    """``pattern [query_pos, key_pos]`` as a heatmap, queries down, keys across; hover shows both tokens."""
+WINDOW = 48
+"""Above this many tokens the pattern heatmap shows a window of this many queries around the chosen token."""
+
+
+def window_bounds(n: int, centre: int, window: int = WINDOW) -> tuple[int, int]:
+    """``[lo, hi)`` of ``window`` consecutive positions of ``n`` around ``centre`` (clamped to the prompt)."""
+    if n <= window:
+        return 0, n
+    lo = min(max(0, centre - window // 2), n - window)
+    return lo, lo + window
+
+
+def pattern_heatmap(tokens: Sequence[str], pattern: np.ndarray, title: str = "", query: int | None = None,
+                    window: int | None = None) -> go.Figure:
+    """``pattern [query_pos, key_pos]`` as a heatmap, queries down, keys across; hover shows both tokens.
+
+    With ``window`` and more tokens than that, only the ``window`` query rows around ``query`` are drawn (every key
+    is there, the key axis opens on the same window and pans): a 512-token prompt stays a readable, bounded
+    figure instead of 512 rows of one pixel each."""
     labels = _labels(tokens)
+    n = len(tokens)
+    lo, hi = (0, n) if window is None or query is None else window_bounds(n, query, window)
+    rows = pattern[lo:hi].astype(np.float32)
     fig = go.Figure(
         go.Heatmap(
-            z=pattern.astype(np.float32), x=labels, y=labels, colorscale="Blues", zmin=0, zmax=float(max(pattern.max(), 1e-9)),
+            z=rows, x=labels, y=labels[lo:hi], colorscale="Blues", zmin=0, zmax=float(max(rows.max(), 1e-9)),
             hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.4f}<extra></extra>",
             colorbar=dict(title="attn"),
         )
     )
-    fig.update_yaxes(autorange="reversed", title="query")
+    fig.update_yaxes(autorange="reversed", title="query" if (lo, hi) == (0, n) else f"query ({lo}–{hi - 1} of {n})")
     fig.update_xaxes(title="key", tickangle=-60)
+    if (lo, hi) != (0, n):
+        fig.update_xaxes(range=[lo - 0.5, hi - 0.5], title=f"key (drag to pan over all {n}; double-click: all)")
+        fig.update_layout(dragmode="pan")
+        fig.update_yaxes(fixedrange=True)
     if query is not None:
-        fig.add_shape(type="rect", xref="paper", x0=0, x1=1, yref="y", y0=query - 0.5, y1=query + 0.5,
+        fig.add_shape(type="rect", xref="paper", x0=0, x1=1, yref="y", y0=query - lo - 0.5, y1=query - lo + 0.5,
                       line=dict(color="#d62728", width=2))
-    n = len(tokens)
-    return _base(fig, title, height=max(320, min(900, 18 * n + 120)))
+    return _base(fig, title, height=max(320, min(900, 18 * (hi - lo) + 120)))
 
 
 def attention_row(tokens: Sequence[str], weights: np.ndarray, query: int, title: str = "") -> go.Figure:

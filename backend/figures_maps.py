@@ -25,6 +25,25 @@ COLOUR_MODES = {
 }
 
 
+PROMPT_COLOURS = (
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+    "#1f77b4", "#8c564b", "#17becf", "#bcbd22", "#7f7f7f", "#d62728", "#2ca02c", "#9467bd", "#e377c2", "#393b79",
+)
+"""Categorical colours for "colour by prompt" (Tableau 10, then D3 category colours); they repeat after 20."""
+
+
+def prompt_colour(prompt: int) -> str:
+    """The categorical colour of input ``prompt`` (cycles after :data:`PROMPT_COLOURS`)."""
+    return PROMPT_COLOURS[int(prompt) % len(PROMPT_COLOURS)]
+
+
+def prompt_label(prompt: int, names: Sequence[str] | None = None) -> str:
+    """``input 3`` (1-based, as the pickers show it), or the input's name when ``names`` has one."""
+    if names is not None and 0 <= prompt < len(names) and names[prompt]:
+        return str(names[prompt])
+    return f"input {int(prompt) + 1}"
+
+
 def _frame(fig: go.Figure, title: str, height: int, uirevision: str | None = None) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT, template="plotly_white",
@@ -41,7 +60,7 @@ def _points(x: np.ndarray, y: np.ndarray, name: str, **kw) -> go.Scattergl:
 def head_map(
     xy: np.ndarray,
     meta: np.ndarray,
-    hover: Sequence[str],
+    hover: Sequence[str] | None,
     colour: str = "kind",
     positions: np.ndarray | None = None,
     token_kinds: np.ndarray | None = None,
@@ -51,26 +70,35 @@ def head_map(
     selected: int | None = None,
     title: str = "",
     uirevision: str | None = None,
+    prompt_names: Sequence[str] | None = None,
 ) -> go.Figure:
     """One head's joint map: ``xy [n, 2]``, ``meta [n, 3]`` (kind, prompt, position), ``hover [n]`` strings.
 
     ``colour``: ``kind`` (queries green, keys pink), ``position`` (``positions [n]`` in [0, 1]), ``token_kind``
-    (``token_kinds [n]`` codes into ``token_kind_names``) or ``prompt``. Keys are diamonds in every mode except
+    (``token_kinds [n]`` codes into ``token_kind_names``) or ``prompt`` (one categorical colour per input, named by
+    ``prompt_names`` when given). Keys are diamonds in every mode except
     ``kind``. ``highlight [n]`` bool rings matching points; ``selected`` marks one point with a star. A click maps back to
     its point by its coordinates (:func:`backend.embedding_points.nearest_point`; dcc.Graph drops typed-array
-    ``customdata`` from click events)."""
+    ``customdata`` from click events).
+
+    ``hover=None``: no hover texts in the figure; each trace's ``customdata`` holds its points' indices into the
+    run's hover table instead (int32), which the page sends to the browser once and fills in there, so that a head
+    switch transfers only coordinates and indices."""
     if colour not in COLOUR_MODES:
         raise ValueError(f"colour must be one of {', '.join(COLOUR_MODES)}")
     xy = np.asarray(xy, dtype=np.float32)
-    hover = np.asarray(hover, dtype=object)
+    hover = None if hover is None else np.asarray(hover, dtype=object)
     kind = meta[:, 0]
     fig = go.Figure()
     marker = dict(size=4, opacity=0.75)
     common = dict(hovertemplate="%{hovertext}<extra></extra>")
 
+    def texts(idx: np.ndarray) -> dict:
+        return {"customdata": idx} if hover is None else {"hovertext": hover[idx]}
+
     def add(mask: np.ndarray, name: str, **mk) -> None:
         idx = np.flatnonzero(mask).astype(np.int32)
-        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], name, hovertext=hover[idx], marker={**marker, **mk}, **common))
+        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], name, marker={**marker, **mk}, **texts(idx), **common))
 
     if colour == "kind":
         for k in (QUERY, KEY):
@@ -82,22 +110,31 @@ def head_map(
                 if ((codes == c) & (kind == k)).any():
                     add((codes == c) & (kind == k), f"{tk} ({KIND_NAMES[k]})", color=TOKEN_KIND_COLOURS.get(tk, "#777"),
                         symbol=KIND_SYMBOLS[k])
+    elif colour == "prompt":  # categories, not a scale: input 3 is not "between" inputs 2 and 4
+        prompts = meta[:, 1]
+        slot = prompts % len(PROMPT_COLOURS)  # at most len(PROMPT_COLOURS) x 2 traces, however many inputs
+        for c in np.unique(slot).tolist():
+            members = np.unique(prompts[slot == c]).tolist()
+            name = prompt_label(members[0], prompt_names) if len(members) == 1 else (
+                "inputs " + ", ".join(str(p + 1) for p in members[:4]) + (", …" if len(members) > 4 else ""))
+            for k in (QUERY, KEY):
+                m = (slot == c) & (kind == k)
+                if m.any():
+                    add(m, f"{name} ({KIND_PLURALS[k]})", color=PROMPT_COLOURS[c], symbol=KIND_SYMBOLS[k])
     else:
-        values = np.asarray(positions if colour == "position" else meta[:, 1], dtype=np.float32)
-        label = "position" if colour == "position" else "prompt"
-        cmax = 1.0 if colour == "position" else max(float(meta[:, 1].max(initial=0)), 1.0)
+        values = np.asarray(positions, dtype=np.float32)
         for k in (QUERY, KEY):
             m = kind == k
-            add(m, KIND_PLURALS[k], color=values[m], colorscale="Viridis" if colour == "position" else "Turbo",
-                cmin=0.0, cmax=cmax, symbol=KIND_SYMBOLS[k],
-                colorbar=dict(title=label, thickness=12) if k == QUERY else None, showscale=k == QUERY)
+            add(m, KIND_PLURALS[k], color=values[m], colorscale="Viridis", cmin=0.0, cmax=1.0, symbol=KIND_SYMBOLS[k],
+                colorbar=dict(title="position", thickness=12) if k == QUERY else None, showscale=k == QUERY)
     if highlight is not None and highlight.any():
         idx = np.flatnonzero(highlight).astype(np.int32)
-        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], highlight_label or f"matches ({len(idx)})", hovertext=hover[idx], marker=dict(size=10, color="rgba(0,0,0,0)",
-                                                                line=dict(color="#e8112d", width=2)), **common))
+        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], highlight_label or f"matches ({len(idx)})", **texts(idx),
+                              marker=dict(size=10, color="rgba(0,0,0,0)", line=dict(color="#e8112d", width=2)), **common))
     if selected is not None and 0 <= selected < len(xy):
-        fig.add_trace(_points(xy[[selected], 0], xy[[selected], 1], "selected", hovertext=hover[[selected]], marker=dict(size=16, symbol="star", color="#111",
-                                                                       line=dict(color="#fff", width=1)), **common))
+        idx = np.asarray([selected], dtype=np.int32)
+        fig.add_trace(_points(xy[idx, 0], xy[idx, 1], "selected", **texts(idx),
+                              marker=dict(size=16, symbol="star", color="#111", line=dict(color="#fff", width=1)), **common))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, scaleanchor="x", scaleratio=1)
     return _frame(fig, title, 640, uirevision)

@@ -43,6 +43,14 @@ def _token_axis(fig: go.Figure, n: int, max_ticks: int = 60) -> None:
     fig.update_xaxes(type="category", tickangle=-60, nticks=min(n, max_ticks), title="key position:token")
 
 
+def cell_outline_path(mask: np.ndarray) -> str:
+    """An SVG path (data coordinates, cells centred on integers) outlining every ``True`` cell of ``mask
+    [layer, head]``: one closed rectangle per cell, ``""`` when none."""
+    ly, hx = np.nonzero(np.asarray(mask, dtype=bool))
+    return "".join(f"M{h - 0.5:g},{l - 0.5:g}H{h + 0.5:g}V{l + 0.5:g}H{h - 0.5:g}Z"
+                   for l, h in zip(ly.tolist(), hx.tolist()))
+
+
 def head_grid(values: np.ndarray, metric: str, title: str = "", eps: float | None = SINK_EPS,
               zmax: float | None = None) -> go.Figure:
     """``values [layer, head]`` of ``metric``: layer down, head across, numbers on hover; for the sink
@@ -61,11 +69,10 @@ def head_grid(values: np.ndarray, metric: str, title: str = "", eps: float | Non
         hovertemplate=f"layer %{{y}} head %{{x}}<br>{meta['label']} %{{z:.4f}}<br>click: open this head<extra></extra>",
         xgap=1, ygap=1,
     ))
-    if sink and eps is not None and show_text:  # outlines (one shape each) only on grids small enough to read
-        ly, hx = np.nonzero(v > eps)
-        for l, h in zip(ly.tolist(), hx.tolist()):
-            fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5,
-                          line=dict(color="#d62728", width=2))
+    if sink and eps is not None and show_text:  # outlines only on grids small enough to read
+        outline = cell_outline_path(v > eps)
+        if outline:  # one path shape for every outlined cell (a shape per cell took 4 s on a 30 x 9 grid)
+            fig.add_shape(type="path", path=outline, line=dict(color="#d62728", width=2), layer="above")
     fig.update_xaxes(title="head", tickmode="linear", dtick=1 if heads <= 32 else max(1, heads // 16))
     fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if layers <= 48 else 4)
     return _base(fig, title or meta["label"], height=max(300, min(900, 28 * layers + 120)))
@@ -134,21 +141,50 @@ def running_perplexity(nll: np.ndarray) -> np.ndarray:
     return np.exp(np.cumsum(nll) / np.arange(1, len(nll) + 1))
 
 
+def first_evicted(window_size: int, sinks: int) -> int:
+    """Index into the ``[T-1]`` NLL arrays of the first prediction made after the window + sinks cache evicted
+    a token: query ``t = W + k`` (the window-only cache evicts from ``t = W``, the sink cache from ``t = W + k``).
+    Predictions before it see every earlier token in all three settings, so they are not scored: StreamingLLM's
+    perplexity is over the tokens after the cache filled (as ``scripts/measure_smollm2.py``)."""
+    return int(window_size) + int(sinks)
+
+
+def streaming_perplexity(full: np.ndarray, window: np.ndarray, sink: np.ndarray, window_size: int,
+                         sinks: int) -> dict[str, float | int]:
+    """Perplexity ``exp(mean NLL)`` of each setting over the same tokens, those predicted after the first
+    eviction (:func:`first_evicted`); ``first``: the first scored position (1-based, as the curves' x axis),
+    ``n``: how many tokens are scored (0, with NaN perplexities, when the text never fills the cache)."""
+    skip = first_evicted(window_size, sinks)
+    n = max(0, len(full) - skip)
+    out: dict[str, float | int] = {"first": skip + 1, "n": n}
+    for name, arr in (("full", full), ("window", window), ("sink", sink)):
+        tail = np.asarray(arr, dtype=np.float64)[skip:]
+        out[name] = float(np.exp(tail.mean())) if n else float("nan")
+    return out
+
+
 def streaming_curves(full: np.ndarray, window: np.ndarray, sink: np.ndarray, window_size: int, sinks: int,
                      reassigned: bool = True, title: str = "") -> go.Figure:
-    """Running perplexity along the text for full, window and window + sink attention (StreamingLLM)."""
+    """Running perplexity along the text for full, window and window + sink attention (StreamingLLM), over the
+    tokens predicted after the first eviction (:func:`first_evicted`), so that each curve ends at the
+    perplexity :func:`streaming_perplexity` reports; the y axis spans the curves (log scale)."""
     fig = go.Figure()
-    x = np.arange(1, len(full) + 1)  # position of the predicted token (query t predicts t + 1)
+    skip = first_evicted(window_size, sinks)
+    if len(full) <= skip:  # the text fits in the cache: nothing was evicted, show every prediction
+        skip = 0
+    x = np.arange(skip + 1, len(full) + 1)  # position of the predicted token (query t predicts t + 1)
+    lo, hi = np.inf, 0.0
     for name, arr, colour in (("full attention", full, "#2f6fde"), (f"window (W={window_size})", window, "#c8372d"),
                               (f"window + {sinks} sink tokens", sink, "#2e9e5b")):
-        fig.add_trace(go.Scatter(x=x, y=running_perplexity(arr).astype(np.float32), mode="lines", name=name,
+        y = running_perplexity(np.asarray(arr)[skip:])
+        lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
+        fig.add_trace(go.Scatter(x=x, y=y.astype(np.float32), mode="lines", name=name,
                                  line=dict(color=colour, width=2),
                                  hovertemplate=f"{name}<br>token %{{x}}<br>running perplexity %{{y:.2f}}<extra></extra>"))
-    drop = window_size + 1  # x of the first prediction made by a query (t = W) whose window misses token 0
-    if drop <= len(full):
-        fig.add_vline(x=drop, line=dict(color="#999", dash="dot"),
-                      annotation_text="window drops the first token", annotation_position="top left")
-    fig.update_xaxes(title="token position")
-    fig.update_yaxes(title="running perplexity", type="log")
+    fig.update_xaxes(title=f"token position (scored from token {skip + 1}, after the cache first evicted)"
+                     if skip else "token position", range=[skip + 1, len(full)])
+    yr = [np.log10(lo) - 0.05, np.log10(hi) + 0.05] if np.isfinite(lo) and lo > 0 else None
+    fig.update_yaxes(title="running perplexity", type="log", range=yr)
+    fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     pos = "sink positions re-assigned in the cache" if reassigned else "original positions"
-    return _base(fig, title or f"StreamingLLM: running perplexity ({pos})", height=380)
+    return _base(fig, title or f"StreamingLLM: running perplexity ({pos})", height=400)

@@ -230,6 +230,26 @@ def recompute(cache: Cache, settings: Settings, run_id: str) -> bool:
     return True
 
 
+def starting_workers(cache: Cache) -> list[dict[str, Any]]:
+    """Workers still starting, each ``{name, phase, detail, seconds}`` (seconds since it started), written by
+    :mod:`workers.startup`; empty when every live worker is ready."""
+    now = time.time()
+    return [
+        {"name": name, "phase": st.get("phase"), "detail": st.get("detail", ""),
+         "seconds": round(now - float(st.get("started", now)), 1)}
+        for name, st in sorted(cache.worker_states().items()) if st.get("phase") != "ready"
+    ]
+
+
+def start_message(workers: list[dict[str, Any]]) -> str:
+    """One line for a waiting run: what the starting worker(s) are doing, or "" when none is starting."""
+    if not workers:
+        return ""
+    w = min(workers, key=lambda x: x["seconds"])
+    more = f" (and {len(workers) - 1} more starting)" if len(workers) > 1 else ""
+    return f"the worker is starting, {w['seconds']:.0f} s so far: {w['detail']}{more}"
+
+
 def status(cache: Cache, settings: Settings, run_id: str) -> dict[str, Any] | None:
     """The manifest, reconciled with RQ: a job that died with its worker is reported failed."""
     m = cache.manifest(run_id)

@@ -11,8 +11,10 @@ Layout (``P`` is the configured prefix, ``R`` a run id):
 - ``P:derived:D``        bytes/JSON: a result derived from a run (e.g. a pruning experiment), D its digest
 - ``P:derived:D:t:NAME`` bytes: one array of a derived result (NAME from ``backend.names``)
 - ``P:blob:D``           bytes: an uploaded file (image) addressed by its SHA-256
+- ``P:blob:D:name``      string: the file name it was last uploaded under (views name images by it)
 - ``P:rate:C:M``         counter: requests of client C in minute M
 - ``P:active:C``         set: unfinished run ids submitted by client C
+- ``P:workers:state``    hash: worker name -> JSON {phase, detail, started, updated} of its start-up (cold start)
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ def blob(prefix: str, digest: str) -> str:
     return f"{prefix}:blob:{_check(digest)}"
 
 
+def blob_name(prefix: str, digest: str) -> str:
+    return f"{prefix}:blob:{_check(digest)}:name"
+
+
 def rate(prefix: str, client: str, minute: int) -> str:
     return f"{prefix}:rate:{_check(client)}:{minute}"
 
@@ -76,3 +82,8 @@ def active_jobs(prefix: str, client: str) -> str:
 def derived_array(prefix: str, digest: str, name: str) -> str:
     """bytes: one array of a derived result (e.g. the lab's patterns), ``P:derived:D:t:NAME``."""
     return f"{prefix}:derived:{_check(digest)}:t:{_check(name)}"
+
+
+def worker_states(prefix: str) -> str:
+    """hash: worker name -> JSON {phase, detail, started, updated} written by each worker while it starts."""
+    return f"{prefix}:workers:state"

@@ -5,6 +5,7 @@ Captured per prompt ``p`` and layer ``l`` (TransformerLens-style names):
     prompt.{p}.blocks.{l}.attn.pattern    # [head, query_pos, key_pos] float32, rows sum to 1
     prompt.{p}.blocks.{l}.attn.received  # [head, key_pos] mean attention received (Gu et al. alpha)
     prompt.{p}.blocks.{l}.resid.absmax    # [T] largest |hidden activation| per token
+    prompt.{p}.logits                     # [classes] class logits of an image classifier
 Derived over the run:
     metrics.{name}                        # [layer, head] float32, e.g. metrics.sink_first
     sinks.alpha_first                     # [prompt, layer, head] float32 per-prompt alpha(first token)
@@ -78,6 +79,12 @@ def resid_norm(p: int, layer: int) -> str:
     """``[T]`` float32: L2 norm of each token's hidden state after block ``layer`` (image runs; high-norm
     tokens, Darcet et al. 2024)."""
     return f"prompt.{p}.blocks.{layer}.resid.norm"
+
+
+def output_logits(p: int) -> str:
+    """``[classes]`` float32: the class logits of an image classifier for image ``p`` (its predicted class is the
+    argmax; labels from the model's ``id2label``). Runs made before this array existed do not have it."""
+    return f"prompt.{p}.logits"
 
 
 IMPORTANCE_META = "importance.meta"

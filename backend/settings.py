@@ -21,6 +21,12 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _pattern_dtype(raw: str) -> str:
+    from backend.patterns import check_dtype  # noqa: PLC0415
+
+    return check_dtype(raw.strip().lower())
+
+
 def _default_model_roots() -> tuple[Path, ...]:
     from backend.offline_models import model_cache_dir  # noqa: PLC0415
 
@@ -58,7 +64,8 @@ class Settings:
     truncate_long_prompts: bool = True
     max_upload_bytes: int = 2 * 1024 * 1024
     max_pattern_tokens: int = 1024
-    max_pattern_mb: int = 256  # full patterns of one prompt (all layers and heads, float32) are stored up to this size
+    max_pattern_mb: int = 320  # full patterns of one prompt (all layers and heads) are stored up to this size
+    pattern_dtype: str = "float16"  # float16 (default) or float32: the dtype full patterns are stored in
     redis_maxmemory: str = "2gb"
     rate_limit_per_minute: int = 30
     max_active_jobs_per_client: int = 4
@@ -98,7 +105,8 @@ class Settings:
             truncate_long_prompts=_env_bool("ATLAS_TRUNCATE", True),
             max_upload_bytes=_env_int("ATLAS_MAX_UPLOAD_BYTES", 2 * 1024 * 1024),
             max_pattern_tokens=_env_int("ATLAS_MAX_PATTERN_TOKENS", 1024),
-            max_pattern_mb=_env_int("ATLAS_MAX_PATTERN_MB", 256),
+            max_pattern_mb=_env_int("ATLAS_MAX_PATTERN_MB", 320),
+            pattern_dtype=_pattern_dtype(os.environ.get("ATLAS_PATTERN_DTYPE") or "float16"),
             redis_maxmemory=os.environ.get("ATLAS_REDIS_MAXMEMORY", "2gb"),
             rate_limit_per_minute=_env_int("ATLAS_RATE_LIMIT", 30),
             max_active_jobs_per_client=_env_int("ATLAS_MAX_ACTIVE_JOBS", 4),

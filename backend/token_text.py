@@ -75,6 +75,23 @@ def labels(tokens: Sequence[str]) -> list[str]:
     return [one_line(t) for t in readable_tokens(tokens)]
 
 
+def text_of(tokens: Sequence[str]) -> str:
+    """The text a run of tokens stands for: byte-level and SentencePiece pieces concatenated, WordPiece tokens
+    joined by spaces with ``##`` continuations glued on (``[CLS] playing cat``)."""
+    raw = list(tokens)
+    if is_byte_level(raw) or any(t.startswith("▁") for t in raw):
+        return "".join(readable_tokens(raw))
+    out = ""
+    for t in raw:
+        out += t[2:] if t.startswith("##") and out else (" " + t if out else t)
+    return out
+
+
+def preview(tokens: Sequence[str], limit: int = 60) -> str:
+    """A prompt's first ``limit`` characters as one line (dropdown labels): ``text_of`` with newlines as ↵."""
+    return one_line(text_of(tokens[:limit]).strip())[:limit]
+
+
 def _is_punct(text: str) -> bool:
     s = text.strip()
     return bool(s) and all(unicodedata.category(c).startswith("P") for c in s)
@@ -116,9 +133,15 @@ def merge_words(pattern: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndar
     """Word-level attention from ``pattern [..., query, key]``: keys summed over each word's pieces, queries
     averaged over them (rows still sum to what they summed to). Returns ``[..., words, words]``."""
     n = pattern.shape[-1]
+    x = np.asarray(pattern, dtype=np.float64)
+    if [i for idx in groups for i in idx] == list(range(n)):  # runs of consecutive positions, in order: O(T^2)
+        starts = np.array([idx[0] for idx in groups], dtype=np.intp)
+        counts = np.array([len(idx) for idx in groups], dtype=np.float64)
+        out = np.add.reduceat(np.add.reduceat(x, starts, axis=-1), starts, axis=-2) / counts[:, None]
+        return out.astype(pattern.dtype, copy=False)
     g = np.zeros((len(groups), n), dtype=np.float64)
     for w, idx in enumerate(groups):
         g[w, list(idx)] = 1.0
     avg = g / g.sum(axis=1, keepdims=True)
-    out = np.einsum("wq,...qk,vk->...wv", avg, pattern.astype(np.float64), g)
+    out = avg @ x @ g.T  # two matmuls (a three-operand einsum would loop over w, q, k and v at once)
     return out.astype(pattern.dtype, copy=False)

@@ -50,7 +50,11 @@ def _from_csv(name: str, text: str) -> list[str]:
             if bad:
                 raise UploadError(f"{name}: row {bad[0]} has no '{col}' column")
             return [r[i] for r in body]
-    return [r[0] for r in rows]
+    shown = ", ".join(repr(c) for c in rows[0][:6]) + (", …" if len(rows[0]) > 6 else "")
+    raise UploadError(
+        f"{name}: no 'prompt' or 'text' column (the first row is {shown}); add a header row naming the prompt "
+        "column 'prompt' or 'text', or upload a .txt file with one prompt per line"
+    )
 
 
 def _from_jsonl(name: str, text: str) -> list[str]:

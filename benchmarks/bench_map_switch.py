@@ -7,8 +7,9 @@ same token sample for every head). The coordinates are seeded random numbers: se
 a map was computed, and a real 72-head UMAP run takes minutes (``bench_embeddings.py`` times that).
 
 Measured per switch to a random head: the page callback ``render_head`` (read the head from Redis, decode,
-build the figure with hover texts) plus the JSON encoding Dash applies to its output, with the per-head memo
-emptied before every call (so each switch reads Redis; the per-run hover table stays warm, as in the app).
+build the figure; the hover texts go to the browser once per page, so a switch sends coordinates and hover-table
+indices) plus the JSON encoding Dash applies to its output, with the per-head memo emptied before every call (so
+each switch reads Redis; the per-run hover table stays warm, as in the app).
 Baseline, in the same run: the same head through the JSON API's point list (``maps_data.points`` + JSON),
 what a client without the page would fetch. Target: p95 of the page callback under 100 ms.
 
@@ -67,7 +68,8 @@ def store_run(cache, tokens: list[list[str]], seed: int = 0) -> str:
             arrays.append((names.embedding(l, h, "umap"), rng.normal(size=(len(meta), 2)).astype(np.float32)))
             arrays.append((names.embedding_meta(l, h), meta))
     run_id = uuid.uuid4().hex
-    cache.create_run(run_id, {"inputs": [], "options": {}}, {"ref": "all-MiniLM-L6-v2"}, "bench")
+    cache.create_run(run_id, {"inputs": [], "options": {"analyses": ["attention", "embedding"]}},
+                     {"ref": "all-MiniLM-L6-v2"}, "bench")
     sizes = cache.put_arrays(run_id, arrays)
     cache.update(run_id, status="done", progress=1.0, stage="done",
                  info={"n_layers": N_LAYERS, "n_heads": N_HEADS, "tokens": tokens, "kind": "text"}, sizes=sizes)
@@ -99,9 +101,13 @@ def main() -> None:
     rng = np.random.default_rng(1)
     heads = [(int(rng.integers(N_LAYERS)), int(rng.integers(N_HEADS))) for _ in range(args.switches)]
 
+    hover_key = []  # the page holds the run's hover table after its first head (sent once per page)
+
     def page_switch(l: int, h: int) -> int:
         maps_data._HEADS.clear()
-        out = maps_page.render_head(run_store, "head", l, h, "umap", ["on"], "kind", "", None, run_id)
+        out = maps_page.render_head(run_store, "head", l, h, "umap", ["on"], "kind", "", None, run_id,
+                                    *hover_key[:1])
+        hover_key.append(out[2])
         return len(to_json(out))
 
     def api_switch(l: int, h: int) -> int:

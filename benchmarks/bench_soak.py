@@ -140,7 +140,7 @@ class Soak:
         deadline = time.time() + timeout
         while time.time() < deadline:
             code, body = self.call(f"/api/runs/{run_id}")
-            if code == 200 and body["status"] in ("done", "failed"):
+            if code == 200 and body["status"] in ("done", "failed", "cancelled"):
                 return body
             time.sleep(0.05)
         raise TimeoutError(f"run {run_id} never finished (lost?)")

@@ -4,6 +4,7 @@ app served over HTTP, and headless Chromium through Playwright."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -138,14 +139,14 @@ def worker(atlas_env):
     stop_process(proc)
 
 
-@pytest.fixture(scope="session")
-def live_app(atlas_env):
-    """The real app served by ``attention-atlas serve --no-worker`` on a free port; yields its URL."""
+def serve_app(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """Start ``attention-atlas serve --no-worker`` with ``env`` on a free port; returns the process and its URL
+    once the API answers."""
     port = _free_port()
     log = log_file("app")
     proc = subprocess.Popen(
         [sys.executable, "-m", "attention_atlas.cli", "serve", "--no-worker", "--port", str(port)],
-        cwd=ROOT, env={**os.environ, **atlas_env}, stdout=log, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     import urllib.request
@@ -159,8 +160,30 @@ def live_app(atlas_env):
             break
         except OSError:
             time.sleep(0.2)
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def live_app(atlas_env):
+    """The real app served by ``attention-atlas serve --no-worker`` on a free port; yields its URL."""
+    proc, url = serve_app(atlas_env)
     yield url
     stop_process(proc)
+
+
+@pytest.fixture()
+def fresh_env(atlas_env, redis_url):
+    """A second key prefix and queue of its own (no runs, no worker listening), purged afterwards: for an app
+    started with :func:`serve_app` that must see an empty store or keep its runs queued."""
+    tag = f"{atlas_env['ATLAS_KEY_PREFIX']}-{uuid.uuid4().hex[:4]}"
+    yield {**atlas_env, "ATLAS_KEY_PREFIX": tag, "ATLAS_QUEUE": tag}
+    purge_test_keys(redis.Redis.from_url(redis_url), tag)
+
+
+def pick_option(page, dropdown: str, text: str) -> None:
+    """Open the ``dcc.Dropdown`` with id ``dropdown`` and click its option whose label contains ``text``."""
+    page.click(f"#{dropdown}")
+    page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
 
 
 @pytest.fixture(scope="session")
@@ -186,7 +209,7 @@ def wait_done(base_url: str, run_id: str, timeout: float = 240) -> dict:
         with urllib.request.urlopen(f"{base_url}/api/runs/{run_id}", timeout=10) as resp:
             body = json.loads(resp.read())
         seen.append((body["status"], body["progress"]))
-        if body["status"] in ("done", "failed"):
+        if body["status"] in ("done", "failed", "cancelled"):
             body["_seen"] = seen
             return body
         time.sleep(0.1)

@@ -1,4 +1,8 @@
-"""Worker entry point: connect, warm up (numba, default model), then serve the queue in-process.
+"""Worker entry point: connect, import the engine, serve the queue in-process; warm up (numba, default model)
+in a background thread meanwhile, so that the first job never waits for work it does not need.
+
+While it starts, the worker says what it is doing in Redis (:mod:`workers.startup`); the run page and the API
+show it to a run that waits.
 
 Uses RQ's ``SimpleWorker``: jobs run in this process, so models stay resident and nothing forks
 after CUDA is initialised. Several workers on several machines can serve one queue.
@@ -19,26 +23,39 @@ import redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
+from backend.cache import Cache
 from backend.jobs import queue_for
 from backend.model_refs import DEFAULT_MODEL, ModelError, resolve_model
 from backend.recovery import worker_name
 from backend.redis_conn import connect
 from backend.settings import get_settings
 from workers.memory import apply_memory_cap
+from workers.startup import StartupReporter
 
 log = logging.getLogger("atlas.worker")
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
-def warm_up(preload: str | None = DEFAULT_MODEL) -> None:
-    """Pay one-off costs before the first job: torch import, UMAP's numba compile, default model.
+def import_engine(report: StartupReporter | None = None) -> None:
+    """Import torch and the engine (every job needs them)."""
+    if report:
+        report.phase("importing", "importing torch and the analysis engine")
+    from backend.engine import capture  # noqa: F401  (registers the attention function)
+    from workers import tasks  # noqa: F401
+
+
+def warm_up(preload: str | None = DEFAULT_MODEL, report: StartupReporter | None = None) -> None:
+    """Pay one-off costs of later jobs: torch import, UMAP's numba compile, the default model.
 
     ``ATLAS_WARM_PROJECTIONS=0`` skips the numba compile (the first map job pays it instead)."""
     settings = get_settings()
-    from backend.engine import capture  # noqa: F401  (registers the attention function)
+    if "workers.tasks" not in sys.modules:
+        import_engine(report)
     from workers.tasks import registry
 
     if os.environ.get("ATLAS_WARM_PROJECTIONS", "1") != "0":
+        if report:
+            report.phase("warming", "compiling the projection kernels (numba; the query-key maps need them)")
         try:
             from backend import embedding_projection
 
@@ -46,10 +63,33 @@ def warm_up(preload: str | None = DEFAULT_MODEL) -> None:
         except (ImportError, AttributeError):
             pass
     if preload:
+        if report:
+            report.phase("preloading", f"preloading model {preload}")
         try:
             registry(settings).get(resolve_model(preload, settings), settings.dtype)
         except ModelError as exc:
             log.warning("could not preload %s: %s", preload, exc)
+    if report:
+        report.ready()
+
+
+def _background_warm_up(preload: str | None, report: StartupReporter) -> threading.Thread:
+    def run() -> None:
+        try:
+            warm_up(preload, report)
+        except Exception as exc:  # noqa: BLE001  (a failed warm-up leaves the work to the jobs; never the worker)
+            log.warning("warm-up failed (jobs will load what they need): %s", exc)
+            report.phase("ready", f"ready; the warm-up failed: {exc}")
+
+    t = threading.Thread(target=run, daemon=True, name="warm-up")
+    t.start()
+    return t
+
+
+def preload_setting(raw: str | None) -> str | None:
+    """``ATLAS_PRELOAD``: ``0`` none, ``1`` or unset the default model, anything else a model to preload."""
+    raw = (raw or "1").strip()
+    return None if raw == "0" else DEFAULT_MODEL if raw == "1" else raw
 
 
 STOP_GRACE_S = float(os.environ.get("ATLAS_STOP_GRACE_S", "3"))
@@ -165,12 +205,24 @@ def main(burst: bool = False, preload: str | None = DEFAULT_MODEL) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
     settings = get_settings()
     conn = connect(settings, patient=True)
-    warm_up(preload if os.environ.get("ATLAS_PRELOAD", "1") != "0" else None)
-    apply_memory_cap(settings.worker_memory_mb, _device_name(settings.device))
+    name = worker_name()
+    report = StartupReporter(Cache(conn, settings), name)
+    report.start()
+    env = os.environ.get("ATLAS_PRELOAD")
+    if env is not None and (env.strip() == "0" or preload == DEFAULT_MODEL):
+        preload = preload_setting(env)  # ATLAS_PRELOAD=0 always wins; a model name replaces the default
+    if settings.worker_memory_mb > 0:
+        # the memory cap is the start-up footprint plus ATLAS_WORKER_MEMORY_MB: warm up first, as before
+        warm_up(preload, report)
+        apply_memory_cap(settings.worker_memory_mb, _device_name(settings.device))
+    else:
+        import_engine(report)  # every job needs it; the rest runs beside the jobs
+        _background_warm_up(preload, report)
     log.info("serving queue(s) %s", ", ".join(settings.worker_queues))
     try:
-        serve(conn, worker_name(), burst)
+        serve(conn, name, burst)
     finally:
+        report.close()
         from workers import tasks
 
         tasks.enqueue_stopped()  # runs interrupted by the stop go back on their queues

@@ -11,9 +11,9 @@ from urllib.parse import urlencode
 import dash
 from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
 
-from app import atlas_data, state
+from app import atlas_data, compare_data, state
 from app.components import alert
-from app.run_gate import poll_interval, wait_for_run
+from app.run_gate import Gate, gate_at_layout, poll_interval, wait_for_run
 from app.view_links import register_view
 from backend import figures_atlas
 from backend import roles as hr
@@ -66,17 +66,19 @@ def _table() -> dash_table.DataTable:
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     colour = query.get("colour") if query.get("colour") in [o["value"] for o in COLOUR_OPTIONS] else "role"
     roles = [r for r in (query.get("roles") or "").split(",") if r in hr.ROLES]
+    ready = gate_at_layout(run_id, atlas_data.load, analysis="roles")
+    data, model, notices = _ready(ready, run_id) if ready else (None, None, None)
     return html.Div([
         dcc.Store(id="atlas-run-id", data=run_id),
-        dcc.Store(id="atlas-data"),
+        dcc.Store(id="atlas-data", data=data),
         dcc.Location(id="atlas-url", refresh=False),
-        poll_interval("atlas"),
+        poll_interval("atlas", ready),
         html.Div(className="card", children=[
             html.H2("Head atlas"),
-            html.Div(id="atlas-model", className="muted"),
+            html.Div(id="atlas-model", className="muted", children=model),
             dcc.Link("← back to the run", href=f"/runs/{run_id}"),
-            html.Div(id="atlas-status", children=html.P("loading…", className="muted")),
-            html.Div(id="atlas-notices"),
+            html.Div(id="atlas-status", children="" if ready else html.P("loading…", className="muted")),
+            html.Div(id="atlas-notices", children=notices),
         ]),
         definitions_panel(),
         html.Div(id="atlas-body", className="card", style={"display": "none"}, children=[
@@ -120,10 +122,16 @@ def load(_n, run_id):
     gate = wait_for_run(run_id, atlas_data.load, analysis="roles")
     if not gate.ready:
         return gate.data, gate.status, gate.stop, gate.blank, gate.blank
+    data, model, notices = _ready(gate, run_id)
+    return data, "", True, model, notices
+
+
+def _ready(gate: Gate, run_id: str) -> tuple[dict, str, list]:
+    """The atlas store, the model line and the notices of a finished run (in the layout or by the poll)."""
     data = gate.data
     model = f"{data['model']} · {data['n_layers']} layers × {data['n_heads']} heads · run {run_id[:12]}"
     notices = [alert(n, "warn") for n in data.get("notices", []) if "etrieval" in n or "roles" in n.lower()]
-    return data, "", True, model, notices
+    return data, model, notices
 
 
 def retrieval_text(data: dict[str, Any]) -> list:
@@ -140,8 +148,9 @@ def retrieval_text(data: dict[str, Any]) -> list:
     return parts
 
 
-@callback(Output("atlas-retrieval", "children"), Input("atlas-data", "data"))
-def render_retrieval(data):
+@callback(Output("atlas-retrieval", "children"), Input("atlas-data", "data"),
+          Input("atlas-run-id", "data"))  # run id: an Input no callback writes, so this fires on load too
+def render_retrieval(data, _run_id=None):
     return retrieval_text(data) if data else ""
 
 
@@ -196,12 +205,12 @@ def download_json(_n, data):
     return dict(content=atlas_data.to_json(data), filename=f"head_atlas_{data['run_id'][:8]}.json")
 
 
-@callback(Output("atlas-compare-with", "options"), Input("atlas-data", "data"), State("atlas-run-id", "data"))
+@callback(Output("atlas-compare-with", "options"), Input("atlas-data", "data"), Input("atlas-run-id", "data"))
 def compare_options(data, run_id):
     if not data:
         return []
     try:
-        return [o for o in atlas_data.runs_with_roles() if o["value"] != run_id]
+        return [o for o in compare_data.run_options("roles") if o["value"] != run_id]
     except state.REDIS_ERRORS:
         return []
 

@@ -22,7 +22,7 @@ from app import lab_data, state
 from app.components import alert, field, help_text, progress_bar, query_int
 from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
-from backend import domains, extremes
+from backend import domains, extremes, token_text
 from backend import figures_lab as fl
 from backend.vocab import SINK_EPS
 
@@ -218,7 +218,7 @@ def render(rec, layer, eps):
         return no_update, no_update, no_update, no_update, no_update
     eps = _eps(eps)
     v = lab_data.extreme_view(rec, layer, eps)
-    a, tokens = v["arrays"], rec["tokens"]
+    a, tokens = v["arrays"], token_text.labels(rec["tokens"])
     scatter = fl.value_scatter(a["received"][layer], a["value_norm"][layer], tokens,
                                f"Layer {layer}: attention received vs value norm, one colour per head")
     here = [s for s in v["sinks"] if s["layer"] == layer]

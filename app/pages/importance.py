@@ -22,7 +22,7 @@ from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import importance_data, state
 from app.components import alert, help_text, progress_bar, query_int
-from app.run_gate import poll_interval, sync_url, wait_for_run
+from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_importance as fi
 from backend import jobs, vocab
@@ -52,25 +52,28 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     metric = query.get("metric") if query.get("metric") in METRICS else "loss"
     off = parse_off(query.get("off"))
     prompt = query_int(query.get("prompt"))
+    ready = gate_at_layout(run_id, importance_data.load_info, analysis="importance")
+    info, status, notices, objective = _ready(ready) if ready else (None, None, None, None)
+    shown_rule = default_rule(info, rule) if ready else (rule or "per_token")
     return html.Div([
         dcc.Store(id="imp-run-id", data=run_id),
-        dcc.Store(id="imp-info"),
+        dcc.Store(id="imp-info", data=info),
         dcc.Store(id="imp-off", data=off),
         dcc.Store(id="imp-rule-init", data=rule),
         dcc.Store(id="imp-prompt-init", data=prompt),
         dcc.Store(id="imp-job"),
         dcc.Location(id="imp-url", refresh=False),
         dcc.Location(id="imp-go", refresh="callback-nav"),
-        poll_interval("imp"),
+        poll_interval("imp", ready),
         dcc.Interval(id="imp-job-poll", interval=500, n_intervals=0, disabled=True),
         html.Div(className="card", children=[
             html.H2(["Head importance and pruning ", html.Span(help_text(SOURCE), id="imp-source")]),
             html.Div(className="row", children=[
                 dcc.Link("← run page", href=f"/runs/{run_id}", className="navlink", id="imp-back"),
             ]),
-            html.Div(id="imp-status"),
-            html.P(id="imp-objective"),
-            html.Div(id="imp-notices"),
+            html.Div(id="imp-status", children=status),
+            html.P(id="imp-objective", children=objective),
+            html.Div(id="imp-notices", children=notices),
         ]),
         html.Div(id="imp-grid-card", className="card", style={"display": "none"}, children=[
             html.Div(className="row", children=[
@@ -82,7 +85,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                 ]),
                 html.Div(className="field", children=[
                     html.Label(["Importance rule ", help_text(SOURCE)]),
-                    dcc.RadioItems(id="imp-rule", value=rule or "per_token", inline=True,
+                    dcc.RadioItems(id="imp-rule", value=shown_rule, inline=True,
                                    options=[{"label": f" {v}", "value": k} for k, v in RULES.items()]),
                 ]),
             ]),
@@ -131,12 +134,18 @@ def poll(_n, run_id):
     gate = wait_for_run(run_id, importance_data.load_info, analysis="importance")
     if not gate.ready:
         return gate.data, gate.stop, gate.status, gate.blank, gate.blank
+    info, text, notices, objective = _ready(gate)
+    return info, True, text, notices, objective
+
+
+def _ready(gate: Gate) -> tuple[dict, html.Span, list, list]:
+    """The info store, status line, notices and objective of a finished run (in the layout or by the poll)."""
     info = gate.data
     notices = [alert(n, "warn") for n in (gate.manifest.get("info") or {}).get("notices", [])
                if "importance" in n.lower() or "pruning" in n.lower()]
     text = html.Span(f"{info['model']} · {info['n_layers']} layers x {info['n_heads']} heads · "
                      f"{len(info['prompts'])} input(s)", className="muted")
-    return info, True, text, notices, objective_text(info["meta"])
+    return info, text, notices, objective_text(info["meta"])
 
 
 def objective_text(meta: dict[str, Any]) -> list:
@@ -156,7 +165,7 @@ def objective_text(meta: dict[str, Any]) -> list:
     Output("imp-grid-card", "style"), Output("imp-curves-card", "style"), Output("imp-live-card", "style"),
     Output("imp-prompt", "options"), Output("imp-prompt", "value"), Output("imp-toggles", "children"),
     Output("imp-metric", "options"), Output("imp-metric", "value"),
-    Input("imp-info", "data"), State("imp-prompt-init", "data"), State("imp-off", "data"),
+    Input("imp-info", "data"), Input("imp-prompt-init", "data"), State("imp-off", "data"),  # an Input that no callback writes: fires on load when the layout holds a done run
     State("imp-metric", "value"),
 )
 def setup(info, prompt, off, metric):

@@ -25,7 +25,7 @@ from app.components import alert, empty_figure, field, help_text, progress_bar, 
 from app.run_gate import poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_lab as fl
-from backend import jobs
+from backend import jobs, token_text
 from backend.lab_spec import OP_LABELS, from_query, to_query
 from backend.prune_spec import format_off, parse_off
 from backend.spec import SpecError
@@ -280,7 +280,7 @@ def intervention_view(rec: dict[str, Any]) -> list:
 
 
 def patch_view(rec: dict[str, Any]) -> list:
-    tokens = [f"{i}:{t}" for i, t in enumerate(rec["corrupted_tokens"])]
+    tokens = [f"{i}:{t}" for i, t in enumerate(token_text.labels(rec["corrupted_tokens"]))]
     diff = [i for i, (a, b) in enumerate(zip(rec["clean_tokens"], rec["corrupted_tokens"])) if a != b]
     resid = np.asarray(rec["resid_normalised"], dtype=np.float64)
     heads = np.asarray(rec["heads_normalised"], dtype=np.float64)

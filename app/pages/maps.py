@@ -16,9 +16,9 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import maps_data, state, vit_data
 from app.components import alert, empty_figure, field, help_text, query_int
-from app.run_gate import poll_interval, sync_url, wait_for_run
+from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
-from backend import embedding_points, figures, figures_maps, figures_vit, vit
+from backend import embedding_points, figures, figures_maps, figures_vit, token_text, vit
 from backend.vocab import METHOD_LABELS
 
 dash.register_page(__name__, path_template="/runs/<run_id>/maps", title="Query-key maps · Attention Atlas",
@@ -51,35 +51,41 @@ def parse_view(query: dict) -> dict:
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     v = parse_view(query)
+    ready = gate_at_layout(run_id, maps_data.map_run, analysis="embedding")
+    run, model, pickers = _ready(ready, run_id, v) if ready else (None, None, ([], [], [], v["method"], v["layer"], v["head"]))
+    method_opts, layer_opts, head_opts, method, layer, head = pickers
+    show = ({"display": "block"}, {"display": "none"}) if v["view"] == "matrix" else ({"display": "none"}, {"display": "block"})
+    matrix_style, head_style = show if ready else ({"display": "none"}, {"display": "none"})
     return html.Div([
-        dcc.Store(id="maps-id", data=run_id), dcc.Store(id="maps-run"), dcc.Store(id="maps-view", data=v),
+        dcc.Store(id="maps-id", data=run_id), dcc.Store(id="maps-run", data=run), dcc.Store(id="maps-view", data=v),
         dcc.Store(id="maps-sel", data=v["sel"]),
+        dcc.Store(id="maps-head-raw"), dcc.Store(id="maps-hover"), dcc.Store(id="maps-hover-key"),
         dcc.Location(id="maps-url", refresh=False),
-        poll_interval("maps"),
+        poll_interval("maps", ready),
         html.Div(className="card", children=[
             html.H2(["Query-key maps", help_text(MAPS_HELP)]),
-            html.Div(id="maps-model", className="muted"),
+            html.Div(id="maps-model", className="muted", children=model),
             dcc.Link("← back to the run", href=f"/runs/{run_id}", className="muted"),
             html.Div(id="maps-status"),
-            html.Div(className="row", children=[
+            html.Div(className="row", id="maps-controls", style={} if ready else {"display": "none"}, children=[
                 field("View", dcc.RadioItems(id="maps-mode", value=v["view"], inline=True, options=[
                     {"label": "all heads", "value": "matrix"}, {"label": "one head", "value": "head"}],
                     inputStyle={"marginRight": "4px", "marginLeft": "8px"}), "210px"),
-                field("Projection", dcc.Dropdown(id="maps-method", clearable=False, value=v["method"])),
+                field("Projection", dcc.Dropdown(id="maps-method", clearable=False, value=method, options=method_opts)),
                 field("Normalisation", dcc.Checklist(id="maps-norm", value=["on"] if v["norm"] else [], options=[
                     {"label": "AttentionViz (translate + scale keys)", "value": "on"}],
                     inputStyle={"marginRight": "4px"}), "260px"),
-                field("Layer", dcc.Dropdown(id="maps-layer", clearable=False, value=v["layer"]), "120px"),
-                field("Head", dcc.Dropdown(id="maps-head", clearable=False, value=v["head"]), "120px"),
+                field("Layer", dcc.Dropdown(id="maps-layer", clearable=False, value=layer, options=layer_opts), "120px"),
+                field("Head", dcc.Dropdown(id="maps-head", clearable=False, value=head, options=head_opts), "120px"),
             ]),
             html.Div(id="maps-error"),
         ]),
-        html.Div(id="maps-matrix-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="maps-matrix-card", className="card", style=matrix_style, children=[
             html.P("Every head of the model, queries (green) and keys (pink) of a sample of the run's tokens. "
                    "Click a cell to open that head.", className="muted"),
             dcc.Loading(dcc.Graph(id="maps-matrix", config={"displaylogo": False}, figure=empty_figure())),
         ]),
-        html.Div(id="maps-head-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="maps-head-card", className="card", style=head_style, children=[
             html.Div(className="row", children=[
                 field("Colour by", dcc.Dropdown(id="maps-colour", clearable=False, value=v["colour"], options=[
                     {"label": lab, "value": key} for key, lab in figures_maps.COLOUR_MODES.items()]), "190px"),
@@ -102,27 +108,35 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     Output("maps-run", "data"), Output("maps-poll", "disabled"), Output("maps-status", "children"),
     Output("maps-model", "children"), Output("maps-method", "options"), Output("maps-layer", "options"),
     Output("maps-head", "options"), Output("maps-method", "value"), Output("maps-layer", "value"),
-    Output("maps-head", "value"),
+    Output("maps-head", "value"), Output("maps-controls", "style"),
     Input("maps-poll", "n_intervals"), State("maps-id", "data"), State("maps-view", "data"),
 )
 def setup(_n, run_id, view):
-    """Show progress (per head while the maps are computed) until the run is done, then fill the pickers."""
+    """Show progress (per head while the maps are computed) until the run is done, then fill the pickers
+    (hidden until then: they cannot work without the run's maps)."""
     nothing = (no_update,) * 6
     gate = wait_for_run(run_id, maps_data.map_run, analysis="embedding")
     m = gate.manifest
     model = f"{(m.get('model') or {}).get('ref')} · run {run_id[:12]}" if m else gate.blank
     if not gate.ready:
-        return (gate.data, gate.stop, gate.status, model, *nothing)
+        return (gate.data, gate.stop, gate.status, model, *nothing, no_update)
+    data, model, pickers = _ready(gate, run_id, view)
+    return (data, True, "", model, *pickers, {})
+
+
+def _ready(gate: Gate, run_id: str, view: dict) -> tuple[dict, str, tuple]:
+    """The run store, the model line and the pickers (options, then values) of a finished run."""
     run = gate.data
+    model = f"{(gate.manifest.get('model') or {}).get('ref')} · run {run_id[:12]}"
     clamp = lambda v, n: v if isinstance(v, int) and 0 <= v < n else 0  # noqa: E731
     n_points = "" if not run.tokens else f" · {sum(len(t) for t in run.tokens)} tokens in {len(run.tokens)} inputs"
     data = {"n_layers": run.n_layers, "n_heads": run.n_heads, "methods": list(run.methods), "image": run.image}
-    return (data, True, "", model + f" · {run.n_layers} layers × {run.n_heads} heads{n_points}",
-            [{"label": METHOD_LABELS[m_], "value": m_} for m_ in run.methods],
-            [{"label": f"layer {l}", "value": l} for l in range(run.n_layers)],
-            [{"label": f"head {h}", "value": h} for h in range(run.n_heads)],
-            view.get("method") if view.get("method") in run.methods else run.methods[0],
-            clamp(view.get("layer"), run.n_layers), clamp(view.get("head"), run.n_heads))
+    return (data, model + f" · {run.n_layers} layers × {run.n_heads} heads{n_points}", (
+        [{"label": METHOD_LABELS[m_], "value": m_} for m_ in run.methods],
+        [{"label": f"layer {l}", "value": l} for l in range(run.n_layers)],
+        [{"label": f"head {h}", "value": h} for h in range(run.n_heads)],
+        view.get("method") if view.get("method") in run.methods else run.methods[0],
+        clamp(view.get("layer"), run.n_layers), clamp(view.get("head"), run.n_heads)))
 
 
 @callback(Output("maps-matrix-card", "style"), Output("maps-head-card", "style"),
@@ -185,31 +199,73 @@ def _search_summary(query: str, mask: np.ndarray, meta: np.ndarray) -> str:
 
 
 @callback(
-    Output("maps-head-fig", "figure"), Output("maps-search-summary", "children"),
-    Output("maps-error", "children", allow_duplicate=True),
+    Output("maps-head-raw", "data"), Output("maps-hover", "data"), Output("maps-hover-key", "data"),
+    Output("maps-search-summary", "children"), Output("maps-error", "children", allow_duplicate=True),
     Input("maps-run", "data"), Input("maps-mode", "value"), Input("maps-layer", "value"), Input("maps-head", "value"),
     Input("maps-method", "value"), Input("maps-norm", "value"), Input("maps-colour", "value"),
-    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-id", "data"), prevent_initial_call=True,
+    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-id", "data"), State("maps-hover-key", "data"),
+    prevent_initial_call="initial_duplicate",  # a cached run's map draws in the first round of callbacks
 )
-def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_id):
+def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_id, hover_key=None):
+    """One head's map without its hover texts (points carry indices into the run's hover table, sent to the
+    browser once per page; :data:`FILL_HOVER` puts them together), so a head switch sends coordinates only."""
     if not run or mode != "head" or method is None or layer is None or head is None:
-        return no_update, no_update, no_update
+        return (no_update,) * 5
     normalised = "on" in (norm or [])
     try:
         xy, meta = maps_data.head(run_id, layer, head, method, normalised)
         run_info = maps_data.map_run(run_id)
         table = maps_data.point_table(run_id, run_info, meta)
-        mask = embedding_points.search_mask(run_info.tokens, meta, search or "")
+        input_names = vit_data.image_names(state.done_manifest(run_id)) if run.get("image") else None
     except VIEW_ERRORS as exc:
-        return empty_figure("not available"), "", _errors(exc)
+        return {"fig": empty_figure("not available")}, no_update, no_update, "", _errors(exc)
+    search_error = None
+    try:
+        mask = embedding_points.search_mask(run_info.tokens, meta, search or "")
+    except ValueError as exc:  # an invalid /regex/: the map stays as it was, the message beside the search box
+        search_error = html.Span(f"{search!r} is {exc}", className="search-error", id="maps-search-error")
+        if dash.ctx.triggered_id == "maps-search":
+            return no_update, no_update, no_update, search_error, no_update
+        mask, search = np.zeros(len(meta), dtype=bool), ""
     selected = embedding_points.find_point(meta, *sel) if sel else None
     fig = figures_maps.head_map(
-        xy, meta, table.hover, colour or "kind", positions=table.positions, token_kinds=table.token_kinds,
+        xy, meta, None, colour or "kind", positions=table.positions, token_kinds=table.token_kinds,
         token_kind_names=table.kind_names, highlight=mask, highlight_label=f"matches of {search!r}", selected=selected,
         title=f"layer {layer} head {head} · {METHOD_LABELS.get(method, method)}{'' if normalised else ' (raw)'} · {len(meta)} points",
-        uirevision=f"{run_id}:{layer}:{head}:{method}:{normalised}",
+        uirevision=f"{run_id}:{layer}:{head}:{method}:{normalised}", prompt_names=input_names,
     )
-    return fig, _search_summary(search or "", mask, meta), ""
+    hover = no_update if hover_key == table.key else {"key": table.key, "text": table.hover.tolist()}
+    summary = search_error or _search_summary(search or "", mask, meta)
+    return ({"fig": fig, "hover": table.key}, hover, table.key, summary, "")
+
+
+FILL_HOVER = """
+function(raw, hover) {
+    const nu = window.dash_clientside.no_update;
+    if (!raw || !raw.fig) { return nu; }
+    if (!raw.hover) { return raw.fig; }
+    if (!hover || hover.key !== raw.hover) { return nu; }
+    const text = hover.text;
+    const indices = (c) => {
+        if (!c || c.bdata === undefined) { return c; }
+        const bin = atob(c.bdata), bytes = new Uint8Array(bin.length);
+        for (let i = 0; i < bin.length; i++) { bytes[i] = bin.charCodeAt(i); }
+        return new Int32Array(bytes.buffer);
+    };
+    const data = raw.fig.data.map((t) => {
+        const idx = indices(t.customdata);
+        if (!idx) { return t; }
+        const out = Object.assign({}, t, {hovertext: Array.from(idx, (i) => text[i])});
+        delete out.customdata;
+        return out;
+    });
+    return Object.assign({}, raw.fig, {data: data});
+}
+"""
+"""The head map drawn in the browser: the server's figure with each point's hover text from the run's table."""
+
+dash.clientside_callback(FILL_HOVER, Output("maps-head-fig", "figure"), Input("maps-head-raw", "data"),
+                         Input("maps-hover", "data"))
 
 
 @callback(
@@ -255,8 +311,9 @@ def render_token(sel, layer, head, run, run_id):
     except VIEW_ERRORS as exc:
         return _errors(exc), empty_figure(), hidden
     weights = pat[pos] if kind == embedding_points.QUERY else pat[:, pos]
-    what = (f"where the query '{tokens[pos]}' attends" if kind == embedding_points.QUERY
-            else f"how much each query attends to the key '{tokens[pos]}'")
+    shown = tokens if run.get("image") else token_text.labels(tokens)
+    what = (f"where the query '{shown[pos]}' attends" if kind == embedding_points.QUERY
+            else f"how much each query attends to the key '{shown[pos]}'")
     title = f"layer {layer} head {head}: {what} (input {p}, position {pos})"
     link = dcc.Link("Open in the token view →", id="maps-token-link",
                     href=f"/runs/{run_id}?" + urlencode({"prompt": p, "layer": layer, "head": head, "token": pos}))
@@ -270,10 +327,10 @@ def render_token(sel, layer, head, run, run_id):
         fig = figures_vit.overlay(uri, w, h, grid, lay, 0.6, title=title, selected=lay.patch_at(pos))
         return html.Div([html.H4(f"{embedding_points.KIND_NAMES[kind]} {tokens[pos]} of image {p}"), link]), fig, {}
     body = html.Div([
-        html.H4(f"{embedding_points.KIND_NAMES[kind]} '{tokens[pos]}' · input {p}, position {pos}"),
-        html.Div(_token_spans(tokens, weights, pos), className="tokens", id="maps-token-text"), link,
+        html.H4(f"{embedding_points.KIND_NAMES[kind]} '{shown[pos]}' · input {p}, position {pos}"),
+        html.Div(_token_spans(shown, weights, pos), className="tokens", id="maps-token-text"), link,
     ])
-    return body, figures.attention_row(tokens, weights, pos, title=title), {}
+    return body, figures.attention_row(shown, weights, pos, title=title), {}
 
 
 def _view_query(mode, method, norm, layer, head, colour, search, sel, run) -> dict | None:

@@ -210,7 +210,7 @@ def on_upload(contents, filenames, current, images, model=None, custom=None):
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 check_image(name, data, s)
                 digest = hashlib.sha256(data).hexdigest()
-                state.cache().put_blob(digest, data)
+                state.cache().put_blob(digest, data, name=name)
                 images.append({"name": name, "digest": digest})
                 notes.append(f"{name}: image stored")
             else:

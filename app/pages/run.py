@@ -7,13 +7,13 @@ view in any browser: from cache, or after a deterministic recomputation if the c
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import dash
 import numpy as np
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
-from app import state
+from app import not_found, run_data, state
 from app.components import alert, help_text, progress_bar, query_int
 from app.run_gate import poll_interval, wait_for_run
 from backend import figures, jobs, token_text
@@ -27,6 +27,8 @@ MAX_LINES = 24
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
+    if not run_id or "/" in run_id:  # /runs/<id>/<no such view> matches this page's template too
+        return not_found.view(f"A run has no page “{(run_id or '').split('/', 1)[-1]}”.")
     view = {k: query_int(query.get(k)) for k in VIEW_KEYS}
     words = query.get("words") == "1"
     return html.Div([
@@ -41,7 +43,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.Div(id="run-status", children=progress_bar(0, "loading…", "queued")),
             html.Div(id="run-error"),
             html.Div(id="run-notices"),
-            html.Div(className="row", children=[
+            html.Div(className="row", id="run-actions", children=[  # shown while the run is queued or running
                 html.Button("Cancel", id="run-cancel", className="btn secondary", n_clicks=0),
             ]),
             html.Div(id="run-links", className="view-list"),
@@ -56,6 +58,8 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                               value=["1"] if words else [], className="field"),
                 html.Button("Download pattern (JSON)", id="run-download-btn", className="btn secondary", n_clicks=0),
                 dcc.Download(id="run-download"),
+                dcc.Link("All heads for this token →", id="run-heads-link", href=f"/runs/{run_id}/heads",
+                         className="navlink"),
             ]),
             html.P(["Click a token to see where it attends. ", help_text(
                 "Merging sub-words: a word's attention to another word is the sum over the key's pieces, averaged "
@@ -82,28 +86,24 @@ def _model_line(m: dict) -> str:
     return f"{model.get('ref')} · {model.get('model_type')} · {n_in} input(s) · status {m['status']}"
 
 
-def _view_info(run_id: str) -> dict:
-    m = state.done_manifest(run_id)
-    mi = m["info"] or {}
-    return {"tokens": mi.get("tokens", []), "n_layers": mi.get("n_layers"), "n_heads": mi.get("n_heads"),
-            "kind": mi.get("kind", "text"), "sizes": sorted(m.get("sizes") or {}),
-            "notices": mi.get("notices", [])}
-
-
 @callback(
     Output("run-status", "children"), Output("run-info", "data"), Output("run-poll", "disabled"),
     Output("run-model", "children"), Output("run-notices", "children"), Output("run-cancel", "disabled"),
+    Output("run-actions", "style"),
     Input("run-poll", "n_intervals"), State("run-id", "data"), State("run-info", "data"),
 )
 def poll(_n, run_id, info):
-    """Refresh the status until the run is finished (through the run gate); then hand its info to the view."""
-    gate = wait_for_run(run_id, _view_info)
+    """Refresh the status until the run is finished (through the run gate); then hand its info to the view.
+    The cancel button shows only while there is something to cancel."""
+    gate = wait_for_run(run_id, run_data.load_info)
     model = _model_line(gate.manifest) if gate.manifest else gate.blank
+    actions = {"display": "none"} if gate.stop else {}
     if not gate.ready:
-        return gate.status, gate.data, gate.stop, model, gate.blank, gate.stop
+        return gate.status, gate.data, gate.stop, model, gate.blank, gate.stop, actions
     events = [alert(e, "warn") for e in gate.manifest.get("events") or []]  # e.g. a worker died, the run retried
     notices = events + [alert(n, "warn") for n in gate.data.pop("notices", [])]
-    return (progress_bar(1.0, "done", "done"), gate.data if info is None else no_update, True, model, notices, True)
+    return (progress_bar(1.0, "done", "done"), gate.data if info is None else no_update, True, model, notices, True,
+            actions)
 
 
 @callback(Output("run-error", "children"), Input("run-cancel", "n_clicks"),
@@ -144,7 +144,7 @@ def setup_controls(info, view, run_id):
     if not info:
         return HIDDEN, [], [], [], None, None, None, ""
     toks = info["tokens"]
-    prompts = [{"label": f"{i + 1}: {''.join(token_text.labels(t[:16])).strip()[:60]}", "value": i}
+    prompts = [{"label": f"{i + 1}: {token_text.preview(t)}", "value": i}
                for i, t in enumerate(toks)]
     layers = [{"label": f"layer {l}", "value": l} for l in range(info["n_layers"])]
     heads = [{"label": f"head {h}", "value": h} for h in range(info["n_heads"])]
@@ -236,10 +236,21 @@ def render(prompt, layer, head, view, words, run_id, info):
         figures.attention_lines(labels, pat, query=token, max_lines=MAX_LINES,
                                 title=f"{label}: lines from '{labels[token].strip()}'"
                                       + strongest_edges_note(len(labels), n_lines)),
-        figures.pattern_heatmap(labels, pat, title=f"{label}: full pattern (rows = queries)", query=token),
+        figures.pattern_heatmap(labels, pat, query=token, window=figures.WINDOW,
+                                title=f"{label}: " + ("full pattern (rows = queries)" if len(labels) <= figures.WINDOW
+                                                      else f"the {figures.WINDOW} queries around {unit} {token}")),
         "",
         "?" + urlencode(query),
     )
+
+
+@callback(Output("run-heads-link", "href"), Input("run-url", "search"), State("run-id", "data"),
+          prevent_initial_call=True)
+def heads_link(search, run_id):
+    """The all-heads view of the prompt and token on screen (and the word merging)."""
+    q = parse_qs((search or "").lstrip("?"))
+    keep = {k: q[k][0] for k in ("prompt", "token", "words") if q.get(k)}
+    return f"/runs/{run_id}/heads" + ("?" + urlencode(keep) if keep else "")
 
 
 @callback(Output("run-download", "data"), Input("run-download-btn", "n_clicks"),

@@ -23,11 +23,11 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import sinks_data, state
 from app.components import alert, help_text, query_int
-from app.run_gate import poll_interval, sync_url, wait_for_run
+from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from backend import metrics as sink_defs
 from backend import vocab
 from app.view_links import register_view
-from backend import names
+from backend import jobs, names, token_text
 from backend import figures_sinks as fs
 from backend.vocab import GRID_METRICS, SINK_EPS
 
@@ -72,21 +72,23 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     except ValueError:
         eps = sink_defs.SINK_EPS
     rule = query.get("rule") if query.get("rule") in sink_defs.SINK_RULES else sink_defs.DEFAULT_SINK_RULE
+    ready = gate_at_layout(run_id, sinks_data.load_info, analysis=gate_analysis(run_id) if run_id else "metrics")
+    info, status, notices = _ready(ready) if ready else (None, None, None)
     return html.Div([
         dcc.Store(id="sinks-run-id", data=run_id),
-        dcc.Store(id="sinks-info"),
+        dcc.Store(id="sinks-info", data=info),
         dcc.Store(id="sinks-view", data=view),
         dcc.Location(id="sinks-url", refresh=False),
         dcc.Location(id="sinks-go", refresh="callback-nav"),
-        poll_interval("sinks"),
+        poll_interval("sinks", ready),
         html.Div(className="card", children=[
             html.H2(["Attention sinks ", help_text(SINK_SOURCE)]),
             html.Div(className="row", children=[
                 dcc.Link("← run page", href=f"/runs/{run_id}", className="navlink", id="sinks-back"),
                 dcc.Link("compare with another run", href=f"/compare?a={run_id}", className="navlink"),
             ]),
-            html.Div(id="sinks-status"),
-            html.Div(id="sinks-notices"),
+            html.Div(id="sinks-status", children=status),
+            html.Div(id="sinks-notices", children=notices),
         ]),
         html.Div(id="sinks-grid-card", className="card", style={"display": "none"}, children=[
             html.Div(className="row", children=[
@@ -138,6 +140,16 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     ])
 
 
+def gate_analysis(run_id: str) -> str | None:
+    """The analysis the page waits for: sink metrics, unless the run has the StreamingLLM experiment, whose card
+    this page draws without them (the grid card stays hidden until metrics are added)."""
+    try:
+        m = state.run_status(run_id)
+    except state.REDIS_ERRORS:
+        m = None
+    return None if m and "streaming" in jobs.run_analyses(m) else "metrics"
+
+
 @callback(
     Output("sinks-info", "data"), Output("sinks-poll", "disabled"), Output("sinks-status", "children"),
     Output("sinks-notices", "children"),
@@ -145,35 +157,43 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
 )
 def poll(_n, run_id):
     """Wait for the run to finish, then hand its info to the views."""
-    gate = wait_for_run(run_id, sinks_data.load_info, analysis="metrics")
+    gate = wait_for_run(run_id, sinks_data.load_info, analysis=gate_analysis(run_id))
     if not gate.ready:
         return gate.data, gate.stop, gate.status, gate.blank
+    info, text, notices = _ready(gate)
+    return info, True, text, notices
+
+
+def _ready(gate: Gate) -> tuple[dict, html.Span, list]:
+    """The info store, the status line and the run's notices of a finished run (in the layout or by the poll)."""
     info = gate.data
     notices = [alert(n, "warn") for n in (gate.manifest.get("info") or {}).get("notices", [])]
     text = html.Span(f"{info['model']} · {info['n_layers']} layers x {info['n_heads']} heads · "
                      f"{len(info['tokens'])} prompt(s)", className="muted")
-    return info, True, text, notices
+    return info, text, notices
 
 
 @callback(
     Output("sinks-grid-card", "style"), Output("sinks-prompt-card", "style"), Output("sinks-streaming-card", "style"),
     Output("sinks-prompt", "options"), Output("sinks-prompt", "value"),
     Output("sinks-layer", "options"), Output("sinks-layer", "value"),
-    Input("sinks-info", "data"), State("sinks-view", "data"),
+    Input("sinks-info", "data"), Input("sinks-view", "data"),  # an Input that no callback writes: fires on load when the layout holds a done run
 )
 def setup(info, view):
     hidden = {"display": "none"}
     if not info:
         return hidden, hidden, hidden, [], None, [], None
     toks = info["tokens"]
-    prompts = [{"label": f"{i + 1}: {' '.join(t[:12])[:60]}", "value": i} for i, t in enumerate(toks)]
+    prompts = [{"label": f"{i + 1}: {token_text.preview(t)}", "value": i}
+               for i, t in enumerate(toks)]
     layers = [{"label": "all layers x heads", "value": "all"}] + [
         {"label": f"layer {l}", "value": l} for l in range(info["n_layers"])]
     prompt = view["prompt"] if 0 <= view["prompt"] < len(toks) else 0
     layer = view["layer"] if view["layer"] == "all" or 0 <= view["layer"] < info["n_layers"] else 0
     shown = {"display": "block"}
     has = lambda prefix: any(s.startswith(prefix) for s in info["sizes"])  # noqa: E731
-    return (shown if info["metrics"] else hidden, shown if has("prompt.") else hidden,
+    # the per-prompt card draws arrays of the metrics analysis (attention received, massive activations)
+    return (shown if info["metrics"] else hidden, shown if has("prompt.") and info["metrics"] else hidden,
             shown if has("streaming.nll_full") else hidden, prompts, prompt, layers, layer)
 
 
@@ -271,7 +291,7 @@ def render_prompt(prompt, layer, run_id, info):
             state.check_index("layer", layer, info["n_layers"])
         tokens, rec, rows = received_rows(run_id, prompt, layer, info["n_layers"])
         where = "all layers x heads" if layer == "all" else f"layer {layer}"
-        rec_fig = fs.received_heatmap(tokens, rec, rows, f"prompt {prompt + 1}, {where}: attention received per position "
+        rec_fig = fs.received_heatmap(token_text.labels(tokens), rec, rows, f"prompt {prompt + 1}, {where}: attention received per position "
                                                          "(mean over the queries that see it)")
     except (state.ViewError, state.NotReady, LookupError) as exc:
         errors.append(alert(str(exc), "warn"))
@@ -281,7 +301,7 @@ def render_prompt(prompt, layer, run_id, info):
         if names.resid_absmax(prompt, 0) in info["sizes"]:
             top, dims = massive_arrays(run_id, prompt, info["n_layers"])
             ratio = info["metrics"].get("massive_ratio")
-            mas_fig = fs.massive_heatmap(info["tokens"][prompt], top, dims, np.asarray(ratio, dtype=np.float64)
+            mas_fig = fs.massive_heatmap(token_text.labels(info["tokens"][prompt]), top, dims, np.asarray(ratio, dtype=np.float64)
                                          if ratio is not None else None,
                                          f"prompt {prompt + 1}: largest |activation| per token after each block")
     except (state.ViewError, state.NotReady, LookupError) as exc:
@@ -292,7 +312,7 @@ def render_prompt(prompt, layer, run_id, info):
 
 
 @callback(Output("sinks-streaming", "figure"), Output("sinks-streaming-text", "children"),
-          Input("sinks-info", "data"), State("sinks-run-id", "data"))
+          Input("sinks-info", "data"), Input("sinks-run-id", "data"))  # run id: fires on load (layout-filled info)
 def render_streaming(info, run_id):
     if not info or names.streaming("nll_full") not in info["sizes"]:
         return no_update, no_update
@@ -305,10 +325,17 @@ def render_streaming(info, run_id):
     except state.REDIS_ERRORS:
         return no_update, alert(state.REDIS_DOWN, "warn")
     window, sinks = (int(x) for x in arr["params"])
-    ppl = {k: float(np.exp(np.mean(arr[k]))) for k in ("nll_full", "nll_window", "nll_sink")}
-    text = (f"First prompt, {len(arr['nll_full']) + 1} tokens; window W = {window}, sinks k = {sinks}; "
-            f"{'sink positions re-assigned within the cache (as in the paper)' if reassigned else 'original positions'}. "
-            f"Perplexity: full {ppl['nll_full']:.2f}, window {ppl['nll_window']:.2f}, window + sinks {ppl['nll_sink']:.2f}.")
+    ppl = fs.streaming_perplexity(arr["nll_full"], arr["nll_window"], arr["nll_sink"], window, sinks)
+    n_tok = len(arr["nll_full"]) + 1
+    head = (f"First prompt, {n_tok} tokens; window W = {window}, sinks k = {sinks}; "
+            f"{'sink positions re-assigned within the cache (as in the paper)' if reassigned else 'original positions'}. ")
+    if ppl["n"]:
+        text = head + (f"Perplexity over the {ppl['n']} tokens predicted after the cache first evicted (from token "
+                       f"{ppl['first']}): full {ppl['full']:.2f}, window {ppl['window']:.2f}, "
+                       f"window + sinks {ppl['sink']:.2f}.")
+    else:
+        text = head + (f"The text fits in the cache (W + k = {window + sinks} tokens): nothing was evicted, so the "
+                       "three settings agree; use a longer text.")
     fig = fs.streaming_curves(arr["nll_full"], arr["nll_window"], arr["nll_sink"], window, sinks, reassigned)
     return fig, text
 

@@ -85,51 +85,63 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.H2(f"Patch attention · run {(run_id or '')[:12]}"),
             dcc.Link("← back to the run", href=f"/runs/{run_id}", className="muted"),
             html.Div(id="vit-status"),
-            html.Div(className="row", children=[
-                field("Image", dcc.Dropdown(id="vit-image", clearable=False), "220px"),
-                field("Layer", dcc.Dropdown(id="vit-layer", clearable=False)),
-                field("Head", dcc.Dropdown(id="vit-head", clearable=False)),
-                field("Overlay opacity", dcc.Slider(id="vit-opacity", min=0, max=1, step=0.05, value=view["opacity"],
-                                                     marks={0: "0", 0.5: "0.5", 1: "1"}), "220px"),
+            html.Div(id="vit-body", style=HIDDEN, children=[  # shown once the run is ready (see setup)
+                html.Div(className="row", children=[
+                    field("Image", dcc.Dropdown(id="vit-image", clearable=False), "220px"),
+                    field("Layer", dcc.Dropdown(id="vit-layer", clearable=False)),
+                    field("Head", dcc.Dropdown(id="vit-head", clearable=False)),
+                    field("Overlay opacity", dcc.Slider(id="vit-opacity", min=0, max=1, step=0.05, value=view["opacity"],
+                                                         marks={0: "0", 0.5: "0.5", 1: "1"}), "220px"),
+                ]),
+                html.Div(id="vit-prediction", className="muted"),
+                html.Div(id="vit-error"),
+                html.P("CLS → patch attention of the chosen head, upsampled bilinearly over the image. "
+                       "Click a patch to see where that patch attends.", className="muted"),
+                html.Div(className="grid2", children=[_graph("vit-overlay"), _graph("vit-patch-fig")]),
+                _graph("vit-heads"),
             ]),
-            html.Div(id="vit-error"),
-            html.P("CLS → patch attention of the chosen head, upsampled bilinearly over the image. "
-                   "Click a patch to see where that patch attends.", className="muted"),
-            html.Div(className="grid2", children=[_graph("vit-overlay"), _graph("vit-patch-fig")]),
-            _graph("vit-heads"),
         ]),
-        html.Div(className="card", children=[
-            html.H3(["Attention rollout", help_text(ROLLOUT_HELP)]),
-            html.Div(className="row", children=[
-                field("Head fusion", dcc.RadioItems(id="vit-fusion", options=list(vit.FUSIONS), value=view["fusion"],
-                                                     inline=True, inputStyle={"marginRight": "4px", "marginLeft": "10px"})),
-                field("Discard ratio (lowest attentions dropped)", dcc.Slider(
-                    id="vit-discard", min=0, max=0.95, step=0.05, value=view["discard"],
-                    marks={0: "0", 0.5: "0.5", 0.9: "0.9"}), "320px"),
-                field("Discard rule", dcc.RadioItems(
-                    id="vit-discard-rule", value=view["discard_rule"],
-                    options=[{"label": DISCARD_LABELS[r], "value": r} for r in vit.DISCARD_RULES])),
+        html.Div(id="vit-more", style=HIDDEN, children=[
+            html.Div(className="card", children=[
+                html.H3(["Attention rollout", help_text(ROLLOUT_HELP)]),
+                html.Div(className="row", children=[
+                    field("Head fusion", dcc.RadioItems(id="vit-fusion", options=list(vit.FUSIONS), value=view["fusion"],
+                                                         inline=True, inputStyle={"marginRight": "4px", "marginLeft": "10px"})),
+                    field("Discard ratio (lowest attentions dropped)", dcc.Slider(
+                        id="vit-discard", min=0, max=0.95, step=0.05, value=view["discard"],
+                        marks={0: "0", 0.5: "0.5", 0.9: "0.9"}), "320px"),
+                    field("Discard rule", dcc.RadioItems(
+                        id="vit-discard-rule", value=view["discard_rule"],
+                        options=[{"label": DISCARD_LABELS[r], "value": r} for r in vit.DISCARD_RULES])),
+                ]),
+                _graph("vit-rollout"),
             ]),
-            _graph("vit-rollout"),
-        ]),
-        html.Div(className="card", children=[
-            html.H3(["Token norms", help_text(
-                "L2 norm of each token's output hidden state per layer. High-norm tokens (Darcet et al. 2024, "
-                "'Vision Transformers Need Registers') are marked; CLS and register tokens are shown but not flagged.")]),
-            field("Outlier rule", dcc.RadioItems(
-                id="vit-rule", options=[{"label": NORM_HELP[k], "value": k} for k in vit.NORM_RULES],
-                value=view["rule"], inputStyle={"marginRight": "4px"}), "320px"),
-            html.Div(id="vit-norm-note"),
-            html.Div(className="grid2", children=[_graph("vit-norm-map"), _graph("vit-norm-bars")]),
-            _graph("vit-norm-layers"),
+            html.Div(className="card", children=[
+                html.H3(["Token norms", help_text(
+                    "L2 norm of each token's output hidden state per layer. High-norm tokens (Darcet et al. 2024, "
+                    "'Vision Transformers Need Registers') are marked; CLS and register tokens are shown but not flagged.")]),
+                field("Outlier rule", dcc.RadioItems(
+                    id="vit-rule", options=[{"label": NORM_HELP[k], "value": k} for k in vit.NORM_RULES],
+                    value=view["rule"], inputStyle={"marginRight": "4px"}), "320px"),
+                html.Div(id="vit-norm-note"),
+                html.Div(className="grid2", children=[_graph("vit-norm-map"), _graph("vit-norm-bars")]),
+                _graph("vit-norm-layers"),
+            ]),
         ]),
     ])
+
+
+HIDDEN = {"visibility": "hidden", "height": 0, "overflow": "hidden"}
+SHOWN = {"visibility": "visible"}
+"""Controls and figures of a run that is not ready (unknown, failed, waiting) are hidden: they cannot work.
+Hidden by visibility, not display: a figure drawn under display:none keeps a 700 px width."""
 
 
 @callback(
     Output("vit-info", "data"), Output("vit-poll", "disabled"), Output("vit-status", "children"),
     Output("vit-image", "options"), Output("vit-layer", "options"), Output("vit-head", "options"),
     Output("vit-image", "value"), Output("vit-layer", "value"), Output("vit-head", "value"),
+    Output("vit-body", "style"), Output("vit-more", "style"),
     Input("vit-poll", "n_intervals"), State("vit-id", "data"), State("vit-view", "data"),
 )
 def setup(_n, run_id, view):
@@ -137,12 +149,12 @@ def setup(_n, run_id, view):
     nothing = (no_update,) * 6
     gate = wait_for_run(run_id, lambda rid: vit_data.image_run(rid)[1])
     if not gate.ready:
-        return (gate.data, gate.stop, gate.status, *nothing)
+        return (gate.data, gate.stop, gate.status, *nothing, no_update, no_update)
     m, lay = gate.manifest, gate.data
     info = m["info"]
     n_img, n_layers, n_heads = len(info["tokens"]), int(info["n_layers"]), int(info["n_heads"])
-    inputs = (m.get("spec") or {}).get("inputs") or []
-    img_opts = [{"label": f"image {i + 1} ({str(inputs[i])[:8] if i < len(inputs) else '?'})", "value": i}
+    file_names = vit_data.image_names(m)
+    img_opts = [{"label": f"image {i + 1} · {file_names[i] if i < len(file_names) else '?'}", "value": i}
                 for i in range(n_img)]
     clamp = lambda v, n: v if isinstance(v, int) and 0 <= v < n else 0  # noqa: E731
     data = {"n_layers": n_layers, "n_heads": n_heads, "n_images": n_img, "n_prefix": lay.n_prefix,
@@ -153,7 +165,8 @@ def setup(_n, run_id, view):
     return (data, True, status, img_opts,
             [{"label": f"layer {l}", "value": l} for l in range(n_layers)],
             [{"label": f"head {h}", "value": h} for h in range(n_heads)],
-            clamp(view.get("image"), n_img), clamp(view.get("layer"), n_layers), clamp(view.get("head"), n_heads))
+            clamp(view.get("image"), n_img), clamp(view.get("layer"), n_layers), clamp(view.get("head"), n_heads),
+            SHOWN, SHOWN)
 
 
 def _layout(info: dict) -> vit.TokenLayout:
@@ -212,6 +225,25 @@ def render_heads(image, layer, head, opacity, patch, run_id, info):
     grid = figures_vit.head_grid(maps, title=f"layer {layer}: CLS → patch attention of every head "
                                  "(each divided by its max; click one to select it)", selected=h)
     return over, pfig, grid, ""
+
+
+@callback(Output("vit-prediction", "children"), Input("vit-image", "value"), State("vit-id", "data"),
+          State("vit-info", "data"))
+def render_prediction(image, run_id, info):
+    """The chosen image's file name and the model's predicted class (from the run's stored logits)."""
+    if not info or image is None:
+        return no_update
+    try:
+        m, _ = vit_data.image_run(run_id)
+        p = vit_data.check_image(m, image)
+        pred = vit_data.prediction(run_id, m, p)
+        name = vit_data.image_names(m)[p]
+    except VIEW_ERRORS as exc:
+        return _errors(exc)
+    if pred is None:
+        return f"{name} · predicted class: not stored for this run (runs made before the class logits were kept)"
+    label, prob = pred
+    return [f"{name} · predicted class: ", html.B(label, id="vit-predicted-class"), f" (p = {prob:.2f})"]
 
 
 @callback(

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from backend import names
+from backend import names, patterns
 from backend.engine import inputs as model_inputs
 from backend.engine.cancel import Cancelled
 from backend.engine.capture import BaseReducer, CaptureSession, LayerView
@@ -53,15 +53,19 @@ class RunInfo:
 class PatternStore(BaseReducer):
     """Keeps each prompt's full pattern of one layer at a time and emits it per layer.
 
-    A prompt's patterns are stored when it has at most ``max_tokens`` tokens and all its layers' patterns
-    (``n_layers * heads * T * T`` float32) fit in ``max_bytes``: SmolLM2's 270 heads at 1,024 tokens would
-    take 1.1 GB of Redis for one prompt."""
+    A prompt's patterns are stored when it has at most ``max_tokens`` tokens and all its layers' patterns fit in
+    ``max_bytes`` as counted by :func:`backend.patterns.stored_bytes` (in the stored ``dtype``, a causal model's
+    lower triangle only): SmolLM2's 270 heads at 1,024 tokens take 283 MB in float16 by that count (before
+    compression), 1.1 GB as full float32 squares. Patterns are emitted in float32; the cache casts them."""
 
-    def __init__(self, emit: Emit, max_tokens: int, n_layers: int = 1, max_bytes: int | None = None) -> None:
+    def __init__(self, emit: Emit, max_tokens: int, n_layers: int = 1, max_bytes: int | None = None,
+                 dtype: str = "float16", causal: bool = False) -> None:
         self.emit = emit
         self.max_tokens = max_tokens
         self.n_layers = n_layers
         self.max_bytes = max_bytes
+        self.dtype = dtype
+        self.causal = causal
         self._rows: list[np.ndarray | None] = []
 
     @property
@@ -70,7 +74,8 @@ class PatternStore(BaseReducer):
         return all(row is None for row in self._rows)
 
     def stores(self, n_tokens: int, n_heads: int) -> bool:
-        fits = self.max_bytes is None or self.n_layers * n_heads * n_tokens * n_tokens * 4 <= self.max_bytes
+        fits = self.max_bytes is None or patterns.stored_bytes(
+            self.n_layers, n_heads, n_tokens, self.dtype, self.causal) <= self.max_bytes
         return n_tokens <= self.max_tokens and fits
 
     def begin_layer(self, view: LayerView) -> None:
@@ -105,7 +110,8 @@ def make_reducers(
     """The capture pass's reducers: the pattern store (unless ``store_patterns`` is off: a run being extended
     has its patterns), then those the run's analyses ask for (:data:`backend.engine.stages.REDUCERS`); each may
     have ``results() -> {name: array}``."""
-    store = PatternStore(emit, settings.max_pattern_tokens, loaded.n_layers, settings.max_pattern_mb << 20)
+    store = PatternStore(emit, settings.max_pattern_tokens, loaded.n_layers, settings.max_pattern_mb << 20,
+                         settings.pattern_dtype, loaded.causal)
     return [store, *capture_reducers(loaded, options)] if store_patterns else capture_reducers(loaded, options)
 
 
@@ -142,6 +148,10 @@ def _capture_pass(
             for layer, hs in enumerate(hidden[1:]):
                 for r in reducers:
                     r.hidden(layer, hs.detach(), rows, lengths)
+        logits = getattr(out, "logits", None)
+        if loaded.kind == "image" and logits is not None and logits.dim() == 2:  # a classifier: [B, classes]
+            for row, p in enumerate(rows):
+                emit(names.output_logits(p), logits[row].detach().float().cpu().numpy())
         progress((n + 1) / len(chunks), f"capture: batch {n + 1}/{len(chunks)}")
 
 

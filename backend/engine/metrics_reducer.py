@@ -88,23 +88,24 @@ class SinkMetricsReducer(BaseReducer):
         n = torch.tensor(lengths, device=dev)[:, None]  # [B, 1]
         q = torch.arange(q0, q0 + tq, device=dev)  # [tq] query positions
         k = torch.arange(s, device=dev)  # [S] key positions
-        p = pattern.float()  # [B, H, tq, S]; at most two chunk-sized temporaries live at once
-        if min(lengths) < s:  # padded rows and keys -> 0
-            real = (q[None, :, None] < n[:, :, None]) & (k[None, None, :] < n[:, :, None])  # [B, tq, S]
-            p = p * real[:, None]
+        p = pattern.float()  # [B, H, tq, S]; never masked in place: the masks go into the weights of each sum
+        row = (q[None, :] < n).float()  # [B, tq] real query rows
+        key = (k[None, :] < n).float()  # [B, S] real keys
         acc = self._acc
         # column sums in float32 within the chunk, float64 across chunks: sum(dim=2, dtype=float64) over the
         # query dim is ~14x slower on CPU (benchmarks/bench_sinks_long.py); the difference is ~1e-7
         if self.causal:  # alpha counts only the queries t >= k (the causal mask already zeroes the rest)
-            acc["received"] += (p * (k[None, :] <= q[:, None])).sum(dim=2).double()
-        else:
-            acc["received"] += p.sum(dim=2).double()
-        ent = -torch.xlogy(p, p).sum(dim=-1)  # [B, H, tq]; xlogy(0, 0) = 0
-        acc["entropy"] += ent.sum(dim=-1, dtype=torch.float64)
-        dist = (q[:, None] - k[None, :]).abs().to(p.dtype)  # [tq, S]
-        acc["distance"] += (p * dist).sum(dim=-1).sum(dim=-1, dtype=torch.float64)
+            seen = (k[None, :] <= q[:, None]).float()[None] * row[:, :, None]  # [B, tq, S]
+            acc["received"] += (p * seen[:, None]).sum(dim=2).double()
+        else:  # one matrix product: the real rows' column sums (padded keys' sums are never read)
+            acc["received"] += (row[:, None, None, :] @ p)[:, :, 0].double()
+        # per-row sums over the real keys as matrix products ([.., tq, S] @ [S, 1]), then over real rows in float64
+        ent = (torch.xlogy(p, p) @ key[:, None, :, None])[..., 0]  # [B, H, tq]; xlogy(0, 0) = 0
+        acc["entropy"] -= (ent * row[:, None]).sum(dim=-1, dtype=torch.float64)
+        dist = (q[:, None] - k[None, :]).abs().to(p.dtype)[None] * key[:, None, :]  # [B, tq, S]
+        acc["distance"] += ((p * dist[:, None]).sum(dim=-1) * row[:, None]).sum(dim=-1, dtype=torch.float64)
         prev_idx = (q - 1).clamp(min=0).view(1, 1, tq, 1).expand(b, p.shape[1], tq, 1)
-        prev = p.gather(-1, prev_idx)[..., 0] * (q >= 1)  # [B, H, tq]: A[t, t-1], 0 for t = 0
+        prev = p.gather(-1, prev_idx)[..., 0] * ((q >= 1) * row)[:, None]  # [B, H, tq]: A[t, t-1], 0 for t = 0
         acc["previous_token"] += prev.sum(dim=-1, dtype=torch.float64)
 
     def lse_layer(self, view: LayerView, lse: torch.Tensor, mask: torch.Tensor | None, chunk: int) -> None:
@@ -179,27 +180,69 @@ class MassiveActivationReducer(BaseReducer):
         self._dim: dict[tuple[int, int], np.ndarray] = {}
         self._ratio: dict[tuple[int, int], np.ndarray] = {}
 
+    SORT_MAX_ELEMENTS = 1 << 22
+    """On GPUs, batches up to this many ``B x T x D`` entries take every prompt's median in one sort; larger ones
+    (long prompts) one ``kthvalue`` per prompt (a sort of millions of entries costs more than a selection). On the
+    CPU, numpy's ``partition`` per prompt (linear time, no thread-pool round trips)."""
+
     def hidden(self, layer: int, hidden: torch.Tensor, prompts: list[int], lengths: list[int]) -> None:
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer {layer} outside 0..{self.n_layers - 1}")
-        b, t, _ = hidden.shape  # [B, T, D]
+        b, t, d = hidden.shape  # [B, T, D]
         prompts, lengths = _rows(prompts, lengths, b, t)
+        h = hidden.detach().float().abs()  # [B, T, D]
+        top, dim = h.max(dim=-1)  # [B, T]; first index on ties, like np.argmax
+        meds = self._medians(h, lengths)
+        top_np, dim_np = top.cpu().numpy(), dim.cpu().numpy()
         for row, (p, n) in enumerate(zip(prompts, lengths)):
             if n < 1:
                 continue
-            h = hidden[row, :n].detach().float().abs()  # [T_p, D]
-            top, dim = h.max(dim=-1)  # first index on ties, like np.argmax
-            flat = h.flatten()
-            m = flat.numel()  # median as numpy defines it: mean of the two middle values when m is even
+            med = float(meds[row])
+            ratio = top_np[row, :n].astype(np.float64) / med if med > 0 else np.full(n, np.inf)
+            self._top[(p, layer)] = top_np[row, :n].astype(np.float32)
+            self._dim[(p, layer)] = dim_np[row, :n].astype(np.int64)
+            self._ratio[(p, layer)] = np.asarray(ratio.max())
+
+    def _medians(self, h: torch.Tensor, lengths: list[int], method: str = "auto") -> list[float]:
+        """Median of each row's real ``T_p x D`` entries of ``|h|``, as numpy defines it (the mean of the two
+        middle values when their number is even). ``method``: ``numpy``, ``sort``, ``kthvalue`` or ``auto``."""
+        b, t, d = h.shape
+        if method == "auto":
+            method = ("numpy" if h.device.type == "cpu"
+                      else "sort" if b > 1 and h.numel() <= self.SORT_MAX_ELEMENTS else "kthvalue")
+        if method == "numpy":  # numpy's linear-time selection, row by row, without torch's thread pool
+            hn = h.numpy()
+            out = []
+            for row, n in enumerate(lengths):
+                if n < 1:
+                    out.append(float("nan"))
+                    continue
+                m = n * d
+                lo, hi = (m + 1) // 2 - 1, m // 2
+                part = np.partition(hn[row, :n].reshape(-1), (lo, hi) if hi != lo else lo)
+                a, c = part[lo], part[hi]
+                out.append(float((a + c) / np.float32(2)) if m % 2 == 0 else float(a))
+            return out
+        if method == "sort":  # one sort for the batch; padding sorts last
+            n = torch.tensor(lengths, device=h.device)
+            pad = torch.arange(t, device=h.device)[None, :] >= n[:, None]  # [B, T]
+            srt = h.masked_fill(pad[..., None], float("inf")).reshape(b, t * d).sort(dim=-1).values
+            m = (n * d).clamp(min=1)
+            lo, hi = ((m + 1) // 2 - 1)[:, None], (m // 2)[:, None]
+            a, c = srt.gather(1, lo)[:, 0], srt.gather(1, hi)[:, 0]
+            return torch.where(m % 2 == 0, (a + c) / 2, a).cpu().tolist()
+        out = []
+        for row, n in enumerate(lengths):
+            if n < 1:
+                out.append(float("nan"))
+                continue
+            flat = h[row, :n].flatten()
+            m = flat.numel()
             med = flat.kthvalue((m + 1) // 2).values
             if m % 2 == 0:
                 med = (med + flat.kthvalue(m // 2 + 1).values) / 2
-            med = float(med)
-            top_np = top.cpu().numpy()
-            ratio = top_np.astype(np.float64) / med if med > 0 else np.full(n, np.inf)
-            self._top[(p, layer)] = top_np.astype(np.float32)
-            self._dim[(p, layer)] = dim.cpu().numpy().astype(np.int64)
-            self._ratio[(p, layer)] = np.asarray(ratio.max())
+            out.append(float(med))
+        return out
 
     def results(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {names.metric("massive_ratio"): _layer_mean(self._ratio, self.n_layers, ())}

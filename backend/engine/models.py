@@ -144,22 +144,33 @@ class ModelRegistry:
         self.settings = settings
         self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
         self.loads = 0
 
     def get(self, ref: ModelRef, dtype: str) -> LoadedModel:
+        """The resident model, loading it once; a load holds only its own model's lock, so a job never waits
+        for the load of another model (the worker's background preload)."""
         key = (ref.fingerprint, dtype)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._models:  # loaded by another thread meanwhile
+                    self._models.move_to_end(key)
+                    return self._models[key]
             loaded = load_model(ref, self.settings, dtype)
-            self.loads += 1
-            self._models[key] = loaded
-            budget = self.settings.model_memory_budget_mb * 1024 * 1024
-            while len(self._models) > 1 and sum(m.nbytes for m in self._models.values()) > budget:
-                self._models.popitem(last=False)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            with self._lock:
+                self.loads += 1
+                self._models[key] = loaded
+                self._loading.pop(key, None)
+                budget = self.settings.model_memory_budget_mb * 1024 * 1024
+                while len(self._models) > 1 and sum(m.nbytes for m in self._models.values()) > budget:
+                    self._models.popitem(last=False)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
             return loaded
 
     def __len__(self) -> int:

@@ -1,6 +1,6 @@
 """Headless Chromium on the head atlas: runs submitted through the API with the "roles" analysis, the scores in
-the metrics API, the grid and table, the colour switch in the URL, the definitions, the CSV download, and the
-comparison of two models of different shapes."""
+the metrics API, the grid and table, the colour switch in the URL, the definitions and the CSV download (the
+comparison of two models: test_compare_pages.py)."""
 
 from __future__ import annotations
 
@@ -80,13 +80,3 @@ def test_atlas_grid_table_definitions_and_csv(live_app, runs, browser) -> None:
     other.close()
     ctx.close()
 
-
-def test_compare_two_models(live_app, runs, browser) -> None:
-    page = browser.new_page(viewport={"width": 1300, "height": 1000})
-    page.goto(f"{live_app}/atlas/compare?a={runs['minilm']}&b={runs['lm']}")
-    page.wait_for_selector("#cmp-grids .heatmaplayer", state="attached", timeout=60_000)
-    assert "Different shapes" in page.locator("#cmp-mode").inner_text()
-    page.wait_for_selector("#cmp-roles td[data-dash-column='status']")
-    statuses = page.locator("#cmp-roles td[data-dash-column='status']").all_inner_texts()
-    assert statuses and set(statuses) <= {"appears in B", "vanishes in B", "moves", "stays"}
-    page.close()

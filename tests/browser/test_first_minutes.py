@@ -140,5 +140,10 @@ def test_long_prompt_truncated_with_notice_and_token_view_stays_in_its_card(live
         assert box["x"] + box["width"] <= card["x"] + card["width"] + 1, graph
     assert page.locator("#run-lines .main-svg").first.bounding_box()["height"] < 1000
     assert page.locator("#run-tokens").bounding_box()["height"] < 300
+    # the heatmap is a window of 48 query rows around the token (every key, panned), not 512 one-pixel rows
+    page.wait_for_function("document.querySelector('#run-heatmap .gtitle')?.textContent.includes('48 queries around')")
+    rows = page.evaluate("document.querySelector('#run-heatmap .js-plotly-plot').data[0].y.length")
+    assert rows == 48
+    assert page.locator("#run-heatmap .main-svg").first.bounding_box()["height"] <= 920
     assert page.evaluate("document.documentElement.scrollHeight") < 4000
     page.close()

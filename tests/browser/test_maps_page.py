@@ -141,6 +141,20 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
     assert other.input_value("#maps-search") == "cat"
     other.wait_for_function(f"document.querySelector('#maps-search-summary')?.textContent.includes('{n_cat} points')")
     assert other.evaluate(f"{PLOT.format(sel='#maps-head-fig')}._fullData[0].marker.colorscale") is not None
+    assert other.locator("#maps-poll").count() == 0  # a done run: the layout holds it, nothing polls
+
+    # a head switch sends coordinates and hover-table indices, not the texts (the page has them once)
+    responses = []
+    other.on("response", lambda r: responses.append(r) if "_dash-update-component" in r.url else None)
+    other.click("#maps-head")
+    other.get_by_role("option", name="head 5", exact=True).click()
+    _wait_title(other, "#maps-head-fig", "layer 2 head 5 · UMAP (raw)")
+    bodies = [r.text() for r in responses]
+    switch = [b for b in bodies if '"maps-head-raw"' in b]
+    assert len(switch) == 1 and "hovertext" not in switch[0] and '"maps-hover":' not in switch[0]
+    hover = other.evaluate(f"(() => {{ const t = {PLOT.format(sel='#maps-head-fig')}._fullData[0]; "
+                           "return [t.x.length, t.hovertext.length, t.hovertext[0]]; })()")
+    assert hover[0] == hover[1] > 0 and "prompt" in hover[2] and "position" in hover[2]
     other_ctx.close()
     assert dialogs == []  # the <script> prompt never ran
     ctx.close()

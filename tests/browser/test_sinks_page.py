@@ -1,5 +1,6 @@
 """Headless Chromium on the sinks page: the grid, the metric switch in the URL, a click that opens the
-head on the run page, the per-prompt views, the StreamingLLM curves and the comparison page."""
+head on the run page, the per-prompt views and the StreamingLLM curves (the comparison page:
+test_compare_pages.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from tests.conftest import get_json, submit_run
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 PROMPTS_A = ["The cat sat on the mat.", "Paris is the capital of France."]
-PROMPTS_B = ["Attention heads often look at separators.", "I like green tea, but not coffee."]
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +21,10 @@ def runs(live_app, worker) -> dict[str, str]:
     opts = {"analyses": ["attention", "metrics"]}
     return {
         "a": submit_run(live_app, {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS_A, "options": opts}),
-        "b": submit_run(live_app, {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS_B, "options": opts}),
         "lm": submit_run(live_app, {"model": "tiny-pydoc-lm", "options": {"analyses": ["attention", "metrics", "streaming"]},
                                  "prompts": ['The "if" statement is used for conditional execution: it selects '
                                              "exactly one of the suites by evaluating the expressions one by one."]}),
     }
-
-
-def _title(page, graph: str) -> str:
-    return page.locator(f"#{graph} .gtitle").text_content() or ""
 
 
 def test_grid_metric_switch_and_click_to_head(live_app, runs, browser) -> None:
@@ -44,6 +39,8 @@ def test_grid_metric_switch_and_click_to_head(live_app, runs, browser) -> None:
     assert "Sink rate" in page.locator("#sinks-rate").inner_text()
     assert "eps = 0.3" in page.locator("#sinks-rate").inner_text()
     assert "Gu et al." in page.locator("#sinks-rate .help").get_attribute("title")
+    # the run was done when the page opened: its layout held the run's data, so the page never polls
+    assert page.locator("#sinks-poll").count() == 0 and page.locator("#sinks-poll-done").count() == 1
 
     page.click("#sinks-metric")
     page.click("text=attention entropy (nats)")
@@ -93,19 +90,10 @@ def test_grid_metric_switch_and_click_to_head(live_app, runs, browser) -> None:
     page.close()
 
 
-def test_streaming_curves_and_compare(live_app, runs, browser) -> None:
+def test_streaming_curves(live_app, runs, browser) -> None:
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
     page.goto(f"{live_app}/runs/{runs['lm']}/sinks")
     page.wait_for_selector("#sinks-streaming .scatterlayer .trace", state="attached", timeout=60_000)
     assert page.locator("#sinks-streaming .scatterlayer .trace").count() == 3
     assert "window W =" in page.locator("#sinks-streaming-text").inner_text()
-
-    page.goto(f"{live_app}/compare?a={runs['a']}&b={runs['b']}&metric=sink_special")
-    page.wait_for_function("document.querySelector('#compare-diff .gtitle')?.textContent.includes('B - A')",
-                           timeout=60_000)
-    assert "special" in _title(page, "compare-grid-a") and "special" in _title(page, "compare-grid-b")
-    page.fill("#compare-b", runs["lm"])
-    page.press("#compare-b", "Enter")
-    page.wait_for_selector("#compare-message [role=alert]:has-text('differ in shape')", timeout=30_000)
-    assert runs["lm"] in page.url
     page.close()

@@ -66,10 +66,17 @@ def test_vit_run_overlay_rollout_and_shared_url(live_app, worker, browser) -> No
     assert page.locator("#vit-overlay .layer-above image, #vit-overlay image").count() >= 1  # the image is drawn
     assert page.locator("#vit-overlay .hm, #vit-overlay .heatmaplayer image").count() >= 1  # with the overlay
 
+    # images are named by file name, with the model's predicted class (from the run's stored logits)
+    page.wait_for_function("document.querySelector('#vit-prediction')?.textContent.includes('five.png · predicted class')")
+    assert re.search(r"predicted class: \d \(p = [01]\.\d\d\)", page.locator("#vit-prediction").inner_text())
+
     # two images in the picker; choose image 2 (the sample), the last layer, head 1, fusion min, click a patch
     last = ref.n_layers - 1
     page.click("#vit-image")
-    page.get_by_role("option", name=re.compile(r"^image 2 ")).click()
+    assert page.get_by_role("option", name="image 1 · five.png").count() == 1
+    page.get_by_role("option", name=re.compile(r"^image 2 · digit-3\.png$")).click()
+    page.wait_for_function("document.querySelector('#vit-prediction')?.textContent.includes('digit-3.png')")
+    assert page.locator("#vit-predicted-class").inner_text() == "3"  # the sample digit 3, classified
     page.click("#vit-layer")
     _option(page, f"layer {last}")
     page.click("#vit-head")

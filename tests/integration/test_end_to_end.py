@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend import keys, names, tensor_io
+from backend import keys, names, patterns, tensor_io
 from tests.conftest import api_call, wait_done
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,13 +47,13 @@ def test_minilm_run_end_to_end(live_app, worker, cache, atlas_env) -> None:
     stored = tensor_io.decode(blob)
     tokens, ref = _direct_patterns(PROMPTS[1])
     assert final["tokens"][1] == tokens
-    assert stored.shape == (12, len(tokens), len(tokens))
-    np.testing.assert_allclose(stored, ref[4][0].numpy(), atol=1e-5)
+    assert stored.shape == (12, len(tokens), len(tokens)) and stored.dtype == np.float16  # ATLAS_PATTERN_DTYPE
+    np.testing.assert_allclose(patterns.as_view(stored), ref[4][0].numpy(), atol=patterns.FLOAT16_MAX_ABS_ERROR + 1e-5)
 
     # read back through the API: one head of one prompt
     code, att = _call(live_app, f"/api/runs/{run_id}/attention?prompt=1&layer=4&head=7")
     assert code == 200 and att["tokens"] == tokens
-    np.testing.assert_allclose(np.array(att["pattern"]), ref[4][0, 7].numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.array(att["pattern"]), ref[4][0, 7].numpy(), atol=patterns.FLOAT16_MAX_ABS_ERROR + 1e-5)
 
     # the same request again is the same run, served from cache
     code, again = _call(live_app, "/api/runs", {"model": "all-MiniLM-L6-v2", "prompts": PROMPTS})

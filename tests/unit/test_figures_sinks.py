@@ -17,8 +17,8 @@ def test_head_grid_axes_follow_layer_and_head() -> None:
     assert z.shape == (3, 5) and z.dtype == np.float32
     assert list(hm.x) == list(range(5)) and list(hm.y) == list(range(3))  # clickData: x = head, y = layer
     assert z[1, 4] == pytest.approx(0.9)
-    outlined = [(s.x0 + 0.5, s.y0 + 0.5) for s in fig.layout.shapes]
-    assert outlined == [(4, 1)]  # only the head above eps = 0.3
+    assert len(fig.layout.shapes) == 1  # one path outlines every head above eps = 0.3: here only (1, 4)
+    assert fig.layout.shapes[0].path == "M3.5,0.5H4.5V1.5H3.5Z"
     assert "layer %{y} head %{x}" in hm.hovertemplate
 
 
@@ -27,6 +27,15 @@ def test_head_grid_handles_unseen_layers_and_large_models() -> None:
     grid[3] = np.nan
     fig = fs.head_grid(grid, "entropy")
     assert fig.data[0].texttemplate is None and len(fig.layout.shapes) == 0  # no per-cell text at 1024 cells
+
+
+def test_cell_outline_path_one_rectangle_per_cell() -> None:
+    mask = np.zeros((30, 9), bool)
+    assert fs.cell_outline_path(mask) == ""
+    mask[0, 0] = mask[29, 8] = True
+    assert fs.cell_outline_path(mask) == "M-0.5,-0.5H0.5V0.5H-0.5ZM7.5,28.5H8.5V29.5H7.5Z"
+    fig = fs.head_grid(np.full((30, 9), 0.9), "sink_first")  # SmolLM2's shape, every head a sink
+    assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].path.count("Z") == 270
 
 
 def test_diff_grid_is_b_minus_a_and_needs_equal_shapes() -> None:
@@ -53,5 +62,33 @@ def test_received_and_massive_heatmaps() -> None:
 def test_running_perplexity_and_streaming_curves() -> None:
     nll = np.array([1.0, 3.0, 2.0])
     np.testing.assert_allclose(fs.running_perplexity(nll), np.exp([1.0, 2.0, 2.0]))
-    fig = fs.streaming_curves(nll, nll + 1, nll, window_size=2, sinks=1)
+    fig = fs.streaming_curves(nll, nll + 1, nll, window_size=2, sinks=1)  # W + k = 3 >= 3 predictions: no eviction
     assert len(fig.data) == 3 and fig.layout.yaxis.type == "log"
+    assert list(fig.data[0].x) == [1, 2, 3]  # nothing evicted: every prediction shown
+
+
+def test_streaming_scores_only_tokens_after_the_first_eviction() -> None:
+    """Perplexity and curves start at query t = W + k, the first one whose window + sinks cache evicted a token:
+    a high NLL before it (the first tokens, seen whole by every setting) must not change the numbers, each
+    curve must end at the reported perplexity, and the y axis must span the curves."""
+    rng = np.random.default_rng(0)
+    w, k, n = 8, 2, 60
+    full = rng.uniform(1.0, 2.0, n)
+    window, sink = full + 1.5, full + 0.3
+    for arr in (full, window, sink):
+        arr[: w + k] = 9.0  # early tokens: large NLL, identical context in all three settings
+    ppl = fs.streaming_perplexity(full, window, sink, w, k)
+    assert ppl["first"] == w + k + 1 and ppl["n"] == n - w - k
+    for name, arr in (("full", full), ("window", window), ("sink", sink)):
+        assert ppl[name] == pytest.approx(np.exp(arr[w + k:].mean()))
+    assert ppl["full"] < ppl["sink"] < ppl["window"] < np.exp(3.6)  # 9.0 nats (8,100) would dominate otherwise
+    fig = fs.streaming_curves(full, window, sink, w, k)
+    for trace, name in zip(fig.data, ("full", "window", "sink")):
+        assert trace.x[0] == w + k + 1 and trace.x[-1] == n
+        assert float(trace.y[-1]) == pytest.approx(ppl[name], rel=1e-5)
+    lo, hi = (10 ** v for v in fig.layout.yaxis.range)
+    ys = np.concatenate([np.asarray(t.y, dtype=np.float64) for t in fig.data])
+    assert lo <= ys.min() and ys.max() <= hi and hi / lo < 3 * ys.max() / ys.min()
+    assert list(fig.layout.xaxis.range) == [w + k + 1, n]
+    short = fs.streaming_perplexity(full[:5], window[:5], sink[:5], w, k)  # never evicts
+    assert short["n"] == 0 and np.isnan(short["full"])

@@ -29,6 +29,8 @@ def test_text_csv_jsonl_uploads_parse() -> None:
     ("a.jsonl", b'{"prompt": "ok"}\n{broken\n', "line 2 is not valid JSON"),
     ("a.jsonl", b'{"other": 1}\n', "line 1 must be"),
     ("a.csv", b'prompt\n"unclosed\n', "malformed CSV"),
+    ("a.csv", b"id,body\n1,hello there\n", "no 'prompt' or 'text' column"),
+    ("a.csv", b"hello there\nsecond prompt\n", "no 'prompt' or 'text' column"),
     ("a.txt", b"x" * 10_001, "upload limit"),
     ("a.exe", b"MZ", "unsupported file type"),
     ("a.txt", b"\n \n", "no prompts"),

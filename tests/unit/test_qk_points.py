@@ -102,6 +102,24 @@ def test_head_map_traces_cover_every_point_once() -> None:
         _head_fig("rainbow")
 
 
+def test_head_map_colours_prompts_by_category() -> None:
+    """Colour by prompt: one categorical colour per input (no colour scale), queries and keys in each."""
+    fig = _head_fig("prompt")
+    assert [t.name for t in fig.data] == ["input 1 (queries)", "input 1 (keys)", "input 2 (queries)", "input 2 (keys)"]
+    colours = [t.marker.color for t in fig.data]
+    assert all(isinstance(c, str) for c in colours) and colours[0] == colours[1] != colours[2] == colours[3]
+    assert all(META[i, 1] == 1 for i in _indices(fig.data[2])) and not any(t.marker.showscale for t in fig.data)
+    # many inputs: the colours cycle, the traces stay bounded, every point is still drawn once
+    n = 3 * len(figures_maps.PROMPT_COLOURS)
+    meta = np.array([[i % 2, i // 2, 0] for i in range(2 * n)], dtype=np.int32)
+    many = figures_maps.head_map(np.zeros((2 * n, 2), np.float32), meta, [""] * (2 * n), "prompt")
+    assert len(many.data) == 2 * len(figures_maps.PROMPT_COLOURS)
+    assert sum(len(t.x) for t in many.data) == 2 * n and many.data[0].name.startswith("inputs 1, 21, 41")
+    assert figures_maps.prompt_colour(0) == figures_maps.prompt_colour(len(figures_maps.PROMPT_COLOURS))
+    named = _head_fig("prompt", prompt_names=["cat.png", "dog.png"])  # image runs: inputs by file name
+    assert [t.name for t in named.data][::2] == ["cat.png (queries)", "dog.png (queries)"]
+
+
 def test_head_map_highlight_and_selection() -> None:
     mask = embedding_points.search_mask(TOKENS, META, "cat")
     fig = _head_fig("kind", highlight=mask, highlight_label="matches", selected=4)
@@ -109,6 +127,23 @@ def test_head_map_highlight_and_selection() -> None:
     assert names == ["queries", "keys", "matches", "selected"]
     assert sorted(_indices(fig.data[2])) == np.flatnonzero(mask).tolist()
     assert list(_indices(fig.data[3])) == [4] and fig.data[3].marker.symbol == "star"
+
+
+def test_head_map_without_hover_carries_indices_into_the_table() -> None:
+    """hover=None (the page's head switch): each trace's customdata is its points' indices into the hover table,
+    the same points, in the same order, that carry texts in the figure with hover."""
+    mask = embedding_points.search_mask(TOKENS, META, "cat")
+    xy = np.arange(2 * len(META), dtype=np.float32).reshape(-1, 2)
+    for colour in figures_maps.COLOUR_MODES:
+        with_text = _head_fig(colour, highlight=mask, selected=4)
+        bare = figures_maps.head_map(
+            xy, META, None, colour, positions=embedding_points.normalised_positions([6, 6], META),
+            token_kinds=embedding_points.token_kinds(TOKENS, META), token_kind_names=embedding_points.TEXT_TOKEN_KINDS,
+            highlight=mask, selected=4)
+        assert len(bare.data) == len(with_text.data)
+        for t, ref in zip(bare.data, with_text.data):
+            assert t.hovertext is None and np.asarray(t.customdata).dtype == np.int32
+            assert np.asarray(t.customdata).tolist() == _indices(ref).tolist() == _indices(t).tolist()
 
 
 def test_matrix_places_each_head_in_its_cell() -> None:

@@ -16,9 +16,9 @@ DTYPES = st.sampled_from(["float16", "float32", "float64", "int32", "int64", "ui
 
 @hsettings(max_examples=60, deadline=None)
 @given(arr=hnp.arrays(dtype=DTYPES, shape=hnp.array_shapes(min_dims=0, max_dims=4, max_side=7)),
-       compress=st.booleans())
-def test_array_round_trip(arr: np.ndarray, compress: bool) -> None:
-    back = tensor_io.decode(tensor_io.encode(arr, compress=compress))
+       compress=st.booleans(), shuffle=st.booleans())
+def test_array_round_trip(arr: np.ndarray, compress: bool, shuffle: bool) -> None:
+    back = tensor_io.decode(tensor_io.encode(arr, compress=compress, shuffle=shuffle))
     assert back.dtype == arr.dtype and back.shape == arr.shape
     np.testing.assert_array_equal(back, arr)
 
@@ -44,6 +44,7 @@ def test_key_and_name_grammar_is_pinned() -> None:
     assert names.prompt_input_ids(4) == "prompt.4.input_ids"
     assert names.resid_absmax_dim(2, 1) == "prompt.2.blocks.1.resid.absmax_dim"
     assert names.resid_norm(1, 3) == "prompt.1.blocks.3.resid.norm"
+    assert names.output_logits(2) == "prompt.2.logits"
     assert [names.streaming(k) for k in names.STREAMING_KINDS] == [
         "streaming.nll_full", "streaming.nll_window", "streaming.nll_sink", "streaming.params", "streaming.reassigned"]
     assert names.role_array("dominant") == "roles.dominant"
@@ -78,8 +79,8 @@ def test_run_id_is_content_addressed() -> None:
     assert run_id_for(a, "fp") != run_id_for(build_spec("m", ["one", "two"], {"seed": 2}, s), "fp")
     # pinned literals: a change here changes every cached run's address (bump ENGINE_VERSION instead, and update
     # these literals in the same commit)
-    assert run_id_for(RunSpec("m", ("x",), "text", {}), "fp") == "584a909f83acfb32a700774cf86dc40d"
-    assert run_id_for(a, "fp") == "7f3af7b712817185aae46e8bca4c6313"  # with the default options filled in
+    assert run_id_for(RunSpec("m", ("x",), "text", {}), "fp") == "62164059b80fb1b180e5719b2bd52f37"
+    assert run_id_for(a, "fp") == "532e3c6d244db6d81efe84b8498ebd15"  # with the default options filled in
     assert len(run_id_for(a, "fp")) == 32
 
 

@@ -59,3 +59,28 @@ def test_real_smollm2_tokens_are_readable() -> None:
     text = "def f(x):\n    return x  # don’t"
     toks = tok.convert_ids_to_tokens(tok(text)["input_ids"])
     assert "".join(token_text.readable_tokens(toks)) == text
+
+
+def test_merge_of_consecutive_runs_equals_the_general_path() -> None:
+    """Words and thumbnail bins are runs of consecutive positions (the fast path); any grouping is the matmul
+    path: both equal the direct sum over keys / mean over queries."""
+    rng = np.random.default_rng(4)
+    pat = rng.random((2, 9, 9)).astype(np.float32)
+    runs = [[0], [1, 2, 3], [4], [5, 6], [7, 8]]
+    merged = token_text.merge_words(pat, runs)
+    assert merged.dtype == np.float32 and merged.shape == (2, 5, 5)
+    for a, qa in enumerate(runs):
+        for b, kb in enumerate(runs):
+            direct = pat[:, qa][:, :, kb].astype(np.float64).sum(-1).mean(-1)
+            np.testing.assert_allclose(merged[:, a, b], direct, rtol=1e-6)
+    shuffled = [[0, 4], [1, 2, 3], [5, 6], [7, 8]]  # not consecutive: the general path
+    general = token_text.merge_words(pat, shuffled)
+    np.testing.assert_allclose(general[:, 0, 1], pat[:, [0, 4]][:, :, [1, 2, 3]].sum(-1).mean(-1), rtol=1e-6)
+
+
+def test_prompt_previews() -> None:
+    assert token_text.text_of(["[CLS]", "paris", "is", "play", "##ing", "[SEP]"]) == "[CLS] paris is playing [SEP]"
+    assert token_text.text_of(["<|im_start|>", "The", "Ġcat", "Ċ", "def"]) == "<|im_start|>The cat\ndef"
+    assert token_text.text_of(["▁The", "▁play", "ing"]) == " The playing"
+    assert token_text.preview(["The", "Ġcat", "Ċ", "def"]) == "The cat↵def"
+    assert token_text.preview(["[CLS]"] + ["word"] * 40, limit=20) == "[CLS] word word word"
