@@ -34,12 +34,16 @@ def describe_exit(returncode: int) -> str:
 class Supervisor:
     """Keeps ``n`` copies of ``cmd`` running; ``on_lost(pid, returncode)`` is called for each one that ends
     unexpectedly, before it is replaced. A worker that keeps dying is restarted at most ``max_restarts``
-    times a minute (then after a pause), so a broken setup does not spin."""
+    times a minute (then after a pause), so a broken setup does not spin. When ``on_lost`` fails (Redis away
+    while the worker died), it is retried every ``handover_retry_s`` for up to ``handover_timeout_s`` in a
+    thread of its own, so the run the worker held is handed over once Redis is back, polled or not."""
 
     def __init__(self, cmd: list[str], n: int, env: dict[str, str], on_lost: LostHandler,
-                 poll_s: float = 0.2, max_restarts: int = 5) -> None:
+                 poll_s: float = 0.2, max_restarts: int = 5, handover_retry_s: float = 2.0,
+                 handover_timeout_s: float = 600.0) -> None:
         self.cmd, self.n, self.env, self.on_lost = cmd, n, env, on_lost
         self.poll_s, self.max_restarts = poll_s, max_restarts
+        self.handover_retry_s, self.handover_timeout_s = handover_retry_s, handover_timeout_s
         self.procs: list[subprocess.Popen] = []
         self.restarts: deque[float] = deque()
         self.restart_count = 0
@@ -69,8 +73,11 @@ class Supervisor:
                 log.warning("worker %d stopped: %s; restarting it", proc.pid, describe_exit(proc.returncode))
                 try:
                     self.on_lost(proc.pid, proc.returncode)
-                except Exception:  # noqa: BLE001  (Redis away: the run's heartbeat check catches it later)
-                    log.exception("could not hand over the jobs of worker %d", proc.pid)
+                except Exception as exc:  # noqa: BLE001  (Redis away: retried until it is back)
+                    log.warning("could not hand over the jobs of worker %d yet (%s); retrying every %.0f s",
+                                proc.pid, exc, self.handover_retry_s)
+                    threading.Thread(target=self._retry_hand_over, args=(proc.pid, proc.returncode),
+                                     name=f"atlas-handover-{proc.pid}", daemon=True).start()
                 now = time.monotonic()
                 while self.restarts and now - self.restarts[0] > 60:
                     self.restarts.popleft()
@@ -84,6 +91,21 @@ class Supervisor:
                     self.procs[i] = self._spawn()
                     self.restarts.append(time.monotonic())
                     self.restart_count += 1
+
+    def _retry_hand_over(self, pid: int, returncode: int) -> None:
+        """``on_lost`` again until it succeeds, the supervisor stops or ``handover_timeout_s`` has passed (then
+        the run's silent-heartbeat check in ``backend.jobs.status`` is what is left)."""
+        deadline = time.monotonic() + self.handover_timeout_s
+        while not self._stopping.wait(self.handover_retry_s):
+            try:
+                self.on_lost(pid, returncode)
+            except Exception:  # noqa: BLE001
+                if time.monotonic() >= deadline:
+                    log.exception("gave up handing over the jobs of worker %d", pid)
+                    return
+                continue
+            log.warning("handed over the jobs of worker %d", pid)
+            return
 
     def stop(self, deadline_s: float = 3.5) -> list[tuple[int, int]]:
         """SIGTERM every worker (each requeues its job and exits), SIGKILL those still there after
