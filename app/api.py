@@ -104,8 +104,9 @@ def register(server: Flask) -> None:
 
 @api.get("/runs/<run_id>/metrics")
 def get_metrics(run_id: str):
-    """Every ``metrics.*`` grid; ``?eps=0.3&sink_rule=per_prompt|prompt_mean`` choose the sink-rate threshold
-    and rule (``sink_rate`` in ``metrics`` is then the rate at that threshold; docs/REFERENCES.md)."""
+    """Every ``metrics.*`` grid; ``?eps=E&sink_rule=per_prompt|prompt_mean`` choose the sink-rate threshold (default
+    ``backend.vocab.SINK_EPS``) and rule (``sink_rate`` in ``metrics`` is then the rate at that threshold;
+    docs/REFERENCES.md)."""
     values, info = state.metrics(run_id)
     body = {"n_layers": info["n_layers"], "n_heads": info["n_heads"], "metrics": values}
     if "sink_rate" in values:

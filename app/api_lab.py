@@ -4,9 +4,9 @@
 ``"patch"``, ``"extremes"``, ``"domains"``): 202 ``{"status": "queued" | "running", "job", ...}`` until the
 result exists, then 200 with it; ``GET /api/runs/<run_id>/lab/<job>`` polls;
 ``GET /api/runs/<run_id>/lab/<job>/attention?layer=L&head=H``: one head's pattern before and after an
-intervention. Shortcuts that submit and poll in one call: ``GET /api/runs/<run_id>/extremes?prompt=P&eps=0.3``
-(adds every sink above eps) and ``GET /api/runs/<run_id>/domains?labels=prose,code&eps=0.3`` (adds sink rates
-per domain and the switching heads). ``GET /api/runs/<run_id>/pair?a=A&b=B&layer=L&head=H``: the same head on
+intervention. Shortcuts that submit and poll in one call: ``GET /api/runs/<run_id>/extremes?prompt=P&eps=E``
+(adds every sink above eps) and ``GET /api/runs/<run_id>/domains?labels=prose,code&eps=E`` (adds sink rates
+per domain and the switching heads; ``eps`` defaults to ``backend.vocab.SINK_EPS``). ``GET /api/runs/<run_id>/pair?a=A&b=B&layer=L&head=H``: the same head on
 two prompts and their difference (from the run's stored patterns, no job).
 """
 

@@ -124,7 +124,7 @@ def metrics(run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def sink_summary(run_id: str, eps: Any = None, rule: Any = None) -> dict[str, Any]:
-    """The sink rate of a finished run at threshold ``eps`` (default 0.3) by ``rule`` (default ``per_prompt``,
+    """The sink rate of a finished run at threshold ``eps`` (default ``backend.vocab.SINK_EPS``) by ``rule`` (default ``per_prompt``,
     the released evaluation; ``prompt_mean`` the variant), from the stored per-prompt alpha: no recomputation.
 
     Returns ``{"sink_rate", "eps", "rule", "rule_label", "n_prompts", "share" [L, H]}`` (``share``: fraction of
@@ -150,7 +150,7 @@ def sink_summary(run_id: str, eps: Any = None, rule: Any = None) -> dict[str, An
     if names.metric("sink_rate") not in sizes:
         raise ViewError("this run has no sink metrics; submit it with the 'metrics' analysis")
     if e != M.SINK_EPS:
-        raise ViewError("this run was stored without per-prompt alpha; its sink rate exists only at eps = 0.3 "
+        raise ViewError(f"this run was stored without per-prompt alpha; its sink rate exists only at eps = {M.SINK_EPS:g} "
                         "(recompute the run for other thresholds)")
     out.update(sink_rate=float(load_array(run_id, names.metric("sink_rate"))), n_prompts=len(m["info"]["tokens"]),
                share=None)

@@ -18,7 +18,7 @@ ANALYSES = ANALYSIS_NAMES
 DEFAULT_OPTIONS: dict[str, Any] = {
     "dtype": "float32",
     "analyses": ["attention", "metrics"],
-    "embedding_methods": ["umap"],
+    "embedding_methods": [vocab.METHOD_NAMES[0]],
     "max_points_per_head": 20_000,
     "seed": 0,
     "importance_rule": "per_token",

@@ -89,7 +89,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.Div(className="row", children=[
                 field("Prompt", dcc.Dropdown(id="ext-prompt", clearable=False), width="380px"),
                 field("Layer", dcc.Dropdown(id="ext-layer", clearable=False)),
-                field(["eps ", help_text("sink threshold on alpha (Gu et al. use 0.3)")],
+                field(["eps ", help_text(f"sink threshold on alpha (Gu et al. use {SINK_EPS:g})")],
                       dcc.Input(id="ext-eps", type="number", min=0, max=0.99, step=0.05,
                                 value=_eps(query.get("eps", SINK_EPS)), debounce=True), width="90px"),
             ]),

@@ -16,7 +16,7 @@ from backend import jobs
 from backend.model_refs import DEFAULT_MODEL, ModelError, available_models, default_causal_model, missing_models
 from backend.spec import DEFAULT_OPTIONS, MAP_POINTS_RANGE, SpecError
 from backend.uploads import IMAGE_EXTENSIONS, UploadError, check_image, parse_labels, parse_upload
-from backend.vocab import ANALYSES, PROJECTION_METHODS
+from backend.vocab import ANALYSES, IMPORTANCE_RULES, PROJECTION_METHODS, RETRIEVAL_TESTS
 
 dash.register_page(__name__, path="/", title="New analysis · Attention Atlas", name="New analysis")
 
@@ -60,7 +60,7 @@ def missing_models_notice() -> html.Div | None:
     return alert(" ".join(missing.values()), "warn")
 
 
-DEFAULT_ANALYSES = ["attention", "metrics"]
+DEFAULT_ANALYSES = list(DEFAULT_OPTIONS["analyses"])
 """Ticked by default: the analyses that take seconds on any model (the token view and the sinks page). Head roles
 (minutes on SmolLM2 on two cores), maps (UMAP per head) and importance (a backward pass per batch) are offered
 on their views of a finished run (the run is extended, same id), so nothing is a dead end."""
@@ -131,7 +131,7 @@ def layout(**_query: str) -> html.Div:
                     html.Label(["Map projections ", help_text(
                         "Projections computed for the query-key maps (when that analysis is ticked). UMAP is the "
                         "default; t-SNE takes about ten times longer; PCA is instant.")]),
-                    dcc.Checklist(id="new-map-methods", value=["umap"], inline=True,
+                    dcc.Checklist(id="new-map-methods", value=list(DEFAULT_OPTIONS["embedding_methods"]), inline=True,
                                   options=[{"label": m.label, "value": m.name} for m in PROJECTION_METHODS],
                                   inputStyle={"marginRight": "4px", "marginLeft": "8px"}),
                 ]),
@@ -151,14 +151,12 @@ def layout(**_query: str) -> html.Div:
                     html.Div(className="field", children=[
                         html.Label("Head importance |dL/dξ| taken"),
                         dcc.RadioItems(id="new-importance-rule", value=DEFAULT_OPTIONS["importance_rule"], options=[
-                            {"label": " per token, summed over positions (released code)", "value": "per_token"},
-                            {"label": " per example (the paper's eq. 2)", "value": "per_example"}]),
+                            {"label": f" {r.label}", "value": r.name} for r in IMPORTANCE_RULES]),
                     ]),
                     html.Div(className="field", children=[
                         html.Label("Retrieval-head test (causal LMs)"),
                         dcc.RadioItems(id="new-retrieval-test", value=DEFAULT_OPTIONS["retrieval_test"], options=[
-                            {"label": " needle sentence, question, ROUGE-1 on words (released code)", "value": "text"},
-                            {"label": " random-token copy test (variant)", "value": "synthetic"}]),
+                            {"label": f" {r.label}", "value": r.name} for r in RETRIEVAL_TESTS]),
                     ]),
                 ]),
                 html.P("Needle-in-a-haystack texts (empty: the released detector's needle and question, and a "

@@ -40,7 +40,7 @@ register_view("sinks", "Attention sinks", needs="metrics.sink_first", analysis="
 SINK_SOURCE = (
     "Sink rate (Gu et al., ICLR 2025, 'When Attention Sink Emerges in Language Models: An Empirical View'): "
     "alpha(k) is the mean attention key k receives from the queries that see it; a head has a first-token "
-    "sink on a prompt when alpha(first) > eps (0.3 in the paper; the slider sets it). Default rule, as the "
+    f"sink on a prompt when alpha(first) > eps ({SINK_EPS:g} in the paper; the slider sets it). Default rule, as the "
     "released evaluation (sail-sg/Attention-Sink, eval_sink_open_source.py): threshold each prompt's alpha, "
     "then average over prompts, layers and heads. Variant 'threshold of the prompt-mean alpha': average alpha "
     "over the prompts first, then count heads. Attention sinks: Xiao et al., ICLR 2024, 'Efficient Streaming "
@@ -104,7 +104,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.Div(className="row", children=[
                 html.Div(className="field", style={"minWidth": "320px"}, children=[
                     html.Label(["Sink threshold eps ", help_text("A head has a first-token sink on a prompt when "
-                                                                  "alpha(first) > eps; Gu et al. use 0.3.")]),
+                                                                  f"alpha(first) > eps; Gu et al. use {SINK_EPS:g}.")]),
                     dcc.Slider(id="sinks-eps", min=0.0, max=1.0, step=0.01, value=eps,
                                marks={v / 10: f"{v / 10:g}" for v in range(0, 11, 2)},
                                tooltip={"placement": "bottom", "always_visible": True}),
