@@ -3,7 +3,7 @@ client id used for rate limits, run URLs."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from app import state
 from backend import jobs
@@ -42,4 +42,5 @@ def _any_error(exc: Exception):
         return error(str(exc), 429)
     if hasattr(exc, "code") and isinstance(getattr(exc, "code"), int):
         return error(getattr(exc, "description", str(exc)), exc.code)  # type: ignore[attr-defined]
+    current_app.logger.error("API error on %s %s", request.method, request.path, exc_info=exc)  # the cause, for the log
     return error(f"internal error: {type(exc).__name__}", 500)
