@@ -1,6 +1,6 @@
 """The README's "First run" walk-through on SmolLM2-135M: runs, screenshots and the numbers they show.
 
-    .venv/bin/python scripts/readme_screenshots.py          # ~30-40 min on 2 busy CPU cores the first time
+    .venv/bin/python scripts/readme_screenshots.py          # 30-60 min on 2 shared CPU cores the first time
     .venv/bin/python scripts/readme_screenshots.py --without-importance   # skips run C, the slowest
     REDIS_URL=... ATLAS_KEY_PREFIX=... .venv/bin/python scripts/readme_screenshots.py --app http://127.0.0.1:8050
 
