@@ -71,7 +71,8 @@ def pruning_curves(curves: dict[str, dict[str, Any]], metric: str, title: str = 
         std = c.get(f"{metric}_std")
         if order == "random" and std is not None:
             s = np.asarray(std, dtype=np.float64)
-            fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([y + s, (y - s)[::-1]]),
+            low = y - s if metric != "perplexity" else np.maximum(y - s, y / 10)  # log axis: keep the band > 0
+            fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([y + s, low[::-1]]),
                                      mode="lines", fill="toself", fillcolor="rgba(127,127,127,0.2)", line=dict(width=0),
                                      hoverinfo="skip", showlegend=False, name="random ± std"))
         fig.add_trace(go.Scatter(
@@ -85,6 +86,12 @@ def pruning_curves(curves: dict[str, dict[str, Any]], metric: str, title: str = 
         fig.add_hline(y=baseline, line=dict(color="#2ca02c", width=1, dash="dash"),
                       annotation_text="all heads", annotation_position="top left")
     fig.update_xaxes(title="fraction of heads removed", tickformat=".0%", range=[-0.02, 1.02])
-    fig.update_yaxes(title=label, rangemode="tozero" if metric == "accuracy" else "normal")
+    if metric == "perplexity":  # exp(loss): the curves span orders of magnitude (10 unpruned, 1e4+ pruned)
+        ys = np.concatenate([np.asarray(t.y, dtype=np.float64) for t in fig.data] or [np.ones(1)])
+        ys = ys[np.isfinite(ys) & (ys > 0)]
+        rng = [float(np.log10(ys.min())) - 0.1, float(np.log10(ys.max())) + 0.1] if ys.size else None
+        fig.update_yaxes(title=f"{label} (log scale)", type="log", range=rng)  # fitted to the curves
+    else:
+        fig.update_yaxes(title=label, rangemode="tozero" if metric == "accuracy" else "normal")
     fig.update_layout(legend=dict(orientation="h", y=-0.22))
     return _base(fig, title or f"{label} while pruning heads", height=420)

@@ -185,6 +185,10 @@ def streaming_curves(full: np.ndarray, window: np.ndarray, sink: np.ndarray, win
                      if skip else "token position", range=[skip + 1, len(full)])
     yr = [np.log10(lo) - 0.05, np.log10(hi) + 0.05] if np.isfinite(lo) and lo > 0 else None
     fig.update_yaxes(title="running perplexity", type="log", range=yr)
+    if yr:  # ticks at 1-2-5 steps (Plotly's own log ticks label every minor step 2..9 on short ranges)
+        ticks = [m * 10.0 ** e for e in range(int(np.floor(yr[0])), int(np.ceil(yr[1])) + 1) for m in (1, 2, 5)
+                 if yr[0] <= np.log10(m * 10.0 ** e) <= yr[1]]
+        fig.update_yaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     pos = "sink positions re-assigned in the cache" if reassigned else "original positions"
     return _base(fig, title or f"StreamingLLM: running perplexity ({pos})", height=400)

@@ -1,6 +1,6 @@
 """The README's "First run" walk-through on SmolLM2-135M: runs, screenshots and the numbers they show.
 
-    .venv/bin/python scripts/readme_screenshots.py          # ~30-40 min on 2 busy CPU cores the first time
+    .venv/bin/python scripts/readme_screenshots.py          # 30-60 min on 2 shared CPU cores the first time
     .venv/bin/python scripts/readme_screenshots.py --without-importance   # skips run C, the slowest
     REDIS_URL=... ATLAS_KEY_PREFIX=... .venv/bin/python scripts/readme_screenshots.py --app http://127.0.0.1:8050
 
@@ -200,7 +200,7 @@ def numbers(base: str, run_a: str, run_b: str, run_c: str | None) -> dict[str, A
     out: dict[str, Any] = {}
     _, met = call(base, f"/api/runs/{run_a}/metrics?eps={EPS}&sink_rule=per_prompt")
     n_layers, n_heads = met["n_layers"], met["n_heads"]
-    out["sinks"] = {"eps": EPS, "rule": met["sink_rule"], "sink_rate": round(float(met["metrics"]["sink_rate"]), 2),
+    out["sinks"] = {"eps": EPS, "rule": met["sink_rule"], "sink_rate": round(float(met["metrics"]["sink_rate"]), 4),
                     "n_prompts": len(PROMPTS), "n_layers": n_layers, "n_heads": n_heads,
                     "n_heads_total": n_layers * n_heads}
 
@@ -269,8 +269,8 @@ def streaming_numbers(run_b: str) -> dict[str, Any]:
     return {"tokens": len(s[names.streaming("nll_full")]) + 1, "window": window, "sinks": sinks,
             "positions_reassigned": bool(int(s[names.streaming("reassigned")])),
             "scored_from_position": ppl["first"], "scored_tokens": ppl["n"],
-            "dense": round(ppl["full"], 1), "window_only": round(ppl["window"], 1),
-            "window_sinks": round(ppl["sink"], 1),
+            "dense": round(ppl["full"], 2), "window_only": round(ppl["window"], 2),
+            "window_sinks": round(ppl["sink"], 2),
             "text_source": "pydoc_data prose paragraphs (Python language reference)"}
 
 
@@ -288,7 +288,7 @@ def shrink(path: Path) -> None:
         raise RuntimeError(f"{path} is {path.stat().st_size} bytes even with 256 colours; crop it further")
 
 
-def shot(page, selectors: list[str], path: Path, pad: int = 6) -> None:
+def shot(page, selectors: list[str], path: Path, pad: int = 2) -> None:
     """Screenshot the union of the elements' boxes (the figure and its caption lines), then :func:`shrink`."""
     boxes = [page.locator(s).first.bounding_box() for s in selectors]
     boxes = [b for b in boxes if b]

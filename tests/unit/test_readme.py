@@ -31,8 +31,8 @@ def readme() -> str:
 
 def walkthrough(text: str) -> str:
     """The "First run" section: from its heading to the next level-2 heading."""
-    start = text.find(SECTION + "\n")
-    assert start >= 0, f"README.md has no '{SECTION}' section"
+    start = text.find("\n" + SECTION) + 1  # the heading may go on ("## First run: ...")
+    assert start > 0, f"README.md has no '{SECTION}' section"
     end = text.find("\n## ", start + len(SECTION))
     return text[start:] if end < 0 else text[start:end]
 
