@@ -1,7 +1,7 @@
 """Extreme tokens: tables and sink lists from the lab's arrays (pure NumPy, no torch, no Redis).
 
-Inputs come from :func:`backend.engine.lab.extreme_tokens` (``received``, ``value_norm``,
-``contribution`` ``[L, H, T]``, ``resid_norm`` ``[L, T]``) and :func:`backend.engine.lab.first_token_alpha`
+Inputs come from :func:`backend.engine.lab_measures.extreme_tokens` (``received``, ``value_norm``,
+``contribution`` ``[L, H, T]``, ``resid_norm`` ``[L, T]``) and :func:`backend.engine.lab_measures.first_token_alpha`
 (``alpha_first`` ``[N, L, H]``). ``received`` is Gu et al.'s ``alpha[l, h](k)``: the mean attention key ``k``
 receives from the queries that can see it (all queries for encoders).
 """

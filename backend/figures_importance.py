@@ -1,6 +1,6 @@
 """Figures of the head-importance views (pure: arrays in, ``go.Figure`` out; no Redis, no Dash).
 
-Definitions: :mod:`backend.engine.importance` (Michel, Levy, Neubig, NeurIPS 2019; docs/REFERENCES.md
+Definitions: :mod:`backend.engine.importance_gates` (Michel, Levy, Neubig, NeurIPS 2019; docs/REFERENCES.md
 section 2). Grid figures put layers down and heads across; ``clickData`` points carry ``x`` = head and
 ``y`` = layer.
 """

@@ -8,7 +8,7 @@ Kinds:
 
 ``extremes`` ``{"prompt": P}``
     per layer, head and token of input ``P``: attention received, value norm, value contribution,
-    residual norm (:mod:`backend.engine.lab`).
+    residual norm (:mod:`backend.engine.lab_measures`).
 ``domains`` ``{}``
     the first token's received attention per input, layer and head over the built-in domain sets
     (:mod:`backend.domains`) and the run's own inputs; sink rates per domain are computed from it at view

@@ -32,7 +32,7 @@ RETRIEVAL_TEXT_LIMITS = {"retrieval_needle": 2_000, "retrieval_question": 1_000,
 """Optional texts of the retrieval test (characters at most); absent: the released detector's defaults."""
 IMPORTANCE_RULES = vocab.rule_names(vocab.IMPORTANCE_RULES)
 """Head importance (Michel et al.): ``|.|`` per token as the authors' released code (default) or per example
-as the paper's eq. 2 (``backend.engine.importance.REDUCTIONS``)."""
+as the paper's eq. 2 (``backend.engine.importance_gates.REDUCTIONS``)."""
 MAP_POINTS_RANGE = (100, 50_000)
 """Bounds of ``max_points_per_head`` (queries + keys per head): t-SNE on 50,000 points takes minutes per head."""
 DIGEST = re.compile(r"^[0-9a-f]{64}$")

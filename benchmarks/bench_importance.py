@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoTokenizer, BertModel  # noqa: E402
 
 import backend.engine.capture  # noqa: E402,F401  (registers the attention implementation)
 from backend.engine.capture import CaptureSession  # noqa: E402
-from backend.engine.importance import head_importance, model_shape  # noqa: E402
+from backend.engine.importance_gates import head_importance, model_shape  # noqa: E402
 from backend.engine.losses import loss_fn, model_task, prepare_targets  # noqa: E402
 
 N_PROMPTS = 32

@@ -2,9 +2,9 @@
 
 The importance stage draws three curves (importance order and reverse order, recomputing importance
 after every step, and random order with 3 seeds) at 11 points each. The reference path (what the stage
-ran before: :func:`backend.engine.importance.pruning_curve` with ``batched=False``, once per order)
+ran before: :func:`backend.engine.importance_gates.pruning_curve` with ``batched=False``, once per order)
 runs one forward pass per point and seed, with a backward pass for every recomputed importance. The
-batched path (:func:`backend.engine.importance.pruning_curves`) evaluates every random setting in a
+batched path (:func:`backend.engine.importance_gates.pruning_curves`) evaluates every random setting in a
 few wide passes, advances the deterministic orders in lock-step (both orders' step in one pass) and
 computes the shared points once. Both are timed in one process, alternating, and their curves are
 compared (same heads removed, metrics within 1e-5 relative).
@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from backend.corpora import prose_paragraphs  # noqa: E402
-from backend.engine.importance import GateEvaluator, pruning_curve, pruning_curves  # noqa: E402
+from backend.engine.importance_gates import GateEvaluator, pruning_curve, pruning_curves  # noqa: E402
 from backend.engine.importance_stage import STEP_FRACTION, SEEDS, make_batches  # noqa: E402
 from backend.engine.losses import model_task, prepare_targets  # noqa: E402
 from backend.engine.models import load_model  # noqa: E402

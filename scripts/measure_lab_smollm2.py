@@ -3,7 +3,7 @@
     .venv/bin/python scripts/measure_lab_smollm2.py      # ~2 min on 2 CPU cores; writes the JSON below
 
 The README's intervention-lab example comes from this script's output, ``benchmarks/results/lab_smollm2.json``:
-the same functions the worker's lab job runs (``backend.engine.lab``), on the run's prompts below.
+the same functions the worker's lab job runs (``backend.engine.lab_measures``), on the run's prompts below.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.engine import lab  # noqa: E402
+from backend.engine import lab_measures  # noqa: E402
 from backend.engine.models import load_model  # noqa: E402
 from backend.model_refs import resolve_model  # noqa: E402
 from backend.settings import get_settings  # noqa: E402
@@ -48,12 +48,12 @@ def main() -> None:
     s = get_settings()
     loaded = load_model(resolve_model(MODEL, s), s)
     model, tok = loaded.model, loaded.preprocessor
-    n_layers, n_heads = lab.model_shape(model)
+    n_layers, n_heads = lab_measures.model_shape(model)
     ids = [tok(p)["input_ids"] for p in PROMPTS]
     out: dict = {"model": MODEL, "prompts": PROMPTS, "tokens": [tok.convert_ids_to_tokens(x) for x in ids],
                  "machine": platform.platform(), "torch": torch.__version__}
 
-    ext = lab.extreme_tokens(model, ids[2], causal=True)
+    ext = lab_measures.extreme_tokens(model, ids[2], causal=True)
     rec, vn, rn = ext["received"], ext["value_norm"], ext["resid_norm"]
     later = rec[:, :, 1:]
     out["extremes"] = {
@@ -67,19 +67,19 @@ def main() -> None:
         "heads_with_first_token_sink_eps_0.3": int((rec[:, :, 0] > 0.3).sum()), "n_heads_total": n_layers * n_heads,
     }
 
-    batch = lab.id_batch([ids[0]], tok.pad_token_id or 0)
-    base_logits, _ = lab.intervened_pass(model, batch, None, patterns=False)
+    batch = lab_measures.id_batch([ids[0]], tok.pad_token_id or 0)
+    base_logits, _ = lab_measures.intervened_pass(model, batch, None, patterns=False)
     scaling = []
     for f in FACTORS:
-        mods = lab.mods_for("scale", None, n_layers, n_heads, keys=[0], factor=f)
-        logits, pats = lab.intervened_pass(model, batch, mods)
+        mods = lab_measures.mods_for("scale", None, n_layers, n_heads, keys=[0], factor=f)
+        logits, pats = lab_measures.intervened_pass(model, batch, mods)
         share = float(np.mean([pats[l][:, 1:, 0].mean() for l in range(n_layers)]))
         scaling.append({"factor": f, "loss": round(nll(logits, ids[0]), 4), "first_token_share": round(share, 4),
                         "top5": top(tok, logits)})
     out["scale_first_token_all_heads"] = {"prompt": 0, "baseline_top5": top(tok, base_logits), "runs": scaling}
 
     good, bad = tok(" Paris", add_special_tokens=False)["input_ids"][0], tok(" Rome", add_special_tokens=False)["input_ids"][0]
-    p = lab.patching(model, ids[0], ids[1], good, bad)
+    p = lab_measures.patching(model, ids[0], ids[1], good, bad)
     diff = [i for i, (a, b) in enumerate(zip(ids[0], ids[1])) if a != b]
     out["patching"] = {
         "clean": 0, "corrupted": 1, "answers": [" Paris", " Rome"], "ld_clean": round(p["ld_clean"], 4),

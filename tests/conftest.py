@@ -180,10 +180,14 @@ def fresh_env(atlas_env, redis_url):
     purge_test_keys(redis.Redis.from_url(redis_url), tag)
 
 
-def pick_option(page, dropdown: str, text: str) -> None:
-    """Open the ``dcc.Dropdown`` with id ``dropdown`` and click its option whose label contains ``text``."""
+def pick_option(page, dropdown: str, text: str, exact: bool = False) -> None:
+    """Open the ``dcc.Dropdown`` with id ``dropdown`` and click its option whose label contains ``text`` (is
+    ``text`` when ``exact``)."""
     page.click(f"#{dropdown}")
-    page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
+    if exact:
+        page.get_by_role("option", name=text, exact=True).click()
+    else:
+        page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
 
 
 @pytest.fixture(scope="session")

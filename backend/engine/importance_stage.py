@@ -1,7 +1,7 @@
 """Head importance and pruning curves as a post-capture stage, and the live pruning experiment.
 
 Michel, Levy, Neubig, NeurIPS 2019, "Are Sixteen Heads Really Better than One?" (docs/REFERENCES.md
-section 2); the numbers come from :mod:`backend.engine.importance`, the loss per model type from
+section 2); the numbers come from :mod:`backend.engine.importance_gates`, the loss per model type from
 :mod:`backend.engine.losses` (causal LM: next-token NLL; masked LM: NLL of 15 % seeded masked tokens;
 classifier: cross-entropy on the run's ``labels`` option, else on the unpruned model's own predictions;
 sentence encoder without a head, e.g. all-MiniLM-L6-v2: contrastive InfoNCE over the run's prompts).
@@ -10,7 +10,7 @@ The stage (``"importance"`` in the run's analyses) emits
 
 * ``metrics.importance`` ``[L, H]`` float32: the importance over **all** the run's inputs by the run's
   ``importance_rule`` option (``per_token``, the authors' released code, default; or ``per_example``, the
-  paper's eq. 2; :data:`backend.engine.importance.REDUCTIONS`), and ``metrics.importance_normalised``: the
+  paper's eq. 2; :data:`backend.engine.importance_gates.REDUCTIONS`), and ``metrics.importance_normalised``: the
   same divided by its l2 norm within each layer (the paper's normalisation); both rules' raw scores, from
   the same backward pass, as ``metrics.importance_per_token`` and ``metrics.importance_per_example``;
 * pruning curves on the **first** :data:`MAX_CURVE_PROMPTS` inputs (the cost is about ``3 x steps``
@@ -40,7 +40,7 @@ import torch
 from backend import names
 from backend.engine.cancel import Cancelled
 from backend.engine.inputs import text_batch
-from backend.engine.importance import (
+from backend.engine.importance_gates import (
     DEFAULT_REDUCTION,
     REDUCTIONS,
     check_reduction,
@@ -87,7 +87,7 @@ def make_batches(
     loaded: LoadedModel, inputs: Sequence[Any], tokens: Sequence[Sequence[str]] | None,
     labels: Sequence[int] | None = None, batch_size: int = BATCH_SIZE,
 ) -> list[dict]:
-    """Batches for :mod:`backend.engine.importance` in input order: text runs from the recorded tokens
+    """Batches for :mod:`backend.engine.importance_gates` in input order: text runs from the recorded tokens
     (right padding, ``special_tokens_mask``), image runs through the image processor; ``labels [B]``
     when given."""
     out = []

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from backend import domains, names
-from backend.engine import lab
+from backend.engine import lab_measures
 from backend.engine.capture import CaptureSession
 from backend.engine.importance_stage import (
     MAX_CURVE_PROMPTS,
@@ -61,7 +61,7 @@ def _top(loaded: LoadedModel, task: str, logits: torch.Tensor, pos: int | None) 
 
 def extremes(loaded: LoadedModel, tokens: list[list[str]], spec: dict) -> tuple[dict, dict]:
     p = spec["prompt"]
-    arrays = lab.extreme_tokens(loaded.model, _ids(loaded, tokens[p]), loaded.causal)
+    arrays = lab_measures.extreme_tokens(loaded.model, _ids(loaded, tokens[p]), loaded.causal)
     result = {"tokens": list(tokens[p]), "causal": loaded.causal,
               **{k: np.round(v.astype(np.float64), 6).tolist() for k, v in arrays.items()}}
     return result, {}
@@ -99,7 +99,7 @@ def domain_sinks(loaded: LoadedModel, tokens: list[list[str]], progress: Progres
     ids += [_ids(loaded, t) for t in tokens]
     progress(0.1, "domains: first-token attention")
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    alpha = lab.first_token_alpha(loaded.model, ids, pad)  # [N, L, H]
+    alpha = lab_measures.first_token_alpha(loaded.model, ids, pad)  # [N, L, H]
     return {"builtin_domains": domain_of, "builtin_texts": texts, "n_builtin": n_builtin,
             "alpha_first": np.round(alpha.astype(np.float64), 6).tolist()}, {}
 
@@ -123,7 +123,7 @@ def intervene(loaded: LoadedModel, inputs: Sequence[str], tokens: list[list[str]
               progress: Progress) -> tuple[dict, dict]:
     model = loaded.model
     task = model_task(model)
-    n_layers, n_heads = lab.model_shape(model)
+    n_layers, n_heads = lab_measures.model_shape(model)
     heads = None if spec["heads"] == "all" else spec["heads"]
     p = spec["prompt"]
     n = min(len(inputs), MAX_CURVE_PROMPTS)
@@ -133,8 +133,8 @@ def intervene(loaded: LoadedModel, inputs: Sequence[str], tokens: list[list[str]
     means = None
     if spec["op"] == "mean":
         progress(0.2, "lab: mean head outputs over the run's inputs")
-        means = lab.head_means(model, [model_inputs(b) for b in make_batches(loaded, inputs, tokens)])
-    mods = lab.mods_for(spec["op"], heads, n_layers, n_heads, keys=spec.get("keys", (0,)),
+        means = lab_measures.head_means(model, [model_inputs(b) for b in make_batches(loaded, inputs, tokens)])
+    mods = lab_measures.mods_for(spec["op"], heads, n_layers, n_heads, keys=spec.get("keys", (0,)),
                         factor=spec.get("factor", 1.0), means=means)
     result: dict[str, Any] = {"task": task, "objective": OBJECTIVES[task], "n_prompts": n,
                               "tokens": list(tokens[p]), "n_layers": n_layers, "n_heads": n_heads}
@@ -146,8 +146,8 @@ def intervene(loaded: LoadedModel, inputs: Sequence[str], tokens: list[list[str]
     progress(0.7, "lab: the prompt before and after")
     batch, where = _prediction_batch(loaded, task, inputs[p], tokens[p])
     layers = _layers_to_store(n_layers, n_heads, len(tokens[p]), spec["heads"])
-    logits_b, pats_b = lab.intervened_pass(model, model_inputs(batch), None, keep=set(layers))
-    logits_a, pats_a = lab.intervened_pass(model, model_inputs(batch), mods, keep=set(layers))
+    logits_b, pats_b = lab_measures.intervened_pass(model, model_inputs(batch), None, keep=set(layers))
+    logits_a, pats_a = lab_measures.intervened_pass(model, model_inputs(batch), mods, keep=set(layers))
     if task != "encoder":
         result["predictions"] = {"prompt": p, "what": where["what"], "position": where["position"],
                                  "before": _top(loaded, task, logits_b, where["position"]),
@@ -184,7 +184,7 @@ def patch(loaded: LoadedModel, tokens: list[list[str]], spec: dict, progress: Pr
     if answer_ids[0] == answer_ids[1]:
         raise ValueError(f"both answers start with the same token {tok.convert_ids_to_tokens(answer_ids[0])!r}")
     clean, corrupted = _ids(loaded, tokens[spec["clean"]]), _ids(loaded, tokens[spec["corrupted"]])
-    out = lab.patching(loaded.model, clean, corrupted, answer_ids[0], answer_ids[1], progress)
+    out = lab_measures.patching(loaded.model, clean, corrupted, answer_ids[0], answer_ids[1], progress)
     r6 = lambda a: np.round(np.asarray(a, dtype=np.float64), 6).tolist()  # noqa: E731
     top = lambda logits: _named(loaded, "causal_lm", [  # noqa: E731
         (int(i), float(p)) for p, i in zip(*torch.topk(torch.softmax(torch.as_tensor(logits), -1), TOP_K))])

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.conftest import get_json, submit_run
+from tests.conftest import get_json, pick_option, submit_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -58,8 +58,7 @@ def test_atlas_grid_table_definitions_and_csv(live_app, runs, browser) -> None:
     assert "Olsson et al. 2022" in defs and "Wu et al. 2024" in defs and "t − L + 1" in defs
 
     # colour by a score: the URL keeps it
-    page.click("#atlas-colour")
-    page.get_by_role("option", name="induction", exact=True).click()
+    pick_option(page, "atlas-colour", "induction", exact=True)
     page.wait_for_function("window.location.search.includes('colour=induction')")
     page.wait_for_function("document.querySelector('#atlas-grid .gtitle')?.textContent.includes('induction per head')")
 

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.conftest import get_json, submit_run
+from tests.conftest import get_json, pick_option, submit_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -46,8 +46,7 @@ def test_heads_grid_hover_token_and_click_opens_the_head(live_app, worker, brows
     assert "layer 2 head 5" in hover and f"top key {top}:" in hover, hover
     assert f"{pat.mean(axis=0)[top]:.3f}" in hover, hover
     # one query token: strips, the token in the URL
-    page.click("#heads-token")
-    page.get_by_role("option", name="3: brown", exact=True).click()
+    pick_option(page, "heads-token", "3: brown", exact=True)
     page.wait_for_function("window.location.search.includes('token=3')")
     page.wait_for_function("document.querySelector('#heads-grid .gtitle')?.textContent.includes('attention from 3:')")
     # a click on a cell opens that head in the token view, same prompt and token

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import submit_run, wait_done
+from tests.conftest import pick_option, submit_run, wait_done
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -89,8 +89,7 @@ def test_csv_labels_reach_the_run_options(live_app, worker, browser) -> None:
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
     page.goto(live_app + "/")
     page.wait_for_selector("#new-prompts")
-    page.click("#new-model")
-    page.get_by_role("option", name="tiny-pydoc-lm (offline)", exact=True).click()
+    pick_option(page, "new-model", "tiny-pydoc-lm (offline)", exact=True)
     page.get_by_text("Head importance", exact=True).click()
     csv = b"text,label\nA list is a mutable sequence.,1\n,0\nStrings are immutable.,0\n"
     page.set_input_files("#new-upload input[type=file]",

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tests.conftest import api_call, submit_run
+from tests.conftest import api_call, pick_option, submit_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -53,10 +53,8 @@ def test_intervention_from_the_run_page_and_from_its_url(live_app, run_id, brows
     q = parse_qs(urlparse(page.url).query)
     assert q["mode"] == ["scale"] and q["factor"] == ["0.25"] and q["heads"] == ["1-2,3-0"] and q["keys"] == ["0"]
     # the attention itself: pick layer 1 head 2 (intervened)
-    page.click("#lab-layer")
-    page.get_by_role("option", name="layer 1", exact=True).click()
-    page.click("#lab-head")
-    page.get_by_role("option", name="head 2", exact=True).click()
+    pick_option(page, "lab-layer", "layer 1", exact=True)
+    pick_option(page, "lab-head", "head 2", exact=True)
     page.wait_for_function("document.querySelector('#lab-att .gtitle')?.textContent.includes('Layer 1 head 2 (intervened)')",
                            timeout=30_000)
     assert page.locator("#lab-att .subplot.xy").count() >= 1
@@ -74,8 +72,7 @@ def test_intervention_from_the_run_page_and_from_its_url(live_app, run_id, brows
     other.close()
 
     # counterfactual pair: prompts 0 and 2, same head
-    page.click("#lab-pb")
-    page.get_by_role("option", name=re.compile(r"^2: A list")).click()
+    pick_option(page, "lab-pb", "2: A list")
     page.wait_for_function("document.querySelector('#lab-pair .gtitle')?.textContent.includes('Layer 1 head 2')")
     assert "B - A" in page.locator("#lab-pair").inner_text()
     page.wait_for_function("window.location.search.includes('pb=2')")

@@ -10,16 +10,11 @@ import re
 import numpy as np
 import pytest
 
-from tests.conftest import api_call, digit_png
+from tests.conftest import api_call, digit_png, pick_option
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 MODEL = os.environ.get("ATLAS_TEST_VIT_MODEL", "digits-vit")  # a folder name under the model roots
-
-
-def _option(page, name: str) -> None:
-    """Click an option of the open dcc.Dropdown."""
-    page.get_by_role("option", name=name, exact=True).click()
 
 
 def test_vit_run_overlay_rollout_and_shared_url(live_app, worker, browser) -> None:
@@ -32,8 +27,7 @@ def test_vit_run_overlay_rollout_and_shared_url(live_app, worker, browser) -> No
     page = ctx.new_page()
     page.goto(live_app + "/")
     page.wait_for_selector("#new-prompts")
-    page.click("#new-model")
-    _option(page, f"{MODEL} (offline)")
+    pick_option(page, "new-model", f"{MODEL} (offline)", exact=True)
 
     # a file that is not an image gets a clear message; a real PNG and a sample digit are stored
     page.set_input_files("#new-upload input[type=file]",
@@ -42,8 +36,7 @@ def test_vit_run_overlay_rollout_and_shared_url(live_app, worker, browser) -> No
     page.set_input_files("#new-upload input[type=file]",
                          files=[{"name": "five.png", "mimeType": "image/png", "buffer": digit_png(5)}])
     page.wait_for_function("document.querySelector('#new-upload-status')?.textContent.includes('five.png: image stored')")
-    page.click("#new-samples")
-    _option(page, "Digit 3 (load_digits row 3, 8x8)")
+    pick_option(page, "new-samples", "Digit 3 (load_digits row 3, 8x8)", exact=True)
     page.keyboard.press("Escape")
     page.wait_for_function("document.querySelector('#new-upload-status')?.textContent.includes('1 sample image(s) chosen, 1 uploaded')")
     page.click("#new-submit")
@@ -77,10 +70,8 @@ def test_vit_run_overlay_rollout_and_shared_url(live_app, worker, browser) -> No
     page.get_by_role("option", name=re.compile(r"^image 2 · digit-3\.png$")).click()
     page.wait_for_function("document.querySelector('#vit-prediction')?.textContent.includes('digit-3.png')")
     assert page.locator("#vit-predicted-class").inner_text() == "3"  # the sample digit 3, classified
-    page.click("#vit-layer")
-    _option(page, f"layer {last}")
-    page.click("#vit-head")
-    _option(page, "head 1")
+    pick_option(page, "vit-layer", f"layer {last}", exact=True)
+    pick_option(page, "vit-head", "head 1", exact=True)
     page.click("#vit-fusion >> text=min")
     page.wait_for_function(f"document.querySelector('#vit-overlay .gtitle')?.textContent.includes('layer {last} head 1')")
     page.wait_for_function("document.querySelector('#vit-rollout .gtitle')?.textContent.includes('fusion min')")

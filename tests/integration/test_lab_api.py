@@ -73,13 +73,13 @@ def test_scaling_the_first_token_job(live_app, run_id, loaded) -> None:
     share = np.asarray(body["key_share"]["after"])[1, 2]
     assert share < np.asarray(body["key_share"]["before"])[1, 2]
     # the loss computed here with the engine's session and the same intervention
-    from backend.engine import lab
+    from backend.engine import lab_measures
     from backend.engine.lab_job import _metrics
     from backend.engine.importance_stage import make_batches
 
     tokens = [loaded.preprocessor.convert_ids_to_tokens(loaded.preprocessor(p)["input_ids"]) for p in PROMPTS]
     batches = make_batches(loaded, PROMPTS, tokens)
-    mods = lab.mods_for("scale", spec["heads"], 4, 4, keys=[0], factor=0.25)
+    mods = lab_measures.mods_for("scale", spec["heads"], 4, 4, keys=[0], factor=0.25)
     after = _metrics(loaded.model, "causal_lm", batches, [{"task": "causal_lm"}] * len(batches), mods)
     assert body["after"]["loss"] == pytest.approx(after["loss"], rel=1e-5)
     # a repeat is a cache hit (the same digest, answered at once)
@@ -102,11 +102,11 @@ def test_activation_patching_job(live_app, run_id, loaded) -> None:
     spec = {"kind": "patch", "clean": 0, "corrupted": 2, "answers": [" It", " A"]}
     body = _submit(live_app, run_id, spec)
     assert np.asarray(body["resid"]).shape == (4, 9) and np.asarray(body["heads"]).shape == (4, 4)
-    from backend.engine import lab
+    from backend.engine import lab_measures
 
     tok = loaded.preprocessor
     good, bad = tok(" It", add_special_tokens=False)["input_ids"][0], tok(" A", add_special_tokens=False)["input_ids"][0]
-    ref = lab.patching(loaded.model, tok(PROMPTS[0])["input_ids"], tok(PROMPTS[2])["input_ids"], good, bad)
+    ref = lab_measures.patching(loaded.model, tok(PROMPTS[0])["input_ids"], tok(PROMPTS[2])["input_ids"], good, bad)
     assert body["ld_clean"] == pytest.approx(ref["ld_clean"], rel=1e-5)
     np.testing.assert_allclose(body["resid"], ref["resid"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(body["heads_normalised"], ref["heads_normalised"], rtol=1e-4, atol=1e-5)

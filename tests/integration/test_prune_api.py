@@ -84,7 +84,7 @@ def test_prune_job_matches_a_direct_computation(live_app, run_id) -> None:
     # the same numbers computed here, from the prompts and the model, without the app
     import torch
 
-    from backend.engine.importance import evaluate_with_gates, top_predictions
+    from backend.engine.importance_gates import evaluate_with_gates, top_predictions
     from backend.engine.models import load_model
     from backend.model_refs import resolve_model
     from backend.settings import get_settings

@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from backend.engine.capture import ATTN_IMPLEMENTATION, CaptureSession
-from backend.engine.importance import (
+from backend.engine.importance_gates import (
     Cancelled,
     evaluate_with_gates,
     head_importance,

@@ -96,7 +96,7 @@ def _run(loaded, inputs, options):
 
 
 def test_stage_on_the_demo_lm_and_live_pruning(lm) -> None:
-    from backend.engine.importance import evaluate_with_gates, head_importance
+    from backend.engine.importance_gates import evaluate_with_gates, head_importance
     from backend.engine.importance_stage import make_batches, prune_experiment, read_meta
 
     arrays, info = _run(lm, PROMPTS, {"analyses": ["attention", "importance"]})

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.engine import lab
+from backend.engine import lab_measures
 from backend.engine.capture import CaptureSession
 from backend.engine.interventions import HeadReplace, ResidPatch
 from tests.unit.tiny_models import VOCAB, build
@@ -33,7 +33,7 @@ def _ids(seed: int, n: int = T) -> list[int]:
 
 
 def _eager(model, ids, mask=None):
-    batch = lab.id_batch([ids], 0)
+    batch = lab_measures.id_batch([ids], 0)
     if mask is not None:
         batch["attention_mask"] = torch.tensor([mask])
     with torch.no_grad():
@@ -70,9 +70,9 @@ def test_scaling_by_one_is_a_no_op(arch: str) -> None:
     cap, eag = _pair(arch)
     ids = _ids(1)
     ref = _eager(eag, ids)
-    mods = lab.mods_for("scale", None, 2, 4, keys=[0, 3], factor=1.0)
-    logits, pats = lab.intervened_pass(cap, lab.id_batch([ids], 0), mods)
-    plain, plain_pats = lab.intervened_pass(cap, lab.id_batch([ids], 0), None)
+    mods = lab_measures.mods_for("scale", None, 2, 4, keys=[0, 3], factor=1.0)
+    logits, pats = lab_measures.intervened_pass(cap, lab_measures.id_batch([ids], 0), mods)
+    plain, plain_pats = lab_measures.intervened_pass(cap, lab_measures.id_batch([ids], 0), None)
     torch.testing.assert_close(logits, plain, **TOL)  # renormalising rows that sum to 1 up to float32 rounding
     torch.testing.assert_close(logits, ref.logits, **TOL)
     for layer in range(2):
@@ -88,7 +88,7 @@ def test_masking_every_head_equals_a_model_that_never_sees_those_keys(arch: str)
     mask = [1] * T
     mask[2] = mask[5] = 0
     ref = _eager(eag, ids, mask)
-    logits, pats = lab.intervened_pass(cap, lab.id_batch([ids], 0), lab.mods_for("mask", None, 2, 4, keys=[2, 5]))
+    logits, pats = lab_measures.intervened_pass(cap, lab_measures.id_batch([ids], 0), lab_measures.mods_for("mask", None, 2, 4, keys=[2, 5]))
     torch.testing.assert_close(logits, ref.logits, **TOL)
     for layer in range(2):
         np.testing.assert_allclose(pats[layer], ref.attentions[layer][0].numpy(), atol=1e-7)
@@ -100,8 +100,8 @@ def test_masking_one_head_recomputes_its_softmax_without_the_keys(arch: str) -> 
     cap, eag = _pair(arch)
     ids = _ids(3)
     ref = _eager(eag, ids)
-    mods = lab.mods_for("mask", [[1, 2]], 2, 4, keys=[1, 4])
-    _, pats = lab.intervened_pass(cap, lab.id_batch([ids], 0), mods)
+    mods = lab_measures.mods_for("mask", [[1, 2]], 2, 4, keys=[1, 4])
+    _, pats = lab_measures.intervened_pass(cap, lab_measures.id_batch([ids], 0), mods)
     a = ref.attentions[1][0, 2].numpy().copy()  # [T, T] of layer 1 head 2, untouched upstream
     a[:, [1, 4]] = 0.0
     want = a / a.sum(-1, keepdims=True)
@@ -114,11 +114,11 @@ def test_scaling_renormalises_and_keeps_rows_that_cannot_be() -> None:
     cap, eag = _pair("llama")
     ids = _ids(4)
     ref = _eager(eag, ids).attentions[0][0].numpy()  # [H, T, T]
-    _, pats = lab.intervened_pass(cap, lab.id_batch([ids], 0), lab.mods_for("scale", [[0, 1]], 2, 4, keys=[0], factor=3.0))
+    _, pats = lab_measures.intervened_pass(cap, lab_measures.id_batch([ids], 0), lab_measures.mods_for("scale", [[0, 1]], 2, 4, keys=[0], factor=3.0))
     a = ref[1].copy()
     a[:, 0] *= 3.0
     np.testing.assert_allclose(pats[0][1], a / a.sum(-1, keepdims=True), atol=1e-7)
-    _, masked = lab.intervened_pass(cap, lab.id_batch([ids], 0), lab.mods_for("mask", [[0, 1]], 2, 4, keys=[0]))
+    _, masked = lab_measures.intervened_pass(cap, lab_measures.id_batch([ids], 0), lab_measures.mods_for("mask", [[0, 1]], 2, 4, keys=[0]))
     np.testing.assert_allclose(masked[0][1][0], ref[1][0], atol=1e-7)  # query 0 sees only key 0: kept as it was
     np.testing.assert_allclose(masked[0][1].sum(-1), 1.0, atol=1e-12)
 
@@ -152,9 +152,9 @@ def test_mean_ablation_equals_replacing_the_output_projection_input(arch: str) -
         want = _eager(eag, ids).logits
     finally:
         hook.remove()
-    batches = [lab.id_batch(prompts[:2], 0), lab.id_batch(prompts[2:], 0)]  # padded batch: padding is ignored
-    means = lab.head_means(cap, batches)
-    got, _ = lab.intervened_pass(cap, lab.id_batch([ids], 0), lab.mods_for("mean", [[1, 3]], 2, 4, means=means))
+    batches = [lab_measures.id_batch(prompts[:2], 0), lab_measures.id_batch(prompts[2:], 0)]  # padded batch: padding is ignored
+    means = lab_measures.head_means(cap, batches)
+    got, _ = lab_measures.intervened_pass(cap, lab_measures.id_batch([ids], 0), lab_measures.mods_for("mean", [[1, 3]], 2, 4, means=means))
     torch.testing.assert_close(got, want, **TOL)
     assert not torch.allclose(got, _eager(eag, ids).logits)
 
@@ -170,17 +170,17 @@ def test_patching_every_position_of_a_layer_reproduces_the_other_prompt(arch: st
     from backend.engine.interventions import ResidRecord
 
     with torch.no_grad(), ResidRecord(cap, 2) as rec, CaptureSession(cap):
-        cap(**lab.id_batch([b], 0))
+        cap(**lab_measures.id_batch([b], 0))
     for layer in range(2):
         with torch.no_grad(), ResidPatch(cap, 2, {layer: [(0, list(range(T)))]}, {layer: rec.resid[layer][0]}), \
                 CaptureSession(cap):
-            got = cap(**lab.id_batch([a], 0)).logits
+            got = cap(**lab_measures.id_batch([a], 0)).logits
         torch.testing.assert_close(got, want_b, **TOL)
     with torch.no_grad(), ResidPatch(cap, 2, {}, {}), CaptureSession(cap, head_mod=HeadReplace({}, {})):
-        got = cap(**lab.id_batch([a], 0)).logits  # patching nothing: the clean run
+        got = cap(**lab_measures.id_batch([a], 0)).logits  # patching nothing: the clean run
     torch.testing.assert_close(got, want_a, **TOL)
     with torch.no_grad(), CaptureSession(cap):
-        plain = cap(**lab.id_batch([a], 0)).logits
+        plain = cap(**lab_measures.id_batch([a], 0)).logits
     torch.testing.assert_close(got, plain, rtol=0, atol=0)
 
 
@@ -189,7 +189,7 @@ def test_patching_grids_equal_hooks_written_here(arch: str) -> None:
     cap, eag = _pair(arch)
     clean, corrupted = _ids(30), _ids(31)
     good, bad = 5, 17
-    out = lab.patching(cap, clean, corrupted, good, bad)
+    out = lab_measures.patching(cap, clean, corrupted, good, bad)
     ref_clean = _eager(eag, clean)
     ld = lambda logits: float(logits[0, -1, good] - logits[0, -1, bad])  # noqa: E731
     assert out["ld_clean"] == pytest.approx(ld(ref_clean.logits), abs=1e-6)
@@ -236,7 +236,7 @@ def test_patching_grids_equal_hooks_written_here(arch: str) -> None:
 def test_patching_refuses_prompts_of_different_lengths() -> None:
     cap, _ = _pair("llama")
     with pytest.raises(ValueError, match="same length"):
-        lab.patching(cap, _ids(1, 5), _ids(2, 6), 3, 4)
+        lab_measures.patching(cap, _ids(1, 5), _ids(2, 6), 3, 4)
 
 
 # ------------------------------------------------------------------------------------ extreme tokens
@@ -271,7 +271,7 @@ def test_extreme_token_numbers_equal_independent_hooks(arch: str, causal: bool) 
     finally:
         for h in handles:
             h.remove()
-    got = lab.extreme_tokens(cap, ids, causal)
+    got = lab_measures.extreme_tokens(cap, ids, causal)
     for layer in range(2):
         v = values[layer]
         if arch == "gpt2":
@@ -290,7 +290,7 @@ def test_extreme_token_numbers_equal_independent_hooks(arch: str, causal: bool) 
 def test_first_token_alpha_over_a_padded_batch() -> None:
     cap, eag = _pair("llama")
     prompts = [_ids(50, 9), _ids(51, 4), _ids(52, 6)]
-    got = lab.first_token_alpha(cap, prompts, 0, batch_size=2)
+    got = lab_measures.first_token_alpha(cap, prompts, 0, batch_size=2)
     for i, p in enumerate(prompts):
         ref = _eager(eag, p)
         for layer in range(2):
@@ -307,7 +307,7 @@ def test_long_prompts_keep_the_patterns_of_a_few_layers_only() -> None:
     assert lab_job._layers_to_store(30, 9, 2048, "all") == [0]
     cap, eag = _pair("llama")
     ids = _ids(60)
-    _, pats = lab.intervened_pass(cap, lab.id_batch([ids], 0), None, keep={1})
+    _, pats = lab_measures.intervened_pass(cap, lab_measures.id_batch([ids], 0), None, keep={1})
     assert list(pats) == [1]
     np.testing.assert_allclose(pats[1], _eager(eag, ids).attentions[1][0].numpy(), atol=1e-7)
 
@@ -317,7 +317,7 @@ def test_scaling_is_the_same_when_attention_is_chunked_over_queries() -> None:
     from backend.engine.interventions import KeyScale
 
     cap, _ = _pair("llama")
-    batch = lab.id_batch([_ids(70)], 0)
+    batch = lab_measures.id_batch([_ids(70)], 0)
     mod = KeyScale({0: [1, 3], 1: [0]}, [0, 2], 0.3)
     with torch.no_grad(), CaptureSession(cap, weights_mod=mod):
         whole = cap(**batch).logits

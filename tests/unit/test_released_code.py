@@ -170,7 +170,7 @@ def released_importance(model, arch: str, batch: dict, targets: dict, task: str)
     per-example losses .sum()``, ``dot = einsum("bhli,bhli->bhl", grad_ctx, ctx)``, ``|dot|`` summed over
     positions and examples, divided by the number of real tokens (``input_mask.sum()``)."""
     from backend.engine.losses import loss_terms
-    from backend.engine.importance import model_shape
+    from backend.engine.importance_gates import model_shape
 
     n_layers, n_heads = model_shape(model)
     ctx: dict[int, torch.Tensor] = {}
@@ -211,7 +211,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "bert", "vit"])
 def test_head_importance_follows_the_released_code(arch: str) -> None:
     from backend.engine.capture import ATTN_IMPLEMENTATION
-    from backend.engine.importance import head_importance, head_importance_all
+    from backend.engine.importance_gates import head_importance, head_importance_all
     from backend.engine.losses import model_task, prepare_targets
     from tests.unit.tiny_models import build, sample_inputs
 
