@@ -156,7 +156,7 @@ def load_page(ctx, target: str, sel: str) -> tuple[float, dict[str, float]]:
     net = Net(page)
     t0 = time.perf_counter()
     page.goto(target, wait_until="commit")
-    drawn_ms = page.wait_for_function(DRAWN, arg=sel, timeout=60_000).json_value()
+    drawn_ms = page.wait_for_function(DRAWN, arg=sel, timeout=180_000).json_value()
     dt = time.perf_counter() - t0
     boot_ms = page.evaluate(BOOT)  # navigation start to the first callback request: page and Dash booting
     page.wait_for_timeout(300)  # let trailing callbacks finish before counting

@@ -151,7 +151,8 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
     _wait_title(other, "#maps-head-fig", "layer 2 head 5 · UMAP (raw)")
     bodies = [r.text() for r in responses]
     switch = [b for b in bodies if '"maps-head-raw"' in b]
-    assert len(switch) == 1 and "hovertext" not in switch[0] and '"maps-hover":' not in switch[0]
+    assert len(switch) == 1 and '"hovertext":' not in switch[0] and '"maps-hover":' not in switch[0]
+    assert '"customdata":' in switch[0]
     hover = other.evaluate(f"(() => {{ const t = {PLOT.format(sel='#maps-head-fig')}._fullData[0]; "
                            "return [t.x.length, t.hovertext.length, t.hovertext[0]]; })()")
     assert hover[0] == hover[1] > 0 and "prompt" in hover[2] and "position" in hover[2]
