@@ -65,7 +65,7 @@ def _layer_value(value: Any) -> int | str:
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
-    metric = query.get("metric") if query.get("metric") in GRID_METRICS else "sink_first"
+    metric = query.get("metric") if query.get("metric") in GRID_METRICS else GRID_METRICS[0]
     view = {"metric": metric, "prompt": query_int(query.get("prompt")), "layer": _layer_value(query.get("layer"))}
     try:
         eps = sink_defs.check_sink_eps(query.get("eps", sink_defs.SINK_EPS))
