@@ -15,7 +15,7 @@ import numpy as np
 from app import atlas_data, state
 from backend import jobs
 from backend import roles as hr
-from backend.vocab import GRID_METRICS
+from backend.vocab import GRID_METRICS, METRIC_BY_NAME
 
 PREVIEW_CHARS = 40
 """Characters of the first prompt shown in a run's dropdown label."""
@@ -76,7 +76,7 @@ def grids(a: dict[str, Any], b: dict[str, Any], metric: str) -> tuple[np.ndarray
     ga, gb = (np.asarray(d["grids"][metric], dtype=np.float64) if metric in d["grids"] else None for d in (a, b))
     finite = [g[np.isfinite(g)] for g in (ga, gb) if g is not None]
     zmax = max((float(f.max()) for f in finite if f.size), default=None)
-    return ga, gb, 1.0 if metric in ("sink_first", "sink_special") else zmax
+    return ga, gb, 1.0 if getattr(METRIC_BY_NAME.get(metric), "unit", None) == "alpha" else zmax
 
 
 # ---- /atlas/compare: head atlases ------------------------------------------------------------------------------

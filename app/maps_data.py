@@ -183,3 +183,15 @@ def csv_text(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool)
     for (x, y), (k, p, pos) in zip(xy.tolist(), meta.tolist()):
         w.writerow([f"{x:.6g}", f"{y:.6g}", embedding_points.KIND_NAMES[k], p, pos, run.tokens[p][pos]])
     return buf.getvalue()
+
+
+def pattern(run_id: str, prompt: Any, layer: Any, head_: Any) -> tuple[list[str], np.ndarray]:
+    """Tokens and the ``[query, key]`` pattern of one head for one prompt (the selected token's attention)."""
+    return state.pattern(run_id, prompt, layer, head_)
+
+
+def image_names(run_id: str) -> list[str]:
+    """A name per input image of an image run (:func:`app.vit_data.image_names`)."""
+    from app import vit_data  # noqa: PLC0415  (image runs only)
+
+    return vit_data.image_names(state.done_manifest(run_id))

@@ -1,8 +1,11 @@
-"""View data of the run page: what the token view needs of a finished run (tokens, shape, kind, array names)."""
+"""View data of the run page: what the token view needs of a finished run (tokens, shape, kind, array names)
+and one head's pattern."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from app import state
 
@@ -14,3 +17,8 @@ def load_info(run_id: str) -> dict[str, Any]:
     return {"tokens": mi.get("tokens", []), "n_layers": mi.get("n_layers"), "n_heads": mi.get("n_heads"),
             "kind": mi.get("kind", "text"), "sizes": sorted(m.get("sizes") or {}),
             "notices": mi.get("notices", [])}
+
+
+def pattern(run_id: str, prompt: Any, layer: Any, head: Any) -> tuple[list[str], np.ndarray]:
+    """Tokens and the ``[query, key]`` pattern of one head for one prompt (validated indices)."""
+    return state.pattern(run_id, prompt, layer, head)

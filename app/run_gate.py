@@ -176,10 +176,13 @@ def _check(run_id: str, load: Callable[[str], Any], analysis: str | None, side: 
 def sync_url(url_id: str, inputs: Sequence[tuple[str, str]], ready: tuple[str, str],
              to_query: Callable[..., dict[str, Any] | None], safe: str = "", prevent_initial_call: bool = True) -> None:
     """Register the callback that writes ``?`` + the view's query into ``url_id``'s search whenever one of
-    ``inputs`` changes. ``to_query(*input_values, ready_value)`` returns the query, or None to leave the URL."""
+    ``inputs`` changes. ``to_query(*input_values, ready_value)`` returns the query (empty: no ``?``), or None to
+    leave the URL."""
 
     @callback(Output(url_id, "search"), *[Input(c, p) for c, p in inputs], State(*ready),
               prevent_initial_call=prevent_initial_call)
     def _sync(*values: Any) -> Any:
         q = to_query(*values)
-        return no_update if q is None else "?" + urlencode(q, safe=safe)
+        if q is None:
+            return no_update
+        return "?" + urlencode(q, safe=safe) if q else ""

@@ -13,7 +13,7 @@ from dash import Input, Output, State, callback, dash_table, dcc, html, no_updat
 
 from app import atlas_data, compare_data, state
 from app.components import alert
-from app.run_gate import Gate, gate_at_layout, poll_interval, wait_for_run
+from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_atlas
 from backend import roles as hr
@@ -156,13 +156,13 @@ def render_retrieval(data, _run_id=None):
 
 @callback(
     Output("atlas-body", "style"), Output("atlas-grid", "figure"), Output("atlas-table", "data"),
-    Output("atlas-summary", "children"), Output("atlas-url", "search"), Output("atlas-compare-card", "style"),
+    Output("atlas-summary", "children"), Output("atlas-compare-card", "style"),
     Input("atlas-data", "data"), Input("atlas-colour", "value"), Input("atlas-roles", "value"),
 )
 def render(data, colour, roles):
-    """Grid and table of the loaded atlas; the view state goes to the URL."""
+    """Grid and table of the loaded atlas (the URL follows through :func:`_view_query`)."""
     if not data:
-        return {"display": "none"}, no_update, [], "", no_update, {"display": "none"}
+        return {"display": "none"}, no_update, [], "", {"display": "none"}
     dominant, scores = atlas_data.arrays(data)
     colour = colour or "role"
     title = "dominant role per head" if colour == "role" else f"{hr.SCORE_BY_KEY[colour].label} per head (glyph: role)"
@@ -172,9 +172,19 @@ def render(data, colour, roles):
         rows = [r for r in rows if r["role"] in roles]
     counts = {r: int((dominant == hr.ROLE_CODE[r]).sum()) for r in hr.ROLES}
     summary = " · ".join(f"{hr.ROLE_GLYPHS[r]} {hr.ROLE_LABELS[r]}: {n}" for r, n in counts.items() if n)
-    query = {k: v for k, v in (("colour", colour if colour != "role" else ""), ("roles", ",".join(roles or []))) if v}
-    search = "?" + urlencode(query) if query else ""
-    return {"display": "block"}, fig, rows, summary, search, {"display": "block"}
+    return {"display": "block"}, fig, rows, summary, {"display": "block"}
+
+
+def _view_query(data, colour, roles, _run_id) -> dict | None:
+    """The view in the URL: the colouring (role: the default, left out) and the role filter."""
+    if not data:
+        return None
+    colour = colour or "role"
+    return {k: v for k, v in (("colour", colour if colour != "role" else ""), ("roles", ",".join(roles or []))) if v}
+
+
+sync_url("atlas-url", [("atlas-data", "data"), ("atlas-colour", "value"), ("atlas-roles", "value")],
+         ("atlas-run-id", "data"), _view_query, prevent_initial_call=False)
 
 
 @callback(Output("atlas-head-link", "children"), Input("atlas-grid", "clickData"), State("atlas-run-id", "data"),

@@ -26,7 +26,7 @@ ANALYSIS = "metrics"
 
 
 def layout(a: str | None = None, b: str | None = None, metric: str | None = None, **_query: str) -> html.Div:
-    metric = metric if metric in GRID_METRICS else "sink_first"
+    metric = metric if metric in GRID_METRICS else GRID_METRICS[0]
     a, b = (a or "").strip() or None, (b or "").strip() or None
     try:
         options = compare_data.run_options(ANALYSIS, keep=(a, b))

@@ -44,6 +44,7 @@ SOURCE = ("Head importance (Michel, Levy, Neubig, NeurIPS 2019, 'Are Sixteen Hea
           "heads per step, least important first, recomputing importance after each step; random order (3 seeds) "
           "and most-important-first are shown for comparison. Definitions and sources: docs/REFERENCES.md.")
 RULES = {r.name: r.label for r in vocab.IMPORTANCE_RULES}
+DEFAULT_RULE = vocab.IMPORTANCE_RULES[0].name
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
@@ -54,7 +55,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     prompt = query_int(query.get("prompt"))
     ready = gate_at_layout(run_id, importance_data.load_info, analysis="importance")
     info, status, notices, objective = _ready(ready) if ready else (None, None, None, None)
-    shown_rule = default_rule(info, rule) if ready else (rule or "per_token")
+    shown_rule = default_rule(info, rule) if ready else (rule or DEFAULT_RULE)
     return html.Div([
         dcc.Store(id="imp-run-id", data=run_id),
         dcc.Store(id="imp-info", data=info),
@@ -251,7 +252,7 @@ def default_rule(info, asked):
     """The rule shown first: the URL's, else the run's own (the one that ordered its pruning curves)."""
     if not info:
         return no_update
-    return asked if asked in RULES else info.get("rule", "per_token")
+    return asked if asked in RULES else info.get("rule", DEFAULT_RULE)
 
 
 @callback(Output("imp-grid", "figure"), Input("imp-scale", "value"), Input("imp-info", "data"),

@@ -216,7 +216,7 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         xy, meta = maps_data.head(run_id, layer, head, method, normalised)
         run_info = maps_data.map_run(run_id)
         table = maps_data.point_table(run_id, run_info, meta)
-        input_names = vit_data.image_names(state.done_manifest(run_id)) if run.get("image") else None
+        input_names = maps_data.image_names(run_id) if run.get("image") else None
     except VIEW_ERRORS as exc:
         return {"fig": empty_figure("not available")}, no_update, no_update, "", _errors(exc)
     search_error = None
@@ -305,7 +305,7 @@ def render_token(sel, layer, head, run, run_id):
         return html.P("Click a point to see that token's attention in its prompt.", className="muted"), empty_figure(), hidden
     kind, p, pos = sel
     try:
-        tokens, pat = state.pattern(run_id, p, layer, head)
+        tokens, pat = maps_data.pattern(run_id, p, layer, head)
         if not 0 <= pos < len(tokens):
             raise state.ViewError("the selected token is outside its prompt")
     except VIEW_ERRORS as exc:

@@ -15,7 +15,7 @@ from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import not_found, run_data, state
 from app.components import alert, help_text, progress_bar, query_int
-from app.run_gate import poll_interval, wait_for_run
+from app.run_gate import poll_interval, sync_url, wait_for_run
 from backend import figures, jobs, token_text
 
 dash.register_page(__name__, path_template="/runs/<run_id>", title="Run · Attention Atlas", name="Run")
@@ -198,24 +198,23 @@ def strongest_edges_note(n_keys: int, shown: int) -> str:
 
 @callback(
     Output("run-tokens", "children"), Output("run-row", "figure"), Output("run-lines", "figure"),
-    Output("run-heatmap", "figure"), Output("run-view-error", "children"), Output("run-url", "search"),
+    Output("run-heatmap", "figure"), Output("run-view-error", "children"),
     Input("run-prompt", "value"), Input("run-layer", "value"), Input("run-head", "value"),
     Input("run-view", "data"), Input("run-words", "value"), State("run-id", "data"), State("run-info", "data"),
 )
 def render(prompt, layer, head, view, words, run_id, info):
-    """Draw the chosen head for the chosen prompt and token; mirror the state into the URL."""
+    """Draw the chosen head for the chosen prompt and token (the URL follows through :func:`_view_query`)."""
     if not info or prompt is None or layer is None or head is None:
-        return no_update, no_update, no_update, no_update, no_update, no_update
+        return no_update, no_update, no_update, no_update, no_update
     merge = "1" in (words or [])
-    token = (view or {}).get("token", 0) if (view or {}).get("prompt", prompt) == prompt else 0
-    query = {"prompt": prompt, "layer": layer, "head": head, "token": token, **({"words": 1} if merge else {})}
+    token = _view_token(view, prompt)
     try:
-        raw, pat = state.pattern(run_id, prompt, layer, head)
+        raw, pat = run_data.pattern(run_id, prompt, layer, head)
     except (state.ViewError, state.NotReady, LookupError) as exc:
         empty = figures.attention_row(["-"], np.zeros(1), 0)
-        return [], empty, empty, empty, alert(str(exc), "warn"), "?" + urlencode(query)
+        return [], empty, empty, empty, alert(str(exc), "warn")
     except state.REDIS_ERRORS:
-        return no_update, no_update, no_update, no_update, alert(state.REDIS_DOWN, "warn"), no_update
+        return no_update, no_update, no_update, no_update, alert(state.REDIS_DOWN, "warn")
     if merge:
         groups = token_text.word_groups(raw)
         shown = token_text.word_text(raw, groups)
@@ -224,7 +223,6 @@ def render(prompt, layer, head, view, words, run_id, info):
     else:
         shown = token_text.readable_tokens(raw)
     token = token if 0 <= token < len(shown) else 0
-    query["token"] = token
     labels = [token_text.one_line(t) for t in shown]
     label = f"layer {layer} head {head}"
     unit = "word" if merge else "position"
@@ -240,8 +238,29 @@ def render(prompt, layer, head, view, words, run_id, info):
                                 title=f"{label}: " + ("full pattern (rows = queries)" if len(labels) <= figures.WINDOW
                                                       else f"the {figures.WINDOW} queries around {unit} {token}")),
         "",
-        "?" + urlencode(query),
     )
+
+
+def _view_token(view: dict | None, prompt: int) -> int:
+    """The query token of the view: the clicked one while it belongs to the prompt on screen, else 0."""
+    return (view or {}).get("token", 0) if (view or {}).get("prompt", prompt) == prompt else 0
+
+
+def _view_query(prompt, layer, head, view, words, info) -> dict | None:
+    """The view in the URL: prompt, layer, head, query token (0 when outside the prompt) and word merging."""
+    if not info or prompt is None or layer is None or head is None:
+        return None
+    merge = "1" in (words or [])
+    token = _view_token(view, prompt)
+    tokens = info["tokens"][prompt] if isinstance(prompt, int) and 0 <= prompt < len(info["tokens"]) else None
+    if tokens is not None:
+        n = len(token_text.word_groups(tokens)) if merge else len(tokens)
+        token = token if 0 <= token < n else 0
+    return {"prompt": prompt, "layer": layer, "head": head, "token": token, **({"words": 1} if merge else {})}
+
+
+sync_url("run-url", [("run-prompt", "value"), ("run-layer", "value"), ("run-head", "value"), ("run-view", "data"),
+                     ("run-words", "value")], ("run-info", "data"), _view_query, prevent_initial_call=False)
 
 
 @callback(Output("run-heads-link", "href"), Input("run-url", "search"), State("run-id", "data"),
@@ -257,7 +276,7 @@ def heads_link(search, run_id):
           State("run-id", "data"), State("run-prompt", "value"), State("run-layer", "value"),
           State("run-head", "value"), prevent_initial_call=True)
 def download(_n, run_id, prompt, layer, head):
-    tokens, pat = state.pattern(run_id, prompt, layer, head)
+    tokens, pat = run_data.pattern(run_id, prompt, layer, head)
     body = {"run_id": run_id, "prompt": prompt, "layer": layer, "head": head, "tokens": tokens,
             "pattern": pat.round(6).tolist()}
     return dict(content=json.dumps(body), filename=f"attention_{run_id[:8]}_p{prompt}_L{layer}_H{head}.json")

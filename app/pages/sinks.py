@@ -65,7 +65,7 @@ def _layer_value(value: Any) -> int | str:
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
-    metric = query.get("metric") if query.get("metric") in GRID_METRICS else "sink_first"
+    metric = query.get("metric") if query.get("metric") in GRID_METRICS else GRID_METRICS[0]
     view = {"metric": metric, "prompt": query_int(query.get("prompt")), "layer": _layer_value(query.get("layer"))}
     try:
         eps = sink_defs.check_sink_eps(query.get("eps", sink_defs.SINK_EPS))
@@ -211,7 +211,7 @@ sync_url("sinks-url", [("sinks-metric", "value"), ("sinks-prompt", "value"), ("s
 def sink_rate_text(run_id: str, eps: float, rule: str) -> list:
     """The sink rate at ``eps`` by ``rule``, with what it counts (from the stored per-prompt alpha)."""
     try:
-        s = state.sink_summary(run_id, eps, rule)
+        s = sinks_data.sink_summary(run_id, eps, rule)
     except (state.ViewError, state.NotReady, LookupError) as exc:
         return [str(exc)]
     if s["share"] is None:
@@ -259,25 +259,6 @@ def open_head(click, run_id, prompt):
     return f"/runs/{run_id}?" + urlencode({"prompt": prompt or 0, "layer": layer, "head": head})
 
 
-def received_rows(run_id: str, prompt: int, layer: int | str, n_layers: int) -> tuple[list[str], np.ndarray, list[str]]:
-    """Tokens, ``[rows, T]`` attention received and row labels for one layer or all layers."""
-    if layer == "all":
-        parts, tokens = [], []
-        for l in range(n_layers):
-            tokens, rec = state.received(run_id, prompt, l)
-            parts.append(np.asarray(rec))
-        h = parts[0].shape[0]
-        return tokens, np.concatenate(parts, axis=0), [f"L{l} H{i}" for l in range(n_layers) for i in range(h)]
-    tokens, rec = state.received(run_id, prompt, layer)
-    return tokens, np.asarray(rec), [f"H{i}" for i in range(rec.shape[0])]
-
-
-def massive_arrays(run_id: str, prompt: int, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
-    top = [state.load_array(run_id, names.resid_absmax(prompt, l)) for l in range(n_layers)]
-    dims = [state.load_array(run_id, names.resid_absmax_dim(prompt, l)) for l in range(n_layers)]
-    return np.stack(top), np.stack(dims)  # [L, T], [L, T]
-
-
 @callback(Output("sinks-received", "figure"), Output("sinks-massive", "figure"), Output("sinks-prompt-error", "children"),
           Input("sinks-prompt", "value"), Input("sinks-layer", "value"), State("sinks-run-id", "data"),
           State("sinks-info", "data"))
@@ -289,7 +270,7 @@ def render_prompt(prompt, layer, run_id, info):
         state.check_index("prompt", prompt, len(info["tokens"]))
         if layer != "all":
             state.check_index("layer", layer, info["n_layers"])
-        tokens, rec, rows = received_rows(run_id, prompt, layer, info["n_layers"])
+        tokens, rec, rows = sinks_data.received_rows(run_id, prompt, layer, info["n_layers"])
         where = "all layers x heads" if layer == "all" else f"layer {layer}"
         rec_fig = fs.received_heatmap(token_text.labels(tokens), rec, rows, f"prompt {prompt + 1}, {where}: attention received per position "
                                                          "(mean over the queries that see it)")
@@ -299,7 +280,7 @@ def render_prompt(prompt, layer, run_id, info):
         return no_update, no_update, alert(state.REDIS_DOWN, "warn")
     try:
         if names.resid_absmax(prompt, 0) in info["sizes"]:
-            top, dims = massive_arrays(run_id, prompt, info["n_layers"])
+            top, dims = sinks_data.massive_arrays(run_id, prompt, info["n_layers"])
             ratio = info["metrics"].get("massive_ratio")
             mas_fig = fs.massive_heatmap(token_text.labels(info["tokens"][prompt]), top, dims, np.asarray(ratio, dtype=np.float64)
                                          if ratio is not None else None,
@@ -317,9 +298,7 @@ def render_streaming(info, run_id):
     if not info or names.streaming("nll_full") not in info["sizes"]:
         return no_update, no_update
     try:
-        arr = {k: state.load_array(run_id, names.streaming(k)) for k in ("nll_full", "nll_window", "nll_sink", "params")}
-        reassigned = (bool(int(state.load_array(run_id, names.streaming("reassigned"))))
-                      if names.streaming("reassigned") in info["sizes"] else False)
+        arr, reassigned = sinks_data.streaming_arrays(run_id, info["sizes"])
     except (state.ViewError, state.NotReady, LookupError) as exc:
         return no_update, alert(str(exc), "warn")
     except state.REDIS_ERRORS:
@@ -360,7 +339,7 @@ def download(_csv, _json, metric, info, run_id, eps, rule):
     if dash.ctx.triggered_id == "sinks-csv-btn":
         return dict(content=grid_csv(grid), filename=f"{stem}.csv")
     try:
-        sink = state.sink_summary(run_id, eps, rule)
+        sink = sinks_data.sink_summary(run_id, eps, rule)
     except (state.ViewError, state.NotReady, LookupError):
         sink = {"eps": SINK_EPS, "rule": None, "sink_rate": info["metrics"].get("sink_rate")}
     body = {"run_id": run_id, "model": info.get("model"), "metric": metric, "n_layers": info["n_layers"],

@@ -326,3 +326,23 @@ def test_umap_private_kernel_is_checked(monkeypatch) -> None:
     monkeypatch.setattr(umap.layouts, "_optimize_layout_euclidean_single_epoch", lambda a, b: None, raising=False)
     with pytest.raises(RuntimeError, match="takes 2 parameters instead of 27"):
         embedding_projection._private_epoch()
+
+
+def test_umap_range_is_the_tested_minor_version() -> None:
+    """pyproject.toml lets installs into other environments take only the umap-learn minor version whose private
+    kernel was checked: the locked (tested) version, not the next minor release."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    from packaging.specifiers import SpecifierSet
+
+    root = Path(__file__).resolve().parents[2]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    spec = SpecifierSet(next(d for d in deps if d.startswith("umap-learn"))[len("umap-learn"):])
+    locked = next(l.split("==")[1].strip() for l in (root / "requirements.lock").read_text().splitlines()
+                  if l.startswith("umap-learn=="))
+    assert locked == embedding_projection.UMAP_TESTED
+    assert locked in spec
+    major, minor = (int(x) for x in locked.split(".")[:2])
+    assert f"{major}.{minor + 1}.0" not in spec
