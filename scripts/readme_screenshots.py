@@ -46,7 +46,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app.examples import CODE  # noqa: E402
 from backend import corpora  # noqa: E402
+from backend.vocab import SINK_EPS as EPS  # noqa: E402
 
 MODEL = "smollm2-135m"
 OUT_JSON = REPO / "benchmarks" / "results" / "screenshots_smollm2.json"
@@ -55,25 +57,9 @@ DATA_DIR = REPO / ".atlas" / "readme-screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 MAX_PNG_BYTES = 300_000
-EPS = 0.3
 PRUNE_FRACTION = 0.3
 N_OFF = 5
 
-CODE = '''def fibonacci(n):
-    """Return the n-th Fibonacci number."""
-    a, b = 0, 1
-    for _ in range(n):
-        a, b = b, a + b
-    return a
-
-
-def factorial(n):
-    """Return n factorial."""
-    result = 1
-    for i in range(2, n + 1):
-        result = result * i
-    return result
-'''
 REPEATED = " ".join(corpora.PROSE[6:8])
 PROMPTS = [" ".join(corpora.PROSE[:3]), " ".join(corpora.PROSE[3:6]), CODE, f"{REPEATED} {REPEATED}"]
 """Run A: two prose passages, two Python functions, and a passage said twice (where induction heads copy)."""
