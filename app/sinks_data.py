@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from app import state
-from backend import names
+from backend import jobs, names
 
 
 def load_info(run_id: str) -> dict[str, Any]:
@@ -59,3 +59,13 @@ def streaming_arrays(run_id: str, sizes: list[str]) -> tuple[dict[str, np.ndarra
     reassigned = (bool(int(state.load_array(run_id, names.streaming("reassigned"))))
                   if names.streaming("reassigned") in sizes else False)
     return arr, reassigned
+
+
+def gate_analysis(run_id: str) -> str | None:
+    """The analysis the page waits for: sink metrics, unless the run has the StreamingLLM experiment, whose card
+    this page draws without them (the grid card stays hidden until metrics are added)."""
+    try:
+        m = state.run_status(run_id)
+    except state.REDIS_ERRORS:
+        m = None
+    return None if m and "streaming" in jobs.run_analyses(m) else "metrics"

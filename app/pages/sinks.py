@@ -27,7 +27,7 @@ from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for
 from backend import metrics as sink_defs
 from backend import vocab
 from app.view_links import register_view
-from backend import jobs, names, token_text
+from backend import names, token_text
 from backend import figures_sinks as fs
 from backend.vocab import GRID_METRICS, SINK_EPS
 
@@ -72,7 +72,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     except ValueError:
         eps = sink_defs.SINK_EPS
     rule = query.get("rule") if query.get("rule") in sink_defs.SINK_RULES else sink_defs.DEFAULT_SINK_RULE
-    ready = gate_at_layout(run_id, sinks_data.load_info, analysis=gate_analysis(run_id) if run_id else "metrics")
+    ready = gate_at_layout(run_id, sinks_data.load_info, analysis=sinks_data.gate_analysis(run_id) if run_id else "metrics")
     info, status, notices = _ready(ready) if ready else (None, None, None)
     return html.Div([
         dcc.Store(id="sinks-run-id", data=run_id),
@@ -140,16 +140,6 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     ])
 
 
-def gate_analysis(run_id: str) -> str | None:
-    """The analysis the page waits for: sink metrics, unless the run has the StreamingLLM experiment, whose card
-    this page draws without them (the grid card stays hidden until metrics are added)."""
-    try:
-        m = state.run_status(run_id)
-    except state.REDIS_ERRORS:
-        m = None
-    return None if m and "streaming" in jobs.run_analyses(m) else "metrics"
-
-
 @callback(
     Output("sinks-info", "data"), Output("sinks-poll", "disabled"), Output("sinks-status", "children"),
     Output("sinks-notices", "children"),
@@ -157,7 +147,7 @@ def gate_analysis(run_id: str) -> str | None:
 )
 def poll(_n, run_id):
     """Wait for the run to finish, then hand its info to the views."""
-    gate = wait_for_run(run_id, sinks_data.load_info, analysis=gate_analysis(run_id))
+    gate = wait_for_run(run_id, sinks_data.load_info, analysis=sinks_data.gate_analysis(run_id))
     if not gate.ready:
         return gate.data, gate.stop, gate.status, gate.blank
     info, text, notices = _ready(gate)

@@ -37,7 +37,7 @@ def test_sinks_compare_from_dropdowns(live_app, runs, browser) -> None:
     page.click("#nav-compare")  # the top navigation leads to the page
     page.wait_for_url(re.compile(r".*/compare$"))
     page.wait_for_selector("#compare-a")
-    assert "Choose run A and run B" in page.locator("#compare-status").inner_text()
+    page.wait_for_function("document.querySelector('#compare-status')?.innerText.includes('Choose run A and run B')")
 
     # options: model, a preview of the first prompt, the number of further prompts and the date
     pick_option(page, "compare-a", "all-MiniLM-L6-v2 · “The cat sat on the mat.” (+1) · 20")

@@ -106,7 +106,7 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
     _, att = api_call(live_app, f"/api/runs/{run_id}/attention?prompt={target['prompt']}&layer=2&head=4")
     assert spans.all_inner_texts() == att["tokens"]
     shown = [float(t.rsplit(": ", 1)[1]) for t in (spans.nth(i).get_attribute("title") for i in range(spans.count()))]
-    assert np.allclose(shown, att["pattern"][target["position"]], atol=1e-4)
+    assert np.allclose(shown, att["pattern"][target["position"]], atol=1e-4)  # both read the same stored float16 row
     bars = page.evaluate(f"Array.from({PLOT.format(sel='#maps-token-fig')}._fullData[0].y)")
     assert np.allclose(bars, att["pattern"][target["position"]], atol=1e-5)
 

@@ -18,12 +18,9 @@ def _run(cache, analyses: list[str]) -> str:
 
 
 def test_streaming_runs_open_the_sinks_page_without_metrics(cache) -> None:
-    from app.main import create_app
+    from app import sinks_data
 
-    create_app()  # registers the pages
-    from app.pages import sinks
-
-    assert sinks.gate_analysis(_run(cache, ["attention", "streaming"])) is None
-    assert sinks.gate_analysis(_run(cache, ["attention"])) == "metrics"
-    assert sinks.gate_analysis(_run(cache, ["attention", "metrics"])) == "metrics"
-    assert sinks.gate_analysis("0" * 32) == "metrics"  # unknown run: the gate says so as before
+    assert sinks_data.gate_analysis(_run(cache, ["attention", "streaming"])) is None
+    assert sinks_data.gate_analysis(_run(cache, ["attention"])) == "metrics"
+    assert sinks_data.gate_analysis(_run(cache, ["attention", "metrics"])) == "metrics"
+    assert sinks_data.gate_analysis("0" * 32) == "metrics"  # unknown run: the gate says so as before

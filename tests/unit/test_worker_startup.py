@@ -3,8 +3,10 @@ stale entry (a worker killed while starting) ignored; the status line a waiting 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+import uuid
 
 import pytest
 
@@ -12,7 +14,18 @@ from backend import jobs, keys
 from workers.startup import StartupReporter
 
 
-def test_phases_ready_close_and_stale_entries(cache) -> None:
+@pytest.fixture()
+def own_cache(cache):
+    """A cache under a prefix of its own: the session's live workers report their state under the shared one."""
+    from backend.cache import Cache
+
+    c = Cache(cache.r, dataclasses.replace(cache.s, key_prefix=f"{cache.prefix}-startup-{uuid.uuid4().hex[:8]}"))
+    yield c
+    c.r.delete(keys.worker_states(c.prefix))
+
+
+def test_phases_ready_close_and_stale_entries(own_cache) -> None:
+    cache = own_cache
     rep = StartupReporter(cache, "atlas-test-host-1")
     rep.phase("importing", "importing torch and the analysis engine")
     [w] = jobs.starting_workers(cache)
