@@ -142,6 +142,18 @@ def wait_for_runs(sides: Sequence[tuple[str, str]], load: Callable[[str], Any], 
     return Gate(None if failed else no_update, failed, status)
 
 
+def pair_poll(a: str | None, b: str | None, load: Callable[[str], Any], analysis: str | None,
+              picked: bool) -> tuple[Any, bool, Any]:
+    """The poll of a page over run A and run B: (the pair's data ``{"a", "b"}`` or None/no_update, stop polling,
+    status). ``picked``: a run was just chosen, so the old pair's figures are cleared while the new pair waits."""
+    if not a or not b:
+        return None, True, html.P("Choose run A and run B.", className="muted")
+    gate = wait_for_runs([("A", a), ("B", b)], load, analysis=analysis)
+    if gate.ready:
+        return {"a": gate.data[0], "b": gate.data[1]}, True, ""
+    return (None if picked and gate.data is no_update else gate.data), gate.stop, gate.status
+
+
 def _check(run_id: str, load: Callable[[str], Any], analysis: str | None, side: str) -> Gate:
     bar = _side_id("progress", side)
     try:

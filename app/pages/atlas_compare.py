@@ -1,7 +1,7 @@
 """Two runs' head atlases compared: heads side by side, and which roles appear, move or vanish.
 
 ``/atlas/compare?a=<run>&b=<run>`` (the URL keeps both). Runs are picked from dropdowns of recent runs with head
-roles; both wait behind the one run gate (:func:`app.run_gate.wait_for_runs`). Heads are matched by (layer, head)
+roles; both wait behind the one run gate (:func:`app.run_gate.pair_poll`). Heads are matched by (layer, head)
 when both models have the same shape (two checkpoints of one model); otherwise roles are compared by their counts
 per quarter of relative depth (:func:`backend.roles.compare_roles`). Data: :mod:`app.compare_data`.
 """
@@ -15,7 +15,7 @@ from dash import Input, Output, callback, ctx, dash_table, dcc, html, no_update
 
 from app import compare_data, state
 from app.components import alert, empty_state, field
-from app.run_gate import poll_interval, sync_url, wait_for_runs
+from app.run_gate import pair_poll, poll_interval, sync_url
 from backend import figures_atlas
 
 dash.register_page(__name__, path="/atlas/compare", title="Compare head atlases · Attention Atlas",
@@ -89,13 +89,7 @@ def layout(a: str | None = None, b: str | None = None, **_query: str) -> html.Di
 )
 def poll(_n: int, a: str | None, b: str | None) -> tuple[Any, bool, Any]:
     """Wait for both runs, then hand their atlases to :func:`render`."""
-    if not a or not b:
-        return None, True, html.P("Choose run A and run B.", className="muted")
-    gate = wait_for_runs([("A", a), ("B", b)], compare_data.atlas_side, analysis=ANALYSIS)
-    if gate.ready:
-        return {"a": gate.data[0], "b": gate.data[1]}, True, ""
-    picked = ctx.triggered_id in ("cmp-a", "cmp-b")  # a new pick clears the old pair's figures
-    return (None if picked and gate.data is no_update else gate.data), gate.stop, gate.status
+    return pair_poll(a, b, compare_data.atlas_side, ANALYSIS, ctx.triggered_id in ("cmp-a", "cmp-b"))
 
 
 @callback(

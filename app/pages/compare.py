@@ -1,7 +1,7 @@
 """Compare two runs' layer x head grids side by side (two models, or two prompt sets on one model).
 
 ``/compare?a=<run_id>&b=<run_id>&metric=sink_first``. Runs are picked from dropdowns of recent runs with per-head
-metrics; both wait behind the one run gate (:func:`app.run_gate.wait_for_runs`), and the difference ``B - A`` is
+metrics; both wait behind the one run gate (:func:`app.run_gate.pair_poll`), and the difference ``B - A`` is
 drawn when the grids have the same shape. Data: :mod:`app.compare_data`. The view lives in the URL (the layout
 reads it, :func:`app.run_gate.sync_url` writes it).
 """
@@ -15,7 +15,7 @@ from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import compare_data, state
 from app.components import alert, empty_figure, empty_state, field, help_text
-from app.run_gate import poll_interval, sync_url, wait_for_runs
+from app.run_gate import pair_poll, poll_interval, sync_url
 from backend import figures_sinks as fs
 from backend.vocab import GRID_METRICS
 
@@ -75,13 +75,7 @@ def layout(a: str | None = None, b: str | None = None, metric: str | None = None
 )
 def poll(_n: int, a: str | None, b: str | None) -> tuple[Any, bool, Any]:
     """Wait for both runs, then hand their grids to :func:`render`."""
-    if not a or not b:
-        return None, True, html.P("Choose run A and run B.", className="muted")
-    gate = wait_for_runs([("A", a), ("B", b)], compare_data.sinks_side, analysis=ANALYSIS)
-    if gate.ready:
-        return {"a": gate.data[0], "b": gate.data[1]}, True, ""
-    picked = ctx.triggered_id in ("compare-a", "compare-b")  # a new pick clears the old pair's figures
-    return (None if picked and gate.data is no_update else gate.data), gate.stop, gate.status
+    return pair_poll(a, b, compare_data.sinks_side, ANALYSIS, ctx.triggered_id in ("compare-a", "compare-b"))
 
 
 @callback(
