@@ -13,10 +13,9 @@ import numpy as np
 STORED_DTYPES = ("float16", "float32")
 DEFAULT_DTYPE = "float16"
 FLOAT16_MAX_ABS_ERROR = 2.0**-12
-"""Largest rounding error of one stored weight in [0, 1] (half a unit in the last place at 1)."""
+"""Largest absolute rounding error of a weight in [0, 1] stored as float16 (half a unit in the last place at 1)."""
 FLOAT16_ROW_SUM_ERROR = 2.0**-11
 """Bound on how far a stored row's sum is from 1: each weight rounds by at most 2^-11 of itself, and they sum to 1."""
-"""Largest absolute rounding error of a weight in [0, 1] stored as float16 (half a unit in the last place at 1)."""
 
 
 def is_pattern(name: str) -> bool:
