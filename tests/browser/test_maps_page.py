@@ -10,6 +10,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from backend import embedding_points
 from tests.conftest import api_call, digit_png, submit_run, wait_done
@@ -46,11 +47,20 @@ def _trace_points(page, sel: str, trace: int) -> np.ndarray:
 
 def _hover_and_click(page, sel: str, x: float, y: float) -> str:
     """Hover the point at (x, y), return its hover label, click it."""
-    px, py = _pixel(page, sel, x, y)
-    page.mouse.move(px, py)
-    page.wait_for_function(f"({PLOT.format(sel=sel)}._hoverdata || []).length > 0", timeout=10_000)
-    page.wait_for_selector(f"{sel} .hoverlayer .hovertext", timeout=10_000)
-    label = page.locator(f"{sel} .hoverlayer .hovertext").first.text_content() or ""
+    label = ""
+    for _ in range(5):  # a late redraw of the figure (a callback landing after the title) clears the hover: hover again
+        px, py = _pixel(page, sel, x, y)
+        page.mouse.move(2, 2)  # off the graph: no stale label from an earlier hover
+        page.wait_for_function(f"!document.querySelector('{sel} .hoverlayer .hovertext')", timeout=10_000)
+        page.mouse.move(px, py)
+        try:
+            label = page.wait_for_function(
+                f"(() => {{ const e = document.querySelector('{sel} .hoverlayer .hovertext'); return e && e.textContent; }})()",
+                timeout=10_000).json_value()
+            break
+        except PlaywrightTimeout:
+            continue
+    assert label, "no hover label appeared after 5 tries"
     page.mouse.down()
     page.mouse.up()
     return label
