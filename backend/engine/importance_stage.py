@@ -13,9 +13,10 @@ The stage (``"importance"`` in the run's analyses) emits
   paper's eq. 2; :data:`backend.engine.importance_gates.REDUCTIONS`), and ``metrics.importance_normalised``: the
   same divided by its l2 norm within each layer (the paper's normalisation); both rules' raw scores, from
   the same backward pass, as ``metrics.importance_per_token`` and ``metrics.importance_per_example``;
-* pruning curves on the **first** :data:`MAX_CURVE_PROMPTS` inputs (the cost is about ``3 x steps``
-  passes of importance order, as many of reverse order and ``3 seeds x steps`` forward passes of random
-  order, so the data set is capped to keep a CPU run in minutes): ``pruning.{importance|reverse|random}``
+* pruning curves on the **first** :data:`MAX_CURVE_PROMPTS` inputs, all orders in one batched call
+  (:func:`backend.engine.importance_gates.pruning_curves`: one forward+backward pass per step carries both the
+  importance and the reverse order's gate settings, and the ``3 seeds x steps`` random settings go in a few wide
+  forward passes; the data set is capped to keep a CPU run short): ``pruning.{importance|reverse|random}``
   ``.fractions|.loss|.perplexity|.accuracy`` (+ ``_std`` for random: mean and population std over seeds
   0, 1, 2), ``.removed``; 10 % of the heads per step, importance (by the run's rule) recomputed after each step;
 * ``importance.meta``: UTF-8 JSON (uint8) with the task, the objective in words, the label source, the
@@ -47,7 +48,7 @@ from backend.engine.importance_gates import (
     evaluate_with_gates,
     head_importance_all,
     model_shape,
-    pruning_curve,
+    pruning_curves,
     top_predictions,
 )
 from backend.engine.losses import model_task, prepare_targets
@@ -209,8 +210,7 @@ def importance_stage(loaded, inputs, options, reducers, emit, progress, should_c
     n_layers, n_heads = model_shape(model)
     n_steps = int(np.ceil(1 / STEP_FRACTION)) + 1
     units = len(inputs) / max(n_curve, 1)  # cost of a pass over all inputs, in curve passes
-    budget = _Budget(progress, {"importance": 3 * units, "baseline": units, "importance_order": 3 * n_steps,
-                                "reverse": 3 * n_steps, "random": len(SEEDS) * n_steps})
+    budget = _Budget(progress, {"importance": 3 * units, "baseline": units, "curves": (4 + len(SEEDS)) * n_steps})
     rule = check_reduction(options.get("importance_rule", DEFAULT_REDUCTION))
     targets = _targets(loaded, task, batches, options)
     label_source = targets[0].get("label_source")
@@ -237,14 +237,15 @@ def importance_stage(loaded, inputs, options, reducers, emit, progress, should_c
             curve_targets = _targets(loaded, task, curve_batches, options)
         else:
             curve_batches, curve_targets = batches, targets
-        for order, key in (("importance", "importance_order"), ("reverse", "reverse"), ("random", "random")):
-            curve = pruning_curve(model, curve_batches, task, order=order, step_fraction=STEP_FRACTION, seeds=SEEDS,
-                                  progress=budget.part(key), should_cancel=should_cancel, targets=curve_targets,
-                                  reduction=rule)
+        # all three orders at once: importance and reverse order advance in lock-step (one pass per step holds
+        # both settings), the random settings go in a few wide passes, shared points are computed once
+        curves = pruning_curves(model, curve_batches, task, ("importance", "reverse", "random"),
+                                step_fraction=STEP_FRACTION, seeds=SEEDS, progress=budget.part("curves"),
+                                should_cancel=should_cancel, targets=curve_targets, reduction=rule)
+        for order, curve in curves.items():
             _emit_curve(emit, order, curve)
-            if order == "importance":
-                meta["curve_baseline"] = _clean({k: curve[k][0] if curve[k] is not None else None
-                                                 for k in ("loss", "perplexity", "accuracy")})
+        meta["curve_baseline"] = _clean({k: curves["importance"][k][0] if curves["importance"][k] is not None
+                                         else None for k in ("loss", "perplexity", "accuracy")})
     emit(names.IMPORTANCE_META, _json_array(meta))
     if label_source == "model":
         info.notices.append("Head importance: no labels were given, so the classifier's loss and accuracy use the "

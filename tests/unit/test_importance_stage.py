@@ -96,7 +96,7 @@ def _run(loaded, inputs, options):
 
 
 def test_stage_on_the_demo_lm_and_live_pruning(lm) -> None:
-    from backend.engine.importance_gates import evaluate_with_gates, head_importance
+    from backend.engine.importance_gates import evaluate_with_gates, head_importance, pruning_curve
     from backend.engine.importance_stage import make_batches, prune_experiment, read_meta
 
     arrays, info = _run(lm, PROMPTS, {"analyses": ["attention", "importance"]})
@@ -117,6 +117,10 @@ def test_stage_on_the_demo_lm_and_live_pruning(lm) -> None:
     assert arrays[names.pruning("importance", "loss")][0] == pytest.approx(base["loss"], rel=1e-5)
     assert arrays[names.pruning("random", "removed")].shape == (3, 16, 2)
     assert not info.notices
+    for order in ("importance", "reverse", "random"):  # the stage's batched curves are the one-pass-per-point ones
+        ref = pruning_curve(lm.model, batches, "causal_lm", order=order, step_fraction=0.1, batched=False)
+        np.testing.assert_allclose(arrays[names.pruning(order, "loss")], ref["loss"], rtol=1e-5)
+        np.testing.assert_array_equal(arrays[names.pruning(order, "removed")], np.asarray(ref["removed"]))
 
     res = prune_experiment(lm, PROMPTS, info.tokens, normalise_options({}), [[3, 3], [0, 1]], prompt=2)
     gates = torch.ones(4, 4)
