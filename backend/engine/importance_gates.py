@@ -164,6 +164,17 @@ def _pass(model, batches, task, targets, gates, grad, should_cancel=None, progre
     return imp, counts, metrics_from(task, loss_sum, count, correct)
 
 
+def ones_gates(model: nn.Module) -> torch.Tensor:
+    """All-one gates ``[L, H]`` (every head on) on the model's device, in the dtype the gates use."""
+    return _gates(model, None)
+
+
+def importance_scores(imp: dict, counts: dict, reduction: str) -> np.ndarray:
+    """The importance ``[L, H]`` of ``reduction`` from the sums of a gradient pass (:func:`_pass`,
+    :meth:`GateEvaluator.run`)."""
+    return _scores(imp, counts, reduction)
+
+
 def _scores(imp: dict, counts: dict, reduction: str) -> np.ndarray:
     """The importance ``[L, H]`` of ``reduction`` from :func:`_pass`'s sums."""
     return imp[reduction].numpy() / max(counts[reduction], 1)
@@ -195,6 +206,63 @@ def _tile(task: str, batch: dict, tgt: dict, g: int) -> tuple[dict, dict]:
     return tiled, tgt
 
 
+PAD_SLACK = 1.25
+"""A length group's padded size may exceed its real tokens by this factor (see :func:`length_groups`)."""
+
+
+def _take(x, rows: torch.Tensor, width: int, n: int, t: int):
+    """Rows ``rows`` of ``x`` (a ``[B]`` or ``[B, T, ...]`` tensor; anything else as it is), cut to ``width``
+    positions when its second dimension is the batch's ``t`` positions."""
+    if not torch.is_tensor(x) or x.dim() == 0 or x.shape[0] != n:
+        return x
+    x = x[rows.to(x.device)]
+    return x[:, :width] if x.dim() >= 2 and x.shape[1] == t else x
+
+
+def length_groups(task: str, batches: list[dict], targets: list[dict],
+                  slack: float = PAD_SLACK) -> tuple[list[dict], list[dict]]:
+    """The same rows regrouped so that little compute goes to padding: each right-padded text batch is split
+    into groups of rows of similar real length (rows sorted by length; a group grows while its padded size
+    stays within ``slack`` x its real tokens) and every group is cut to its longest row. Rows never
+    interact and every number is a sum over rows, so the metrics and importance sums are those of the
+    original batches up to float rounding; image batches and unpadded batches are returned as they are.
+    Four prompts of 69, 20, 18 and 22 tokens: 135 positions per pass instead of 276."""
+    out_b, out_t = [], []
+    for batch, tgt in zip(batches, targets):
+        mask = batch.get("attention_mask")
+        if mask is None or mask.dim() != 2 or bool(mask.all()):
+            out_b.append(batch)
+            out_t.append(tgt)
+            continue
+        n, t = mask.shape
+        lengths = mask.long().sum(1).cpu()
+        right = torch.arange(t)[None, :] < lengths[:, None]
+        if not torch.equal(mask.bool().cpu(), right):
+            out_b.append(batch)  # not right-padded: leave it
+            out_t.append(tgt)
+            continue
+        order = torch.argsort(lengths, stable=True).tolist()
+        groups: list[list[int]] = []
+        for i in order:
+            cur = groups[-1] if groups else None
+            if cur is not None:
+                size = (len(cur) + 1) * int(lengths[i])
+                if size <= slack * (int(lengths[cur].sum()) + int(lengths[i])):
+                    cur.append(i)
+                    continue
+            groups.append([i])
+        if len(groups) == 1 and int(lengths.max()) == t:
+            out_b.append(batch)
+            out_t.append(tgt)
+            continue
+        for g in groups:
+            rows = torch.tensor(sorted(g), dtype=torch.long)
+            width = max(1, int(lengths[rows].max()))
+            out_b.append({k: _take(v, rows, width, n, t) for k, v in batch.items()})
+            out_t.append({k: _take(v, rows, width, n, t) if k != "targets" else v for k, v in tgt.items()})
+    return out_b, out_t
+
+
 def _batch_tokens(batch: dict) -> int:
     ids = batch.get("input_ids")
     return int(ids.numel()) if torch.is_tensor(ids) else _batch_size(batch)
@@ -205,12 +273,14 @@ class GateEvaluator:
     several settings per forward pass: each batch is tiled once per setting with per-row gates
     ``[G * B, L, H]``. Rows never interact, so every setting's numbers are those of its own pass
     (:func:`_pass`) up to float rounding. Results are memoised by setting, so the points shared by
-    several curves (all heads, no heads) are evaluated once.
+    several curves (all heads, no heads) are evaluated once. The batches are regrouped by length
+    (:func:`length_groups`), so padding costs little.
     """
 
     def __init__(self, model: nn.Module, batches: list[dict], task: str, targets: list[dict],
                  should_cancel: ShouldCancel = None, max_tokens: int = MAX_PASS_TOKENS) -> None:
-        self.model, self.batches, self.task, self.targets = model, batches, task, targets
+        self.model, self.task = model, task
+        self.batches, self.targets = length_groups(task, batches, targets)
         self.should_cancel, self.max_tokens = should_cancel, max_tokens
         self.n_layers, self.n_heads = model_shape(model)
         self._memo: dict[tuple[bytes, bool], tuple[dict, dict, dict]] = {}

@@ -45,9 +45,11 @@ from backend.engine.importance_gates import (
     DEFAULT_REDUCTION,
     REDUCTIONS,
     check_reduction,
+    GateEvaluator,
     evaluate_with_gates,
-    head_importance_all,
+    importance_scores,
     model_shape,
+    ones_gates,
     pruning_curves,
     top_predictions,
 )
@@ -210,12 +212,21 @@ def importance_stage(loaded, inputs, options, reducers, emit, progress, should_c
     n_layers, n_heads = model_shape(model)
     n_steps = int(np.ceil(1 / STEP_FRACTION)) + 1
     units = len(inputs) / max(n_curve, 1)  # cost of a pass over all inputs, in curve passes
-    budget = _Budget(progress, {"importance": 3 * units, "baseline": units, "curves": (4 + len(SEEDS)) * n_steps})
+    budget = _Budget(progress, {"importance": 3 * units, "curves": (4 + len(SEEDS)) * n_steps})
     rule = check_reduction(options.get("importance_rule", DEFAULT_REDUCTION))
     targets = _targets(loaded, task, batches, options)
     label_source = targets[0].get("label_source")
-    both = head_importance_all(model, batches, task, progress=budget.part("importance"), should_cancel=should_cancel,
-                               targets=targets)
+    # one gradient pass at all-one gates gives both importance rules and the baseline metrics; the pruning
+    # curves reuse it as their first point when they run on the same inputs (the evaluator's memo)
+    evaluator = GateEvaluator(model, batches, task, targets, should_cancel)
+    part, passes = budget.part("importance"), [0]
+
+    def on_pass(_: int) -> None:  # one call per batch (a single setting per pass)
+        passes[0] += 1
+        part(passes[0] / len(evaluator.batches), f"head importance: batch {passes[0]}/{len(evaluator.batches)}")
+
+    (sums, counts, baseline), = evaluator.run([ones_gates(model)], True, progress=on_pass)
+    both = {r: importance_scores(sums, counts, r) for r in REDUCTIONS}
     imp = both[rule]
     normalised = imp / (np.linalg.norm(imp, axis=1, keepdims=True) + 1e-20)  # as head_importance(normalise_layers)
     emit(names.metric("importance"), imp.astype(np.float32))
@@ -224,8 +235,6 @@ def importance_stage(loaded, inputs, options, reducers, emit, progress, should_c
         emit(names.metric(f"importance_{r}"), arr.astype(np.float32))
     if should_cancel():
         raise Cancelled("cancelled by the user")
-    budget.part("baseline")(0.0, "head importance: baseline metrics")
-    baseline = evaluate_with_gates(model, batches, task, None, targets=targets)
     meta = describe(task, label_source, len(inputs), n_curve, rule)
     meta.update(baseline=_clean(baseline), n_layers=n_layers, n_heads=n_heads)
     if n_curve:
@@ -235,13 +244,15 @@ def importance_stage(loaded, inputs, options, reducers, emit, progress, should_c
             curve_batches = make_batches(loaded, inputs[:n_curve], tokens[:n_curve] if tokens else None,
                                          labels[:n_curve] if labels else None)
             curve_targets = _targets(loaded, task, curve_batches, options)
+            evaluator = GateEvaluator(model, curve_batches, task, curve_targets, should_cancel)
         else:
             curve_batches, curve_targets = batches, targets
         # all three orders at once: importance and reverse order advance in lock-step (one pass per step holds
         # both settings), the random settings go in a few wide passes, shared points are computed once
         curves = pruning_curves(model, curve_batches, task, ("importance", "reverse", "random"),
                                 step_fraction=STEP_FRACTION, seeds=SEEDS, progress=budget.part("curves"),
-                                should_cancel=should_cancel, targets=curve_targets, reduction=rule)
+                                should_cancel=should_cancel, targets=curve_targets, reduction=rule,
+                                evaluator=evaluator)
         for order, curve in curves.items():
             _emit_curve(emit, order, curve)
         meta["curve_baseline"] = _clean({k: curves["importance"][k][0] if curves["importance"][k] is not None

@@ -413,3 +413,49 @@ def test_gate_evaluator_importance_equals_head_importance() -> None:
     assert metrics2["loss"] == pytest.approx(evaluate_with_gates(model, batches, "causal_lm", gates)["loss"], rel=1e-6)
     passes = ev.passes
     assert ev.run([gates], False)[0][2] == metrics2 and ev.passes == passes  # memoised
+
+
+def _ragged(arch: str) -> dict:
+    """Four right-padded rows of 9, 3, 3 and 4 real tokens (one batch, padded to 9)."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 60, (4, 9), generator=g)
+    mask = torch.zeros(4, 9, dtype=torch.long)
+    for row, n in enumerate((9, 3, 3, 4)):
+        mask[row, :n] = 1
+        ids[row, n:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_length_groups_cut_padding() -> None:
+    from backend.engine.importance_gates import length_groups
+
+    batch = _ragged("llama")
+    groups, targets = length_groups("causal_lm", [batch], [{"task": "causal_lm"}])
+    assert [g["input_ids"].shape for g in groups] == [(3, 4), (1, 9)]  # rows 1, 2, 3 cut to 4; row 0 alone
+    assert sum(g["input_ids"].numel() for g in groups) == 21 < batch["input_ids"].numel() == 36
+    assert torch.equal(groups[0]["input_ids"], batch["input_ids"][1:4, :4])
+    assert len(targets) == 2
+    unpadded = {"input_ids": batch["input_ids"][:1], "attention_mask": batch["attention_mask"][:1]}
+    same, _ = length_groups("causal_lm", [unpadded], [{"task": "causal_lm"}])
+    assert same[0] is unpadded
+
+
+@pytest.mark.parametrize("arch,task", [("llama", "causal_lm"), ("bert", "masked_lm"), ("encoder", "encoder")])
+def test_evaluator_on_length_groups_equals_the_padded_batch(arch: str, task: str) -> None:
+    """The evaluator regroups rows by length; importance and metrics equal the one-pass reference on the
+    original padded batch (the sums run over the same rows)."""
+    model = _build(arch, ATTN_IMPLEMENTATION)
+    batches = [_ragged(arch)]
+    targets = _targets(model, batches)
+    ev = GateEvaluator(model, batches, task, targets)
+    assert len(ev.batches) == 2
+    gates = torch.ones(2, 4)
+    gates[0, 1] = 0
+    (imp, n, metrics), = ev.run([gates], True)
+    for rule in ("per_token", "per_example"):
+        np.testing.assert_allclose(imp[rule].numpy() / n[rule],
+                                   head_importance(model, batches, task, gates=gates, targets=targets,
+                                                   reduction=rule), rtol=1e-5, atol=1e-9)
+    ref = evaluate_with_gates(model, batches, task, gates, targets=targets)
+    assert metrics["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    assert metrics["accuracy"] == ref["accuracy"] and metrics["count"] == ref["count"]
