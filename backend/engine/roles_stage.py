@@ -56,6 +56,7 @@ and generation steps.
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any, Callable, Sequence
 
@@ -216,21 +217,35 @@ def needle_prompt(rng: np.random.Generator, pool: np.ndarray, prefix: Sequence[i
     return ids, start, start + NEEDLE_LEN, needle_all[CUE_LEN:].tolist()
 
 
+def _last_logits_only(model: torch.nn.Module) -> dict[str, int]:
+    """``{"logits_to_keep": 1}`` where the model's forward takes it (the LM head on the last position only:
+    on SmolLM2 the head is a fifth of a prefill's work), else nothing."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def greedy_with_top_keys(loaded: LoadedModel, prompt: Sequence[int], steps: int,
                          should_cancel: Callable[[], bool] = lambda: False,
                          stop: Callable[[int], bool] | None = None) -> tuple[list[int], np.ndarray]:
     """Greedy generation with the KV cache; returns the generated ids and ``top [steps, layers, heads]``,
     each head's top-attended position for the query whose logits gave each generated token. With ``stop``,
     generation ends after the first token for which ``stop(id)`` is true (that token is kept and scored)."""
-    ids = torch.as_tensor(list(prompt), dtype=torch.long)[None]
+    prompt = list(prompt)
+    keep = _last_logits_only(loaded.model)
     generated: list[int] = []
     tops: list[np.ndarray] = []
     past = None
+    if len(prompt) > 1:
+        # As the released detector: prefill all but the last prompt token (no capture: only the last row is
+        # scored; no logits: none is read), then feed that token, whose query is the first scored step.
+        with torch.no_grad():
+            past = loaded.model(input_ids=torch.as_tensor(prompt[:-1], dtype=torch.long, device=loaded.device)[None],
+                                use_cache=True, **keep).past_key_values
+    ids = torch.as_tensor(prompt[-1:], dtype=torch.long)[None]
     for _ in range(steps):
         if should_cancel():
             raise Cancelled("cancelled by the user")
         top = TopKey()
-        out = _forward(loaded, ids, [top], past_key_values=past, use_cache=True)
+        out = _forward(loaded, ids, [top], past_key_values=past, use_cache=True, **keep)
         past = out.past_key_values
         nxt = int(out.logits[0, -1].float().argmax())
         generated.append(nxt)
