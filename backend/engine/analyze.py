@@ -141,7 +141,9 @@ def _capture_pass(
             fused=loaded.device.type == "cuda",  # metrics from log-sum-exp statistics where no pattern is kept
         )
         with torch.no_grad(), session:
-            out = model(**batch, output_hidden_states=True)
+            # a text model's logits are never read here: an LM head on the last position only
+            keep = model_inputs.last_logits_only(model) if loaded.kind == "text" else {}
+            out = model(**batch, output_hidden_states=True, **keep)
         session.check_captured()
         hidden = getattr(out, "hidden_states", None)
         if hidden is not None:

@@ -8,6 +8,7 @@ Adding a model kind: one adapter class here and its entry in :data:`ADAPTERS` (s
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -196,3 +197,10 @@ def adapter_class(kind: str) -> type:
 def adapter(loaded: LoadedModel, settings: Settings) -> InputAdapter:
     """The input adapter of the model's kind, for one capture pass."""
     return adapter_class(loaded.kind)(loaded, settings)
+
+
+def last_logits_only(model: torch.nn.Module) -> dict[str, int]:
+    """``{"logits_to_keep": 1}`` where the model's forward takes it (an LM head on the last position only, for
+    passes that read no logits or the last row's: on SmolLM2 the head is a fifth of a forward's work), else
+    nothing."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}

@@ -56,7 +56,6 @@ and generation steps.
 
 from __future__ import annotations
 
-import inspect
 import re
 from typing import Any, Callable, Sequence
 
@@ -175,7 +174,8 @@ def repeated_token_scores(loaded: LoadedModel, seqs: np.ndarray, prefix: Sequenc
         tokens = np.concatenate([prefix, seq, seq, suffix]).astype(np.int64)
         collector = PatternCollector()
         _forward(loaded, torch.as_tensor(tokens)[None], [collector],
-                 attention_mask=torch.ones(1, len(tokens), dtype=torch.long, device=loaded.device))
+                 attention_mask=torch.ones(1, len(tokens), dtype=torch.long, device=loaded.device),
+                 **model_inputs.last_logits_only(loaded.model))  # no logits are read
         ind, dup, prof = (np.zeros((n_layers, n_heads)), np.zeros((n_layers, n_heads)),
                           np.zeros((n_layers, n_heads, 2 * K + 1)))
         for layer, pat in collector.patterns.items():
@@ -217,12 +217,6 @@ def needle_prompt(rng: np.random.Generator, pool: np.ndarray, prefix: Sequence[i
     return ids, start, start + NEEDLE_LEN, needle_all[CUE_LEN:].tolist()
 
 
-def _last_logits_only(model: torch.nn.Module) -> dict[str, int]:
-    """``{"logits_to_keep": 1}`` where the model's forward takes it (the LM head on the last position only:
-    on SmolLM2 the head is a fifth of a prefill's work), else nothing."""
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-
-
 def greedy_with_top_keys(loaded: LoadedModel, prompt: Sequence[int], steps: int,
                          should_cancel: Callable[[], bool] = lambda: False,
                          stop: Callable[[int], bool] | None = None) -> tuple[list[int], np.ndarray]:
@@ -230,7 +224,7 @@ def greedy_with_top_keys(loaded: LoadedModel, prompt: Sequence[int], steps: int,
     each head's top-attended position for the query whose logits gave each generated token. With ``stop``,
     generation ends after the first token for which ``stop(id)`` is true (that token is kept and scored)."""
     prompt = list(prompt)
-    keep = _last_logits_only(loaded.model)
+    keep = model_inputs.last_logits_only(loaded.model)
     generated: list[int] = []
     tops: list[np.ndarray] = []
     past = None
