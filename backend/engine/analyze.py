@@ -104,15 +104,30 @@ def _batches(n: int, size: int) -> list[range]:
     return [range(i, min(n, i + size)) for i in range(0, n, size)]
 
 
+def keeps_full_patterns(loaded: LoadedModel, full_patterns: bool | None = None) -> bool:
+    """Whether a run stores full patterns: image runs do (the ViT page's CLS->patch overlays and rollout read
+    every layer; a 197-token ViT image is small), text runs do not (the views read thumbnails and top keys, and
+    a full pattern is recomputed on request, :mod:`backend.engine.pattern_job`). ``full_patterns`` overrides."""
+    return loaded.kind == "image" if full_patterns is None else bool(full_patterns)
+
+
 def make_reducers(
     loaded: LoadedModel, options: dict[str, Any], emit: Emit, settings: Settings, store_patterns: bool = True,
+    full_patterns: bool | None = None,
 ) -> list:
-    """The capture pass's reducers: the pattern store (unless ``store_patterns`` is off: a run being extended
-    has its patterns), then those the run's analyses ask for (:data:`backend.engine.stages.REDUCERS`); each may
-    have ``results() -> {name: array}``."""
-    store = PatternStore(emit, settings.max_pattern_tokens, loaded.n_layers, settings.max_pattern_mb << 20,
-                         settings.pattern_dtype, loaded.causal)
-    return [store, *capture_reducers(loaded, options)] if store_patterns else capture_reducers(loaded, options)
+    """The capture pass's reducers: what a run stores of its patterns (unless ``store_patterns`` is off: a run
+    being extended has them): full patterns (:func:`keeps_full_patterns`) or, for text, the all-heads view's
+    thumbnails and top keys (:class:`backend.engine.grid_reducer.GridReducer`); then those the run's analyses
+    ask for (:data:`backend.engine.stages.REDUCERS`); each may have ``results() -> {name: array}``."""
+    from backend.engine.grid_reducer import GridReducer  # noqa: PLC0415
+
+    stores: list = []
+    if store_patterns and keeps_full_patterns(loaded, full_patterns):
+        stores.append(PatternStore(emit, settings.max_pattern_tokens, loaded.n_layers, settings.max_pattern_mb << 20,
+                                   settings.pattern_dtype, loaded.causal))
+    if store_patterns and loaded.kind == "text":
+        stores.append(GridReducer(emit, loaded.n_layers, loaded.n_heads))
+    return [*stores, *capture_reducers(loaded, options)]
 
 
 def _capture_pass(
@@ -164,9 +179,11 @@ def analyze(
     should_cancel: Callable[[], bool] | None = None,
     settings: Settings | None = None,
     store_patterns: bool = True,
+    full_patterns: bool | None = None,
 ) -> RunInfo:
     """Run every analysis the options ask for; arrays go to ``emit`` as they are ready (``store_patterns``
-    off: no full patterns, for :func:`workers.tasks.run_extension`)."""
+    off: nothing of the patterns, for :func:`workers.tasks.run_extension`; ``full_patterns``: see
+    :func:`keeps_full_patterns`)."""
     settings = settings or get_settings()
     progress = progress or (lambda frac, stage: None)
     should_cancel = should_cancel or (lambda: False)
@@ -175,7 +192,7 @@ def analyze(
         n_layers=loaded.n_layers, n_heads=loaded.n_heads, causal=loaded.causal, kind=loaded.kind,
         model_class=type(loaded.model).__name__, device=str(loaded.device), dtype=loaded.dtype,
     )
-    reducers = make_reducers(loaded, options, emit, settings, store_patterns)
+    reducers = make_reducers(loaded, options, emit, settings, store_patterns, full_patterns)
     stages = post_stages(options)
     n_parts = 1 + len(stages)
 
@@ -196,10 +213,11 @@ def analyze(
 def analyze_model(
     model: str, inputs: Sequence[Any], options: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> tuple[dict[str, np.ndarray], RunInfo]:
-    """Notebook entry point: resolve and load ``model``, analyse ``inputs``, return arrays in a dict."""
+    """Notebook entry point: resolve and load ``model``, analyse ``inputs``, return arrays in a dict (with
+    every prompt's full patterns, within ``ATLAS_MAX_PATTERN_*``: a notebook keeps them in memory)."""
     settings = settings or get_settings()
     opts = normalise_options(options)
     loaded = load_model(resolve_model(model, settings), settings, opts["dtype"])
     arrays: dict[str, np.ndarray] = {}
-    info = analyze(loaded, inputs, opts, arrays.__setitem__, settings=settings)
+    info = analyze(loaded, inputs, opts, arrays.__setitem__, settings=settings, full_patterns=True)
     return arrays, info
