@@ -126,7 +126,7 @@ def make_reducers(
         stores.append(PatternStore(emit, settings.max_pattern_tokens, loaded.n_layers, settings.max_pattern_mb << 20,
                                    settings.pattern_dtype, loaded.causal))
     if store_patterns and loaded.kind == "text":
-        stores.append(GridReducer(emit, loaded.n_layers, loaded.n_heads))
+        stores.append(GridReducer(emit, loaded.n_layers, loaded.n_heads, causal=loaded.causal))
     return [*stores, *capture_reducers(loaded, options)]
 
 

@@ -44,10 +44,18 @@ class _Row:
 
 
 class GridReducer(BaseReducer):
-    """Thumbnails and top keys of every head of every prompt, emitted per prompt after its last layer."""
+    """Thumbnails and top keys of every head of every prompt, emitted per prompt after its last layer.
 
-    def __init__(self, emit: Emit, n_layers: int, n_heads: int, max_bins: int = MAX_BINS) -> None:
+    ``fused``: in a fused session (CUDA, :mod:`backend.engine.fused_metrics`) it rebuilds each chunk of the pattern
+    from the scores and the layer's log-sum-exp instead of making the layer materialise it (``causal``: the
+    mask to apply when the session hands none, i.e. a plain causal one)."""
+
+    fused = True
+
+    def __init__(self, emit: Emit, n_layers: int, n_heads: int, max_bins: int = MAX_BINS,
+                 causal: bool = False) -> None:
         self.emit, self.n_layers, self.n_heads, self.max_bins = emit, n_layers, n_heads, max_bins
+        self.causal = causal
         self._rows: list[_Row] = []
         self._done: dict[int, dict[str, list]] = {}  # prompt -> per-layer thumbs / top keys / weights
 
@@ -67,6 +75,21 @@ class GridReducer(BaseReducer):
             pooled = torch.matmul(row.bins[q0:q1].T, keyed)  # [H, nb, nb]: queries summed per run
             row.pooled += pooled.double().cpu().numpy()
             row.received += x.sum(dim=1).double().cpu().numpy()
+
+    def lse_layer(self, view: LayerView, lse: torch.Tensor, mask: torch.Tensor | None, chunk: int) -> None:
+        """The pattern's rows ``q0 .. q0+chunk`` as ``exp(scores - lse)`` (float32), fed to :meth:`chunk`."""
+        q, k = view.query, view.key
+        t, s_len = q.shape[2], k.shape[2]
+        for q0 in range(0, t, chunk):
+            q1 = min(t, q0 + chunk)
+            s = torch.matmul(q[:, :, q0:q1], k.transpose(-1, -2)).float() * view.scaling  # [B, H, c, S]
+            if mask is not None:
+                m = mask[:, :, q0:q1, :s_len] if mask.shape[2] > 1 else mask[..., :s_len]
+                s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
+            elif self.causal:
+                future = torch.arange(s_len, device=s.device)[None, :] > torch.arange(q0, q1, device=s.device)[:, None]
+                s = s.masked_fill(future, float("-inf"))
+            self.chunk(view, q0, torch.exp(s - lse[:, :, q0:q1, None].float()))
 
     def end_layer(self, view: LayerView) -> None:
         for row in self._rows:

@@ -100,3 +100,30 @@ def test_a_pattern_job_refuses_changed_tokens_and_bad_layers(loaded) -> None:
         layer_pattern(loaded, PROMPTS, 0, 0, s, ["not", "these", "tokens"])
     with pytest.raises(SpecError, match="layer must be between"):
         layer_pattern(loaded, PROMPTS, 0, loaded.n_layers, s)
+
+
+@pytest.mark.parametrize("arch,causal", [("bert", False), ("llama", True), ("gpt2", True)])
+def test_fused_thumbnails_equal_the_materialised_ones(arch, causal) -> None:
+    """In a fused session (the CUDA path, here on the CPU) the reducer rebuilds the pattern from the scores and the
+    log-sum-exp: the same thumbnails and top keys as from the materialised pattern (padded batch)."""
+    class Counting(GridReducer):
+        fused_layers = 0
+
+        def lse_layer(self, *args) -> None:
+            Counting.fused_layers += 1
+            super().lse_layer(*args)
+
+    model = build(arch, ATTN_IMPLEMENTATION)
+    out = []
+    for fused in (False, True):
+        grid: dict = {}
+        red = Counting(grid.__setitem__, 2, 4, max_bins=4, causal=causal)
+        with torch.no_grad(), CaptureSession(model, reducers=[red], prompts=[0, 1], lengths=[9, 6], fused=fused,
+                                             chunk_size=4 if fused else None):
+            model(**sample_inputs(arch))
+        out.append(grid)
+    assert Counting.fused_layers == 2  # the fused session's two layers, none in the other
+    assert set(out[0]) == set(out[1]) and len(out[0]) == 6
+    for name in out[0]:
+        np.testing.assert_allclose(out[1][name].astype(np.float64), out[0][name].astype(np.float64),
+                                   atol=2.0**-11, rtol=1e-5)
