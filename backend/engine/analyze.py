@@ -55,8 +55,9 @@ class PatternStore(BaseReducer):
 
     A prompt's patterns are stored when it has at most ``max_tokens`` tokens and all its layers' patterns fit in
     ``max_bytes`` as counted by :func:`backend.patterns.stored_bytes` (in the stored ``dtype``, a causal model's
-    lower triangle only): SmolLM2's 270 heads at 1,024 tokens take 283 MB in float16 by that count (before
-    compression), 1.1 GB as full float32 squares. Patterns are emitted in float32; the cache casts them."""
+    lower triangle only): SmolLM2's 270 heads at 1,024 tokens would take 283 MB in float16 by that count (before
+    compression), 1.1 GB as full float32 squares, which is why only image runs (and notebooks) keep them
+    (:func:`keeps_full_patterns`). Patterns are emitted in float32; the cache casts them."""
 
     def __init__(self, emit: Emit, max_tokens: int, n_layers: int = 1, max_bytes: int | None = None,
                  dtype: str = "float16", causal: bool = False) -> None:
