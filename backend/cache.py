@@ -278,8 +278,8 @@ class Cache:
         zlib-compressed (``shuffle``: byte-shuffled first, as run arrays are)."""
         pipe = self.r.pipeline()
         for name, arr in arrays.items():
-            pipe.set(keys.derived_array(self.prefix, digest, name), tensor_io.encode(arr, compress=True, shuffle=shuffle),
-                     ex=max(1, int(ttl_s)))
+            blob = tensor_io.encode(arr, compress=True, shuffle=shuffle)
+            pipe.set(keys.derived_array(self.prefix, digest, name), blob, ex=max(1, int(ttl_s)))
         pipe.execute()
 
     def get_derived_array_exists(self, digest: str, name: str) -> bool:

@@ -54,7 +54,8 @@ def pattern_status(cache: Cache, digest: str) -> dict[str, Any] | None:
     return derived_status(cache, digest, "pattern job")
 
 
-def submit_pattern(cache: Cache, settings: Settings, run_id: str, prompt: int, layer: int) -> tuple[str, dict[str, Any]]:
+def submit_pattern(cache: Cache, settings: Settings, run_id: str, prompt: int, layer: int,
+                   ) -> tuple[str, dict[str, Any]]:
     """Ask for the full pattern of ``prompt`` in ``layer`` (indices already validated against the run);
     returns ``(digest, record)``. A queued or running twin is reused, a done one whose array is still there too;
     a failed one is reported for :data:`RETRY_FAILED_AFTER_S`, then retried."""
