@@ -127,3 +127,26 @@ def test_fused_thumbnails_equal_the_materialised_ones(arch, causal) -> None:
     for name in out[0]:
         np.testing.assert_allclose(out[1][name].astype(np.float64), out[0][name].astype(np.float64),
                                    atol=2.0**-11, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_smollm2_pattern_on_request_and_thumbnails() -> None:
+    """SmolLM2-135M (GQA: 9 query heads on 3 key heads, 30 layers): the pattern on request is the captured one, and
+    the run's thumbnails of a 64-token prompt are its 32 x 32 block means."""
+    from backend import corpora, offline_models
+
+    assert offline_models.is_ready(offline_models.SMOLLM2), offline_models.missing_reason(offline_models.SMOLLM2)
+    s = get_settings()
+    loaded = load_model(resolve_model("smollm2-135m", s), s)
+    tok = loaded.preprocessor
+    prompt = tok.decode(tok(" ".join(corpora.PROSE), add_special_tokens=False)["input_ids"][:64])
+    arrays: dict = {}
+    info = analyze(loaded, [prompt], normalise_options({"analyses": []}), arrays.__setitem__, settings=s,
+                   full_patterns=True)
+    n = len(info.tokens[0])
+    assert n > 32 and arrays[names.attn_thumbs(0)].shape == (30, 9, 32, 32)
+    for layer in (0, 17, 29):
+        full = arrays[names.attn_pattern(0, layer)]
+        np.testing.assert_array_equal(layer_pattern(loaded, [prompt], 0, layer, s, info.tokens[0]), full)
+        want = figures_heads.thumbnails(full, figures_heads.position_bins(n))
+        np.testing.assert_allclose(arrays[names.attn_thumbs(0)][layer].astype(np.float64), want, atol=2.0**-11)
