@@ -8,7 +8,7 @@ from flask import Flask, jsonify, request
 
 from app import api_lab, api_prune  # noqa: F401  (their endpoints join the blueprint before register() is called)
 from app import maps_data, state
-from app.api_blueprint import api, client_id, error, run_url
+from app.api_blueprint import api, client_id, error, pending, run_url, wait_arg
 from backend import jobs
 
 @api.post("/runs")
@@ -90,11 +90,16 @@ def extend_run(run_id: str):
 
 @api.get("/runs/<run_id>/attention")
 def get_attention(run_id: str):
+    """One head's pattern: ``?prompt=P&layer=L&head=H`` (``&wait=S``: wait up to S seconds for a pattern computed on
+    request; until it is there, 202 with the job's progress)."""
     args = request.args
     for name in ("prompt", "layer", "head"):
         if name not in args:
             return error(f"missing query parameter {name}", 400)
-    tokens, pat = state.pattern(run_id, args["prompt"], args["layer"], args["head"])
+    try:
+        tokens, pat = state.pattern(run_id, args["prompt"], args["layer"], args["head"], wait_arg())
+    except state.PatternPending as exc:
+        return pending(exc)
     return jsonify({"tokens": tokens, "pattern": pat.round(6).tolist()})
 
 

@@ -23,6 +23,31 @@ def run_url(run_id: str) -> str:
     return f"{request.host_url.rstrip('/')}/runs/{run_id}"
 
 
+MAX_WAIT_S = 60.0
+"""The longest ``?wait=`` an endpoint over on-request patterns accepts (seconds)."""
+
+
+def wait_arg() -> float:
+    """``?wait=`` seconds (default 0, at most :data:`MAX_WAIT_S`): how long an endpoint over a pattern computed on
+    request waits for it before answering 202 with the job's progress."""
+    raw = request.args.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise state.ViewError(f"wait must be a number of seconds between 0 and {MAX_WAIT_S:g}") from None
+    if not 0 <= wait <= MAX_WAIT_S:  # also refuses nan
+        raise state.ViewError(f"wait must be a number of seconds between 0 and {MAX_WAIT_S:g}")
+    return wait
+
+
+def pending(exc: "state.PatternPending"):
+    """202 while a pattern is computed on request: ``{"status": "queued" | "running", "stage", "progress", "job"}``
+    (ask again, or pass ``?wait=``)."""
+    rec = exc.record or {}
+    return jsonify({"status": rec.get("status", "queued"), "stage": str(exc), "progress": rec.get("progress", 0.0),
+                    "job": rec.get("job")}), 202
+
+
 def client_id() -> str:
     """The caller's address, the key of its rate limits."""
     return (request.remote_addr or "local").replace(":", "_")

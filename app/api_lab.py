@@ -7,7 +7,8 @@ result exists, then 200 with it; ``GET /api/runs/<run_id>/lab/<job>`` polls;
 intervention. Shortcuts that submit and poll in one call: ``GET /api/runs/<run_id>/extremes?prompt=P&eps=E``
 (adds every sink above eps) and ``GET /api/runs/<run_id>/domains?labels=prose,code&eps=E`` (adds sink rates
 per domain and the switching heads; ``eps`` defaults to ``backend.vocab.SINK_EPS``). ``GET /api/runs/<run_id>/pair?a=A&b=B&layer=L&head=H``: the same head on
-two prompts and their difference (from the run's stored patterns, no job).
+two prompts and their difference (patterns computed on request: ``&wait=S`` waits up to S seconds, else 202 with
+the job's progress until they are there).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from flask import jsonify, request
 
 from app import lab_data, state
-from app.api_blueprint import api, client_id, error
+from app.api_blueprint import api, client_id, error, pending, wait_arg
 from backend.vocab import SINK_EPS
 
 
@@ -96,5 +97,9 @@ def pair(run_id: str):
     for name in ("a", "b", "layer", "head"):
         if name not in request.args:
             return error(f"missing query parameter {name}", 400)
-    out = lab_data.pair(run_id, request.args["a"], request.args["b"], request.args["layer"], request.args["head"])
+    try:
+        out = lab_data.pair(run_id, request.args["a"], request.args["b"], request.args["layer"], request.args["head"],
+                            wait_arg())
+    except state.PatternPending as exc:
+        return pending(exc)
     return jsonify({k: (v.round(6).tolist() if hasattr(v, "round") else v) for k, v in out.items()})

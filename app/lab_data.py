@@ -82,10 +82,17 @@ def run_labels(run_id: str, text: str | None) -> list[str]:
     return extremes.parse_labels(text, len(m["spec"]["inputs"]), domains.RUN_DOMAIN)
 
 
-def pair(run_id: str, a: Any, b: Any, layer: Any, head: Any) -> dict[str, Any]:
-    """The same head on two prompts of the run, and their difference over the common first ``n`` tokens."""
-    tok_a, pat_a = state.pattern(run_id, a, layer, head)
-    tok_b, pat_b = state.pattern(run_id, b, layer, head)
+def pair(run_id: str, a: Any, b: Any, layer: Any, head: Any, wait_s: float = 0.0) -> dict[str, Any]:
+    """The same head on two prompts of the run, and their difference over the common first ``n`` tokens (patterns
+    computed on request: both are asked for before ``state.PatternPending`` is raised for either)."""
+    pending = None
+    try:
+        tok_a, pat_a = state.pattern(run_id, a, layer, head, wait_s)
+    except state.PatternPending as exc:
+        pending = exc
+    tok_b, pat_b = state.pattern(run_id, b, layer, head, 0.0 if pending else wait_s)
+    if pending is not None:
+        tok_a, pat_a = state.pattern(run_id, a, layer, head, wait_s)
     n = min(len(tok_a), len(tok_b))
     diff = pat_b[:n, :n].astype(np.float64) - pat_a[:n, :n].astype(np.float64)
     return {"tokens_a": token_text.labels(tok_a), "tokens_b": token_text.labels(tok_b), "a": pat_a, "b": pat_b, "difference": diff, "n_common": n}

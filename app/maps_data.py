@@ -185,9 +185,14 @@ def csv_text(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool)
     return buf.getvalue()
 
 
+PATTERN_WAIT_S = 20.0
+"""A clicked point's pattern, when computed on request, is waited for this long inside the callback (the map page
+does not poll; past it the page says the pattern is being computed, and the next click finds it)."""
+
+
 def pattern(run_id: str, prompt: Any, layer: Any, head_: Any) -> tuple[list[str], np.ndarray]:
     """Tokens and the ``[query, key]`` pattern of one head for one prompt (the selected token's attention)."""
-    return state.pattern(run_id, prompt, layer, head_)
+    return state.pattern(run_id, prompt, layer, head_, PATTERN_WAIT_S)
 
 
 def image_names(run_id: str) -> list[str]:

@@ -19,6 +19,7 @@ def load_info(run_id: str) -> dict[str, Any]:
             "notices": mi.get("notices", [])}
 
 
-def pattern(run_id: str, prompt: Any, layer: Any, head: Any) -> tuple[list[str], np.ndarray]:
-    """Tokens and the ``[query, key]`` pattern of one head for one prompt (validated indices)."""
-    return state.pattern(run_id, prompt, layer, head)
+def pattern(run_id: str, prompt: Any, layer: Any, head: Any, wait_s: float = 0.0) -> tuple[list[str], np.ndarray]:
+    """Tokens and the ``[query, key]`` pattern of one head for one prompt (validated indices); computed on request
+    for text runs (``state.PatternPending`` until it is there, after waiting up to ``wait_s`` seconds)."""
+    return state.pattern(run_id, prompt, layer, head, wait_s)

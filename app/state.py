@@ -97,19 +97,54 @@ def load_arrays(run_id: str, names_: list[str]) -> list[np.ndarray]:
     return arrs  # type: ignore[return-value]
 
 
-def pattern(run_id: str, prompt: int, layer: int, head: int) -> tuple[list[str], np.ndarray]:
-    """Tokens and the ``[query, key]`` pattern of one head for one prompt (validated indices)."""
+class PatternPending(NotReady):
+    """A full pattern is being computed on request (``backend.pattern_jobs``); ``record`` is its job's record
+    (``stage`` says "computing layer L of prompt P…"). Pages poll and draw once it is there; the API answers 202."""
+
+    def __init__(self, message: str, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+def _job_pattern(run_id: str, p: int, l: int, wait_s: float) -> np.ndarray:
+    """``[head, query, key]`` of prompt ``p`` in layer ``l`` from an on-request pattern job (submitted if needed);
+    PatternPending while it runs, ViewError when it failed."""
+    from backend import pattern_jobs  # noqa: PLC0415
+
+    arr, rec = pattern_jobs.fetch(cache(), settings(), run_id, p, l, wait_s)
+    if arr is not None:
+        return arr
+    if rec.get("status") == "failed":
+        raise ViewError(f"computing layer {l} of prompt {p + 1} failed: {rec.get('error') or 'unknown error'}")
+    raise PatternPending(str(rec.get("stage") or pattern_jobs.stage_text(p, l)), rec)
+
+
+def layer_patterns(run_id: str, prompt: Any, layer: Any, wait_s: float = 0.0) -> tuple[list[str], np.ndarray]:
+    """Tokens and the ``[head, query, key]`` patterns of one prompt and layer (validated indices; stored dtype):
+    read as stored when the run stored full patterns (image runs, runs made before ``ENGINE_VERSION`` 7), else
+    computed on request, waiting up to ``wait_s`` seconds (then PatternPending)."""
     m = done_manifest(run_id)
     info = m["info"]
     p = check_index("prompt", prompt, len(info["tokens"]))
     l = check_index("layer", layer, info["n_layers"])
-    h = check_index("head", head, info["n_heads"])
     name = names.attn_pattern(p, l)
-    if name not in m["sizes"]:
-        raise ViewError(f"prompt {p} is too long for its full patterns to be stored (ATLAS_MAX_PATTERN_TOKENS, "
+    if name in (m.get("sizes") or {}):
+        return info["tokens"][p], load_array(run_id, name)
+    if info.get("kind", "text") != "text":
+        raise ViewError(f"image {p} is too large for its full patterns to be stored (ATLAS_MAX_PATTERN_TOKENS, "
                         "ATLAS_MAX_PATTERN_MB); per-head metrics and the other views still cover it")
-    arr = load_array(run_id, name)
-    return info["tokens"][p], patterns.as_view(arr[h])
+    return info["tokens"][p], _job_pattern(run_id, p, l, wait_s)
+
+
+def pattern(run_id: str, prompt: Any, layer: Any, head: Any, wait_s: float = 0.0) -> tuple[list[str], np.ndarray]:
+    """Tokens and the ``[query, key]`` pattern of one head for one prompt (validated indices), float32;
+    see :func:`layer_patterns`."""
+    info = done_manifest(run_id)["info"]
+    p = check_index("prompt", prompt, len(info["tokens"]))
+    l = check_index("layer", layer, info["n_layers"])
+    h = check_index("head", head, info["n_heads"])
+    tokens, arr = layer_patterns(run_id, p, l, wait_s)
+    return tokens, patterns.as_view(arr[h])
 
 
 def metrics(run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -273,13 +273,17 @@ class Cache:
         raw = self.r.get(keys.derived(self.prefix, digest))
         return None if raw is None else json.loads(raw)
 
-    def put_derived_arrays(self, digest: str, arrays: dict[str, np.ndarray], ttl_s: int) -> None:
-        """Arrays of a derived result (the lab's patterns) under ``keys.derived_array``, zlib-compressed."""
+    def put_derived_arrays(self, digest: str, arrays: dict[str, np.ndarray], ttl_s: int, shuffle: bool = False) -> None:
+        """Arrays of a derived result (the lab's patterns, an on-request pattern) under ``keys.derived_array``,
+        zlib-compressed (``shuffle``: byte-shuffled first, as run arrays are)."""
         pipe = self.r.pipeline()
         for name, arr in arrays.items():
-            pipe.set(keys.derived_array(self.prefix, digest, name), tensor_io.encode(arr, compress=True),
-                     ex=max(1, int(ttl_s)))
+            blob = tensor_io.encode(arr, compress=True, shuffle=shuffle)
+            pipe.set(keys.derived_array(self.prefix, digest, name), blob, ex=max(1, int(ttl_s)))
         pipe.execute()
+
+    def get_derived_array_exists(self, digest: str, name: str) -> bool:
+        return bool(self.r.exists(keys.derived_array(self.prefix, digest, name)))
 
     def get_derived_array(self, digest: str, name: str) -> np.ndarray | None:
         blob = self.r.get(keys.derived_array(self.prefix, digest, name))

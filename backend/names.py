@@ -2,7 +2,10 @@
 
 Captured per prompt ``p`` and layer ``l`` (TransformerLens-style names):
     prompt.{p}.input_ids                  # [T] int64 token ids (padding removed)
-    prompt.{p}.blocks.{l}.attn.pattern    # [head, query_pos, key_pos] float32, rows sum to 1
+    prompt.{p}.blocks.{l}.attn.pattern    # [head, query_pos, key_pos] rows sum to 1 (image runs and runs
+                                          # made before ENGINE_VERSION 7; text runs recompute it on request)
+    prompt.{p}.attn.thumbs                # [layer, head, bins, bins] float16 pooled patterns (text runs)
+    prompt.{p}.attn.top_key|top_weight    # [layer, head] each head's most-attended key and its weight
     prompt.{p}.blocks.{l}.attn.received  # [head, key_pos] mean attention received (Gu et al. alpha)
     prompt.{p}.blocks.{l}.resid.absmax    # [T] largest |hidden activation| per token
     prompt.{p}.logits                     # [classes] class logits of an image classifier
@@ -23,6 +26,28 @@ def prompt_input_ids(p: int) -> str:
 
 def attn_pattern(p: int, layer: int) -> str:
     return f"prompt.{p}.blocks.{layer}.attn.pattern"
+
+
+def attn_thumbs(p: int) -> str:
+    """``[layer, head, bins, bins]`` float16: each head's pattern pooled into at most 32 runs of consecutive
+    positions (queries averaged, keys summed; ``backend.engine.grid_reducer``), what the all-heads view draws."""
+    return f"prompt.{p}.attn.thumbs"
+
+
+def attn_top_key(p: int) -> str:
+    """``[layer, head]`` int32: each head's most-attended key (largest mean attention over all queries)."""
+    return f"prompt.{p}.attn.top_key"
+
+
+def attn_top_weight(p: int) -> str:
+    """``[layer, head]`` float32: that key's mean attention over all queries."""
+    return f"prompt.{p}.attn.top_weight"
+
+
+def pattern_job_array() -> str:
+    """The array of an on-request pattern job (``backend.pattern_jobs``): ``[head, query_pos, key_pos]``
+    float16 of one prompt and layer, under the job's digest (``keys.derived_array``)."""
+    return "pattern"
 
 
 def attn_received(p: int, layer: int) -> str:

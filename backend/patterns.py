@@ -1,6 +1,8 @@
 """How full attention patterns (``prompt.{p}.blocks.{l}.attn.pattern``) are stored and read back.
 
-Patterns are the bulk of a run's Redis bytes (``layers x heads x T x T`` per prompt). They are stored in
+Full patterns grow as ``layers x heads x T x T`` per prompt, so only image runs store them (and runs made before
+ENGINE_VERSION 7); a text run stores thumbnails (``backend.engine.grid_reducer``) and computes a full pattern on
+request (``backend.pattern_jobs``), stored the same way. They are stored in
 ``ATLAS_PATTERN_DTYPE`` (default float16: attention weights lie in [0, 1], where float16's rounding error is at
 most 2**-12 ~ 2.4e-4 absolute and 2**-11 relative; float32 keeps them as computed), byte-shuffled and
 zlib-compressed (:mod:`backend.tensor_io`). Every reader goes through :func:`as_view`, which returns float32.

@@ -67,7 +67,7 @@ def lost_run(cache: Cache, settings: Settings, run_id: str, attempt: str, reason
     return outcome
 
 
-DERIVED_KINDS = {"prune": "pruning job", "lab": "lab job"}
+DERIVED_KINDS = {"prune": "pruning job", "lab": "lab job", "pattern": "pattern job"}
 """Jobs on a finished run (a record under ``keys.derived``), by the kind they register as running."""
 
 

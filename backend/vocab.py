@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ENGINE_VERSION = "6"
+ENGINE_VERSION = "7"
 """Bumped whenever captured tensors or metrics change meaning: it is part of every run id."""
 
 SINK_EPS = 0.3

@@ -172,7 +172,7 @@ class Soak:
         if final["tokens"] != [expected]:
             raise AssertionError(f"run {n}: tokens differ")
         layer, head = n % N_LAYERS, (n * 5) % N_HEADS
-        code, att = self.call(f"/api/runs/{run_id}/attention?prompt=0&layer={layer}&head={head}")
+        code, att = self.call(f"/api/runs/{run_id}/attention?prompt=0&layer={layer}&head={head}&wait=25")
         pat = np.asarray(att.get("pattern", []), dtype=np.float64)
         if code != 200 or pat.shape != (len(expected), len(expected)) or not np.allclose(pat.sum(1), 1, atol=1e-4):
             raise AssertionError(f"run {n}: bad attention (HTTP {code}, shape {pat.shape})")
@@ -215,7 +215,7 @@ def deep_check(soak: Soak, sample: int) -> dict:
         arrays, _ = analyze_model("all-MiniLM-L6-v2", [prompt], {"analyses": []})
         for layer in range(N_LAYERS):
             for head in (n % N_HEADS, (n + 7) % N_HEADS):
-                code, att = call(soak.base, f"/api/runs/{run_id}/attention?prompt=0&layer={layer}&head={head}")
+                code, att = call(soak.base, f"/api/runs/{run_id}/attention?prompt=0&layer={layer}&head={head}&wait=25")
                 ref = arrays[names.attn_pattern(0, layer)][head]
                 worst = max(worst, float(np.abs(np.asarray(att["pattern"]) - ref).max()))
     return {"runs_compared": len(picked), "runs_through_a_fault_compared": len(faulted),

@@ -430,3 +430,52 @@ def run_lab(digest: str, run_id: str, spec: dict) -> str:
     release_memory()  # as run_analysis: after the except block, the job's tensors are no longer referenced
     finish(failed, FAILURE_TTL_S)
     return "failed"
+
+
+def run_pattern(digest: str, run_id: str, prompt: int, layer: int) -> str:
+    """RQ entry point of an on-request pattern job (``backend.pattern_jobs.submit_pattern``): the full pattern of
+    input ``prompt`` in ``layer`` (every head), recomputed on the run's model and stored in ``ATLAS_PATTERN_DTYPE``
+    with the result TTL; the record under ``keys.derived`` goes running -> done or failed."""
+    from backend import patterns
+    from backend.engine.pattern_job import layer_pattern
+    from backend.jobs import FAILURE_TTL_S
+    from backend.pattern_jobs import put_pattern, stage_text
+
+    settings = get_settings()
+    cache = Cache(connect(settings, patient=True), settings)
+    attempt = uuid.uuid4().hex
+    cache.register_running(digest, attempt, worker_name(), "pattern")
+    CURRENT.update(id=digest, attempt=attempt, kind="pattern")
+    base = {"job": digest, "run_id": run_id, "prompt": prompt, "layer": layer, "created": time.time()}
+
+    def finish(record: dict, ttl_s: int) -> None:
+        cache.put_record(digest, {**record, "finished": time.time()}, ttl_s)
+        cache.release_running(digest, attempt)
+        CURRENT.clear()
+
+    try:
+        cache.put_record(digest, {**base, "status": "running", "stage": stage_text(prompt, layer), "progress": 0.0},
+                         settings.job_timeout_s + 600)
+        manifest = cache.manifest(run_id)
+        if manifest is None or manifest.get("status") != "done":
+            raise SpecError("the run is unknown or not finished")
+        spec = manifest["spec"]
+        loaded = registry(settings).get(resolve_model(spec["model"], settings), spec["options"]["dtype"])
+        inputs = _load_inputs(cache, spec, settings)
+        tokens = ((manifest.get("info") or {}).get("tokens") or [None] * len(inputs))[prompt]
+        pat = layer_pattern(loaded, inputs, prompt, layer, settings, tokens if spec["kind"] == "text" else None)
+        put_pattern(cache, digest, patterns.for_storage(pat, settings.pattern_dtype), settings.result_ttl_s)
+        finish({**base, "status": "done", "stage": "done", "progress": 1.0, "n_heads": int(pat.shape[0]),
+                "n_tokens": int(pat.shape[1]), "dtype": settings.pattern_dtype}, settings.result_ttl_s)
+        return "done"
+    except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
+        known = isinstance(exc, (ModelError, SpecError, ValueError))
+        if not known:
+            traceback.print_exc()
+        failed = {**base, "status": "failed", "stage": "failed", "error": str(exc) if known else _failure_message(exc)}
+        if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            finish(failed, FAILURE_TTL_S)
+            raise
+    release_memory()  # as run_analysis: after the except block, the job's tensors are no longer referenced
+    finish(failed, FAILURE_TTL_S)
+    return "failed"

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import dash
-from dash import Input, Output, State, callback, dcc, html, no_update
+from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import heads_data, state
 from app.components import alert, empty_figure, field, help_text, query_int
@@ -22,6 +22,8 @@ dash.register_page(__name__, path_template="/runs/<run_id>/heads", title="All he
                    name="All heads", order=1)  # before the run page, whose /runs/<run_id> would match too
 register_view("heads", "All heads (model view)", needs="prompt.0.input_ids", kinds=("text",))
 
+PATTERN_POLL_MS = 700
+"""How often the grid looks again while the full patterns of a query token's view are computed on request."""
 ALL = -1
 """The query dropdown's value for "every query" (the whole pattern in each cell)."""
 HEADS_HELP = (
@@ -47,6 +49,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Location(id="heads-url", refresh=False),
         dcc.Location(id="heads-go", refresh="callback-nav"),
         poll_interval("heads"),
+        dcc.Interval(id="heads-pattern-poll", interval=PATTERN_POLL_MS, n_intervals=0, disabled=True),
         html.Div(className="card", children=[
             html.H2(["All heads", help_text(HEADS_HELP)]),
             html.Div(id="heads-model", className="muted"),
@@ -125,20 +128,26 @@ def token_options(prompt, words, run, view, current):
 
 @callback(
     Output("heads-grid", "figure"), Output("heads-summary", "children"), Output("heads-error", "children"),
-    Input("heads-token", "value"), Input("heads-scale", "value"), State("heads-prompt", "value"),
-    State("heads-words", "value"), State("heads-run-id", "data"), State("heads-run", "data"),
+    Output("heads-pattern-poll", "disabled"),
+    Input("heads-token", "value"), Input("heads-scale", "value"), Input("heads-pattern-poll", "n_intervals"),
+    State("heads-prompt", "value"), State("heads-words", "value"), State("heads-run-id", "data"),
+    State("heads-run", "data"),
 )
-def render(token, scale, prompt, words, run_id, run):
-    """Draw every head for the chosen prompt (and query token)."""
+def render(token, scale, _tick, prompt, words, run_id, run):
+    """Draw every head for the chosen prompt (and query token); while full patterns are computed on request, say
+    so and poll."""
     if not run or prompt is None or token is None:
-        return no_update, no_update, no_update
+        return no_update, no_update, no_update, True
     q = None if token == ALL else int(token)
     try:
         g = heads_data.grid(run_id, prompt, q, "1" in (words or []))
+    except state.PatternPending as exc:
+        fig = no_update if ctx.triggered_id == "heads-pattern-poll" else empty_figure(str(exc))
+        return fig, "", alert(str(exc), "info"), False
     except (state.ViewError, state.NotReady, LookupError) as exc:
-        return empty_figure(str(exc)), "", alert(str(exc), "warn")
+        return empty_figure(str(exc)), "", alert(str(exc), "warn"), True
     except state.REDIS_ERRORS:
-        return no_update, no_update, alert(state.REDIS_DOWN, "warn")
+        return no_update, no_update, alert(state.REDIS_DOWN, "warn"), False
     hover = figures_heads.hover_texts(g.labels, g.top, g.weight, q)
     what = "the whole pattern (rows = queries, columns = keys)" if q is None else \
         f"attention from {q}:{g.labels[q]} to each key"
@@ -147,7 +156,7 @@ def render(token, scale, prompt, words, run_id, run):
     unit = "words" if "1" in (words or []) else "positions"
     summary = (f"{n} {unit}" + (f", shown in {g.thumbs.shape[-1]} runs of up to {g.per_bin} consecutive {unit}"
                                 if g.per_bin > 1 else "") + ". Click a cell to open that head.")
-    return fig, summary, ""
+    return fig, summary, "", True
 
 
 def _to_query(prompt, token, words, scale, run):

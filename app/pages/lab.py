@@ -62,6 +62,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="lab-req", data={k: query[k] for k in REQUEST_KEYS if k in query} if "mode" in query else None),
         poll_interval("lab"),
         dcc.Interval(id="lab-job-poll", interval=500, n_intervals=0, disabled=True),
+        dcc.Interval(id="lab-pair-poll", interval=600, n_intervals=0, disabled=True),  # patterns computed on request
         html.Div(className="card", children=[
             html.H2(["Intervention lab ", html.Span(help_text(SOURCE), id="lab-source")]),
             html.Div(className="row", children=[
@@ -336,22 +337,25 @@ def render_attention(rec, layer, head, run_id):
     return fig, change, ""
 
 
-@callback(Output("lab-pair", "figure"), Output("lab-pair-error", "children"),
+@callback(Output("lab-pair", "figure"), Output("lab-pair-error", "children"), Output("lab-pair-poll", "disabled"),
           Input("lab-pa", "value"), Input("lab-pb", "value"), Input("lab-layer", "value"), Input("lab-head", "value"),
-          State("lab-run-id", "data"), State("lab-info", "data"))
-def render_pair(pa, pb, layer, head, run_id, info):
+          Input("lab-pair-poll", "n_intervals"), State("lab-run-id", "data"), State("lab-info", "data"))
+def render_pair(pa, pb, layer, head, _tick, run_id, info):
+    """The counterfactual pair; while its patterns are computed on request, their progress line and a poll."""
     if not info or None in (pa, pb, layer, head):
-        return no_update, no_update
+        return no_update, no_update, True
     try:
         d = lab_data.pair(run_id, pa, pb, layer, head)
     except state.REDIS_ERRORS:
-        return no_update, alert(state.REDIS_DOWN, "warn")
+        return no_update, alert(state.REDIS_DOWN, "warn"), False
+    except state.PatternPending as exc:
+        return no_update, alert(str(exc), "info"), False
     except (state.ViewError, state.NotReady, LookupError) as exc:
-        return empty_figure(str(exc)), alert(str(exc))
+        return empty_figure(str(exc)), alert(str(exc)), True
     note = "" if len(d["tokens_a"]) == len(d["tokens_b"]) else f" (difference over the first {d['n_common']} tokens)"
     fig = fl.side_by_side(d["tokens_a"], d["a"], d["tokens_b"], d["b"], d["difference"],
                           (f"A: prompt {pa}", f"B: prompt {pb}", "B - A"), f"Layer {layer} head {head}{note}")
-    return fig, ""
+    return fig, "", True
 
 
 def _view_query(req, layer, head, pa, pb, info) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="run-view", data=view),
         dcc.Location(id="run-url", refresh=False),
         poll_interval("run"),
+        dcc.Interval(id="run-pattern-poll", interval=PATTERN_POLL_MS, n_intervals=0, disabled=True),
         html.Div(className="card", children=[
             html.H2(id="run-title", children=f"Run {run_id}"),
             html.Div(id="run-model", className="muted"),
@@ -76,6 +77,10 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     ])
 
 
+DOWNLOAD_WAIT_S = 30.0
+"""The download waits this long for a pattern still being computed (the view shows it computing meanwhile)."""
+PATTERN_POLL_MS = 600
+"""How often the token view looks again while its pattern is computed on request (``backend.pattern_jobs``)."""
 HIDDEN = {"visibility": "hidden", "height": 0, "overflow": "hidden", "padding": 0, "border": 0}
 SHOWN = {"visibility": "visible"}
 
@@ -198,23 +203,27 @@ def strongest_edges_note(n_keys: int, shown: int) -> str:
 
 @callback(
     Output("run-tokens", "children"), Output("run-row", "figure"), Output("run-lines", "figure"),
-    Output("run-heatmap", "figure"), Output("run-view-error", "children"),
+    Output("run-heatmap", "figure"), Output("run-view-error", "children"), Output("run-pattern-poll", "disabled"),
     Input("run-prompt", "value"), Input("run-layer", "value"), Input("run-head", "value"),
-    Input("run-view", "data"), Input("run-words", "value"), State("run-id", "data"), State("run-info", "data"),
+    Input("run-view", "data"), Input("run-words", "value"), Input("run-pattern-poll", "n_intervals"),
+    State("run-id", "data"), State("run-info", "data"),
 )
-def render(prompt, layer, head, view, words, run_id, info):
-    """Draw the chosen head for the chosen prompt and token (the URL follows through :func:`_view_query`)."""
+def render(prompt, layer, head, view, words, _tick, run_id, info):
+    """Draw the chosen head for the chosen prompt and token (the URL follows through :func:`_view_query`). A
+    pattern computed on request shows its progress line and the view polls until it is there."""
     if not info or prompt is None or layer is None or head is None:
-        return no_update, no_update, no_update, no_update, no_update
+        return no_update, no_update, no_update, no_update, no_update, True
     merge = "1" in (words or [])
     token = _view_token(view, prompt)
     try:
         raw, pat = run_data.pattern(run_id, prompt, layer, head)
+    except state.PatternPending as exc:
+        return no_update, no_update, no_update, no_update, alert(str(exc), "info"), False
     except (state.ViewError, state.NotReady, LookupError) as exc:
         empty = figures.attention_row(["-"], np.zeros(1), 0)
-        return [], empty, empty, empty, alert(str(exc), "warn")
+        return [], empty, empty, empty, alert(str(exc), "warn"), True
     except state.REDIS_ERRORS:
-        return no_update, no_update, no_update, no_update, alert(state.REDIS_DOWN, "warn")
+        return no_update, no_update, no_update, no_update, alert(state.REDIS_DOWN, "warn"), False
     if merge:
         groups = token_text.word_groups(raw)
         shown = token_text.word_text(raw, groups)
@@ -237,7 +246,7 @@ def render(prompt, layer, head, view, words, run_id, info):
         figures.pattern_heatmap(labels, pat, query=token, window=figures.WINDOW,
                                 title=f"{label}: " + ("full pattern (rows = queries)" if len(labels) <= figures.WINDOW
                                                       else f"the {figures.WINDOW} queries around {unit} {token}")),
-        "",
+        "", True,
     )
 
 
@@ -276,7 +285,10 @@ def heads_link(search, run_id):
           State("run-id", "data"), State("run-prompt", "value"), State("run-layer", "value"),
           State("run-head", "value"), prevent_initial_call=True)
 def download(_n, run_id, prompt, layer, head):
-    tokens, pat = run_data.pattern(run_id, prompt, layer, head)
+    try:
+        tokens, pat = run_data.pattern(run_id, prompt, layer, head, wait_s=DOWNLOAD_WAIT_S)
+    except (state.ViewError, state.NotReady, LookupError) + state.REDIS_ERRORS:
+        return no_update
     body = {"run_id": run_id, "prompt": prompt, "layer": layer, "head": head, "tokens": tokens,
             "pattern": pat.round(6).tolist()}
     return dict(content=json.dumps(body), filename=f"attention_{run_id[:8]}_p{prompt}_L{layer}_H{head}.json")

@@ -55,8 +55,9 @@ class PatternStore(BaseReducer):
 
     A prompt's patterns are stored when it has at most ``max_tokens`` tokens and all its layers' patterns fit in
     ``max_bytes`` as counted by :func:`backend.patterns.stored_bytes` (in the stored ``dtype``, a causal model's
-    lower triangle only): SmolLM2's 270 heads at 1,024 tokens take 283 MB in float16 by that count (before
-    compression), 1.1 GB as full float32 squares. Patterns are emitted in float32; the cache casts them."""
+    lower triangle only): SmolLM2's 270 heads at 1,024 tokens would take 283 MB in float16 by that count (before
+    compression), 1.1 GB as full float32 squares, which is why only image runs (and notebooks) keep them
+    (:func:`keeps_full_patterns`). Patterns are emitted in float32; the cache casts them."""
 
     def __init__(self, emit: Emit, max_tokens: int, n_layers: int = 1, max_bytes: int | None = None,
                  dtype: str = "float16", causal: bool = False) -> None:
@@ -104,15 +105,30 @@ def _batches(n: int, size: int) -> list[range]:
     return [range(i, min(n, i + size)) for i in range(0, n, size)]
 
 
+def keeps_full_patterns(loaded: LoadedModel, full_patterns: bool | None = None) -> bool:
+    """Whether a run stores full patterns: image runs do (the ViT page's CLS->patch overlays and rollout read
+    every layer; a 197-token ViT image is small), text runs do not (the views read thumbnails and top keys, and
+    a full pattern is recomputed on request, :mod:`backend.engine.pattern_job`). ``full_patterns`` overrides."""
+    return loaded.kind == "image" if full_patterns is None else bool(full_patterns)
+
+
 def make_reducers(
     loaded: LoadedModel, options: dict[str, Any], emit: Emit, settings: Settings, store_patterns: bool = True,
+    full_patterns: bool | None = None,
 ) -> list:
-    """The capture pass's reducers: the pattern store (unless ``store_patterns`` is off: a run being extended
-    has its patterns), then those the run's analyses ask for (:data:`backend.engine.stages.REDUCERS`); each may
-    have ``results() -> {name: array}``."""
-    store = PatternStore(emit, settings.max_pattern_tokens, loaded.n_layers, settings.max_pattern_mb << 20,
-                         settings.pattern_dtype, loaded.causal)
-    return [store, *capture_reducers(loaded, options)] if store_patterns else capture_reducers(loaded, options)
+    """The capture pass's reducers: what a run stores of its patterns (unless ``store_patterns`` is off: a run
+    being extended has them): full patterns (:func:`keeps_full_patterns`) or, for text, the all-heads view's
+    thumbnails and top keys (:class:`backend.engine.grid_reducer.GridReducer`); then those the run's analyses
+    ask for (:data:`backend.engine.stages.REDUCERS`); each may have ``results() -> {name: array}``."""
+    from backend.engine.grid_reducer import GridReducer  # noqa: PLC0415
+
+    stores: list = []
+    if store_patterns and keeps_full_patterns(loaded, full_patterns):
+        stores.append(PatternStore(emit, settings.max_pattern_tokens, loaded.n_layers, settings.max_pattern_mb << 20,
+                                   settings.pattern_dtype, loaded.causal))
+    if store_patterns and loaded.kind == "text":
+        stores.append(GridReducer(emit, loaded.n_layers, loaded.n_heads, causal=loaded.causal))
+    return [*stores, *capture_reducers(loaded, options)]
 
 
 def _capture_pass(
@@ -166,9 +182,11 @@ def analyze(
     should_cancel: Callable[[], bool] | None = None,
     settings: Settings | None = None,
     store_patterns: bool = True,
+    full_patterns: bool | None = None,
 ) -> RunInfo:
     """Run every analysis the options ask for; arrays go to ``emit`` as they are ready (``store_patterns``
-    off: no full patterns, for :func:`workers.tasks.run_extension`)."""
+    off: nothing of the patterns, for :func:`workers.tasks.run_extension`; ``full_patterns``: see
+    :func:`keeps_full_patterns`)."""
     settings = settings or get_settings()
     progress = progress or (lambda frac, stage: None)
     should_cancel = should_cancel or (lambda: False)
@@ -177,7 +195,7 @@ def analyze(
         n_layers=loaded.n_layers, n_heads=loaded.n_heads, causal=loaded.causal, kind=loaded.kind,
         model_class=type(loaded.model).__name__, device=str(loaded.device), dtype=loaded.dtype,
     )
-    reducers = make_reducers(loaded, options, emit, settings, store_patterns)
+    reducers = make_reducers(loaded, options, emit, settings, store_patterns, full_patterns)
     stages = post_stages(options)
     n_parts = 1 + len(stages)
 
@@ -198,10 +216,11 @@ def analyze(
 def analyze_model(
     model: str, inputs: Sequence[Any], options: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> tuple[dict[str, np.ndarray], RunInfo]:
-    """Notebook entry point: resolve and load ``model``, analyse ``inputs``, return arrays in a dict."""
+    """Notebook entry point: resolve and load ``model``, analyse ``inputs``, return arrays in a dict (with
+    every prompt's full patterns, within ``ATLAS_MAX_PATTERN_*``: a notebook keeps them in memory)."""
     settings = settings or get_settings()
     opts = normalise_options(options)
     loaded = load_model(resolve_model(model, settings), settings, opts["dtype"])
     arrays: dict[str, np.ndarray] = {}
-    info = analyze(loaded, inputs, opts, arrays.__setitem__, settings=settings)
+    info = analyze(loaded, inputs, opts, arrays.__setitem__, settings=settings, full_patterns=True)
     return arrays, info

@@ -113,7 +113,7 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
     page.wait_for_selector("#maps-token-text", timeout=30_000)
     page.wait_for_function(f"window.location.search.includes('sel=q.{target['prompt']}.{target['position']}')")
     spans = page.locator("#maps-token-text .token")
-    _, att = api_call(live_app, f"/api/runs/{run_id}/attention?prompt={target['prompt']}&layer=2&head=4")
+    _, att = api_call(live_app, f"/api/runs/{run_id}/attention?prompt={target['prompt']}&layer=2&head=4&wait=60", timeout=90)
     assert spans.all_inner_texts() == att["tokens"]
     shown = [float(t.rsplit(": ", 1)[1]) for t in (spans.nth(i).get_attribute("title") for i in range(spans.count()))]
     assert np.allclose(shown, att["pattern"][target["position"]], atol=1e-4)  # both read the same stored float16 row

@@ -42,16 +42,20 @@ def test_minilm_run_end_to_end(live_app, worker, cache, atlas_env) -> None:
     seen = [s for s, _ in final["_seen"]]
     assert seen[-1] == "done" and set(seen) <= {"queued", "running", "done"}
 
-    # results are in Redis under the content-addressed keys, in the documented format
-    blob = cache.r.get(keys.run_tensor(atlas_env["ATLAS_KEY_PREFIX"], run_id, names.attn_pattern(1, 4)))
-    stored = tensor_io.decode(blob)
+    # results are in Redis under the content-addressed keys, in the documented format: a text run keeps each
+    # prompt's thumbnails, not its full patterns (those are computed on request)
+    prefix = atlas_env["ATLAS_KEY_PREFIX"]
+    assert cache.r.get(keys.run_tensor(prefix, run_id, names.attn_pattern(1, 4))) is None
+    thumbs = tensor_io.decode(cache.r.get(keys.run_tensor(prefix, run_id, names.attn_thumbs(1))))
     tokens, ref = _direct_patterns(PROMPTS[1])
     assert final["tokens"][1] == tokens
-    assert stored.shape == (12, len(tokens), len(tokens)) and stored.dtype == np.float16  # ATLAS_PATTERN_DTYPE
-    np.testing.assert_allclose(patterns.as_view(stored), ref[4][0].numpy(), atol=patterns.FLOAT16_MAX_ABS_ERROR + 1e-5)
+    assert thumbs.shape == (6, 12, len(tokens), len(tokens)) and thumbs.dtype == np.float16
+    np.testing.assert_allclose(thumbs[4].astype(np.float32), ref[4][0].numpy(), atol=patterns.FLOAT16_MAX_ABS_ERROR + 1e-5)
 
-    # read back through the API: one head of one prompt
-    code, att = _call(live_app, f"/api/runs/{run_id}/attention?prompt=1&layer=4&head=7")
+    # read back through the API: one head of one prompt, computed on request (202 with its progress until then)
+    code, pending = _call(live_app, f"/api/runs/{run_id}/attention?prompt=1&layer=4&head=7")
+    assert code == 202 and pending["stage"].startswith("computing layer 4 of prompt 2"), pending
+    code, att = _call(live_app, f"/api/runs/{run_id}/attention?prompt=1&layer=4&head=7&wait=60", timeout=90)
     assert code == 200 and att["tokens"] == tokens
     np.testing.assert_allclose(np.array(att["pattern"]), ref[4][0, 7].numpy(), atol=patterns.FLOAT16_MAX_ABS_ERROR + 1e-5)
 

@@ -96,16 +96,16 @@ def test_evicted_arrays_are_recomputed(private_env) -> None:
         _, body = _call(url, "/api/runs", {"prompts": ["evicted entries come back"]})
         run_id = body["run_id"]
         assert wait_done(url, run_id)["status"] == "done"
-        _, before = _call(url, f"/api/runs/{run_id}/attention?prompt=0&layer=1&head=2")
+        _, before = _call(url, f"/api/runs/{run_id}/received?prompt=0&layer=1")
         r = redis.Redis.from_url(private_env["REDIS_URL"])
         prefix = private_env["ATLAS_KEY_PREFIX"]
-        assert r.delete(keys.run_tensor(prefix, run_id, names.attn_pattern(0, 1))) == 1
-        code, msg = _call(url, f"/api/runs/{run_id}/attention?prompt=0&layer=1&head=2")
+        assert r.delete(keys.run_tensor(prefix, run_id, names.attn_received(0, 1))) == 1
+        code, msg = _call(url, f"/api/runs/{run_id}/received?prompt=0&layer=1")
         assert code == 409 and "recomputing" in msg["error"]
         assert wait_done(url, run_id)["status"] == "done"
-        code, after = _call(url, f"/api/runs/{run_id}/attention?prompt=0&layer=1&head=2")
+        code, after = _call(url, f"/api/runs/{run_id}/received?prompt=0&layer=1")
         assert code == 200
-        np.testing.assert_allclose(after["pattern"], before["pattern"], atol=1e-6)  # deterministic
+        np.testing.assert_allclose(after["received"], before["received"], atol=1e-6)  # deterministic
     finally:
         stop_process(worker)
         stop_process(app)
@@ -174,7 +174,7 @@ def test_twenty_concurrent_analyses_two_workers(private_env) -> None:
             cid, j = divmod(n, 5)
             expected = tok.convert_ids_to_tokens(tok(f"client {cid} request {j} " + "word " * n)["input_ids"])
             assert final["tokens"] == [expected]
-            code, att = _call(url, f"/api/runs/{run_id}/attention?prompt=0&layer=5&head=0")
+            code, att = _call(url, f"/api/runs/{run_id}/attention?prompt=0&layer=5&head=0&wait=60", timeout=90)
             assert code == 200 and len(att["pattern"]) == len(expected)
             np.testing.assert_allclose(np.sum(att["pattern"], axis=1), 1.0, atol=patterns.FLOAT16_ROW_SUM_ERROR + 1e-5)
     finally:

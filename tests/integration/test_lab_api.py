@@ -63,7 +63,7 @@ def test_scaling_the_first_token_job(live_app, run_id, loaded) -> None:
     # the patterns before the intervention are the run's own (float16 in the lab)
     code, att = api_call(live_app, f"/api/runs/{run_id}/lab/{body['job']}/attention?layer=1&head=2")
     assert code == 200, att
-    _, stored = api_call(live_app, f"/api/runs/{run_id}/attention?prompt=1&layer=1&head=2")
+    _, stored = api_call(live_app, f"/api/runs/{run_id}/attention?prompt=1&layer=1&head=2&wait=60", timeout=90)
     np.testing.assert_allclose(att["before"], stored["pattern"], atol=2e-3)
     # after: first column scaled by 0.25, rows renormalised (layer 1 is the first intervened layer)
     a = np.asarray(stored["pattern"], dtype=np.float64)
@@ -138,7 +138,7 @@ def test_extremes_domains_and_pair(live_app, run_id) -> None:
     assert rates.shape == (4, 4, 4) and ((rates >= 0) & (rates <= 1)).all()
     np.testing.assert_allclose(dom["switch"], rates.max(0) - rates.min(0))
 
-    code, pair = api_call(live_app, f"/api/runs/{run_id}/pair?a=0&b=2&layer=1&head=3")
+    code, pair = api_call(live_app, f"/api/runs/{run_id}/pair?a=0&b=2&layer=1&head=3&wait=60", timeout=90)
     assert code == 200 and pair["n_common"] == 9
     np.testing.assert_allclose(pair["difference"], np.subtract(pair["b"], pair["a"]), atol=2e-6)  # (rounded to 1e-6)
 

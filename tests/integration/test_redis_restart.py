@@ -85,8 +85,8 @@ def test_redis_restarted_mid_job(tmp_path: Path) -> None:
         assert after["status"] == "done" and after["tokens"] == final["tokens"]
         for p in (0, 117, 199):
             for layer in range(6):
-                _, a = api_call(url, f"/api/runs/{run_a}/attention?prompt={p}&layer={layer}&head={layer * 2}")
-                _, b = api_call(url, f"/api/runs/{body['run_id']}/attention?prompt={p}&layer={layer}&head={layer * 2}")
+                _, a = api_call(url, f"/api/runs/{run_a}/attention?prompt={p}&layer={layer}&head={layer * 2}&wait=60", timeout=90)
+                _, b = api_call(url, f"/api/runs/{body['run_id']}/attention?prompt={p}&layer={layer}&head={layer * 2}&wait=60", timeout=90)
                 np.testing.assert_allclose(a["pattern"], b["pattern"], atol=1e-6)
                 np.testing.assert_allclose(np.sum(a["pattern"], axis=1), 1.0, atol=patterns.FLOAT16_ROW_SUM_ERROR + 1e-5)
         code, metrics = api_call(url, f"/api/runs/{run_a}/metrics")

@@ -110,7 +110,7 @@ def test_killed_worker_restarted_sigterm_fast_data_kept(tmp_path: Path, browser)
         proc = _start(env, port, log)
         st = api_call(url, f"/api/runs/{first}")[1]
         assert st["status"] == "done" and st["tokens"] == final["tokens"]
-        code, att = api_call(url, f"/api/runs/{first}/attention?prompt=3&layer=2&head=1")
+        code, att = api_call(url, f"/api/runs/{first}/attention?prompt=3&layer=2&head=1&wait=60", timeout=90)
         assert code == 200 and len(att["pattern"]) == len(final["tokens"][3])
         again = wait_done(url, second, timeout=400)
         assert again["status"] == "done", again

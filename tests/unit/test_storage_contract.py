@@ -79,8 +79,8 @@ def test_run_id_is_content_addressed() -> None:
     assert run_id_for(a, "fp") != run_id_for(build_spec("m", ["one", "two"], {"seed": 2}, s), "fp")
     # pinned literals: a change here changes every cached run's address (bump ENGINE_VERSION instead, and update
     # these literals in the same commit)
-    assert run_id_for(RunSpec("m", ("x",), "text", {}), "fp") == "62164059b80fb1b180e5719b2bd52f37"
-    assert run_id_for(a, "fp") == "532e3c6d244db6d81efe84b8498ebd15"  # with the default options filled in
+    assert run_id_for(RunSpec("m", ("x",), "text", {}), "fp") == "74a06e0440398d09f6b64862c6461b90"
+    assert run_id_for(a, "fp") == "6764506a2e9e92fca9465460eb781793"  # with the default options filled in
     assert len(run_id_for(a, "fp")) == 32
 
 
