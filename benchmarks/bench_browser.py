@@ -3,17 +3,23 @@
 Per page: time from navigation to a drawn figure (the page's main ``.js-plotly-plot`` holds a trace with data),
 over ``--loads`` loads in fresh tabs of one browser context (the app's JS is cached after the first, discarded,
 load, as for a returning user; the run is cached in Redis). Also per load: how many ``_dash-update-component``
-requests the page made and the bytes they transferred (as sent on the wire, after any compression).
+requests the page made and the bytes they transferred (as sent on the wire, after any compression). ``--profile``
+says what the browser holds between loads: ``persistent`` (the default: fresh tabs of one browser context, so the
+app's JS bundles come from the HTTP cache after the first load, as for a returning user) or ``incognito`` (a new
+context per load: an empty cache, as for a first visit).
 
 Head switch: on the maps page of a large map (MiniLM's shape, 6 x 12 heads, 20,000 points per head over the
 >= 200-prompt corpus of ``bench_map_switch``, stored exactly as the worker stores maps), the time from picking
-another head in the dropdown to the new head's map drawn, and the bytes transferred per switch.
+another head in the dropdown to the new head's map drawn (its title changed, at the next animation frame), and the
+bytes transferred per switch (Dash requests and the map's binary coordinates). ``--switch-only``: only that (no
+pages, no model runs).
 
 Runs: MiniLM (all-MiniLM-L6-v2) and SmolLM2-135M on a few prompts with every cheap analysis, computed once by a
 real worker and reused (fixed key prefix, so a rerun is a cache hit; ``--fresh`` for a new prefix).
 Targets (issue 15): every cached page drawn in <= 1 s p95, a head switch <= 150 ms p95.
 
     python benchmarks/bench_browser.py [--loads 10] [--switches 20] [--baseline /path/to/checkout/of/main]
+        [--profile persistent|incognito] [--switch-only] [--out results/browser_switch.json]
 
 With ``--baseline``, a second app from that source tree serves the same Redis side by side, loads and switches
 alternate between the two, and the result holds both and their p95 ratios.
@@ -131,12 +137,16 @@ def stats(xs: list[float]) -> dict[str, float]:
             "max": round(float(a.max()), 3), "n": len(xs)}
 
 
+WATCHED = ("_dash-update-component", "embedding.f32")
+"""The requests a page makes for its data: Dash callbacks and the maps page's binary head coordinates."""
+
+
 class Net:
-    """The page's ``_dash-update-component`` responses: count, wire bytes, and time to first byte."""
+    """The page's data requests (:data:`WATCHED`): count, wire bytes, and time to first byte."""
 
     def __init__(self, page) -> None:
         self.reqs: list = []
-        page.on("requestfinished", lambda r: self.reqs.append(r) if "_dash-update-component" in r.url else None)
+        page.on("requestfinished", lambda r: self.reqs.append(r) if any(w in r.url for w in WATCHED) else None)
 
     def take(self) -> dict[str, float]:
         reqs, self.reqs = self.reqs, []
@@ -166,16 +176,22 @@ def load_page(ctx, target: str, sel: str) -> tuple[float, dict[str, float]]:
     return dt, n
 
 
-def bench_pages(browser, apps: dict[str, str], ids: dict[str, str], loads: int, pages: list = PAGES) -> dict:
-    """Every page, loads alternating between the apps (so that load from other work falls on all)."""
-    ctxs = {a: browser.new_context(viewport={"width": 1300, "height": 1000}) for a in apps}
+def bench_pages(browser, apps: dict[str, str], ids: dict[str, str], loads: int, pages: list = PAGES,
+                profile: str = "persistent") -> dict:
+    """Every page, loads alternating between the apps (so that load from other work falls on all); with the
+    ``incognito`` profile each load gets a new browser context (nothing cached)."""
+    viewport = {"width": 1300, "height": 1000}
+    ctxs = {a: browser.new_context(viewport=viewport) for a in apps}
     out: dict[str, dict] = {a: {} for a in apps}
     for name, run, path, sel in pages:
         times: dict[str, list[float]] = {a: [] for a in apps}
         nets: dict[str, list[dict]] = {a: [] for a in apps}
         for i in range(loads + 1):
             for a, url in apps.items():
-                dt, n = load_page(ctxs[a], f"{url}/runs/{ids[run]}{path}", sel)
+                ctx = ctxs[a] if profile == "persistent" else browser.new_context(viewport=viewport)
+                dt, n = load_page(ctx, f"{url}/runs/{ids[run]}{path}", sel)
+                if ctx is not ctxs[a]:
+                    ctx.close()
                 if i:  # the first load warms the browser cache and the web process
                     times[a].append(dt)
                     nets[a].append(n)
@@ -240,6 +256,9 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="a new key prefix (recompute the runs)")
     ap.add_argument("--pages", default="", help="only pages whose name contains this (e.g. sinks); no head switches")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--profile", choices=("persistent", "incognito"), default="persistent",
+                    help="page loads in tabs of one browser context (HTTP cache warm) or each in a new one (cold)")
+    ap.add_argument("--switch-only", action="store_true", help="only the head switches (no pages, no model runs)")
     args = ap.parse_args()
     prefix = f"bench-browser-{uuid.uuid4().hex[:6]}" if args.fresh else "bench-browser"
     env = {"REDIS_URL": args.redis, "ATLAS_KEY_PREFIX": prefix, "ATLAS_QUEUE": prefix, "HF_HUB_OFFLINE": "1",
@@ -253,18 +272,19 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its apps
     procs, apps = [], {}
+    load_start = os.getloadavg()
     try:
         proc, apps["this"] = start_app(env)
         procs.append(proc)
         if args.baseline:
             proc, apps["baseline"] = start_app(env, args.baseline.resolve())
             procs.append(proc)
-        ids = ensure_runs(apps["this"], env)
+        ids = {} if args.switch_only else ensure_runs(apps["this"], env)
         ids["big"] = big_map_run(state.cache())
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            chosen = [pg for pg in PAGES if args.pages in pg[0]]
-            pages = bench_pages(browser, apps, ids, args.loads, chosen)
+            chosen = [] if args.switch_only else [pg for pg in PAGES if args.pages in pg[0]]
+            pages = bench_pages(browser, apps, ids, args.loads, chosen, args.profile)
             switch = {} if args.pages else bench_switch(browser, apps, ids["big"], args.switches)
             print("switch", switch, flush=True)
             browser.close()
@@ -275,10 +295,11 @@ def main() -> None:
         "benchmark": "browser: cached pages, navigation to a drawn figure; head switch on a 20,000-point map",
         "targets": {"page_p95_s": TARGET_PAGE_P95_S, "switch_p95_ms": TARGET_SWITCH_P95_MS},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus_usable": len(os.sched_getaffinity(0)), "loadavg": os.getloadavg(),
+        "machine": {"cpus_usable": len(os.sched_getaffinity(0)), "loadavg_start": load_start, "loadavg": os.getloadavg(),
                     "python": platform.python_version()},
         "apps": {a: (str(args.baseline) if a == "baseline" else "this tree") for a in apps},
-        "loads_per_page": args.loads, "switches": args.switches,
+        "profile": args.profile, "loads_per_page": 0 if args.switch_only else args.loads, "switches": args.switches,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "pages": pages, "head_switch": switch,
     }
     if "baseline" in apps:

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import dash
 import numpy as np
-from dash import Input, Output, State, callback, dcc, html, no_update
+from dash import ClientsideFunction, Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
 from app import maps_data, state, vit_data
 from app.components import alert, empty_figure, field, help_text, query_int
@@ -32,6 +32,9 @@ MAPS_HELP = (
     "Vectors are scaled by sqrt(scaling) so q·k is the attention logit."
 )
 SEL = re.compile(r"^([qk])\.(\d+)\.(\d+)$")
+GL_CONFIG = {"displaylogo": False, "plotGlPixelRatio": 1}
+"""WebGL maps drawn at the screen's resolution (Plotly's default draws 2x2 pixels per pixel: 4x the fill work, which
+software WebGL, without a GPU, pays on every redraw)."""
 VIEW_ERRORS = (state.ViewError, state.NotReady, LookupError, ValueError) + state.REDIS_ERRORS
 
 
@@ -60,6 +63,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         dcc.Store(id="maps-id", data=run_id), dcc.Store(id="maps-run", data=run), dcc.Store(id="maps-view", data=v),
         dcc.Store(id="maps-sel", data=v["sel"]),
         dcc.Store(id="maps-head-raw"), dcc.Store(id="maps-hover"), dcc.Store(id="maps-hover-key"),
+        dcc.Store(id="maps-pick"),
         dcc.Location(id="maps-url", refresh=False),
         poll_interval("maps", ready),
         html.Div(className="card", children=[
@@ -83,7 +87,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         html.Div(id="maps-matrix-card", className="card", style=matrix_style, children=[
             html.P("Every head of the model, queries (green) and keys (pink) of a sample of the run's tokens. "
                    "Click a cell to open that head.", className="muted"),
-            dcc.Loading(dcc.Graph(id="maps-matrix", config={"displaylogo": False}, figure=empty_figure())),
+            dcc.Loading(dcc.Graph(id="maps-matrix", config=GL_CONFIG, figure=empty_figure())),
         ]),
         html.Div(id="maps-head-card", className="card", style=head_style, children=[
             html.Div(className="row", children=[
@@ -96,7 +100,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                 dcc.Download(id="maps-csv"),
             ]),
             html.Div(id="maps-search-summary", className="muted"),
-            dcc.Graph(id="maps-head-fig", config={"displaylogo": False}, figure=empty_figure()),
+            dcc.Graph(id="maps-head-fig", config=GL_CONFIG, figure=empty_figure()),
             html.Div(id="maps-token", children=html.P("Click a point to see that token's attention in its prompt.",
                                                       className="muted")),
             dcc.Graph(id="maps-token-fig", config={"displaylogo": False}, figure=empty_figure(), style={"display": "none"}),
@@ -201,14 +205,17 @@ def _search_summary(query: str, mask: np.ndarray, meta: np.ndarray) -> str:
 @callback(
     Output("maps-head-raw", "data"), Output("maps-hover", "data"), Output("maps-hover-key", "data"),
     Output("maps-search-summary", "children"), Output("maps-error", "children", allow_duplicate=True),
-    Input("maps-run", "data"), Input("maps-mode", "value"), Input("maps-layer", "value"), Input("maps-head", "value"),
+    Input("maps-run", "data"), Input("maps-mode", "value"), Input("maps-pick", "data"),
     Input("maps-method", "value"), Input("maps-norm", "value"), Input("maps-colour", "value"),
-    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-id", "data"), State("maps-hover-key", "data"),
+    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-layer", "value"), State("maps-head", "value"),
+    State("maps-id", "data"), State("maps-hover-key", "data"),
     prevent_initial_call="initial_duplicate",  # a cached run's map draws in the first round of callbacks
 )
-def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_id, hover_key=None):
+def render_head(run, mode, _pick, method, norm, colour, search, sel, layer, head, run_id, hover_key=None):
     """One head's map without its hover texts (points carry indices into the run's hover table, sent to the
-    browser once per page; :data:`FILL_HOVER` puts them together), so a head switch sends coordinates only."""
+    browser once per page; ``maps_head.fill_hover`` puts them together). A layer/head change comes here only
+    through ``maps-pick``, when the browser cannot redraw the map itself (``maps_head.switch_head``); the figure's
+    ``layout.meta`` says which view it shows, for that redraw."""
     if not run or mode != "head" or method is None or layer is None or head is None:
         return (no_update,) * 5
     normalised = "on" in (norm or [])
@@ -234,38 +241,23 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         title=f"layer {layer} head {head} · {METHOD_LABELS.get(method, method)}{'' if normalised else ' (raw)'} · {len(meta)} points",
         uirevision=f"{run_id}:{layer}:{head}:{method}:{normalised}", prompt_names=input_names,
     )
+    fig.update_layout(meta={"atlas": "qk-map", "run": run_id, "layer": layer, "head": head, "method": method,
+                            "normalised": normalised, "points": table.key})
     hover = no_update if hover_key == table.key else {"key": table.key, "text": table.hover.tolist()}
     summary = search_error or _search_summary(search or "", mask, meta)
     return ({"fig": fig, "hover": table.key}, hover, table.key, summary, "")
 
 
-FILL_HOVER = """
-function(raw, hover) {
-    const nu = window.dash_clientside.no_update;
-    if (!raw || !raw.fig) { return nu; }
-    if (!raw.hover) { return raw.fig; }
-    if (!hover || hover.key !== raw.hover) { return nu; }
-    const text = hover.text;
-    const indices = (c) => {
-        if (!c || c.bdata === undefined) { return c; }
-        const bin = atob(c.bdata), bytes = new Uint8Array(bin.length);
-        for (let i = 0; i < bin.length; i++) { bytes[i] = bin.charCodeAt(i); }
-        return new Int32Array(bytes.buffer);
-    };
-    const data = raw.fig.data.map((t) => {
-        const idx = indices(t.customdata);
-        if (!idx) { return t; }
-        const out = Object.assign({}, t, {hovertext: Array.from(idx, (i) => text[i])});
-        delete out.customdata;
-        return out;
-    });
-    return Object.assign({}, raw.fig, {data: data});
-}
-"""
-"""The head map drawn in the browser: the server's figure with each point's hover text from the run's table."""
-
-dash.clientside_callback(FILL_HOVER, Output("maps-head-fig", "figure"), Input("maps-head-raw", "data"),
-                         Input("maps-hover", "data"))
+# The head map in the browser (assets/maps_head.js): the server's figure gets its hover texts from the run's table
+# (sent once per page); a layer/head change takes the new head's coordinates into the drawn figure, or asks the
+# server (maps-pick) when it cannot.
+clientside_callback(ClientsideFunction("maps_head", "fill_hover"), Output("maps-head-fig", "figure"),
+                    Input("maps-head-raw", "data"), Input("maps-hover", "data"),
+                    State("maps-layer", "value"), State("maps-head", "value"))
+clientside_callback(ClientsideFunction("maps_head", "switch_head"), Output("maps-pick", "data"),
+                    Input("maps-layer", "value"), Input("maps-head", "value"), Input("maps-mode", "value"),
+                    Input("maps-run", "data"), State("maps-id", "data"), State("maps-method", "value"),
+                    State("maps-norm", "value"), prevent_initial_call=True)
 
 
 @callback(
