@@ -9,6 +9,8 @@
    colours and hover texts and only takes the new head's coordinates, fetched as raw float32
    (GET /api/runs/<id>/embedding.f32, app/api_maps.py) and set with one Plotly.update. When it cannot (no map drawn
    yet, another run/projection, other points, a failed fetch), it writes maps-pick and the server draws the head.
+   The other heads of the drawn layer are fetched ahead (a few MB at most), so a switch within a layer is drawn
+   without waiting for the network.
 */
 (function () {
     "use strict";
@@ -52,22 +54,53 @@
         return [xs, ys];
     }
 
-    async function redraw(gd, view, layer, head) {
+    /* Fetched coordinates by URL (promises of an ArrayBuffer, or null when the answer cannot be used), the most
+       recent CACHE_MAX heads: the other heads of the drawn layer are fetched ahead, one at a time, once a map is
+       drawn, so that a switch within the layer needs no request. */
+    const CACHE_MAX = 48;
+    const cache = new Map();
+
+    function coordinatesUrl(view, layer, head) {
         const q = new URLSearchParams({layer: layer, head: head,
                                        method: view.normalised ? view.method : view.method + "_raw"});
-        const resp = await fetch(`/api/runs/${encodeURIComponent(view.run)}/embedding.f32?${q}`,
-                                 {credentials: "same-origin"});
-        if (!resp.ok || resp.headers.get("X-Atlas-Points") !== view.points) { return false; }
-        const xy = new Float32Array(await resp.arrayBuffer());
+        return `/api/runs/${encodeURIComponent(view.run)}/embedding.f32?${q}`;
+    }
+
+    function coordinates(view, layer, head) {
+        const url = coordinatesUrl(view, layer, head);
+        let got = cache.get(url);
+        if (got === undefined) {
+            got = fetch(url, {credentials: "same-origin"})
+                .then((r) => (r.ok && r.headers.get("X-Atlas-Points") === view.points ? r.arrayBuffer() : null))
+                .catch(() => null)
+                .then((buf) => { if (buf === null) { cache.delete(url); } return buf; });
+            cache.set(url, got);
+            while (cache.size > CACHE_MAX) { cache.delete(cache.keys().next().value); }
+        }
+        return got;
+    }
+
+    function prefetchLayer(view) {
+        const heads = [];
+        for (let h = 0; h < (view.n_heads || 0); h++) { if (h !== view.head) { heads.push(h); } }
+        setTimeout(() => heads.reduce((done, h) => done.then(() => coordinates(view, view.layer, h)),
+                                      Promise.resolve()), 250);
+    }
+
+    async function redraw(gd, view, layer, head) {
+        const buf = await coordinates(view, layer, head);
+        if (buf === null) { return false; }
+        const xy = new Float32Array(buf);
         if (drawnView(gd) !== view) { return false; }  // the server drew another figure meanwhile
         const coords = traceCoordinates(gd, xy);
         if (!coords) { return false; }
         const title = ((gd.layout.title && gd.layout.title.text) || "")
             .replace(/^layer \d+ head \d+/, `layer ${layer} head ${head}`);
+        const shown = Object.assign({}, view, {layer: layer, head: head});
         await window.Plotly.update(gd, {x: coords[0], y: coords[1]}, {
-            "title.text": title, "xaxis.autorange": true, "yaxis.autorange": true,
-            meta: Object.assign({}, view, {layer: layer, head: head}),
+            "title.text": title, "xaxis.autorange": true, "yaxis.autorange": true, meta: shown,
         });
+        if (shown.layer !== view.layer) { prefetchLayer(shown); }
         return true;
     }
 
@@ -82,6 +115,7 @@
                     window.dash_clientside.set_props("maps-pick", {data: {layer: layer, head: head, t: Date.now()}});
                     return nu;
                 }
+                if (view && view.atlas === "qk-map") { prefetchLayer(view); }
                 if (!raw.hover) { return raw.fig; }
                 if (!hover || hover.key !== raw.hover) { return nu; }
                 const text = hover.text;
