@@ -159,15 +159,20 @@ class Net:
         page.on("requestfinished", lambda r: self.reqs.append(r) if any(w in r.url for w in WATCHED) else None)
 
     def take(self) -> dict[str, float]:
+        """``requests``/``server_ms_*``: the Dash callbacks; ``f32_requests``: the map coordinates fetched (a head
+        switch's, and the other heads of the layer fetched ahead once a map is drawn); ``kb``: both."""
         reqs, self.reqs = self.reqs, []
-        wire, ttfb = 0, []
+        wire, ttfb, f32 = 0, [], 0
         for r in reqs:
             s = r.sizes()
             wire += s["responseBodySize"] + s["responseHeadersSize"]
+            if "embedding.f32" in r.url:
+                f32 += 1
+                continue
             t = r.timing
             ttfb.append(t["responseStart"] - t["requestStart"])
-        return {"requests": len(reqs), "kb": wire / 1024, "server_ms_max": max(ttfb, default=0.0),
-                "server_ms_sum": sum(ttfb)}
+        return {"requests": len(reqs) - f32, "f32_requests": f32, "kb": wire / 1024,
+                "server_ms_max": max(ttfb, default=0.0), "server_ms_sum": sum(ttfb)}
 
 
 def load_page(ctx, target: str, sel: str) -> tuple[float, dict[str, float]]:
@@ -210,6 +215,7 @@ def bench_pages(browser, apps: dict[str, str], ids: dict[str, str], loads: int, 
             out[a][f"{name}/{run}"] = {
                 "seconds": st, "dash_requests": nets[a][-1]["requests"],
                 "dash_kb": round(float(np.mean([n["kb"] for n in nets[a]])), 1),
+                "f32_requests": nets[a][-1]["f32_requests"],
                 "slowest_request_ms": round(float(np.median([n["server_ms_max"] for n in nets[a]])), 1),
                 "boot_ms_median": round(float(np.median([n["boot_ms"] for n in nets[a]])), 1),
                 "callbacks_ms_median": round(float(np.median([n["callbacks_ms"] for n in nets[a]])), 1),
