@@ -170,8 +170,8 @@ def _first_views(run: dict, v: dict, method: str, layer: int, head: int, run_id:
     if v["view"] == "matrix":
         fig, error = matrix_view(run, method, norm, layer, head, run_id)
         return FirstViews(matrix=fig, error=error, token=token)
-    raw, hover, key, summary, error = head_view(run, layer, head, method, norm, v["colour"], v["token"], v["sel"],
-                                                run_id, None)
+    raw, hover, key, summary, error = (None if x is no_update else x for x in head_view(
+        run, layer, head, method, norm, v["colour"], v["token"], v["sel"], run_id, None))
     return FirstViews(error=error, head=(raw, hover, key, summary), token=token)
 
 

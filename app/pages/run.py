@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlencode
 
 import dash
 import numpy as np
-from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
+from dash import ALL, Input, Output, State, callback, clientside_callback, ctx, dcc, html, no_update
 
 from app import not_found, run_data, state
 from app.components import alert, help_text, progress_bar, query_int
@@ -282,13 +282,23 @@ sync_url("run-url", [("run-prompt", "value"), ("run-layer", "value"), ("run-head
                      ("run-words", "value")], ("run-info", "data"), _view_query)  # on load the URL holds the view
 
 
-@callback(Output("run-heads-link", "href"), Input("run-url", "search"), State("run-id", "data"),
-          prevent_initial_call=True)
-def heads_link(search, run_id):
+def heads_link(search: str, run_id: str) -> str:
     """The all-heads view of the prompt and token on screen (and the word merging)."""
     q = parse_qs((search or "").lstrip("?"))
     keep = {k: q[k][0] for k in ("prompt", "token", "words") if q.get(k)}
     return f"/runs/{run_id}/heads" + ("?" + urlencode(keep) if keep else "")
+
+
+# the same in the browser, as the URL follows the view (no request: the location reports its search on load too)
+clientside_callback(
+    """function(search, runId) {
+        const q = new URLSearchParams(search || ""), keep = new URLSearchParams();
+        for (const k of ["prompt", "token", "words"]) { if (q.get(k)) { keep.set(k, q.get(k)); } }
+        const s = keep.toString();
+        return "/runs/" + runId + "/heads" + (s ? "?" + s : "");
+    }""",
+    Output("run-heads-link", "href"), Input("run-url", "search"), State("run-id", "data"), prevent_initial_call=True,
+)
 
 
 @callback(Output("run-download", "data"), Input("run-download-btn", "n_clicks"),
