@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from app import api_lab, api_prune  # noqa: F401  (their endpoints join the blueprint before register() is called)
+from app import api_lab, api_maps, api_prune  # noqa: F401  (their endpoints join the blueprint before register() is called)
 from app import maps_data, state
 from app.api_blueprint import api, client_id, error, pending, run_url, wait_arg
 from backend import jobs

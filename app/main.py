@@ -10,7 +10,7 @@ from pathlib import Path
 import dash
 from dash import Dash, dcc, html
 
-from app import access, api, not_found
+from app import access, api, not_found, preload
 from backend.settings import get_settings
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +45,7 @@ def create_app() -> Dash:
         compress=True,  # flask-compress: responses (figures, bundles) in zstd/brotli/gzip, as the browser accepts
     )
     app.layout = root_layout
+    preload.install(app)  # plotly.js and the dcc chunks asked for at once and cached (app/preload.py)
     access.install(app.server, get_settings().access_token)  # first: it guards everything registered below
     api.register(app.server)
     not_found.install(app.server)

@@ -3,17 +3,25 @@
 Per page: time from navigation to a drawn figure (the page's main ``.js-plotly-plot`` holds a trace with data),
 over ``--loads`` loads in fresh tabs of one browser context (the app's JS is cached after the first, discarded,
 load, as for a returning user; the run is cached in Redis). Also per load: how many ``_dash-update-component``
-requests the page made and the bytes they transferred (as sent on the wire, after any compression).
+requests the page made and the bytes they transferred (as sent on the wire, after any compression). ``--profile``
+says what the browser holds between loads: ``persistent`` (the default: fresh tabs of one browser context, so the
+app's JS bundles come from the HTTP cache after the first load, as for a returning user) or ``incognito`` (a new
+context per load: an empty cache, as for a first visit).
 
 Head switch: on the maps page of a large map (MiniLM's shape, 6 x 12 heads, 20,000 points per head over the
 >= 200-prompt corpus of ``bench_map_switch``, stored exactly as the worker stores maps), the time from picking
-another head in the dropdown to the new head's map drawn, and the bytes transferred per switch.
+another head in the dropdown to the new head's map drawn, and the bytes transferred per switch (Dash requests and
+the map's binary coordinates). ``ms``: in the page, from the option's pointerdown event to the animation frame in
+which the new head's title is there (the frame that paints it); ``wall_ms``: the older measure, from Playwright's
+click call to its wait returning (adds Playwright's actionability checks and polling round trips).
+``--switch-only``: only the switches (no pages, no model runs).
 
 Runs: MiniLM (all-MiniLM-L6-v2) and SmolLM2-135M on a few prompts with every cheap analysis, computed once by a
 real worker and reused (fixed key prefix, so a rerun is a cache hit; ``--fresh`` for a new prefix).
 Targets (issue 15): every cached page drawn in <= 1 s p95, a head switch <= 150 ms p95.
 
     python benchmarks/bench_browser.py [--loads 10] [--switches 20] [--baseline /path/to/checkout/of/main]
+        [--profile persistent|incognito] [--switch-only] [--out results/browser_switch.json]
 
 With ``--baseline``, a second app from that source tree serves the same Redis side by side, loads and switches
 alternate between the two, and the result holds both and their p95 ratios.
@@ -66,6 +74,14 @@ DRAWN = """(sel) => { const gd = document.querySelector(sel + ' .js-plotly-plot'
 BOOT = """() => Math.min(...performance.getEntriesByType('resource')
   .filter(e => e.name.includes('_dash-update-component')).map(e => e.startTime))"""
 TITLE = "([sel, text]) => document.querySelector(sel + ' .js-plotly-plot .gtitle')?.textContent.includes(text)"
+WATCH = """([sel, text]) => { window.__drawnAt = null; const tick = () => {
+  const t = document.querySelector(sel + ' .js-plotly-plot .gtitle');
+  if (t && t.textContent.includes(text)) { window.__drawnAt = performance.now(); } else { requestAnimationFrame(tick); } };
+  requestAnimationFrame(tick); }"""
+"""Started before the click: the time of the first animation frame whose DOM holds ``text`` in the graph's title (the
+frame that paints it), independent of when Playwright's own polling gets to look."""
+PRESSED = """() => { window.__pressed = null; document.addEventListener('pointerdown', (e) => {
+  if (e.target.closest('[role=option]')) { window.__pressed = e.timeStamp; } }, true); }"""
 
 
 def start_app(env: dict[str, str], tree: Path = ROOT):
@@ -131,23 +147,32 @@ def stats(xs: list[float]) -> dict[str, float]:
             "max": round(float(a.max()), 3), "n": len(xs)}
 
 
+WATCHED = ("_dash-update-component", "embedding.f32")
+"""The requests a page makes for its data: Dash callbacks and the maps page's binary head coordinates."""
+
+
 class Net:
-    """The page's ``_dash-update-component`` responses: count, wire bytes, and time to first byte."""
+    """The page's data requests (:data:`WATCHED`): count, wire bytes, and time to first byte."""
 
     def __init__(self, page) -> None:
         self.reqs: list = []
-        page.on("requestfinished", lambda r: self.reqs.append(r) if "_dash-update-component" in r.url else None)
+        page.on("requestfinished", lambda r: self.reqs.append(r) if any(w in r.url for w in WATCHED) else None)
 
     def take(self) -> dict[str, float]:
+        """``requests``/``server_ms_*``: the Dash callbacks; ``f32_requests``: the map coordinates fetched (a head
+        switch's, and the other heads of the layer fetched ahead once a map is drawn); ``kb``: both."""
         reqs, self.reqs = self.reqs, []
-        wire, ttfb = 0, []
+        wire, ttfb, f32 = 0, [], 0
         for r in reqs:
             s = r.sizes()
             wire += s["responseBodySize"] + s["responseHeadersSize"]
+            if "embedding.f32" in r.url:
+                f32 += 1
+                continue
             t = r.timing
             ttfb.append(t["responseStart"] - t["requestStart"])
-        return {"requests": len(reqs), "kb": wire / 1024, "server_ms_max": max(ttfb, default=0.0),
-                "server_ms_sum": sum(ttfb)}
+        return {"requests": len(reqs) - f32, "f32_requests": f32, "kb": wire / 1024,
+                "server_ms_max": max(ttfb, default=0.0), "server_ms_sum": sum(ttfb)}
 
 
 def load_page(ctx, target: str, sel: str) -> tuple[float, dict[str, float]]:
@@ -166,16 +191,22 @@ def load_page(ctx, target: str, sel: str) -> tuple[float, dict[str, float]]:
     return dt, n
 
 
-def bench_pages(browser, apps: dict[str, str], ids: dict[str, str], loads: int, pages: list = PAGES) -> dict:
-    """Every page, loads alternating between the apps (so that load from other work falls on all)."""
-    ctxs = {a: browser.new_context(viewport={"width": 1300, "height": 1000}) for a in apps}
+def bench_pages(browser, apps: dict[str, str], ids: dict[str, str], loads: int, pages: list = PAGES,
+                profile: str = "persistent") -> dict:
+    """Every page, loads alternating between the apps (so that load from other work falls on all); with the
+    ``incognito`` profile each load gets a new browser context (nothing cached)."""
+    viewport = {"width": 1300, "height": 1000}
+    ctxs = {a: browser.new_context(viewport=viewport) for a in apps}
     out: dict[str, dict] = {a: {} for a in apps}
     for name, run, path, sel in pages:
         times: dict[str, list[float]] = {a: [] for a in apps}
         nets: dict[str, list[dict]] = {a: [] for a in apps}
         for i in range(loads + 1):
             for a, url in apps.items():
-                dt, n = load_page(ctxs[a], f"{url}/runs/{ids[run]}{path}", sel)
+                ctx = ctxs[a] if profile == "persistent" else browser.new_context(viewport=viewport)
+                dt, n = load_page(ctx, f"{url}/runs/{ids[run]}{path}", sel)
+                if ctx is not ctxs[a]:
+                    ctx.close()
                 if i:  # the first load warms the browser cache and the web process
                     times[a].append(dt)
                     nets[a].append(n)
@@ -184,6 +215,7 @@ def bench_pages(browser, apps: dict[str, str], ids: dict[str, str], loads: int, 
             out[a][f"{name}/{run}"] = {
                 "seconds": st, "dash_requests": nets[a][-1]["requests"],
                 "dash_kb": round(float(np.mean([n["kb"] for n in nets[a]])), 1),
+                "f32_requests": nets[a][-1]["f32_requests"],
                 "slowest_request_ms": round(float(np.median([n["server_ms_max"] for n in nets[a]])), 1),
                 "boot_ms_median": round(float(np.median([n["boot_ms"] for n in nets[a]])), 1),
                 "callbacks_ms_median": round(float(np.median([n["callbacks_ms"] for n in nets[a]])), 1),
@@ -203,10 +235,12 @@ def bench_switch(browser, apps: dict[str, str], run_id: str, switches: int) -> d
         page.goto(f"{url}/runs/{run_id}/maps?view=head&method=umap&layer=0&head=0")
         page.wait_for_function(TITLE, arg=["#maps-head-fig", "layer 0 head 0 ·"], timeout=60_000)
         page.wait_for_timeout(500)
+        page.evaluate(PRESSED)
         nets[a].take()
     rng = np.random.default_rng(0)
     current = 0
     times: dict[str, list[float]] = {a: [] for a in apps}
+    walls: dict[str, list[float]] = {a: [] for a in apps}
     kbs: dict[str, list[float]] = {a: [] for a in apps}
     for i in range(switches + 1):
         h = int(rng.integers(1, 12))
@@ -215,18 +249,23 @@ def bench_switch(browser, apps: dict[str, str], run_id: str, switches: int) -> d
             page.click("#maps-head")
             option = page.get_by_role("option", name=f"head {h}", exact=True)
             option.wait_for()
+            title = ["#maps-head-fig", f"layer 0 head {h} ·"]
+            page.evaluate(WATCH, title)
             t0 = time.perf_counter()
             option.click()
-            page.wait_for_function(TITLE, arg=["#maps-head-fig", f"layer 0 head {h} ·"], timeout=30_000, polling="raf")
-            dt = 1000 * (time.perf_counter() - t0)
+            page.wait_for_function(TITLE, arg=title, timeout=30_000, polling="raf")
+            wall = 1000 * (time.perf_counter() - t0)
+            page.wait_for_function("window.__drawnAt !== null", timeout=30_000)
+            drawn_ms, pressed_ms = page.evaluate("[window.__drawnAt, window.__pressed]")
             page.wait_for_timeout(200)
             kbs[a].append(nets[a].take()["kb"])
             if i:  # the first switch warms the page's code paths
-                times[a].append(dt)
+                times[a].append(drawn_ms - pressed_ms)
+                walls[a].append(wall)
         current = h
     for p in pages.values():
         p.close()
-    return {a: {"ms": stats(times[a]), "kb_per_switch": round(float(np.mean(kbs[a])), 1),
+    return {a: {"ms": stats(times[a]), "wall_ms": stats(walls[a]), "kb_per_switch": round(float(np.mean(kbs[a])), 1),
                 "met": stats(times[a])["p95"] <= TARGET_SWITCH_P95_MS} for a in apps}
 
 
@@ -240,6 +279,9 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="a new key prefix (recompute the runs)")
     ap.add_argument("--pages", default="", help="only pages whose name contains this (e.g. sinks); no head switches")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--profile", choices=("persistent", "incognito"), default="persistent",
+                    help="page loads in tabs of one browser context (HTTP cache warm) or each in a new one (cold)")
+    ap.add_argument("--switch-only", action="store_true", help="only the head switches (no pages, no model runs)")
     args = ap.parse_args()
     prefix = f"bench-browser-{uuid.uuid4().hex[:6]}" if args.fresh else "bench-browser"
     env = {"REDIS_URL": args.redis, "ATLAS_KEY_PREFIX": prefix, "ATLAS_QUEUE": prefix, "HF_HUB_OFFLINE": "1",
@@ -253,18 +295,19 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its apps
     procs, apps = [], {}
+    load_start = os.getloadavg()
     try:
         proc, apps["this"] = start_app(env)
         procs.append(proc)
         if args.baseline:
             proc, apps["baseline"] = start_app(env, args.baseline.resolve())
             procs.append(proc)
-        ids = ensure_runs(apps["this"], env)
+        ids = {} if args.switch_only else ensure_runs(apps["this"], env)
         ids["big"] = big_map_run(state.cache())
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            chosen = [pg for pg in PAGES if args.pages in pg[0]]
-            pages = bench_pages(browser, apps, ids, args.loads, chosen)
+            chosen = [] if args.switch_only else [pg for pg in PAGES if args.pages in pg[0]]
+            pages = bench_pages(browser, apps, ids, args.loads, chosen, args.profile)
             switch = {} if args.pages else bench_switch(browser, apps, ids["big"], args.switches)
             print("switch", switch, flush=True)
             browser.close()
@@ -275,10 +318,11 @@ def main() -> None:
         "benchmark": "browser: cached pages, navigation to a drawn figure; head switch on a 20,000-point map",
         "targets": {"page_p95_s": TARGET_PAGE_P95_S, "switch_p95_ms": TARGET_SWITCH_P95_MS},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus_usable": len(os.sched_getaffinity(0)), "loadavg": os.getloadavg(),
+        "machine": {"cpus_usable": len(os.sched_getaffinity(0)), "loadavg_start": load_start, "loadavg": os.getloadavg(),
                     "python": platform.python_version()},
         "apps": {a: (str(args.baseline) if a == "baseline" else "this tree") for a in apps},
-        "loads_per_page": args.loads, "switches": args.switches,
+        "profile": args.profile, "loads_per_page": 0 if args.switch_only else args.loads, "switches": args.switches,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "pages": pages, "head_switch": switch,
     }
     if "baseline" in apps:

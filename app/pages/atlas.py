@@ -48,12 +48,12 @@ def definitions_panel() -> html.Details:
     ])
 
 
-def _table() -> dash_table.DataTable:
+def _table(rows: list) -> dash_table.DataTable:
     cols = [{"name": "layer", "id": "layer", "type": "numeric"}, {"name": "head", "id": "head", "type": "numeric"},
             {"name": "dominant role", "id": "role"}, {"name": "all roles", "id": "roles"}]
     cols += [{"name": s.label, "id": s.key, "type": "numeric"} for s in hr.SCORES]
     return dash_table.DataTable(
-        id="atlas-table", columns=cols, data=[], sort_action="native", filter_action="native",
+        id="atlas-table", columns=cols, data=rows, sort_action="native", filter_action="native",
         page_action="native", page_size=24, sort_mode="multi",
         tooltip_header={s.key: f"{s.definition} ({s.source})" for s in hr.SCORES}, tooltip_delay=300,
         tooltip_duration=None, style_table={"overflowX": "auto"},
@@ -68,6 +68,8 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     roles = [r for r in (query.get("roles") or "").split(",") if r in hr.ROLES]
     ready = gate_at_layout(run_id, atlas_data.load, analysis="roles")
     data, model, notices = _ready(ready, run_id) if ready else (None, None, None)
+    # a cached run's grid, table and options are in the layout: its page needs no callback round before the figure
+    body_style, fig, rows, summary, compare_style = atlas_view(data, colour, roles)
     return html.Div([
         dcc.Store(id="atlas-run-id", data=run_id),
         dcc.Store(id="atlas-data", data=data),
@@ -81,7 +83,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.Div(id="atlas-notices", children=notices),
         ]),
         definitions_panel(),
-        html.Div(id="atlas-body", className="card", style={"display": "none"}, children=[
+        html.Div(id="atlas-body", className="card", style=body_style, children=[
             html.Div(className="row", children=[
                 html.Div(className="field", style={"minWidth": "220px"}, children=[
                     html.Label("Colour by"), dcc.Dropdown(id="atlas-colour", options=COLOUR_OPTIONS, value=colour,
@@ -93,19 +95,20 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                 html.Button("Download JSON", id="atlas-json-btn", className="btn secondary", n_clicks=0),
                 dcc.Download(id="atlas-csv"), dcc.Download(id="atlas-json"),
             ]),
-            html.Div(id="atlas-summary", className="muted"),
-            html.Div(id="atlas-retrieval", className="muted"),
-            dcc.Graph(id="atlas-grid", config={"displaylogo": False}),
+            html.Div(id="atlas-summary", className="muted", children=summary),
+            html.Div(id="atlas-retrieval", className="muted", children=retrieval_text(data) if data else ""),
+            dcc.Graph(id="atlas-grid", config={"displaylogo": False}, **({} if fig is no_update else {"figure": fig})),
             html.Div(id="atlas-head-link"),
-            _table(),
+            _table(rows),
         ]),
-        html.Div(id="atlas-compare-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="atlas-compare-card", className="card", style=compare_style, children=[
             html.H3("Compare with another run"),
             html.P("Another model or checkpoint: heads side by side, and which roles appear, move or vanish.",
                    className="muted"),
             html.Div(className="row", children=[
                 html.Div(className="field", style={"minWidth": "420px"}, children=[
-                    html.Label("Run"), dcc.Dropdown(id="atlas-compare-with", placeholder="a recent run with head roles")]),
+                    html.Label("Run"), dcc.Dropdown(id="atlas-compare-with", placeholder="a recent run with head roles",
+                                                    options=compare_options(data, run_id))]),
                 html.Div(id="atlas-compare-link"),
             ]),
         ]),
@@ -148,19 +151,23 @@ def retrieval_text(data: dict[str, Any]) -> list:
     return parts
 
 
-@callback(Output("atlas-retrieval", "children"), Input("atlas-data", "data"),
-          Input("atlas-run-id", "data"))  # run id: an Input no callback writes, so this fires on load too
-def render_retrieval(data, _run_id=None):
+@callback(Output("atlas-retrieval", "children"), Input("atlas-data", "data"), prevent_initial_call=True)
+def render_retrieval(data):
     return retrieval_text(data) if data else ""
 
 
 @callback(
     Output("atlas-body", "style"), Output("atlas-grid", "figure"), Output("atlas-table", "data"),
     Output("atlas-summary", "children"), Output("atlas-compare-card", "style"),
-    Input("atlas-data", "data"), Input("atlas-colour", "value"), Input("atlas-roles", "value"),
+    Input("atlas-data", "data"), Input("atlas-colour", "value"), Input("atlas-roles", "value"), prevent_initial_call=True,
 )
 def render(data, colour, roles):
     """Grid and table of the loaded atlas (the URL follows through :func:`_view_query`)."""
+    return atlas_view(data, colour, roles)
+
+
+def atlas_view(data: dict | None, colour: str | None, roles: list | None) -> tuple:
+    """The body's style, grid figure, table rows, role summary and the compare card's style."""
     if not data:
         return {"display": "none"}, no_update, [], "", {"display": "none"}
     dominant, scores = atlas_data.arrays(data)
@@ -184,7 +191,7 @@ def _view_query(data, colour, roles, _run_id) -> dict | None:
 
 
 sync_url("atlas-url", [("atlas-data", "data"), ("atlas-colour", "value"), ("atlas-roles", "value")],
-         ("atlas-run-id", "data"), _view_query, prevent_initial_call=False)
+         ("atlas-run-id", "data"), _view_query)  # not on load: the URL holds the view
 
 
 @callback(Output("atlas-head-link", "children"), Input("atlas-grid", "clickData"), State("atlas-run-id", "data"),
@@ -215,8 +222,14 @@ def download_json(_n, data):
     return dict(content=atlas_data.to_json(data), filename=f"head_atlas_{data['run_id'][:8]}.json")
 
 
-@callback(Output("atlas-compare-with", "options"), Input("atlas-data", "data"), Input("atlas-run-id", "data"))
-def compare_options(data, run_id):
+@callback(Output("atlas-compare-with", "options"), Input("atlas-data", "data"), State("atlas-run-id", "data"),
+          prevent_initial_call=True)
+def update_compare_options(data, run_id):
+    return compare_options(data, run_id)
+
+
+def compare_options(data: dict | None, run_id: str | None) -> list:
+    """Other recent runs with head roles."""
     if not data:
         return []
     try:
@@ -225,7 +238,8 @@ def compare_options(data, run_id):
         return []
 
 
-@callback(Output("atlas-compare-link", "children"), Input("atlas-compare-with", "value"), State("atlas-run-id", "data"))
+@callback(Output("atlas-compare-link", "children"), Input("atlas-compare-with", "value"), State("atlas-run-id", "data"),
+          prevent_initial_call=True)
 def compare_link(other, run_id):
     if not other:
         return ""

@@ -47,6 +47,11 @@ RULES = {r.name: r.label for r in vocab.IMPORTANCE_RULES}
 DEFAULT_RULE = vocab.IMPORTANCE_RULES[0].name
 
 
+def _figure(fig: Any) -> dict:
+    """A dcc.Graph's ``figure`` keyword when the view drew one."""
+    return {} if fig is no_update else {"figure": fig}
+
+
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     scale = query.get("view") if query.get("view") in SCALES else "raw"
     rule = query.get("rule") if query.get("rule") in RULES else None  # None: the run's own rule
@@ -56,6 +61,17 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     ready = gate_at_layout(run_id, importance_data.load_info, analysis="importance")
     info, status, notices, objective = _ready(ready) if ready else (None, None, None, None)
     shown_rule = default_rule(info, rule) if ready else (rule or DEFAULT_RULE)
+    # a cached run's views are in the layout: its page needs no callback round before the figures
+    if ready:
+        grid_style, curves_style, live_style, prompts, picked, toggles, metrics, metric = setup(info, prompt, off, metric)
+        grid_fig = render_grid(scale, info, off, shown_rule)
+        curves_fig, curves_text = render_curves(metric, info)
+        off_text = off_summary(off, info)
+    else:
+        grid_style = curves_style = live_style = {"display": "none"}
+        prompts, picked, toggles, metrics = [], None, [], [{"label": fi.METRIC_LABELS[m], "value": m} for m in METRICS]
+        grid_fig = curves_fig = no_update
+        curves_text = off_text = None
     return html.Div([
         dcc.Store(id="imp-run-id", data=run_id),
         dcc.Store(id="imp-info", data=info),
@@ -76,7 +92,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.P(id="imp-objective", children=objective),
             html.Div(id="imp-notices", children=notices),
         ]),
-        html.Div(id="imp-grid-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="imp-grid-card", className="card", style=grid_style, children=[
             html.Div(className="row", children=[
                 html.Div(className="field", children=[
                     html.Label("Scores"),
@@ -90,35 +106,35 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                                    options=[{"label": f" {v}", "value": k} for k, v in RULES.items()]),
                 ]),
             ]),
-            dcc.Graph(id="imp-grid", config={"displaylogo": False}),
+            dcc.Graph(id="imp-grid", config={"displaylogo": False}, **_figure(grid_fig)),
             html.P("Hover a cell for its score; click a cell to open that head on the run page. Red outlines: "
                    "heads switched off below.", className="muted"),
         ]),
-        html.Div(id="imp-curves-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="imp-curves-card", className="card", style=curves_style, children=[
             html.Div(className="row", children=[
                 html.Div(className="field", children=[
                     html.Label("Metric"),
                     dcc.Dropdown(id="imp-metric", clearable=False, value=metric, style={"minWidth": "200px"},
-                                 options=[{"label": fi.METRIC_LABELS[m], "value": m} for m in METRICS]),
+                                 options=metrics),
                 ]),
             ]),
-            html.P(id="imp-curves-text", className="muted"),
-            dcc.Graph(id="imp-curves", config={"displaylogo": False}),
+            html.P(id="imp-curves-text", className="muted", children=None if curves_text is no_update else curves_text),
+            dcc.Graph(id="imp-curves", config={"displaylogo": False}, **_figure(curves_fig)),
         ]),
-        html.Div(id="imp-live-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="imp-live-card", className="card", style=live_style, children=[
             html.H3(["Live pruning ", help_text(
                 "Click heads to switch them off (gate 0 on their output), pick a prompt and run: the worker "
                 "measures the metrics on the run's first inputs (the pruning-curve data) with all heads and with "
                 "the switched-off heads removed, and the top-5 predictions for the chosen prompt.")]),
             html.Div(className="row", children=[
                 html.Div(className="field", children=[html.Label("Prompt for the predictions"),
-                                                      dcc.Dropdown(id="imp-prompt", clearable=False,
-                                                                   style={"minWidth": "420px"})]),
+                                                      dcc.Dropdown(id="imp-prompt", clearable=False, options=prompts,
+                                                                   value=picked, style={"minWidth": "420px"})]),
                 html.Button("Run", id="imp-run", className="btn", n_clicks=0),
                 html.Button("Switch all back on", id="imp-clear", className="btn secondary", n_clicks=0),
             ]),
-            html.Div(id="imp-off-text", className="muted"),
-            html.Div(id="imp-toggles"),
+            html.Div(id="imp-off-text", className="muted", children=off_text),
+            html.Div(id="imp-toggles", children=toggles),
             html.Div(id="imp-job-status"),
             html.Div(id="imp-result"),
         ]),
@@ -166,8 +182,8 @@ def objective_text(meta: dict[str, Any]) -> list:
     Output("imp-grid-card", "style"), Output("imp-curves-card", "style"), Output("imp-live-card", "style"),
     Output("imp-prompt", "options"), Output("imp-prompt", "value"), Output("imp-toggles", "children"),
     Output("imp-metric", "options"), Output("imp-metric", "value"),
-    Input("imp-info", "data"), Input("imp-prompt-init", "data"), State("imp-off", "data"),  # an Input that no callback writes: fires on load when the layout holds a done run
-    State("imp-metric", "value"),
+    Input("imp-info", "data"), State("imp-prompt-init", "data"), State("imp-off", "data"),
+    State("imp-metric", "value"), prevent_initial_call=True,  # a cached run: in the layout
 )
 def setup(info, prompt, off, metric):
     hidden = {"display": "none"}
@@ -221,16 +237,22 @@ def toggle(clicks, _clear, off):
 @callback(
     Output({"type": "imp-toggle", "layer": ALL, "head": ALL}, "className"), Output("imp-off-text", "children"),
     Input("imp-off", "data"), Input("imp-info", "data"), State({"type": "imp-toggle", "layer": ALL, "head": ALL}, "id"),
+    prevent_initial_call=True,
 )
 def paint_toggles(off, info, ids):
     if not info:
         return [no_update] * len(ids), no_update
     off_set = {tuple(h) for h in off or []}
     classes = ["head-toggle" + (" off" if (i["layer"], i["head"]) in off_set else "") for i in ids]
+    return classes, off_summary(off, info)
+
+
+def off_summary(off: list | None, info: dict) -> str:
+    """Which heads are switched off."""
+    off_set = {tuple(h) for h in off or []}
     n = info["n_layers"] * info["n_heads"]
-    text = (f"{len(off_set)} of {n} heads switched off: " + ", ".join(f"L{l}.H{h}" for l, h in sorted(off_set))
+    return (f"{len(off_set)} of {n} heads switched off: " + ", ".join(f"L{l}.H{h}" for l, h in sorted(off_set))
             if off_set else f"All {n} heads on. Click heads to switch them off.")
-    return classes, text
 
 
 def _view_query(scale, metric, off, prompt, rule, info) -> dict | None:
@@ -247,7 +269,8 @@ sync_url("imp-url", [("imp-scale", "value"), ("imp-metric", "value"), ("imp-off"
                      ("imp-rule", "value")], ("imp-info", "data"), _view_query, safe=",")
 
 
-@callback(Output("imp-rule", "value"), Input("imp-info", "data"), State("imp-rule-init", "data"))
+@callback(Output("imp-rule", "value"), Input("imp-info", "data"), State("imp-rule-init", "data"),
+          prevent_initial_call=True)
 def default_rule(info, asked):
     """The rule shown first: the URL's, else the run's own (the one that ordered its pruning curves)."""
     if not info:
@@ -256,7 +279,7 @@ def default_rule(info, asked):
 
 
 @callback(Output("imp-grid", "figure"), Input("imp-scale", "value"), Input("imp-info", "data"),
-          Input("imp-off", "data"), Input("imp-rule", "value"))
+          Input("imp-off", "data"), Input("imp-rule", "value"), prevent_initial_call=True)
 def render_grid(scale, info, off, rule):
     if not info or scale not in SCALES:
         return no_update
@@ -285,7 +308,7 @@ def open_head(click, run_id):
 
 
 @callback(Output("imp-curves", "figure"), Output("imp-curves-text", "children"),
-          Input("imp-metric", "value"), Input("imp-info", "data"))
+          Input("imp-metric", "value"), Input("imp-info", "data"), prevent_initial_call=True)
 def render_curves(metric, info):
     if not info or not info["curves"] or metric not in METRICS:
         return no_update, no_update

@@ -8,11 +8,12 @@ View state in the URL: ``?view=matrix|head&method=umap&norm=1&layer=L&head=H&col
 from __future__ import annotations
 
 import re
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import dash
 import numpy as np
-from dash import Input, Output, State, callback, dcc, html, no_update
+from dash import ClientsideFunction, Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
 from app import maps_data, state, vit_data
 from app.components import alert, empty_figure, field, help_text, query_int
@@ -32,6 +33,9 @@ MAPS_HELP = (
     "Vectors are scaled by sqrt(scaling) so q·k is the attention logit."
 )
 SEL = re.compile(r"^([qk])\.(\d+)\.(\d+)$")
+GL_CONFIG = {"displaylogo": False, "plotGlPixelRatio": 1}
+"""WebGL maps drawn at the screen's resolution (Plotly's default draws 2x2 pixels per pixel: 4x the fill work, which
+software WebGL, without a GPU, pays on every redraw)."""
 VIEW_ERRORS = (state.ViewError, state.NotReady, LookupError, ValueError) + state.REDIS_ERRORS
 
 
@@ -49,6 +53,12 @@ def parse_view(query: dict) -> dict:
     }
 
 
+def _store(id_: str, data: Any) -> dcc.Store:
+    """A store holding ``data``; without a ``data`` prop when None (a Store given ``data=None`` sets its data on
+    mount, which would fire every callback on it: a cached page's first figures are already in the layout)."""
+    return dcc.Store(id=id_) if data is None else dcc.Store(id=id_, data=data)
+
+
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     v = parse_view(query)
     ready = gate_at_layout(run_id, maps_data.map_run, analysis="embedding")
@@ -56,10 +66,13 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     method_opts, layer_opts, head_opts, method, layer, head = pickers
     show = ({"display": "block"}, {"display": "none"}) if v["view"] == "matrix" else ({"display": "none"}, {"display": "block"})
     matrix_style, head_style = show if ready else ({"display": "none"}, {"display": "none"})
+    first = _first_views(run, v, method, layer, head, run_id) if ready else FirstViews()
     return html.Div([
         dcc.Store(id="maps-id", data=run_id), dcc.Store(id="maps-run", data=run), dcc.Store(id="maps-view", data=v),
-        dcc.Store(id="maps-sel", data=v["sel"]),
-        dcc.Store(id="maps-head-raw"), dcc.Store(id="maps-hover"), dcc.Store(id="maps-hover-key"),
+        _store("maps-sel", v["sel"]),
+        _store("maps-head-raw", first.head[0]), _store("maps-hover", first.head[1]),
+        _store("maps-hover-key", first.head[2]),
+        dcc.Store(id="maps-pick"),
         dcc.Location(id="maps-url", refresh=False),
         poll_interval("maps", ready),
         html.Div(className="card", children=[
@@ -78,12 +91,12 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                 field("Layer", dcc.Dropdown(id="maps-layer", clearable=False, value=layer, options=layer_opts), "120px"),
                 field("Head", dcc.Dropdown(id="maps-head", clearable=False, value=head, options=head_opts), "120px"),
             ]),
-            html.Div(id="maps-error"),
+            html.Div(id="maps-error", children=first.error),
         ]),
         html.Div(id="maps-matrix-card", className="card", style=matrix_style, children=[
             html.P("Every head of the model, queries (green) and keys (pink) of a sample of the run's tokens. "
                    "Click a cell to open that head.", className="muted"),
-            dcc.Loading(dcc.Graph(id="maps-matrix", config={"displaylogo": False}, figure=empty_figure())),
+            dcc.Loading(dcc.Graph(id="maps-matrix", config=GL_CONFIG, figure=empty_figure() if first.matrix is None else first.matrix)),
         ]),
         html.Div(id="maps-head-card", className="card", style=head_style, children=[
             html.Div(className="row", children=[
@@ -95,11 +108,10 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                 html.Button("Clear selection", id="maps-clear", className="btn secondary", n_clicks=0),
                 dcc.Download(id="maps-csv"),
             ]),
-            html.Div(id="maps-search-summary", className="muted"),
-            dcc.Graph(id="maps-head-fig", config={"displaylogo": False}, figure=empty_figure()),
-            html.Div(id="maps-token", children=html.P("Click a point to see that token's attention in its prompt.",
-                                                      className="muted")),
-            dcc.Graph(id="maps-token-fig", config={"displaylogo": False}, figure=empty_figure(), style={"display": "none"}),
+            html.Div(id="maps-search-summary", className="muted", children=first.head[3]),
+            dcc.Graph(id="maps-head-fig", config=GL_CONFIG, figure=empty_figure()),
+            html.Div(id="maps-token", children=first.token[0]),
+            dcc.Graph(id="maps-token-fig", config={"displaylogo": False}, figure=first.token[1], style=first.token[2]),
         ]),
     ])
 
@@ -139,8 +151,32 @@ def _ready(gate: Gate, run_id: str, view: dict) -> tuple[dict, str, tuple]:
         clamp(view.get("layer"), run.n_layers), clamp(view.get("head"), run.n_heads)))
 
 
+PLACEHOLDER = "Click a point to see that token's attention in its prompt."
+
+
+class FirstViews(NamedTuple):
+    """What a cached run's page shows at once, built with its layout (no callback round before the figure):
+    ``head``: the head-map stores and search summary (:func:`head_view`), ``token``: the token panel."""
+
+    matrix: Any = None
+    error: Any = None
+    head: tuple = (None, None, None, None)
+    token: tuple = (html.P(PLACEHOLDER, className="muted"), empty_figure(), {"display": "none"})
+
+
+def _first_views(run: dict, v: dict, method: str, layer: int, head: int, run_id: str) -> FirstViews:
+    norm = ["on"] if v["norm"] else []
+    token = token_view(v["sel"], layer, head, run, run_id) if v["sel"] else FirstViews().token
+    if v["view"] == "matrix":
+        fig, error = matrix_view(run, method, norm, layer, head, run_id)
+        return FirstViews(matrix=fig, error=error, token=token)
+    raw, hover, key, summary, error = (None if x is no_update else x for x in head_view(
+        run, layer, head, method, norm, v["colour"], v["token"], v["sel"], run_id, None))
+    return FirstViews(error=error, head=(raw, hover, key, summary), token=token)
+
+
 @callback(Output("maps-matrix-card", "style"), Output("maps-head-card", "style"),
-          Input("maps-mode", "value"), Input("maps-run", "data"))
+          Input("maps-mode", "value"), Input("maps-run", "data"), prevent_initial_call=True)  # the layout shows a ready run
 def show_mode(mode, run):
     if not run:
         return {"display": "none"}, {"display": "none"}
@@ -155,11 +191,16 @@ def _errors(exc: Exception):
 @callback(
     Output("maps-matrix", "figure"), Output("maps-error", "children"),
     Input("maps-run", "data"), Input("maps-mode", "value"), Input("maps-method", "value"), Input("maps-norm", "value"),
-    Input("maps-layer", "value"), Input("maps-head", "value"), State("maps-id", "data"),
+    Input("maps-layer", "value"), Input("maps-head", "value"), State("maps-id", "data"), prevent_initial_call=True,
 )
 def render_matrix(run, mode, method, norm, layer, head, run_id):
     if not run or mode != "matrix" or method is None:
         return no_update, no_update
+    return matrix_view(run, method, norm, layer, head, run_id)
+
+
+def matrix_view(run: dict, method: str, norm: list | None, layer: Any, head: Any, run_id: str) -> tuple[Any, Any]:
+    """The matrix figure of all heads and the error line."""
     normalised = "on" in (norm or [])
     try:
         thumbs, hover = maps_data.matrix(run_id, method, normalised)
@@ -201,16 +242,27 @@ def _search_summary(query: str, mask: np.ndarray, meta: np.ndarray) -> str:
 @callback(
     Output("maps-head-raw", "data"), Output("maps-hover", "data"), Output("maps-hover-key", "data"),
     Output("maps-search-summary", "children"), Output("maps-error", "children", allow_duplicate=True),
-    Input("maps-run", "data"), Input("maps-mode", "value"), Input("maps-layer", "value"), Input("maps-head", "value"),
+    Input("maps-run", "data"), Input("maps-mode", "value"), Input("maps-pick", "data"),
     Input("maps-method", "value"), Input("maps-norm", "value"), Input("maps-colour", "value"),
-    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-id", "data"), State("maps-hover-key", "data"),
-    prevent_initial_call="initial_duplicate",  # a cached run's map draws in the first round of callbacks
+    Input("maps-search", "value"), Input("maps-sel", "data"), State("maps-layer", "value"), State("maps-head", "value"),
+    State("maps-id", "data"), State("maps-hover-key", "data"),
+    prevent_initial_call=True,  # a cached run's map is in the layout (:func:`_first_views`)
 )
-def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_id, hover_key=None):
+def render_head(run, mode, _pick, method, norm, colour, search, sel, layer, head, run_id, hover_key=None):
     """One head's map without its hover texts (points carry indices into the run's hover table, sent to the
-    browser once per page; :data:`FILL_HOVER` puts them together), so a head switch sends coordinates only."""
+    browser once per page; ``maps_head.fill_hover`` puts them together). A layer/head change comes here only
+    through ``maps-pick``, when the browser cannot redraw the map itself (``maps_head.switch_head``); the figure's
+    ``layout.meta`` says which view it shows, for that redraw."""
     if not run or mode != "head" or method is None or layer is None or head is None:
         return (no_update,) * 5
+    return head_view(run, layer, head, method, norm, colour, search, sel, run_id, hover_key,
+                     searched=dash.ctx.triggered_id == "maps-search")
+
+
+def head_view(run: dict, layer: int, head: int, method: str, norm: list | None, colour: str | None, search: str | None,
+              sel: list | None, run_id: str, hover_key: str | None, searched: bool = False) -> tuple:
+    """One head's figure store, the hover table (unless the browser holds ``hover_key``), its key, the search
+    summary and the error line. ``searched``: the search box changed (an invalid regex then leaves the map)."""
     normalised = "on" in (norm or [])
     try:
         xy, meta = maps_data.head(run_id, layer, head, method, normalised)
@@ -224,7 +276,7 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         mask = embedding_points.search_mask(run_info.tokens, meta, search or "")
     except ValueError as exc:  # an invalid /regex/: the map stays as it was, the message beside the search box
         search_error = html.Span(f"{search!r} is {exc}", className="search-error", id="maps-search-error")
-        if dash.ctx.triggered_id == "maps-search":
+        if searched:
             return no_update, no_update, no_update, search_error, no_update
         mask, search = np.zeros(len(meta), dtype=bool), ""
     selected = embedding_points.find_point(meta, *sel) if sel else None
@@ -234,38 +286,23 @@ def render_head(run, mode, layer, head, method, norm, colour, search, sel, run_i
         title=f"layer {layer} head {head} · {METHOD_LABELS.get(method, method)}{'' if normalised else ' (raw)'} · {len(meta)} points",
         uirevision=f"{run_id}:{layer}:{head}:{method}:{normalised}", prompt_names=input_names,
     )
+    fig.update_layout(meta={"atlas": "qk-map", "run": run_id, "layer": layer, "head": head, "method": method,
+                            "normalised": normalised, "points": table.key, "n_heads": run["n_heads"]})
     hover = no_update if hover_key == table.key else {"key": table.key, "text": table.hover.tolist()}
     summary = search_error or _search_summary(search or "", mask, meta)
     return ({"fig": fig, "hover": table.key}, hover, table.key, summary, "")
 
 
-FILL_HOVER = """
-function(raw, hover) {
-    const nu = window.dash_clientside.no_update;
-    if (!raw || !raw.fig) { return nu; }
-    if (!raw.hover) { return raw.fig; }
-    if (!hover || hover.key !== raw.hover) { return nu; }
-    const text = hover.text;
-    const indices = (c) => {
-        if (!c || c.bdata === undefined) { return c; }
-        const bin = atob(c.bdata), bytes = new Uint8Array(bin.length);
-        for (let i = 0; i < bin.length; i++) { bytes[i] = bin.charCodeAt(i); }
-        return new Int32Array(bytes.buffer);
-    };
-    const data = raw.fig.data.map((t) => {
-        const idx = indices(t.customdata);
-        if (!idx) { return t; }
-        const out = Object.assign({}, t, {hovertext: Array.from(idx, (i) => text[i])});
-        delete out.customdata;
-        return out;
-    });
-    return Object.assign({}, raw.fig, {data: data});
-}
-"""
-"""The head map drawn in the browser: the server's figure with each point's hover text from the run's table."""
-
-dash.clientside_callback(FILL_HOVER, Output("maps-head-fig", "figure"), Input("maps-head-raw", "data"),
-                         Input("maps-hover", "data"))
+# The head map in the browser (assets/maps_head.js): the server's figure gets its hover texts from the run's table
+# (sent once per page); a layer/head change takes the new head's coordinates into the drawn figure, or asks the
+# server (maps-pick) when it cannot.
+clientside_callback(ClientsideFunction("maps_head", "fill_hover"), Output("maps-head-fig", "figure"),
+                    Input("maps-head-raw", "data"), Input("maps-hover", "data"),
+                    State("maps-layer", "value"), State("maps-head", "value"))
+clientside_callback(ClientsideFunction("maps_head", "switch_head"), Output("maps-pick", "data"),
+                    Input("maps-layer", "value"), Input("maps-head", "value"), Input("maps-mode", "value"),
+                    Input("maps-run", "data"), State("maps-id", "data"), State("maps-method", "value"),
+                    State("maps-norm", "value"), prevent_initial_call=True)
 
 
 @callback(
@@ -295,14 +332,21 @@ def _token_spans(tokens: list[str], weights: np.ndarray, position: int) -> list[
 @callback(
     Output("maps-token", "children"), Output("maps-token-fig", "figure"), Output("maps-token-fig", "style"),
     Input("maps-sel", "data"), Input("maps-layer", "value"), Input("maps-head", "value"), Input("maps-run", "data"),
-    State("maps-id", "data"),
+    State("maps-id", "data"), prevent_initial_call=True,  # a cached run's selection is drawn in the layout
 )
 def render_token(sel, layer, head, run, run_id):
+    if not sel and dash.ctx.triggered_id != "maps-sel":
+        return no_update, no_update, no_update  # nothing selected, nothing cleared: the placeholder stays (a head
+        # switch must not redraw the hidden figure: the browser's time is the map's)
+    return token_view(sel, layer, head, run, run_id)
+
+
+def token_view(sel: list | None, layer: Any, head: Any, run: dict | None, run_id: str) -> tuple:
     """The selected token's attention in its own prompt: a query's row (where it attends) or a key's column
     (which queries attend to it); over the image for image runs."""
     hidden = {"display": "none"}
     if not run or not sel or layer is None or head is None:
-        return html.P("Click a point to see that token's attention in its prompt.", className="muted"), empty_figure(), hidden
+        return html.P(PLACEHOLDER, className="muted"), empty_figure(), hidden
     kind, p, pos = sel
     try:
         tokens, pat = maps_data.pattern(run_id, p, layer, head)
@@ -349,7 +393,7 @@ def _view_query(mode, method, norm, layer, head, colour, search, sel, run) -> di
 sync_url("maps-url", [("maps-mode", "value"), ("maps-method", "value"), ("maps-norm", "value"),
                       ("maps-layer", "value"), ("maps-head", "value"), ("maps-colour", "value"),
                       ("maps-search", "value"), ("maps-sel", "data")],
-         ("maps-run", "data"), _view_query, prevent_initial_call=False)
+         ("maps-run", "data"), _view_query)  # not on load: the URL already holds the view (or falls back to it)
 
 
 @callback(Output("maps-csv", "data"), Input("maps-csv-btn", "n_clicks"), State("maps-id", "data"),

@@ -11,11 +11,11 @@ from urllib.parse import parse_qs, urlencode
 
 import dash
 import numpy as np
-from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
+from dash import ALL, Input, Output, State, callback, clientside_callback, ctx, dcc, html, no_update
 
 from app import not_found, run_data, state
 from app.components import alert, help_text, progress_bar, query_int
-from app.run_gate import poll_interval, sync_url, wait_for_run
+from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from backend import figures, jobs, token_text
 
 dash.register_page(__name__, path_template="/runs/<run_id>", title="Run · Attention Atlas", name="Run")
@@ -31,48 +31,63 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         return not_found.view(f"A run has no page “{(run_id or '').split('/', 1)[-1]}”.")
     view = {k: query_int(query.get(k)) for k in VIEW_KEYS}
     words = query.get("words") == "1"
+    # a finished run's status, pickers and figures are in the layout: its page needs no callback round before them
+    ready = gate_at_layout(run_id, run_data.load_info)
+    status, info, _, model, notices, cancel_off, actions = (
+        _gate_outputs(ready, None) if ready else (progress_bar(0, "loading…", "queued"), None, False, None, None, False, {}))
+    card, prompts, layers, heads, prompt, layer, head, links = setup_controls(info, view, run_id)
+    drawn = (render(prompt, layer, head, view, ["1"] if words else [], 0, run_id, info) if ready
+             else (no_update,) * 5 + (True,))
+    chips, row_fig, lines_fig, heat_fig, view_error, pattern_poll_off = (None if v is no_update else v for v in drawn)
+    figure = lambda fig: {} if fig is None else {"figure": fig}  # noqa: E731
+    shown = _view_query(prompt, layer, head, view, ["1"] if words else [], info) if ready else None
+    heads_href = heads_link("?" + urlencode(shown), run_id) if shown else f"/runs/{run_id}/heads"
     return html.Div([
         dcc.Store(id="run-id", data=run_id),
-        dcc.Store(id="run-info"),
+        dcc.Store(id="run-info", data=info),
         dcc.Store(id="run-view", data=view),
         dcc.Location(id="run-url", refresh=False),
-        poll_interval("run"),
-        dcc.Interval(id="run-pattern-poll", interval=PATTERN_POLL_MS, n_intervals=0, disabled=True),
+        poll_interval("run", ready),
+        dcc.Interval(id="run-pattern-poll", interval=PATTERN_POLL_MS, n_intervals=0, disabled=pattern_poll_off),
         html.Div(className="card", children=[
             html.H2(id="run-title", children=f"Run {run_id}"),
-            html.Div(id="run-model", className="muted"),
-            html.Div(id="run-status", children=progress_bar(0, "loading…", "queued")),
+            html.Div(id="run-model", className="muted", children=model),
+            html.Div(id="run-status", children=status),
             html.Div(id="run-error"),
-            html.Div(id="run-notices"),
-            html.Div(className="row", id="run-actions", children=[  # shown while the run is queued or running
-                html.Button("Cancel", id="run-cancel", className="btn secondary", n_clicks=0),
+            html.Div(id="run-notices", children=notices),
+            html.Div(className="row", id="run-actions", style=actions, children=[  # shown while queued or running
+                html.Button("Cancel", id="run-cancel", className="btn secondary", n_clicks=0, disabled=cancel_off),
             ]),
-            html.Div(id="run-links", className="view-list"),
+            html.Div(id="run-links", className="view-list", children=links),
         ]),
         # hidden by visibility, not display: a figure drawn in a display:none card keeps a 700 px width
-        html.Div(id="run-view-card", className="card", style=HIDDEN, children=[
+        html.Div(id="run-view-card", className="card", style=card, children=[
             html.Div(className="row", children=[
-                html.Div(className="field", children=[html.Label("Prompt"), dcc.Dropdown(id="run-prompt", clearable=False)]),
-                html.Div(className="field", children=[html.Label("Layer"), dcc.Dropdown(id="run-layer", clearable=False)]),
-                html.Div(className="field", children=[html.Label("Head"), dcc.Dropdown(id="run-head", clearable=False)]),
+                html.Div(className="field", children=[html.Label("Prompt"), dcc.Dropdown(
+                    id="run-prompt", clearable=False, options=prompts, value=prompt)]),
+                html.Div(className="field", children=[html.Label("Layer"), dcc.Dropdown(
+                    id="run-layer", clearable=False, options=layers, value=layer)]),
+                html.Div(className="field", children=[html.Label("Head"), dcc.Dropdown(
+                    id="run-head", clearable=False, options=heads, value=head)]),
                 dcc.Checklist(id="run-words", options=[{"label": " Merge sub-words into words", "value": "1"}],
                               value=["1"] if words else [], className="field"),
                 html.Button("Download pattern (JSON)", id="run-download-btn", className="btn secondary", n_clicks=0),
                 dcc.Download(id="run-download"),
-                dcc.Link("All heads for this token →", id="run-heads-link", href=f"/runs/{run_id}/heads",
+                dcc.Link("All heads for this token →", id="run-heads-link", href=heads_href,
                          className="navlink"),
             ]),
             html.P(["Click a token to see where it attends. ", help_text(
                 "Merging sub-words: a word's attention to another word is the sum over the key's pieces, averaged "
                 "over the query's pieces (Clark et al. 2019; BertViz), so each row still sums to 1."
             )], className="muted"),
-            html.Div(id="run-tokens", className="tokens"),
-            html.Div(id="run-view-error"),
+            html.Div(id="run-tokens", className="tokens", children=chips),
+            html.Div(id="run-view-error", children=view_error),
             html.Div(className="grid2", children=[
-                dcc.Graph(id="run-row", config={"displaylogo": False}),
-                dcc.Graph(id="run-lines", config={"displaylogo": False}),
+                dcc.Graph(id="run-row", config={"displaylogo": False}, **figure(row_fig)),
+                dcc.Graph(id="run-lines", config={"displaylogo": False}, **figure(lines_fig)),
             ]),
-            html.Div(className="scroll-figure", children=dcc.Graph(id="run-heatmap", config={"displaylogo": False})),
+            html.Div(className="scroll-figure", children=dcc.Graph(id="run-heatmap", config={"displaylogo": False},
+                                                                   **figure(heat_fig))),
         ]),
     ])
 
@@ -100,7 +115,11 @@ def _model_line(m: dict) -> str:
 def poll(_n, run_id, info):
     """Refresh the status until the run is finished (through the run gate); then hand its info to the view.
     The cancel button shows only while there is something to cancel."""
-    gate = wait_for_run(run_id, run_data.load_info)
+    return _gate_outputs(wait_for_run(run_id, run_data.load_info), info)
+
+
+def _gate_outputs(gate: Gate, info: dict | None) -> tuple:
+    """The poll's outputs for where the run stands (in the layout for a finished run)."""
     model = _model_line(gate.manifest) if gate.manifest else gate.blank
     actions = {"display": "none"} if gate.stop else {}
     if not gate.ready:
@@ -143,7 +162,7 @@ def view_list(run_id: str, kind: str, sizes: list[str]) -> list:
     Output("run-view-card", "style"), Output("run-prompt", "options"), Output("run-layer", "options"),
     Output("run-head", "options"), Output("run-prompt", "value"), Output("run-layer", "value"),
     Output("run-head", "value"), Output("run-links", "children"),
-    Input("run-info", "data"), State("run-view", "data"), State("run-id", "data"),
+    Input("run-info", "data"), State("run-view", "data"), State("run-id", "data"), prevent_initial_call=True,
 )
 def setup_controls(info, view, run_id):
     if not info:
@@ -207,6 +226,7 @@ def strongest_edges_note(n_keys: int, shown: int) -> str:
     Input("run-prompt", "value"), Input("run-layer", "value"), Input("run-head", "value"),
     Input("run-view", "data"), Input("run-words", "value"), Input("run-pattern-poll", "n_intervals"),
     State("run-id", "data"), State("run-info", "data"),
+    prevent_initial_call=True,
 )
 def render(prompt, layer, head, view, words, _tick, run_id, info):
     """Draw the chosen head for the chosen prompt and token (the URL follows through :func:`_view_query`). A
@@ -269,16 +289,26 @@ def _view_query(prompt, layer, head, view, words, info) -> dict | None:
 
 
 sync_url("run-url", [("run-prompt", "value"), ("run-layer", "value"), ("run-head", "value"), ("run-view", "data"),
-                     ("run-words", "value")], ("run-info", "data"), _view_query, prevent_initial_call=False)
+                     ("run-words", "value")], ("run-info", "data"), _view_query)  # on load the URL holds the view
 
 
-@callback(Output("run-heads-link", "href"), Input("run-url", "search"), State("run-id", "data"),
-          prevent_initial_call=True)
-def heads_link(search, run_id):
+def heads_link(search: str, run_id: str) -> str:
     """The all-heads view of the prompt and token on screen (and the word merging)."""
     q = parse_qs((search or "").lstrip("?"))
     keep = {k: q[k][0] for k in ("prompt", "token", "words") if q.get(k)}
     return f"/runs/{run_id}/heads" + ("?" + urlencode(keep) if keep else "")
+
+
+# the same in the browser, as the URL follows the view (no request: the location reports its search on load too)
+clientside_callback(
+    """function(search, runId) {
+        const q = new URLSearchParams(search || ""), keep = new URLSearchParams();
+        for (const k of ["prompt", "token", "words"]) { if (q.get(k)) { keep.set(k, q.get(k)); } }
+        const s = keep.toString();
+        return "/runs/" + runId + "/heads" + (s ? "?" + s : "");
+    }""",
+    Output("run-heads-link", "href"), Input("run-url", "search"), State("run-id", "data"), prevent_initial_call=True,
+)
 
 
 @callback(Output("run-download", "data"), Input("run-download-btn", "n_clicks"),

@@ -60,6 +60,14 @@ STREAMING_SOURCE = (
 )
 
 
+EMPTY = {"data": [], "layout": {}}
+
+
+def _given(value: Any, default: Any) -> Any:
+    """A view's value for the layout (``default`` where the view leaves the component as it is)."""
+    return default if value is no_update else value
+
+
 def _layer_value(value: Any) -> int | str:
     return "all" if value == "all" else query_int(value)
 
@@ -74,6 +82,11 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     rule = query.get("rule") if query.get("rule") in sink_defs.SINK_RULES else sink_defs.DEFAULT_SINK_RULE
     ready = gate_at_layout(run_id, sinks_data.load_info, analysis=sinks_data.gate_analysis(run_id) if run_id else "metrics")
     info, status, notices = _ready(ready) if ready else (None, None, None)
+    # a cached run's views are in the layout: its page needs no callback round before the figures
+    grid_style, prompt_style, stream_style, prompts, prompt, layers, layer = setup_view(info, view)
+    grid_fig, rate, metric_help = grid_view(metric, info, eps, rule, run_id)
+    rec_fig, mas_fig, prompt_error = prompt_view(prompt, layer, run_id, info)
+    stream_fig, stream_text = streaming_view(info, run_id)
     return html.Div([
         dcc.Store(id="sinks-run-id", data=run_id),
         dcc.Store(id="sinks-info", data=info),
@@ -90,10 +103,10 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.Div(id="sinks-status", children=status),
             html.Div(id="sinks-notices", children=notices),
         ]),
-        html.Div(id="sinks-grid-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="sinks-grid-card", className="card", style=grid_style, children=[
             html.Div(className="row", children=[
                 html.Div(className="field", children=[
-                    html.Label(["Metric ", html.Span(id="sinks-metric-help")]),
+                    html.Label(["Metric ", html.Span(id="sinks-metric-help", children=_given(metric_help, None))]),
                     dcc.Dropdown(id="sinks-metric", clearable=False, value=metric, style={"minWidth": "300px"},
                                  options=[{"label": fs.METRICS[m]["label"], "value": m} for m in GRID_METRICS]),
                 ]),
@@ -115,27 +128,27 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                                    options=[{"label": RULE_LABELS[r], "value": r} for r in sink_defs.SINK_RULES]),
                 ]),
             ]),
-            html.P(id="sinks-rate", className="sink-rate"),
-            dcc.Graph(id="sinks-grid", config={"displaylogo": False}),
+            html.P(id="sinks-rate", className="sink-rate", children=_given(rate, None)),
+            dcc.Graph(id="sinks-grid", config={"displaylogo": False}, figure=_given(grid_fig, EMPTY)),
             html.P("Hover a cell for its value; click a cell to open that head on the run page. "
                    "Red outlines: heads whose prompt-mean alpha(first) > eps.", className="muted"),
         ]),
-        html.Div(id="sinks-prompt-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="sinks-prompt-card", className="card", style=prompt_style, children=[
             html.Div(className="row", children=[
-                html.Div(className="field", children=[html.Label("Prompt"),
-                                                      dcc.Dropdown(id="sinks-prompt", clearable=False)]),
-                html.Div(className="field", children=[html.Label("Layer"),
-                                                      dcc.Dropdown(id="sinks-layer", clearable=False)]),
+                html.Div(className="field", children=[html.Label("Prompt"), dcc.Dropdown(
+                    id="sinks-prompt", clearable=False, options=prompts, value=prompt)]),
+                html.Div(className="field", children=[html.Label("Layer"), dcc.Dropdown(
+                    id="sinks-layer", clearable=False, options=layers, value=layer)]),
             ]),
-            html.Div(id="sinks-prompt-error"),
-            dcc.Graph(id="sinks-received", config={"displaylogo": False}),
+            html.Div(id="sinks-prompt-error", children=_given(prompt_error, None)),
+            dcc.Graph(id="sinks-received", config={"displaylogo": False}, figure=_given(rec_fig, EMPTY)),
             html.P(["Massive activations ", help_text(MASSIVE_SOURCE)], className="muted"),
-            dcc.Graph(id="sinks-massive", config={"displaylogo": False}),
+            dcc.Graph(id="sinks-massive", config={"displaylogo": False}, figure=_given(mas_fig, EMPTY)),
         ]),
-        html.Div(id="sinks-streaming-card", className="card", style={"display": "none"}, children=[
+        html.Div(id="sinks-streaming-card", className="card", style=stream_style, children=[
             html.H3(["StreamingLLM experiment ", help_text(STREAMING_SOURCE)]),
-            html.Div(id="sinks-streaming-text", className="muted"),
-            dcc.Graph(id="sinks-streaming", config={"displaylogo": False}),
+            html.Div(id="sinks-streaming-text", className="muted", children=_given(stream_text, None)),
+            dcc.Graph(id="sinks-streaming", config={"displaylogo": False}, figure=_given(stream_fig, EMPTY)),
         ]),
     ])
 
@@ -167,9 +180,14 @@ def _ready(gate: Gate) -> tuple[dict, html.Span, list]:
     Output("sinks-grid-card", "style"), Output("sinks-prompt-card", "style"), Output("sinks-streaming-card", "style"),
     Output("sinks-prompt", "options"), Output("sinks-prompt", "value"),
     Output("sinks-layer", "options"), Output("sinks-layer", "value"),
-    Input("sinks-info", "data"), Input("sinks-view", "data"),  # an Input that no callback writes: fires on load when the layout holds a done run
+    Input("sinks-info", "data"), State("sinks-view", "data"), prevent_initial_call=True,  # a cached run: in the layout
 )
 def setup(info, view):
+    return setup_view(info, view)
+
+
+def setup_view(info: dict | None, view: dict) -> tuple:
+    """The cards' styles and the prompt and layer pickers (options, value)."""
     hidden = {"display": "none"}
     if not info:
         return hidden, hidden, hidden, [], None, [], None
@@ -216,8 +234,13 @@ def sink_rate_text(run_id: str, eps: float, rule: str) -> list:
 
 @callback(Output("sinks-grid", "figure"), Output("sinks-rate", "children"), Output("sinks-metric-help", "children"),
           Input("sinks-metric", "value"), Input("sinks-info", "data"), Input("sinks-eps", "value"),
-          Input("sinks-rule", "value"), State("sinks-run-id", "data"))
+          Input("sinks-rule", "value"), State("sinks-run-id", "data"), prevent_initial_call=True)
 def render_grid(metric, info, eps, rule, run_id):
+    return grid_view(metric, info, eps, rule, run_id)
+
+
+def grid_view(metric: str, info: dict | None, eps: Any, rule: str, run_id: str) -> tuple:
+    """The grid figure, the sink-rate line and the metric's help."""
     if not info or not info["metrics"] or metric not in GRID_METRICS:
         return no_update, no_update, no_update
     try:
@@ -251,8 +274,13 @@ def open_head(click, run_id, prompt):
 
 @callback(Output("sinks-received", "figure"), Output("sinks-massive", "figure"), Output("sinks-prompt-error", "children"),
           Input("sinks-prompt", "value"), Input("sinks-layer", "value"), State("sinks-run-id", "data"),
-          State("sinks-info", "data"))
+          State("sinks-info", "data"), prevent_initial_call=True)
 def render_prompt(prompt, layer, run_id, info):
+    return prompt_view(prompt, layer, run_id, info)
+
+
+def prompt_view(prompt: Any, layer: Any, run_id: str, info: dict | None) -> tuple:
+    """The attention-received and massive-activation figures of one prompt, and its errors."""
     if not info or prompt is None or layer is None:
         return no_update, no_update, no_update
     errors, rec_fig, mas_fig = [], no_update, no_update
@@ -283,8 +311,13 @@ def render_prompt(prompt, layer, run_id, info):
 
 
 @callback(Output("sinks-streaming", "figure"), Output("sinks-streaming-text", "children"),
-          Input("sinks-info", "data"), Input("sinks-run-id", "data"))  # run id: fires on load (layout-filled info)
+          Input("sinks-info", "data"), State("sinks-run-id", "data"), prevent_initial_call=True)
 def render_streaming(info, run_id):
+    return streaming_view(info, run_id)
+
+
+def streaming_view(info: dict | None, run_id: str) -> tuple:
+    """The StreamingLLM curves and their text."""
     if not info or names.streaming("nll_full") not in info["sizes"]:
         return no_update, no_update
     try:

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from backend import embedding_points
-from tests.conftest import api_call, digit_png, submit_run, wait_done
+from tests.conftest import api_call, digit_png, pick_option, submit_run, wait_done
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -145,27 +145,55 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
     # the shared URL re-opens the same view in a fresh browser context
     other_ctx = browser.new_context(viewport={"width": 1300, "height": 1000})
     other = other_ctx.new_page()
+    loading = []
+    other.on("request", lambda r: loading.append(r.post_data_json) if "_dash-update-component" in r.url else None)
     other.goto(page.url)
     _wait_title(other, "#maps-head-fig", "layer 2 head 4 · UMAP (raw)")
     other.wait_for_selector("#maps-token-text", timeout=30_000)
+    other.wait_for_timeout(500)
+    # the map, the hover table and the selected token's attention come with the page's layout: one request
+    assert [r["output"] for r in loading] == [".._pages_content.children..._pages_store.data.."]
     assert other.input_value("#maps-search") == "cat"
     other.wait_for_function(f"document.querySelector('#maps-search-summary')?.textContent.includes('{n_cat} points')")
     assert other.evaluate(f"{PLOT.format(sel='#maps-head-fig')}._fullData[0].marker.colorscale") is not None
     assert other.locator("#maps-poll").count() == 0  # a done run: the layout holds it, nothing polls
 
-    # a head switch sends coordinates and hover-table indices, not the texts (the page has them once)
+    # a head switch redraws in the browser: the new head's float32 coordinates (embedding.f32) into the drawn traces
+    # (the search rings and hover texts stay: every head has the same points), no figure from the server
     responses = []
-    other.on("response", lambda r: responses.append(r) if "_dash-update-component" in r.url else None)
-    other.click("#maps-head")
-    other.get_by_role("option", name="head 5", exact=True).click()
-    _wait_title(other, "#maps-head-fig", "layer 2 head 5 · UMAP (raw)")
-    bodies = [r.text() for r in responses]
-    switch = [b for b in bodies if '"maps-head-raw"' in b]
-    assert len(switch) == 1 and '"hovertext":' not in switch[0] and '"maps-hover":' not in switch[0]
-    assert '"customdata":' in switch[0]
-    hover = other.evaluate(f"(() => {{ const t = {PLOT.format(sel='#maps-head-fig')}._fullData[0]; "
-                           "return [t.x.length, t.hovertext.length, t.hovertext[0]]; })()")
-    assert hover[0] == hover[1] > 0 and "prompt" in hover[2] and "position" in hover[2]
+    other.on("response", lambda r: responses.append(r) if "_dash-update-component" in r.url or "embedding.f32" in r.url
+             else None)
+    for layer, head, server in ((2, 5, False), (3, 5, True)):
+        responses.clear()
+        if server:  # the binary fetch fails (another layer: not fetched ahead): the server draws the head, sending
+            # hover-table indices, not the texts
+            other.route("**/embedding.f32*", lambda route: route.abort())
+            pick_option(other, "maps-layer", f"layer {layer}", exact=True)
+        else:
+            pick_option(other, "maps-head", f"head {head}", exact=True)
+        _wait_title(other, "#maps-head-fig", f"layer {layer} head {head} · UMAP (raw)")
+        other.wait_for_timeout(300)
+        switch = [r.text() for r in responses if "_dash-update-component" in r.url and '"maps-head-raw"' in r.text()]
+        fetched = [r for r in responses if "embedding.f32" in r.url]
+        if server:
+            assert len(switch) == 1 and '"hovertext":' not in switch[0] and '"maps-hover":' not in switch[0]
+            assert '"customdata":' in switch[0]
+        else:
+            # (the layer's other heads are fetched ahead once a map is drawn: this one may already be there)
+            assert switch == [] and all("layer=2&" in r.url and "method=umap_raw" in r.url for r in fetched)
+        _, api = api_call(live_app, f"/api/runs/{run_id}/embedding?layer={layer}&head={head}&method=umap_raw")
+        for trace, kind in ((0, "query"), (1, "key")):
+            drawn = _trace_points(other, "#maps-head-fig", trace)
+            want = np.array([[p["x"], p["y"]] for p in api["points"] if p["kind"] == kind])
+            assert np.allclose(np.sort(drawn, axis=0), np.sort(want, axis=0), atol=1e-5)
+        cat = [[p["x"], p["y"]] for p in api["points"] if embedding_points.clean_token(p["token"]) == "cat"]
+        ringed = other.evaluate(f"(() => {{ const t = {PLOT.format(sel='#maps-head-fig')}._fullData"
+                                ".find(t => t.name.startsWith('matches')); return [Array.from(t.x), Array.from(t.y)]; })()")
+        assert np.allclose(np.sort(np.array(ringed).T, axis=0), np.sort(np.array(cat), axis=0), atol=1e-5)
+        hover = other.evaluate(f"(() => {{ const t = {PLOT.format(sel='#maps-head-fig')}._fullData[0]; "
+                               "return [t.x.length, t.hovertext.length, t.hovertext[0]]; })()")
+        assert hover[0] == hover[1] > 0 and "prompt" in hover[2] and "position" in hover[2]
+    other.wait_for_function("window.location.search.includes('layer=3')")
     other_ctx.close()
     assert dialogs == []  # the <script> prompt never ran
     ctx.close()

@@ -96,3 +96,34 @@ def test_run_without_maps_is_refused(cache) -> None:
     cache.update(run_id, status="done", info={"n_layers": 1, "n_heads": 1, "tokens": [["x"]]}, sizes={})
     with pytest.raises(state.ViewError, match="no query-key maps"):
         maps_data.map_run(run_id)
+
+
+def test_binary_coordinates_equal_the_json_points(stored_run) -> None:
+    """``embedding.f32`` (the maps page's head switch) holds the JSON endpoint's coordinates, as float32 in the
+    same order, with the key of the point table the page's figure indexes; bad parameters get the JSON errors."""
+    from app import maps_data
+    from app.main import create_app
+
+    run_id, arrays = stored_run
+    client = create_app().server.test_client()
+    keys_seen = set()
+    for layer, head, method in ((0, 0, "umap"), (1, 2, "umap"), (1, 2, "umap_raw")):
+        q = f"layer={layer}&head={head}&method={method}"
+        resp = client.get(f"/api/runs/{run_id}/embedding.f32?{q}")
+        assert resp.status_code == 200 and resp.mimetype == "application/octet-stream"
+        xy = np.frombuffer(resp.data, dtype="<f4").reshape(-1, 2)
+        points = client.get(f"/api/runs/{run_id}/embedding?{q}").get_json()["points"]
+        assert len(xy) == len(points) == int(resp.headers["X-Atlas-Count"])
+        assert np.array_equal(xy, np.array([[p["x"], p["y"]] for p in points], dtype=np.float32))
+        assert np.array_equal(xy, arrays[names.embedding(layer, head, method)])
+        keys_seen.add(resp.headers["X-Atlas-Points"])
+        again = client.get(f"/api/runs/{run_id}/embedding.f32?{q}", headers={"If-None-Match": resp.headers["ETag"]})
+        assert again.status_code == 304 and again.data == b""
+    _, meta = maps_data.head(run_id, 0, 0, "umap")
+    assert keys_seen == {maps_data.point_table(run_id, maps_data.map_run(run_id), meta).key}  # one table, all heads
+
+    for q, code, words in (("layer=0", 400, "missing query parameter head"), ("layer=9&head=0", 400, "layer must"),
+                           ("layer=0&head=0&method=tsne", 400, "no tsne map")):
+        resp = client.get(f"/api/runs/{run_id}/embedding.f32?{q}")
+        assert resp.status_code == code and words in resp.get_json()["error"], resp.get_json()
+    assert client.get(f"/api/runs/{'0' * 32}/embedding.f32?layer=0&head=0").status_code == 404
