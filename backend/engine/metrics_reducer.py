@@ -21,7 +21,11 @@ from backend import metrics as ref
 from backend import names
 from backend.engine.capture import BaseReducer, LayerView
 from backend.engine.fused_metrics import layer_stats
+from backend.engine.threads import one_thread
 from backend.vocab import HEAD_METRICS
+
+
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def _rows(view_prompts: list[int], view_lengths: list[int], batch: int, width: int) -> tuple[list[int], list[int]]:
@@ -61,6 +65,7 @@ class SinkMetricsReducer(BaseReducer):
         self._values: dict[str, dict[tuple[int, int], np.ndarray]] = {m: {} for m in HEAD_METRICS}
         self._received: dict[tuple[int, int], np.ndarray] = {}  # (prompt, layer) -> [H, T_p] float32
         self._acc: dict[str, torch.Tensor] = {}
+        self._buf: torch.Tensor | None = None  # scratch of the chunk sums (see _scratch)
 
     # --- engine hooks -----------------------------------------------------------------------------
 
@@ -82,13 +87,17 @@ class SinkMetricsReducer(BaseReducer):
         }
 
     def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
-        b, _, tq, s = pattern.shape  # [B, H, tq, S]
+        with one_thread():  # small memory-bound ops: no fork/join per op (backend.engine.threads)
+            self._chunk_sums(view, q0, pattern)
+
+    def _chunk_sums(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
+        b, h, tq, s = pattern.shape  # [B, H, tq, S]
         dev = pattern.device
         _, lengths = _rows(view.prompts, view.lengths, b, s)
         n = torch.tensor(lengths, device=dev)[:, None]  # [B, 1]
         q = torch.arange(q0, q0 + tq, device=dev)  # [tq] query positions
         k = torch.arange(s, device=dev)  # [S] key positions
-        p = pattern.float()  # [B, H, tq, S]; never masked in place: the masks go into the weights of each sum
+        p = pattern.float()  # [B, H, tq, S]; never written: the masks go into the weights of each sum
         row = (q[None, :] < n).float()  # [B, tq] real query rows
         key = (k[None, :] < n).float()  # [B, S] real keys
         acc = self._acc
@@ -99,14 +108,26 @@ class SinkMetricsReducer(BaseReducer):
             acc["received"] += (p * seen[:, None]).sum(dim=2).double()
         else:  # one matrix product: the real rows' column sums (padded keys' sums are never read)
             acc["received"] += (row[:, None, None, :] @ p)[:, :, 0].double()
-        # per-row sums over the real keys as matrix products ([.., tq, S] @ [S, 1]), then over real rows in float64
-        ent = (torch.xlogy(p, p) @ key[:, None, :, None])[..., 0]  # [B, H, tq]; xlogy(0, 0) = 0
+        tmp = self._scratch(p)  # one full-size temporary, reused by the entropy and the distance
+        # entropy: p * log(max(p, tiny)) equals xlogy(p, p) (0 for p = 0) without its NaN/zero branches, which made
+        # xlogy ~3x slower on the CPU; per-row sums over the real keys as matrix products ([.., tq, S] @ [S, 1])
+        torch.clamp(p, min=_TINY, out=tmp).log_().mul_(p)
+        ent = (tmp @ key[:, None, :, None])[..., 0]  # [B, H, tq]
         acc["entropy"] -= (ent * row[:, None]).sum(dim=-1, dtype=torch.float64)
         dist = (q[:, None] - k[None, :]).abs().to(p.dtype)[None] * key[:, None, :]  # [B, tq, S]
-        acc["distance"] += ((p * dist[:, None]).sum(dim=-1) * row[:, None]).sum(dim=-1, dtype=torch.float64)
-        prev_idx = (q - 1).clamp(min=0).view(1, 1, tq, 1).expand(b, p.shape[1], tq, 1)
+        torch.mul(p, dist[:, None], out=tmp)
+        acc["distance"] += (tmp.sum(dim=-1) * row[:, None]).sum(dim=-1, dtype=torch.float64)
+        prev_idx = (q - 1).clamp(min=0).view(1, 1, tq, 1).expand(b, h, tq, 1)
         prev = p.gather(-1, prev_idx)[..., 0] * ((q >= 1) * row)[:, None]  # [B, H, tq]: A[t, t-1], 0 for t = 0
         acc["previous_token"] += prev.sum(dim=-1, dtype=torch.float64)
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A float32 buffer shaped like ``like``, kept across chunks and layers of the same shape (a fresh
+        pattern-size allocation per chunk costs page faults on the CPU)."""
+        buf = self._buf
+        if buf is None or buf.shape != like.shape or buf.device != like.device:
+            buf = self._buf = torch.empty_like(like, dtype=torch.float32)
+        return buf
 
     def lse_layer(self, view: LayerView, lse: torch.Tensor, mask: torch.Tensor | None, chunk: int) -> None:
         """The same sums as :meth:`chunk`, from the scores and their log-sum-exp (no pattern)."""
@@ -190,9 +211,10 @@ class MassiveActivationReducer(BaseReducer):
             raise ValueError(f"layer {layer} outside 0..{self.n_layers - 1}")
         b, t, d = hidden.shape  # [B, T, D]
         prompts, lengths = _rows(prompts, lengths, b, t)
-        h = hidden.detach().float().abs()  # [B, T, D]
-        top, dim = h.max(dim=-1)  # [B, T]; first index on ties, like np.argmax
-        meds = self._medians(h, lengths)
+        with one_thread():  # small ops (backend.engine.threads)
+            h = hidden.detach().float().abs()  # [B, T, D]
+            top, dim = h.max(dim=-1)  # [B, T]; first index on ties, like np.argmax
+            meds = self._medians(h, lengths)
         top_np, dim_np = top.cpu().numpy(), dim.cpu().numpy()
         for row, (p, n) in enumerate(zip(prompts, lengths)):
             if n < 1:
