@@ -217,9 +217,14 @@ class MassiveActivationReducer(BaseReducer):
         prompts, lengths = _rows(prompts, lengths, b, t)
         with one_thread():  # small ops (backend.engine.threads)
             h = hidden.detach().float().abs()  # [B, T, D]
-            top, dim = h.max(dim=-1)  # [B, T]; first index on ties, like np.argmax
+            if h.device.type == "cpu":  # numpy's argmax is ~4x faster than torch's max with indices here
+                hn = h.numpy()
+                dim_np = hn.argmax(axis=-1)  # [B, T]; first index on ties (and on NaN), as torch.max
+                top_np = np.take_along_axis(hn, dim_np[..., None], axis=-1)[..., 0]
+            else:
+                top, dim = h.max(dim=-1)  # [B, T]; first index on ties, like np.argmax
+                top_np, dim_np = top.cpu().numpy(), dim.cpu().numpy()
             meds = self._medians(h, lengths)
-        top_np, dim_np = top.cpu().numpy(), dim.cpu().numpy()
         for row, (p, n) in enumerate(zip(prompts, lengths)):
             if n < 1:
                 continue
@@ -244,10 +249,12 @@ class MassiveActivationReducer(BaseReducer):
                     out.append(float("nan"))
                     continue
                 m = n * d
-                lo, hi = (m + 1) // 2 - 1, m // 2
-                part = np.partition(hn[row, :n].reshape(-1), (lo, hi) if hi != lo else lo)
-                a, c = part[lo], part[hi]
-                out.append(float((a + c) / np.float32(2)) if m % 2 == 0 else float(a))
+                hi = m // 2
+                # one selection: after partitioning at hi, the lower middle value (even counts) is the largest
+                # entry left of it, a linear max instead of a second selection
+                part = np.partition(hn[row, :n].reshape(-1), hi)
+                c = part[hi]
+                out.append(float((part[:hi].max() + c) / np.float32(2)) if m % 2 == 0 else float(c))
             return out
         if method == "sort":  # one sort for the batch; padding sorts last
             n = torch.tensor(lengths, device=h.device)
