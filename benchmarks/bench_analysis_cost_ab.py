@@ -3,7 +3,8 @@ alternating (base, new, base, new, ...), each timing plain vs the default run in
 
 The baseline tree is an export of the revision before the change with this tree's benchmark script copied in::
 
-    mkdir /tmp/base && git archive c79b9d3 | tar -x -C /tmp/base && cp benchmarks/bench_analysis_cost.py /tmp/base/benchmarks/
+    mkdir /tmp/base && git archive c79b9d3 | tar -x -C /tmp/base
+    cp benchmarks/bench_analysis_cost.py /tmp/base/benchmarks/
     OMP_NUM_THREADS=2 python benchmarks/bench_analysis_cost_ab.py --base /tmp/base --pairs 2 --out results.json
 
 ``--collect DIR`` only summarises the per-process JSON files already in DIR (``ab_t{threads}_{base,new}_{i}.json``).
