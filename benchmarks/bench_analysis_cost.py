@@ -13,8 +13,8 @@ path) and ``fused`` (the same reducers fed by log-sum-exp statistics, ``CaptureS
 (SDPA forward, no hidden states, of the very batches the worker makes: ``settings.batch_size`` prompts each, padded
 to the longest) and ``default`` (:func:`backend.engine.analyze.analyze` with the default options, the code path of
 ``workers.tasks.run_analysis``: the pattern store, the sink metrics and massive activations, arrays emitted into a
-dict instead of Redis). Wall and process CPU seconds, minima and medians. Its metrics are checked against the NumPy reference (:mod:`backend.metrics`) on the
-emitted patterns and on the hidden states of a capture forward.
+dict instead of Redis). Wall and process CPU seconds, minima and medians. Its metrics are checked against the
+NumPy reference (:mod:`backend.metrics`) on the emitted patterns and on the hidden states of a capture forward.
 
 The 7B-class configuration: 32 layers, hidden 4096, 32 query / 8 key-value heads, random weights, one
 sequence; the base model runs (the LM head is not needed for metrics). Times are minima over ``--repeats``
