@@ -7,6 +7,14 @@ path) and ``fused`` (the same reducers fed by log-sum-exp statistics, ``CaptureS
 
     python benchmarks/bench_analysis_cost.py                        # CPU: all-MiniLM-L6-v2, 32 prompts
     python benchmarks/bench_analysis_cost.py --device cuda --llama7b --T 2048 8192   # 7B-class Llama, bf16
+    python benchmarks/bench_analysis_cost.py --default-only --repeats 5   # CPU: plain vs the worker's default run
+
+``--default-only``: two rows, interleaved repeat by repeat so that the machine's load hits both alike: ``plain``
+(SDPA forward, no hidden states, of the very batches the worker makes: ``settings.batch_size`` prompts each, padded
+to the longest) and ``default`` (:func:`backend.engine.analyze.analyze` with the default options, the code path of
+``workers.tasks.run_analysis``: the pattern store, the sink metrics and massive activations, arrays emitted into a
+dict instead of Redis). Wall and process CPU seconds, minima and medians. Its metrics are checked against the
+NumPy reference (:mod:`backend.metrics`) on the emitted patterns and on the hidden states of a capture forward.
 
 The 7B-class configuration: 32 layers, hidden 4096, 32 query / 8 key-value heads, random weights, one
 sequence; the base model runs (the LM head is not needed for metrics). Times are minima over ``--repeats``
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -168,6 +177,97 @@ def llama7b_config(args, save=lambda rows: None) -> list[dict]:
     return rows
 
 
+def default_config(args) -> list[dict]:
+    """``plain`` vs the worker's default run on 32 MiniLM prompts (see the module docstring)."""
+    from backend import metrics as ref  # noqa: PLC0415
+    from backend import names  # noqa: PLC0415
+    from backend.engine.analyze import RunInfo, analyze  # noqa: PLC0415
+    from backend.engine.inputs import adapter  # noqa: PLC0415
+    from backend.engine.models import load_model  # noqa: PLC0415
+    from backend.model_refs import resolve_model  # noqa: PLC0415
+    from backend.settings import get_settings  # noqa: PLC0415
+    from backend.spec import normalise_options  # noqa: PLC0415
+    from backend.vocab import HEAD_METRICS  # noqa: PLC0415
+    from benchmarks.bench_importance import prompts  # noqa: PLC0415
+
+    settings = get_settings()
+    loaded = load_model(resolve_model("minilm", settings), settings)
+    model, texts, options = loaded.model, prompts(32), normalise_options(None)
+    info = RunInfo(loaded.n_layers, loaded.n_heads, loaded.causal, loaded.kind, "", str(loaded.device), loaded.dtype)
+    inputs = adapter(loaded, settings)
+    inputs.start(texts, info, lambda name, arr: None)
+    batches = [inputs.batch(texts, list(range(i, min(len(texts), i + settings.batch_size))), info)
+               for i in range(0, len(texts), settings.batch_size)]
+
+    def plain() -> None:
+        model.set_attn_implementation("sdpa")
+        try:
+            with torch.no_grad():
+                for batch, _, _ in batches:
+                    model(**batch)
+        finally:
+            model.set_attn_implementation(ATTN_IMPLEMENTATION)
+
+    arrays: dict[str, np.ndarray] = {}
+
+    def default() -> None:
+        arrays.clear()
+        analyze(loaded, texts, options, arrays.__setitem__, settings=settings)
+
+    fns = {"plain": plain, "default": default}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(args.repeats):  # interleaved: the machine's load hits both rows alike
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    row: dict = {"model": "all-MiniLM-L6-v2", "prompts": len(texts), "analyses": options["analyses"],
+                 "batch_size": settings.batch_size, "widths": [int(b["input_ids"].shape[1]) for b, _, _ in batches],
+                 "real_tokens": int(sum(sum(n) for _, _, n in batches))}
+    for name, ts in times.items():
+        row[name] = {"seconds": ts, "seconds_min": min(ts), "seconds_median": statistics.median(ts),
+                     "cpu_seconds": cpu[name], "cpu_seconds_min": min(cpu[name])}
+    row["ratio_min"] = row["default"]["seconds_min"] / row["plain"]["seconds_min"]
+    row["ratio_median"] = row["default"]["seconds_median"] / row["plain"]["seconds_median"]
+    row["ratio_median_of_pairs"] = statistics.median(d / p for d, p in zip(times["default"], times["plain"]))
+    # CPU time of the process (all threads): with one thread, the work done, much less sensitive to other
+    # processes on the machine than wall time (with several, OpenMP's spin-waits count too)
+    row["cpu_ratio_min"] = row["default"]["cpu_seconds_min"] / row["plain"]["cpu_seconds_min"]
+    row["max_abs_diff_to_reference"] = _reference_diffs(loaded, batches, arrays, ref, names, HEAD_METRICS)
+    row["meets_target"] = row["ratio_min"] <= TARGET and row["ratio_median"] <= TARGET
+    return [row]
+
+
+def _reference_diffs(loaded, batches, arrays: dict, ref, names, head_metrics) -> dict[str, float]:
+    """Largest |default run - NumPy reference| per metric: the sink metrics from the emitted patterns, the massive
+    ratio from the hidden states of a capture forward of the same batches."""
+    per_layer: dict[str, list[list[np.ndarray]]] = {m: [[] for _ in range(loaded.n_layers)] for m in head_metrics}
+    ratios: list[list[float]] = [[] for _ in range(loaded.n_layers)]
+    p = 0
+    for batch, special, lengths in batches:
+        with torch.no_grad(), CaptureSession(loaded.model, prompts=[], lengths=list(lengths)):
+            hidden = loaded.model(**batch, output_hidden_states=True).hidden_states[1:]
+        for row, n in enumerate(lengths):
+            for layer in range(loaded.n_layers):
+                a = arrays[names.attn_pattern(p, layer)]
+                for m, v in ref.prompt_metrics(a, loaded.causal, special[row, :n].cpu().numpy()).items():
+                    per_layer[m][layer].append(v)
+                h = np.abs(hidden[layer][row, :n].float().cpu().numpy())
+                ratios[layer].append(float(h.max() / np.median(h)))
+            p += 1
+    out = {}
+    for m in head_metrics:
+        want = np.stack([ref.mean_over_prompts(per_layer[m][layer]) for layer in range(loaded.n_layers)])
+        out[m] = float(np.max(np.abs(arrays[names.metric(m)].astype(np.float64) - want)))
+    want = np.array([np.mean(r) for r in ratios])
+    out["massive_ratio"] = float(np.max(np.abs(arrays[names.metric("massive_ratio")].astype(np.float64) - want)))
+    return out
+
+
 def _brief(row: dict) -> dict:
     out = {k: v for k, v in row.items() if not isinstance(v, dict)}
     for name in ("plain", "capture", "metrics", "fused"):
@@ -180,6 +280,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--llama7b", action="store_true", help="the 7B-class Llama configuration (GPU)")
+    ap.add_argument("--default-only", action="store_true",
+                    help="only plain vs the worker's default run (MiniLM, 32 prompts), interleaved")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=4096, help="(smaller for a smoke run)")
     ap.add_argument("--intermediate", type=int, default=11008)
@@ -201,6 +303,14 @@ def main() -> None:
         report["rows"] = rows
         out.write_text(json.dumps(report, indent=1) + "\n")
 
+    if args.default_only:
+        report.update(omp_num_threads=os.environ.get("OMP_NUM_THREADS"), load_average_before=os.getloadavg())
+        rows = default_config(args)
+        report.update(rows=rows, load_average_after=os.getloadavg())
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in rows[0].items() if not isinstance(v, dict)}))
+        print(f"wrote {out}")
+        return
     rows = llama7b_config(args, save) if args.llama7b else minilm_config(args)
     save(rows)
     for row in rows:

@@ -241,7 +241,9 @@ def atlas_attention(
     weights_full = None
     for q0 in range(0, t, chunk):
         q1 = min(t, q0 + chunk)
-        scores = torch.matmul(query[:, :, q0:q1], key_r.transpose(2, 3)) * scale  # [B, Hq, tq, S]
+        # scaling and masking in place: no further full-size temporaries (the matmul's output is not saved for
+        # backward, so autograd allows it; the values are those of the out-of-place ops, bit for bit)
+        scores = torch.matmul(query[:, :, q0:q1], key_r.transpose(2, 3)).mul_(scale)  # [B, Hq, tq, S]
         if session is not None and session.score_mod is not None:
             scores = session.score_mod(view, q0, scores)
         if softcap is not None:
@@ -250,7 +252,9 @@ def atlas_attention(
             # [B, 1, T, S] (or [B, 1, 1, S], broadcast over queries)
             mask = attention_mask[:, :, q0:q1, :s] if attention_mask.shape[2] > 1 else attention_mask[..., :s]
             if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+                scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+            elif mask.dtype == scores.dtype:
+                scores = scores.add_(mask)
             else:
                 scores = scores + mask
         weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)

@@ -21,7 +21,11 @@ from backend import metrics as ref
 from backend import names
 from backend.engine.capture import BaseReducer, LayerView
 from backend.engine.fused_metrics import layer_stats
+from backend.engine.threads import one_thread
 from backend.vocab import HEAD_METRICS
+
+
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def _rows(view_prompts: list[int], view_lengths: list[int], batch: int, width: int) -> tuple[list[int], list[int]]:
@@ -61,6 +65,7 @@ class SinkMetricsReducer(BaseReducer):
         self._values: dict[str, dict[tuple[int, int], np.ndarray]] = {m: {} for m in HEAD_METRICS}
         self._received: dict[tuple[int, int], np.ndarray] = {}  # (prompt, layer) -> [H, T_p] float32
         self._acc: dict[str, torch.Tensor] = {}
+        self._buf: torch.Tensor | None = None  # scratch of the chunk sums (see _scratch)
 
     # --- engine hooks -----------------------------------------------------------------------------
 
@@ -82,31 +87,51 @@ class SinkMetricsReducer(BaseReducer):
         }
 
     def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
-        b, _, tq, s = pattern.shape  # [B, H, tq, S]
+        with one_thread():  # small memory-bound ops: no fork/join per op (backend.engine.threads)
+            self._chunk_sums(view, q0, pattern)
+
+    def _chunk_sums(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
+        """Each row's sums over its own real query rows and keys only (``p[b, :, :rows, :n]``): the padding of a
+        batch is often most of its pattern (32 MiniLM prompts in batches of 8: 37 % of the area is real)."""
+        b, h, tq, s = pattern.shape  # [B, H, tq, S]
         dev = pattern.device
         _, lengths = _rows(view.prompts, view.lengths, b, s)
-        n = torch.tensor(lengths, device=dev)[:, None]  # [B, 1]
         q = torch.arange(q0, q0 + tq, device=dev)  # [tq] query positions
         k = torch.arange(s, device=dev)  # [S] key positions
-        p = pattern.float()  # [B, H, tq, S]; never masked in place: the masks go into the weights of each sum
-        row = (q[None, :] < n).float()  # [B, tq] real query rows
-        key = (k[None, :] < n).float()  # [B, S] real keys
+        pattern = pattern.float()  # [B, H, tq, S]; never written
+        dist = (q[:, None] - k[None, :]).abs().float()  # [tq, S] |t - j|
+        seen = (k[None, :] <= q[:, None]).float() if self.causal else None  # [tq, S] alpha's queries t >= k
+        buf = self._scratch(h * tq * s, dev)  # one temporary, reused by the entropy and the distance of every row
         acc = self._acc
-        # column sums in float32 within the chunk, float64 across chunks: sum(dim=2, dtype=float64) over the
-        # query dim is ~14x slower on CPU (benchmarks/bench_sinks_long.py); the difference is ~1e-7
-        if self.causal:  # alpha counts only the queries t >= k (the causal mask already zeroes the rest)
-            seen = (k[None, :] <= q[:, None]).float()[None] * row[:, :, None]  # [B, tq, S]
-            acc["received"] += (p * seen[:, None]).sum(dim=2).double()
-        else:  # one matrix product: the real rows' column sums (padded keys' sums are never read)
-            acc["received"] += (row[:, None, None, :] @ p)[:, :, 0].double()
-        # per-row sums over the real keys as matrix products ([.., tq, S] @ [S, 1]), then over real rows in float64
-        ent = (torch.xlogy(p, p) @ key[:, None, :, None])[..., 0]  # [B, H, tq]; xlogy(0, 0) = 0
-        acc["entropy"] -= (ent * row[:, None]).sum(dim=-1, dtype=torch.float64)
-        dist = (q[:, None] - k[None, :]).abs().to(p.dtype)[None] * key[:, None, :]  # [B, tq, S]
-        acc["distance"] += ((p * dist[:, None]).sum(dim=-1) * row[:, None]).sum(dim=-1, dtype=torch.float64)
-        prev_idx = (q - 1).clamp(min=0).view(1, 1, tq, 1).expand(b, p.shape[1], tq, 1)
-        prev = p.gather(-1, prev_idx)[..., 0] * ((q >= 1) * row)[:, None]  # [B, H, tq]: A[t, t-1], 0 for t = 0
-        acc["previous_token"] += prev.sum(dim=-1, dtype=torch.float64)
+        for i, n in enumerate(lengths):
+            rows = min(tq, n - q0)  # this chunk's real query rows of batch row i
+            if rows <= 0:
+                continue
+            p = pattern[i, :, :rows, :n]  # [H, rows, n]
+            tmp = buf[: h * rows * n].view(h, rows, n)
+            # column sums in float32 within the chunk, float64 across chunks: a float64 sum over the query dim is
+            # ~14x slower on CPU (benchmarks/bench_sinks_long.py); the difference is ~1e-7
+            if seen is not None:  # causal: alpha counts only the queries t >= k, as the reference (whatever the mask)
+                acc["received"][i, :, :n] += torch.mul(p, seen[:rows, :n], out=tmp).sum(dim=1).double()
+            else:
+                acc["received"][i, :, :n] += p.sum(dim=1).double()
+            # entropy: p * log(max(p, tiny)) equals xlogy(p, p) (0 for p = 0) without its NaN/zero branches, which
+            # made xlogy ~3x slower on the CPU
+            torch.clamp(p, min=_TINY, out=tmp).log_().mul_(p)
+            acc["entropy"][i] -= tmp.sum(dim=-1).sum(dim=-1, dtype=torch.float64)
+            torch.mul(p, dist[:rows, :n], out=tmp)
+            acc["distance"][i] += tmp.sum(dim=-1).sum(dim=-1, dtype=torch.float64)
+            # A[t, t-1] for this chunk's queries t = q0 + j >= 1: the diagonal at offset q0 - 1 of [rows, n]
+            prev = torch.diagonal(pattern[i, :, :rows, :n], offset=q0 - 1, dim1=-2, dim2=-1)  # [H, rows or rows-1]
+            acc["previous_token"][i] += prev.sum(dim=-1, dtype=torch.float64)
+
+    def _scratch(self, numel: int, device: torch.device) -> torch.Tensor:
+        """A flat float32 buffer of at least ``numel`` entries, kept across chunks and layers (a fresh pattern-size
+        allocation per chunk costs page faults on the CPU)."""
+        buf = self._buf
+        if buf is None or buf.numel() < numel or buf.device != device:
+            buf = self._buf = torch.empty(numel, dtype=torch.float32, device=device)
+        return buf
 
     def lse_layer(self, view: LayerView, lse: torch.Tensor, mask: torch.Tensor | None, chunk: int) -> None:
         """The same sums as :meth:`chunk`, from the scores and their log-sum-exp (no pattern)."""
@@ -190,10 +215,16 @@ class MassiveActivationReducer(BaseReducer):
             raise ValueError(f"layer {layer} outside 0..{self.n_layers - 1}")
         b, t, d = hidden.shape  # [B, T, D]
         prompts, lengths = _rows(prompts, lengths, b, t)
-        h = hidden.detach().float().abs()  # [B, T, D]
-        top, dim = h.max(dim=-1)  # [B, T]; first index on ties, like np.argmax
-        meds = self._medians(h, lengths)
-        top_np, dim_np = top.cpu().numpy(), dim.cpu().numpy()
+        with one_thread():  # small ops (backend.engine.threads)
+            h = hidden.detach().float().abs()  # [B, T, D]
+            if h.device.type == "cpu":  # numpy's argmax is ~4x faster than torch's max with indices here
+                hn = h.numpy()
+                dim_np = hn.argmax(axis=-1)  # [B, T]; first index on ties (and on NaN), as torch.max
+                top_np = np.take_along_axis(hn, dim_np[..., None], axis=-1)[..., 0]
+            else:
+                top, dim = h.max(dim=-1)  # [B, T]; first index on ties, like np.argmax
+                top_np, dim_np = top.cpu().numpy(), dim.cpu().numpy()
+            meds = self._medians(h, lengths)
         for row, (p, n) in enumerate(zip(prompts, lengths)):
             if n < 1:
                 continue
@@ -218,10 +249,12 @@ class MassiveActivationReducer(BaseReducer):
                     out.append(float("nan"))
                     continue
                 m = n * d
-                lo, hi = (m + 1) // 2 - 1, m // 2
-                part = np.partition(hn[row, :n].reshape(-1), (lo, hi) if hi != lo else lo)
-                a, c = part[lo], part[hi]
-                out.append(float((a + c) / np.float32(2)) if m % 2 == 0 else float(a))
+                hi = m // 2
+                # one selection: after partitioning at hi, the lower middle value (even counts) is the largest
+                # entry left of it, a linear max instead of a second selection
+                part = np.partition(hn[row, :n].reshape(-1), hi)
+                c = part[hi]
+                out.append(float((part[:hi].max() + c) / np.float32(2)) if m % 2 == 0 else float(c))
             return out
         if method == "sort":  # one sort for the batch; padding sorts last
             n = torch.tensor(lengths, device=h.device)
