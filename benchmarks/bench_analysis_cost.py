@@ -243,17 +243,18 @@ def default_config(args) -> list[dict]:
 
 
 def _reference_diffs(loaded, batches, arrays: dict, ref, names, head_metrics) -> dict[str, float]:
-    """Largest |default run - NumPy reference| per metric: the sink metrics from the emitted patterns, the massive
+    """Largest |default run - NumPy reference| per metric: the sink metrics from the float32 patterns and the massive
     ratio from the hidden states of a capture forward of the same batches."""
     per_layer: dict[str, list[list[np.ndarray]]] = {m: [[] for _ in range(loaded.n_layers)] for m in head_metrics}
     ratios: list[list[float]] = [[] for _ in range(loaded.n_layers)]
     p = 0
     for batch, special, lengths in batches:
         with torch.no_grad(), CaptureSession(loaded.model, prompts=[], lengths=list(lengths)):
-            hidden = loaded.model(**batch, output_hidden_states=True).hidden_states[1:]
+            out = loaded.model(**batch, output_hidden_states=True, output_attentions=True)
+        hidden = out.hidden_states[1:]
         for row, n in enumerate(lengths):
             for layer in range(loaded.n_layers):
-                a = arrays[names.attn_pattern(p, layer)]
+                a = out.attentions[layer][row, :, :n, :n].float().cpu().numpy()  # a run stores no full pattern
                 for m, v in ref.prompt_metrics(a, loaded.causal, special[row, :n].cpu().numpy()).items():
                     per_layer[m][layer].append(v)
                 h = np.abs(hidden[layer][row, :n].float().cpu().numpy())

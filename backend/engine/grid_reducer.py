@@ -11,6 +11,7 @@ at 1,024 tokens take 283 MB. Full patterns are recomputed on request (:mod:`back
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -25,10 +26,17 @@ Emit = Callable[[str, np.ndarray], None]
 
 def bin_matrix(n: int, max_bins: int = MAX_BINS) -> np.ndarray:
     """``[n, bins]`` float32 one-hot: position -> its run of :func:`backend.figures_heads.position_bins`."""
+    return _bin_matrix(n, max_bins).copy()
+
+
+@lru_cache(maxsize=256)
+def _bin_matrix(n: int, max_bins: int) -> np.ndarray:
+    """:func:`bin_matrix`, built once per length (every layer of every prompt asks again); read-only."""
     groups = position_bins(n, max_bins)
     m = np.zeros((n, len(groups)), dtype=np.float32)
     for b, g in enumerate(groups):
         m[g, b] = 1.0
+    m.flags.writeable = False
     return m
 
 
@@ -38,6 +46,7 @@ class _Row:
     def __init__(self, prompt: int, n: int, n_heads: int, device: torch.device, max_bins: int) -> None:
         self.prompt, self.n = prompt, n
         self.bins = torch.from_numpy(bin_matrix(n, max_bins)).to(device)  # [n, nb]
+        self.counts = self.bins.sum(dim=0).double().cpu().numpy()  # positions per run
         nb = self.bins.shape[1]
         self.pooled = np.zeros((n_heads, nb, nb), dtype=np.float64)  # sums over query and key runs
         self.received = np.zeros((n_heads, n), dtype=np.float64)  # column sums over queries
@@ -93,8 +102,7 @@ class GridReducer(BaseReducer):
 
     def end_layer(self, view: LayerView) -> None:
         for row in self._rows:
-            counts = row.bins.sum(dim=0).double().cpu().numpy()  # positions per run
-            thumbs = row.pooled / counts[None, :, None]
+            thumbs = row.pooled / row.counts[None, :, None]
             mean = row.received / row.n
             top = np.argmax(mean, axis=1)
             d = self._done.setdefault(row.prompt, {"thumbs": [], "top": [], "weight": []})
