@@ -337,52 +337,74 @@ def run_extension(run_id: str, analyses: list[str]) -> str:
     return "failed"
 
 
+def _start_derived(digest: str, kind: str) -> tuple[Settings, Cache, str]:
+    """``(settings, cache, attempt id)`` of a derived job starting on this worker, registered as running."""
+    settings = get_settings()
+    cache = Cache(connect(settings, patient=True), settings)
+    attempt = uuid.uuid4().hex
+    cache.register_running(digest, attempt, worker_name(), kind)
+    CURRENT.update(id=digest, attempt=attempt, kind=kind)
+    return settings, cache, attempt
+
+
+def _finished_run(cache: Cache, run_id: str, settings: Settings) -> tuple[dict, dict, Any]:
+    """``(manifest, spec, loaded model)`` of the finished run a derived job works on (a clear error otherwise)."""
+    manifest = cache.manifest(run_id)
+    if manifest is None or manifest.get("status") != "done":
+        raise SpecError("the run is unknown or not finished")
+    spec = manifest["spec"]
+    return manifest, spec, registry(settings).get(resolve_model(spec["model"], settings), spec["options"]["dtype"])
+
+
+def _run_derived(base: dict, finish: Callable[[dict, int], None], work: Callable[[], tuple[dict, int]]) -> str:
+    """Run a derived job's ``work`` (prune, lab, pattern: it returns the done record's fields and their TTL) and
+    record how it ended through ``finish(record, ttl_s)``: done, or failed with a message (a known error's own; else
+    the traceback is printed and the message says what kind of failure it was); a job timeout or an interrupt is
+    recorded and raised again, for RQ and the worker's stop."""
+    from backend.jobs import FAILURE_TTL_S
+
+    try:
+        fields, ttl_s = work()
+        finish({**base, **fields, "status": "done", "stage": "done", "progress": 1.0}, ttl_s)
+        return "done"
+    except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
+        known = isinstance(exc, (ModelError, SpecError, ValueError))
+        if not known:
+            traceback.print_exc()
+        failed = {**base, "status": "failed", "stage": "failed", "error": str(exc) if known else _failure_message(exc)}
+        if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            finish(failed, FAILURE_TTL_S)
+            raise
+    release_memory()  # as run_analysis: after the except block, the job's tensors are no longer referenced
+    finish(failed, FAILURE_TTL_S)
+    return "failed"
+
+
 def run_prune(digest: str, run_id: str, heads: list, prompt: int) -> str:
     """RQ entry point of a live pruning job (``backend.jobs.submit_prune``): metrics with every head and
     with ``heads`` switched off, top predictions for input ``prompt``; the record under ``keys.derived``
     goes running -> done (result TTL) or failed."""
     from backend.engine.importance_stage import prune_experiment
-    from backend.jobs import FAILURE_TTL_S, put_prune
+    from backend.jobs import put_prune
 
-    settings = get_settings()
-    cache = Cache(connect(settings, patient=True), settings)
-    attempt = uuid.uuid4().hex
-    cache.register_running(digest, attempt, worker_name(), "prune")
-    CURRENT.update(id=digest, attempt=attempt, kind="prune")
+    settings, cache, attempt = _start_derived(digest, "prune")
     base = {"job": digest, "run_id": run_id, "heads": heads, "prompt": prompt, "created": time.time()}
     progress = throttled(lambda frac, stage, _now: put_prune(
         cache, digest, {**base, "status": "running", "stage": stage, "progress": frac}, settings.job_timeout_s + 600))
 
-    try:
-        progress(0.0, "loading model")
-        manifest = cache.manifest(run_id)
-        if manifest is None or manifest.get("status") != "done":
-            raise SpecError("the run is unknown or not finished")
-        spec = manifest["spec"]
-        loaded = registry(settings).get(resolve_model(spec["model"], settings), spec["options"]["dtype"])
-        inputs = _load_inputs(cache, spec, settings)
-        tokens = (manifest.get("info") or {}).get("tokens") if spec["kind"] == "text" else None
-        result = prune_experiment(loaded, inputs, tokens, spec["options"], heads, prompt, progress)
-        put_prune(cache, digest, {**base, **result, "status": "done", "stage": "done", "progress": 1.0,
-                                  "finished": time.time()}, settings.result_ttl_s)
+    def finish(record: dict, ttl_s: int) -> None:
+        put_prune(cache, digest, {**record, "finished": time.time()}, ttl_s)
         cache.release_running(digest, attempt)
         CURRENT.clear()
-        return "done"
-    except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
-        if not isinstance(exc, (ModelError, SpecError, ValueError)):
-            traceback.print_exc()
-        msg = str(exc) if isinstance(exc, (ModelError, SpecError, ValueError)) else _failure_message(exc)
-        failed = {**base, "status": "failed", "stage": "failed", "error": msg}
-        if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            put_prune(cache, digest, {**failed, "finished": time.time()}, FAILURE_TTL_S)
-            cache.release_running(digest, attempt)
-            CURRENT.clear()
-            raise
-    release_memory()  # as run_analysis: after the except block, the job's tensors are no longer referenced
-    put_prune(cache, digest, {**failed, "finished": time.time()}, FAILURE_TTL_S)
-    cache.release_running(digest, attempt)
-    CURRENT.clear()
-    return "failed"
+
+    def work() -> tuple[dict, int]:
+        progress(0.0, "loading model")
+        manifest, spec, loaded = _finished_run(cache, run_id, settings)
+        inputs = _load_inputs(cache, spec, settings)
+        tokens = (manifest.get("info") or {}).get("tokens") if spec["kind"] == "text" else None
+        return prune_experiment(loaded, inputs, tokens, spec["options"], heads, prompt, progress), settings.result_ttl_s
+
+    return _run_derived(base, finish, work)
 
 
 def run_lab(digest: str, run_id: str, spec: dict) -> str:
@@ -390,14 +412,9 @@ def run_lab(digest: str, run_id: str, spec: dict) -> str:
     the run's model and inputs; the record under ``keys.derived`` goes running -> done (result TTL, with
     its arrays) or failed."""
     from backend.engine.lab_job import lab_experiment
-    from backend.jobs import FAILURE_TTL_S
     from backend.lab_jobs import put_arrays, put_record
 
-    settings = get_settings()
-    cache = Cache(connect(settings, patient=True), settings)
-    attempt = uuid.uuid4().hex
-    cache.register_running(digest, attempt, worker_name(), "lab")
-    CURRENT.update(id=digest, attempt=attempt, kind="lab")
+    settings, cache, attempt = _start_derived(digest, "lab")
     base = {"job": digest, "run_id": run_id, "spec": spec, "created": time.time()}
     progress = throttled(lambda frac, stage, _now: put_record(
         cache, digest, {**base, "status": "running", "stage": stage, "progress": frac}, settings.job_timeout_s + 600))
@@ -407,29 +424,15 @@ def run_lab(digest: str, run_id: str, spec: dict) -> str:
         cache.release_running(digest, attempt)
         CURRENT.clear()
 
-    try:
+    def work() -> tuple[dict, int]:
         progress(0.0, "loading model")
-        manifest = cache.manifest(run_id)
-        if manifest is None or manifest.get("status") != "done":
-            raise SpecError("the run is unknown or not finished")
-        run_spec = manifest["spec"]
-        loaded = registry(settings).get(resolve_model(run_spec["model"], settings), run_spec["options"]["dtype"])
+        manifest, run_spec, loaded = _finished_run(cache, run_id, settings)
         tokens = (manifest.get("info") or {}).get("tokens") or []
         result, arrays = lab_experiment(loaded, list(run_spec["inputs"]), tokens, run_spec["options"], spec, progress)
         put_arrays(cache, digest, arrays, settings.result_ttl_s)
-        finish({**base, **result, "status": "done", "stage": "done", "progress": 1.0}, settings.result_ttl_s)
-        return "done"
-    except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
-        known = isinstance(exc, (ModelError, SpecError, ValueError))
-        if not known:
-            traceback.print_exc()
-        failed = {**base, "status": "failed", "stage": "failed", "error": str(exc) if known else _failure_message(exc)}
-        if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            finish(failed, FAILURE_TTL_S)
-            raise
-    release_memory()  # as run_analysis: after the except block, the job's tensors are no longer referenced
-    finish(failed, FAILURE_TTL_S)
-    return "failed"
+        return result, settings.result_ttl_s
+
+    return _run_derived(base, finish, work)
 
 
 def run_pattern(digest: str, run_id: str, prompt: int, layer: int) -> str:
@@ -438,14 +441,9 @@ def run_pattern(digest: str, run_id: str, prompt: int, layer: int) -> str:
     with the result TTL; the record under ``keys.derived`` goes running -> done or failed."""
     from backend import patterns
     from backend.engine.pattern_job import layer_pattern
-    from backend.jobs import FAILURE_TTL_S
     from backend.pattern_jobs import put_pattern, stage_text
 
-    settings = get_settings()
-    cache = Cache(connect(settings, patient=True), settings)
-    attempt = uuid.uuid4().hex
-    cache.register_running(digest, attempt, worker_name(), "pattern")
-    CURRENT.update(id=digest, attempt=attempt, kind="pattern")
+    settings, cache, attempt = _start_derived(digest, "pattern")
     base = {"job": digest, "run_id": run_id, "prompt": prompt, "layer": layer, "created": time.time()}
 
     def finish(record: dict, ttl_s: int) -> None:
@@ -453,29 +451,15 @@ def run_pattern(digest: str, run_id: str, prompt: int, layer: int) -> str:
         cache.release_running(digest, attempt)
         CURRENT.clear()
 
-    try:
+    def work() -> tuple[dict, int]:
         cache.put_record(digest, {**base, "status": "running", "stage": stage_text(prompt, layer), "progress": 0.0},
                          settings.job_timeout_s + 600)
-        manifest = cache.manifest(run_id)
-        if manifest is None or manifest.get("status") != "done":
-            raise SpecError("the run is unknown or not finished")
-        spec = manifest["spec"]
-        loaded = registry(settings).get(resolve_model(spec["model"], settings), spec["options"]["dtype"])
+        manifest, spec, loaded = _finished_run(cache, run_id, settings)
         inputs = _load_inputs(cache, spec, settings)
         tokens = ((manifest.get("info") or {}).get("tokens") or [None] * len(inputs))[prompt]
         pat = layer_pattern(loaded, inputs, prompt, layer, settings, tokens if spec["kind"] == "text" else None)
         put_pattern(cache, digest, patterns.for_storage(pat, settings.pattern_dtype), settings.result_ttl_s)
-        finish({**base, "status": "done", "stage": "done", "progress": 1.0, "n_heads": int(pat.shape[0]),
-                "n_tokens": int(pat.shape[1]), "dtype": settings.pattern_dtype}, settings.result_ttl_s)
-        return "done"
-    except BaseException as exc:  # noqa: BLE001  (the worker must go on serving)
-        known = isinstance(exc, (ModelError, SpecError, ValueError))
-        if not known:
-            traceback.print_exc()
-        failed = {**base, "status": "failed", "stage": "failed", "error": str(exc) if known else _failure_message(exc)}
-        if type(exc).__name__ == "JobTimeoutException" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            finish(failed, FAILURE_TTL_S)
-            raise
-    release_memory()  # as run_analysis: after the except block, the job's tensors are no longer referenced
-    finish(failed, FAILURE_TTL_S)
-    return "failed"
+        return ({"n_heads": int(pat.shape[0]), "n_tokens": int(pat.shape[1]), "dtype": settings.pattern_dtype},
+                settings.result_ttl_s)
+
+    return _run_derived(base, finish, work)
