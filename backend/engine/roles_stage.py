@@ -250,19 +250,69 @@ def greedy_with_top_keys(loaded: LoadedModel, prompt: Sequence[int], steps: int,
     return generated, np.stack(tops)
 
 
+def greedy_batch_with_top_keys(loaded: LoadedModel, prompts: Sequence[Sequence[int]], steps: int,
+                               should_cancel: Callable[[], bool] = lambda: False,
+                               stop: Callable[[int], bool] | None = None,
+                               progress: Callable[[float], None] = lambda f: None,
+                               ) -> list[tuple[list[int], np.ndarray]]:
+    """:func:`greedy_with_top_keys` of several prompts, those of equal length in one batch: decoding is bound by
+    reading the weights once per step, so the trials of a retrieval test share that read. No padding is needed (a
+    row's numbers are those of its own run up to float rounding); a prompt whose length no other shares runs alone.
+    A row that has stopped rides along until its batch ends; its extra tokens are dropped. ``progress(fraction)``
+    after each step (of at most ``steps`` per group)."""
+    out: list[tuple[list[int], np.ndarray] | None] = [None] * len(prompts)
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p), []).append(i)
+    keep = model_inputs.last_logits_only(loaded.model)
+    for g, (length, rows) in enumerate(groups.items()):
+        if len(rows) == 1 or length < 2:
+            for i in rows:
+                out[i] = greedy_with_top_keys(loaded, prompts[i], steps, should_cancel, stop)
+            continue
+        batch = torch.as_tensor([list(prompts[i]) for i in rows], dtype=torch.long)
+        with torch.no_grad():  # as greedy_with_top_keys: all but the last prompt token, no capture, no logits
+            past = loaded.model(input_ids=batch[:, :-1].to(loaded.device), use_cache=True, **keep).past_key_values
+        ids = batch[:, -1:]
+        generated: list[list[int]] = [[] for _ in rows]
+        tops: list[list[np.ndarray]] = [[] for _ in rows]
+        done = [False] * len(rows)
+        for step in range(steps):
+            if should_cancel():
+                raise Cancelled("cancelled by the user")
+            progress((g + step / steps) / len(groups))
+            top = TopKey()
+            res = _forward(loaded, ids, [top], past_key_values=past, use_cache=True, **keep)
+            past = res.past_key_values
+            nxt = res.logits[:, -1].float().argmax(dim=-1).tolist()
+            heads = np.stack([top.top[l] for l in range(loaded.n_layers)], axis=1)  # [rows, layers, heads]
+            for r in range(len(rows)):
+                if not done[r]:
+                    generated[r].append(int(nxt[r]))
+                    tops[r].append(heads[r])
+                    done[r] = stop is not None and stop(int(nxt[r]))
+            if all(done):
+                break
+            ids = torch.tensor([[t] for t in nxt], dtype=torch.long)
+        for r, i in enumerate(rows):
+            out[i] = (generated[r], np.stack(tops[r]))
+    return out  # type: ignore[return-value]
+
+
 def retrieval_scores(loaded: LoadedModel, rng: np.random.Generator, pool: np.ndarray, prefix: Sequence[int],
                      context_len: int, should_cancel: Callable[[], bool] = lambda: False,
                      progress: Callable[[float], None] = lambda f: None) -> tuple[np.ndarray, np.ndarray]:
     """``(retrieval [layers, heads] float32, recall [trials] float32)`` over the ``DEPTHS`` trials."""
     credited, recalls = [], []
-    for i, depth in enumerate(DEPTHS):
-        prompt, start, end, needle = needle_prompt(rng, pool, prefix, context_len, depth)
-        generated, top = greedy_with_top_keys(loaded, prompt, NEEDLE_LEN, should_cancel)
+    trials = [needle_prompt(rng, pool, prefix, context_len, depth) for depth in DEPTHS]  # rng order as before
+    decoded = greedy_batch_with_top_keys(loaded, [t[0] for t in trials], NEEDLE_LEN, should_cancel,
+                                         progress=lambda f: progress(0.9 * f))
+    for i, ((prompt, start, end, needle), (generated, top)) in enumerate(zip(trials, decoded)):
         recall = roles.copy_recall(generated, needle)
         recalls.append(recall)
         if recall > roles.RETRIEVAL_MIN_RECALL:
             credited.append(roles.retrieval_hits(top, generated, prompt + generated, start, end))
-        progress((i + 1) / len(DEPTHS))
+        progress(0.9 + 0.1 * (i + 1) / len(DEPTHS))
     scores = np.mean(credited, axis=0) if credited else np.zeros((loaded.n_layers, loaded.n_heads))
     return scores.astype(np.float32), np.asarray(recalls, dtype=np.float32)
 
@@ -355,10 +405,11 @@ def text_retrieval_scores(loaded: LoadedModel, texts: dict[str, str], budget: in
     stop = newline_stop(tok)
     chat = uses_chat(tok, texts)
     credited, recalls, trials = [], [], []
-    for i, depth in enumerate(DEPTHS):
-        ids, start, end, _ = text_needle_prompt(tok, texts["haystack"], texts["needle"], texts["question"],
-                                                texts["template"], texts["answer"], budget, depth, chat)
-        generated, top = greedy_with_top_keys(loaded, ids, roles.RETRIEVAL_MAX_NEW_TOKENS, should_cancel, stop)
+    prompts = [text_needle_prompt(tok, texts["haystack"], texts["needle"], texts["question"], texts["template"],
+                                  texts["answer"], budget, depth, chat) for depth in DEPTHS]
+    decoded = greedy_batch_with_top_keys(loaded, [p[0] for p in prompts], roles.RETRIEVAL_MAX_NEW_TOKENS,
+                                         should_cancel, stop, progress=lambda f: progress(0.9 * f))
+    for i, (depth, (ids, start, end, _), (generated, top)) in enumerate(zip(DEPTHS, prompts, decoded)):
         response = tok.decode(generated, skip_special_tokens=True).strip()
         recall = roles.rouge1_recall(texts["answer"], response)
         counted = start >= 0 and recall > roles.RETRIEVAL_MIN_RECALL
@@ -367,7 +418,7 @@ def text_retrieval_scores(loaded: LoadedModel, texts: dict[str, str], budget: in
         recalls.append(recall)
         trials.append({"depth": depth, "context_tokens": len(ids), "answer_span": [start, end], "chat": chat,
                        "response": response, "recall": recall, "counted": bool(counted)})
-        progress((i + 1) / len(DEPTHS))
+        progress(0.9 + 0.1 * (i + 1) / len(DEPTHS))
     scores = np.mean(credited, axis=0) if credited else np.zeros((loaded.n_layers, loaded.n_heads))
     return scores.astype(np.float32), np.asarray(recalls, dtype=np.float32), trials
 

@@ -296,3 +296,21 @@ def test_figures_carry_roles_glyphs_and_scores() -> None:
     assert len(fa.compare_grids(dom, np.zeros((3, 2), int), scores, {}).data) == 2
     bars = fa.role_depth_bars(hr.compare_roles(dom, np.zeros((3, 2), int)))
     assert {t.name for t in bars.data} == {"A", "B"}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_batched_trials_equal_one_by_one(arch) -> None:
+    """Trials decoded together (prompts of equal length in one batch, the odd one alone; rows stop at their own
+    stop token) give each trial's tokens and top keys of its own run."""
+    captured = _loaded(build(arch, ATTN_IMPLEMENTATION))
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(3, VOCAB, size=n).tolist() for n in (15, 15, 12, 15)]
+    ref = [roles_stage.greedy_with_top_keys(captured, p, 6) for p in prompts]
+    stop_id = ref[1][0][2]  # row 1 stops at its third token at the latest; others may stop on it too
+    stop = lambda i: i == stop_id  # noqa: E731
+    ref = [roles_stage.greedy_with_top_keys(captured, p, 6, stop=stop) for p in prompts]
+    got = roles_stage.greedy_batch_with_top_keys(captured, prompts, 6, stop=stop)
+    assert len(ref[1][0]) <= 3 and len({len(r[0]) for r in ref} | {6}) >= 2  # some rows stop early
+    for (g_ids, g_top), (r_ids, r_top) in zip(got, ref):
+        assert g_ids == r_ids
+        np.testing.assert_array_equal(g_top, r_top)
