@@ -12,9 +12,10 @@ path) and ``fused`` (the same reducers fed by log-sum-exp statistics, ``CaptureS
 ``--default-only``: two rows, interleaved repeat by repeat so that the machine's load hits both alike: ``plain``
 (SDPA forward, no hidden states, of the very batches the worker makes: ``settings.batch_size`` prompts each, padded
 to the longest) and ``default`` (:func:`backend.engine.analyze.analyze` with the default options, the code path of
-``workers.tasks.run_analysis``: the thumbnail reducer (text runs store no full patterns), the sink metrics and massive activations, arrays emitted into a
-dict instead of Redis). Wall and process CPU seconds, minima and medians. Its metrics are checked against the
-NumPy reference (:mod:`backend.metrics`) on the emitted patterns and on the hidden states of a capture forward.
+``workers.tasks.run_analysis``: the thumbnail reducer (text runs store no full patterns), the sink metrics and
+massive activations, arrays emitted into a dict instead of Redis). Wall and process CPU seconds, minima and medians.
+Its metrics are checked against the NumPy reference (:mod:`backend.metrics`) on the float32 patterns and the hidden
+states of a capture forward of the same batches.
 
 The 7B-class configuration: 32 layers, hidden 4096, 32 query / 8 key-value heads, random weights, one
 sequence; the base model runs (the LM head is not needed for metrics). Times are minima over ``--repeats``
