@@ -342,6 +342,21 @@ def derived_status(cache: Cache, digest: str, what: str) -> dict[str, Any] | Non
     return rec
 
 
+def enqueue_derived(cache: Cache, settings: Settings, task: str, digest: str, record: dict[str, Any],
+                    args: tuple, description: str) -> None:
+    """Queue a job on a finished run (live pruning, lab, on-request pattern): its ``record`` goes under
+    ``keys.derived`` first, then an RQ job of id ``digest`` (a finished or failed RQ job of that id is replaced)."""
+    cache.put_record(digest, record, settings.job_timeout_s + 600)
+    try:
+        Job.fetch(digest, connection=cache.connection, serializer=JSONSerializer).delete()
+    except NoSuchJobError:
+        pass
+    queue_for(cache.connection, settings).enqueue_call(
+        task, args=args, job_id=digest, timeout=settings.job_timeout_s, result_ttl=600, failure_ttl=FAILURE_TTL_S,
+        description=description,
+    )
+
+
 def prune_status(cache: Cache, settings: Settings, digest: str) -> dict[str, Any] | None:
     """A pruning job's record, reconciled with RQ (a job that died is reported failed); None if unknown."""
     return derived_status(cache, digest, "pruning job")
@@ -368,13 +383,6 @@ def submit_prune(
     _check_rate(cache, settings, client)
     record = {"job": digest, "run_id": run_id, "heads": heads, "prompt": prompt, "status": "queued",
               "stage": "queued", "progress": 0.0, "created": time.time()}
-    put_prune(cache, digest, record, settings.job_timeout_s + 600)
-    try:
-        Job.fetch(digest, connection=cache.connection, serializer=JSONSerializer).delete()
-    except NoSuchJobError:
-        pass
-    queue_for(cache.connection, settings).enqueue_call(
-        PRUNE_TASK, args=(digest, run_id, heads, prompt), job_id=digest, timeout=settings.job_timeout_s,
-        result_ttl=600, failure_ttl=FAILURE_TTL_S, description=f"prune {run_id} {len(heads)} head(s)",
-    )
+    enqueue_derived(cache, settings, PRUNE_TASK, digest, record, (digest, run_id, heads, prompt),
+                    f"prune {run_id} {len(heads)} head(s)")
     return digest, record

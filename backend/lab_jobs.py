@@ -11,12 +11,8 @@ import time
 from typing import Any
 
 import numpy as np
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from rq.serializers import JSONSerializer
-
 from backend.cache import Cache
-from backend.jobs import FAILURE_TTL_S, _check_rate, derived_status, queue_for
+from backend.jobs import _check_rate, derived_status, enqueue_derived
 from backend.lab_spec import check_spec, lab_digest
 from backend.settings import Settings
 from backend.spec import SpecError
@@ -66,13 +62,5 @@ def submit_lab(cache: Cache, settings: Settings, run_id: str, raw: Any, client: 
     _check_rate(cache, settings, client)
     record = {"job": digest, "run_id": run_id, "spec": spec, "status": "queued", "stage": "queued",
               "progress": 0.0, "created": time.time()}
-    put_record(cache, digest, record, settings.job_timeout_s + 600)
-    try:
-        Job.fetch(digest, connection=cache.connection, serializer=JSONSerializer).delete()
-    except NoSuchJobError:
-        pass
-    queue_for(cache.connection, settings).enqueue_call(
-        LAB_TASK, args=(digest, run_id, spec), job_id=digest, timeout=settings.job_timeout_s,
-        result_ttl=600, failure_ttl=FAILURE_TTL_S, description=f"lab {spec['kind']} {run_id}",
-    )
+    enqueue_derived(cache, settings, LAB_TASK, digest, record, (digest, run_id, spec), f"lab {spec['kind']} {run_id}")
     return digest, record

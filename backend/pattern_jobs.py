@@ -20,13 +20,9 @@ import time
 from typing import Any
 
 import numpy as np
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from rq.serializers import JSONSerializer
-
 from backend import ENGINE_VERSION, names
 from backend.cache import Cache
-from backend.jobs import FAILURE_TTL_S, derived_status, queue_for
+from backend.jobs import derived_status, enqueue_derived
 from backend.settings import Settings
 from backend.spec import canonical_json
 
@@ -71,15 +67,8 @@ def submit_pattern(cache: Cache, settings: Settings, run_id: str, prompt: int, l
             return digest, rec
     record = {"job": digest, "run_id": run_id, "prompt": int(prompt), "layer": int(layer), "status": "queued",
               "stage": stage_text(prompt, layer) + " (queued)", "progress": 0.0, "created": time.time()}
-    cache.put_record(digest, record, settings.job_timeout_s + 600)
-    try:
-        Job.fetch(digest, connection=cache.connection, serializer=JSONSerializer).delete()
-    except NoSuchJobError:
-        pass
-    queue_for(cache.connection, settings).enqueue_call(
-        PATTERN_TASK, args=(digest, run_id, int(prompt), int(layer)), job_id=digest, timeout=settings.job_timeout_s,
-        result_ttl=600, failure_ttl=FAILURE_TTL_S, description=f"pattern {run_id} prompt {prompt} layer {layer}",
-    )
+    enqueue_derived(cache, settings, PATTERN_TASK, digest, record, (digest, run_id, int(prompt), int(layer)),
+                    f"pattern {run_id} prompt {prompt} layer {layer}")
     return digest, record
 
 
