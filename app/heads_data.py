@@ -66,10 +66,8 @@ def grid(run_id: str, prompt: Any, token: int | None = None, words: bool = False
         token = state.check_index("token", token, len(shown))
     if thumbs and token is None and not words:
         return _GRIDS.get((run_id, p, token, words), lambda: _from_thumbs(run_id, p, groups, shown))
-    if not full:
-        _require_patterns(run_id, p, info["n_layers"])
     return _GRIDS.get((run_id, p, token, words),
-                      lambda: _build(run_id, p, info["n_layers"], groups, shown, token, words))
+                      lambda: _build(run_id, p, info["n_layers"], groups, shown, token, words, full))
 
 
 def _require_patterns(run_id: str, p: int, n_layers: int) -> None:
@@ -100,7 +98,11 @@ def _from_thumbs(run_id: str, p: int, groups: list[list[int]], shown: list[str])
 
 
 def _build(run_id: str, p: int, n_layers: int, groups: list[list[int]], shown: list[str], token: int | None,
-           words: bool) -> HeadsGrid:
+           words: bool, stored: bool) -> HeadsGrid:
+    """The grid from every layer's full patterns: as ``stored`` by an old run, else computed on request (all
+    layers asked for at once; PatternPending until every one is there, and nothing is memoised meanwhile)."""
+    if not stored:
+        _require_patterns(run_id, p, n_layers)
     bins = figures_heads.position_bins(len(groups))
     thumbs, tops, weights = [], [], []
     for layer in range(n_layers):

@@ -127,6 +127,12 @@ def layer_patterns(run_id: str, prompt: Any, layer: Any, wait_s: float = 0.0) ->
     info = m["info"]
     p = check_index("prompt", prompt, len(info["tokens"]))
     l = check_index("layer", layer, info["n_layers"])
+    return _layer_patterns(run_id, m, p, l, wait_s)
+
+
+def _layer_patterns(run_id: str, m: dict[str, Any], p: int, l: int, wait_s: float) -> tuple[list[str], np.ndarray]:
+    """:func:`layer_patterns` of a done run's manifest ``m`` and indices already checked."""
+    info = m["info"]
     name = names.attn_pattern(p, l)
     if name in (m.get("sizes") or {}):
         return info["tokens"][p], load_array(run_id, name)
@@ -139,11 +145,12 @@ def layer_patterns(run_id: str, prompt: Any, layer: Any, wait_s: float = 0.0) ->
 def pattern(run_id: str, prompt: Any, layer: Any, head: Any, wait_s: float = 0.0) -> tuple[list[str], np.ndarray]:
     """Tokens and the ``[query, key]`` pattern of one head for one prompt (validated indices), float32;
     see :func:`layer_patterns`."""
-    info = done_manifest(run_id)["info"]
+    m = done_manifest(run_id)
+    info = m["info"]
     p = check_index("prompt", prompt, len(info["tokens"]))
     l = check_index("layer", layer, info["n_layers"])
     h = check_index("head", head, info["n_heads"])
-    tokens, arr = layer_patterns(run_id, p, l, wait_s)
+    tokens, arr = _layer_patterns(run_id, m, p, l, wait_s)
     return tokens, patterns.as_view(arr[h])
 
 
