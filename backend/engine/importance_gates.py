@@ -172,11 +172,6 @@ def ones_gates(model: nn.Module) -> torch.Tensor:
 def importance_scores(imp: dict, counts: dict, reduction: str) -> np.ndarray:
     """The importance ``[L, H]`` of ``reduction`` from the sums of a gradient pass (:func:`_pass`,
     :meth:`GateEvaluator.run`)."""
-    return _scores(imp, counts, reduction)
-
-
-def _scores(imp: dict, counts: dict, reduction: str) -> np.ndarray:
-    """The importance ``[L, H]`` of ``reduction`` from :func:`_pass`'s sums."""
     return imp[reduction].numpy() / max(counts[reduction], 1)
 
 
@@ -403,7 +398,7 @@ def head_importance_all(
     if targets is None and not _can_fuse(task, batches, base):
         targets = prepare_targets(task, model, batches)
     imp, counts, _ = _pass(model, batches, task, targets, base, True, should_cancel, progress)
-    return {r: _scores(imp, counts, r) for r in REDUCTIONS}
+    return {r: importance_scores(imp, counts, r) for r in REDUCTIONS}
 
 
 def evaluate_with_gates(model: nn.Module, batches: list[dict], task: str, gates, *, targets=None) -> dict:
@@ -491,7 +486,7 @@ def pruning_curve(
         if c == total:
             break
         if need:
-            scores = _scores(imp, n, reduction)
+            scores = importance_scores(imp, n, reduction)
             scores = _normalise(scores, alive) if normalise_layers else scores
         for flat in _order(scores, alive, order == "reverse")[: counts[k + 1] - c]:
             layer, head = divmod(int(flat), n_heads)
@@ -571,7 +566,7 @@ def pruning_curves(
             if c == total:
                 continue
             if need:
-                scores = _scores(imp, n, reduction)
+                scores = importance_scores(imp, n, reduction)
                 st["scores"] = _normalise(scores, st["alive"]) if normalise_layers else scores
             for flat in _order(st["scores"], st["alive"], o == "reverse")[: counts[k + 1] - c]:
                 layer, hd = divmod(int(flat), n_heads)
