@@ -223,31 +223,7 @@ def greedy_with_top_keys(loaded: LoadedModel, prompt: Sequence[int], steps: int,
     """Greedy generation with the KV cache; returns the generated ids and ``top [steps, layers, heads]``,
     each head's top-attended position for the query whose logits gave each generated token. With ``stop``,
     generation ends after the first token for which ``stop(id)`` is true (that token is kept and scored)."""
-    prompt = list(prompt)
-    keep = model_inputs.last_logits_only(loaded.model)
-    generated: list[int] = []
-    tops: list[np.ndarray] = []
-    past = None
-    if len(prompt) > 1:
-        # As the released detector: prefill all but the last prompt token (no capture: only the last row is
-        # scored; no logits: none is read), then feed that token, whose query is the first scored step.
-        with torch.no_grad():
-            past = loaded.model(input_ids=torch.as_tensor(prompt[:-1], dtype=torch.long, device=loaded.device)[None],
-                                use_cache=True, **keep).past_key_values
-    ids = torch.as_tensor(prompt[-1:], dtype=torch.long)[None]
-    for _ in range(steps):
-        if should_cancel():
-            raise Cancelled("cancelled by the user")
-        top = TopKey()
-        out = _forward(loaded, ids, [top], past_key_values=past, use_cache=True, **keep)
-        past = out.past_key_values
-        nxt = int(out.logits[0, -1].float().argmax())
-        generated.append(nxt)
-        tops.append(np.stack([top.top[l][0] for l in range(loaded.n_layers)]))  # [layers, heads]
-        if stop is not None and stop(nxt):
-            break
-        ids = torch.tensor([[nxt]], dtype=torch.long)
-    return generated, np.stack(tops)
+    return greedy_batch_with_top_keys(loaded, [prompt], steps, should_cancel, stop)[0]
 
 
 def greedy_batch_with_top_keys(loaded: LoadedModel, prompts: Sequence[Sequence[int]], steps: int,
@@ -257,22 +233,23 @@ def greedy_batch_with_top_keys(loaded: LoadedModel, prompts: Sequence[Sequence[i
                                ) -> list[tuple[list[int], np.ndarray]]:
     """:func:`greedy_with_top_keys` of several prompts, those of equal length in one batch: decoding is bound by
     reading the weights once per step, so the trials of a retrieval test share that read. No padding is needed (a
-    row's numbers are those of its own run up to float rounding); a prompt whose length no other shares runs alone.
-    A row that has stopped rides along until its batch ends; its extra tokens are dropped. ``progress(fraction)``
-    after each step (of at most ``steps`` per group)."""
+    row's numbers are those of its own run up to float rounding). A row that has stopped rides along until its
+    batch ends; its extra tokens are dropped. ``progress(fraction)`` after each step (of at most ``steps`` per
+    group)."""
     out: list[tuple[list[int], np.ndarray] | None] = [None] * len(prompts)
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(len(p), []).append(i)
     keep = model_inputs.last_logits_only(loaded.model)
     for g, (length, rows) in enumerate(groups.items()):
-        if len(rows) == 1 or length < 2:
-            for i in rows:
-                out[i] = greedy_with_top_keys(loaded, prompts[i], steps, should_cancel, stop)
-            continue
         batch = torch.as_tensor([list(prompts[i]) for i in rows], dtype=torch.long)
-        with torch.no_grad():  # as greedy_with_top_keys: all but the last prompt token, no capture, no logits
-            past = loaded.model(input_ids=batch[:, :-1].to(loaded.device), use_cache=True, **keep).past_key_values
+        past = None
+        if length > 1:
+            # As the released detector: prefill all but the last prompt token (no capture: only the last row is
+            # scored; no logits: none is read), then feed that token, whose query is the first scored step.
+            with torch.no_grad():
+                past = loaded.model(input_ids=batch[:, :-1].to(loaded.device), use_cache=True,
+                                    **keep).past_key_values
         ids = batch[:, -1:]
         generated: list[list[int]] = [[] for _ in rows]
         tops: list[list[np.ndarray]] = [[] for _ in rows]
