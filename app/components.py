@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import plotly.graph_objects as go
-from dash import dcc, html
+from dash import dcc, html, no_update
 
 
 def progress_bar(fraction: float, stage: str, status: str, bar_id: str = "progress") -> html.Div:
@@ -58,3 +58,15 @@ def query_int(value: Any, default: int = 0) -> int:
         return max(0, int(value))
     except (TypeError, ValueError):
         return default
+
+
+def in_layout(value: Any, default: Any = None) -> Any:
+    """A view function's output placed in a page's layout (a cached run's page draws before any callback):
+    ``default`` where the view leaves the component as it is (``no_update``)."""
+    return default if value is no_update else value
+
+
+def figure_kwargs(fig: Any) -> dict:
+    """A dcc.Graph's ``figure`` keyword for a page's layout: none where the view drew nothing (``no_update`` or
+    None)."""
+    return {} if fig is no_update or fig is None else {"figure": fig}

@@ -12,7 +12,7 @@ import dash
 from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
 
 from app import atlas_data, compare_data, state
-from app.components import alert
+from app.components import alert, figure_kwargs
 from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_atlas
@@ -97,7 +97,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             ]),
             html.Div(id="atlas-summary", className="muted", children=summary),
             html.Div(id="atlas-retrieval", className="muted", children=retrieval_text(data) if data else ""),
-            dcc.Graph(id="atlas-grid", config={"displaylogo": False}, **({} if fig is no_update else {"figure": fig})),
+            dcc.Graph(id="atlas-grid", config={"displaylogo": False}, **figure_kwargs(fig)),
             html.Div(id="atlas-head-link"),
             _table(rows),
         ]),

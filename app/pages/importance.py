@@ -21,7 +21,7 @@ import numpy as np
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import importance_data, state
-from app.components import alert, help_text, progress_bar, query_int
+from app.components import alert, figure_kwargs, help_text, in_layout, progress_bar, query_int
 from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_importance as fi
@@ -45,11 +45,6 @@ SOURCE = ("Head importance (Michel, Levy, Neubig, NeurIPS 2019, 'Are Sixteen Hea
           "and most-important-first are shown for comparison. Definitions and sources: docs/REFERENCES.md.")
 RULES = {r.name: r.label for r in vocab.IMPORTANCE_RULES}
 DEFAULT_RULE = vocab.IMPORTANCE_RULES[0].name
-
-
-def _figure(fig: Any) -> dict:
-    """A dcc.Graph's ``figure`` keyword when the view drew one."""
-    return {} if fig is no_update else {"figure": fig}
 
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
@@ -106,7 +101,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                                    options=[{"label": f" {v}", "value": k} for k, v in RULES.items()]),
                 ]),
             ]),
-            dcc.Graph(id="imp-grid", config={"displaylogo": False}, **_figure(grid_fig)),
+            dcc.Graph(id="imp-grid", config={"displaylogo": False}, **figure_kwargs(grid_fig)),
             html.P("Hover a cell for its score; click a cell to open that head on the run page. Red outlines: "
                    "heads switched off below.", className="muted"),
         ]),
@@ -118,8 +113,8 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                                  options=metrics),
                 ]),
             ]),
-            html.P(id="imp-curves-text", className="muted", children=None if curves_text is no_update else curves_text),
-            dcc.Graph(id="imp-curves", config={"displaylogo": False}, **_figure(curves_fig)),
+            html.P(id="imp-curves-text", className="muted", children=in_layout(curves_text)),
+            dcc.Graph(id="imp-curves", config={"displaylogo": False}, **figure_kwargs(curves_fig)),
         ]),
         html.Div(id="imp-live-card", className="card", style=live_style, children=[
             html.H3(["Live pruning ", help_text(

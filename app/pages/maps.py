@@ -16,7 +16,7 @@ import numpy as np
 from dash import ClientsideFunction, Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
 from app import maps_data, state, vit_data
-from app.components import alert, empty_figure, field, help_text, query_int
+from app.components import alert, empty_figure, field, help_text, in_layout, query_int
 from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import embedding_points, figures, figures_maps, figures_vit, token_text, vit
@@ -170,7 +170,7 @@ def _first_views(run: dict, v: dict, method: str, layer: int, head: int, run_id:
     if v["view"] == "matrix":
         fig, error = matrix_view(run, method, norm, layer, head, run_id)
         return FirstViews(matrix=fig, error=error, token=token)
-    raw, hover, key, summary, error = (None if x is no_update else x for x in head_view(
+    raw, hover, key, summary, error = (in_layout(x) for x in head_view(
         run, layer, head, method, norm, v["colour"], v["token"], v["sel"], run_id, None))
     return FirstViews(error=error, head=(raw, hover, key, summary), token=token)
 

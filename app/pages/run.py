@@ -14,7 +14,7 @@ import numpy as np
 from dash import ALL, Input, Output, State, callback, clientside_callback, ctx, dcc, html, no_update
 
 from app import not_found, run_data, state
-from app.components import alert, help_text, progress_bar, query_int
+from app.components import alert, figure_kwargs, help_text, in_layout, progress_bar, query_int
 from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from backend import figures, jobs, token_text
 
@@ -38,8 +38,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     card, prompts, layers, heads, prompt, layer, head, links = setup_controls(info, view, run_id)
     drawn = (render(prompt, layer, head, view, ["1"] if words else [], 0, run_id, info) if ready
              else (no_update,) * 5 + (True,))
-    chips, row_fig, lines_fig, heat_fig, view_error, pattern_poll_off = (None if v is no_update else v for v in drawn)
-    figure = lambda fig: {} if fig is None else {"figure": fig}  # noqa: E731
+    chips, row_fig, lines_fig, heat_fig, view_error, pattern_poll_off = (in_layout(v) for v in drawn)
     shown = _view_query(prompt, layer, head, view, ["1"] if words else [], info) if ready else None
     heads_href = heads_link("?" + urlencode(shown), run_id) if shown else f"/runs/{run_id}/heads"
     return html.Div([
@@ -83,11 +82,11 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             html.Div(id="run-tokens", className="tokens", children=chips),
             html.Div(id="run-view-error", children=view_error),
             html.Div(className="grid2", children=[
-                dcc.Graph(id="run-row", config={"displaylogo": False}, **figure(row_fig)),
-                dcc.Graph(id="run-lines", config={"displaylogo": False}, **figure(lines_fig)),
+                dcc.Graph(id="run-row", config={"displaylogo": False}, **figure_kwargs(row_fig)),
+                dcc.Graph(id="run-lines", config={"displaylogo": False}, **figure_kwargs(lines_fig)),
             ]),
             html.Div(className="scroll-figure", children=dcc.Graph(id="run-heatmap", config={"displaylogo": False},
-                                                                   **figure(heat_fig))),
+                                                                   **figure_kwargs(heat_fig))),
         ]),
     ])
 

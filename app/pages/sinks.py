@@ -22,7 +22,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import sinks_data, state
-from app.components import alert, help_text, query_int
+from app.components import alert, help_text, in_layout, query_int
 from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
 from backend import metrics as sink_defs
 from backend import vocab
@@ -63,11 +63,6 @@ STREAMING_SOURCE = (
 EMPTY = {"data": [], "layout": {}}
 
 
-def _given(value: Any, default: Any) -> Any:
-    """A view's value for the layout (``default`` where the view leaves the component as it is)."""
-    return default if value is no_update else value
-
-
 def _layer_value(value: Any) -> int | str:
     return "all" if value == "all" else query_int(value)
 
@@ -106,7 +101,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
         html.Div(id="sinks-grid-card", className="card", style=grid_style, children=[
             html.Div(className="row", children=[
                 html.Div(className="field", children=[
-                    html.Label(["Metric ", html.Span(id="sinks-metric-help", children=_given(metric_help, None))]),
+                    html.Label(["Metric ", html.Span(id="sinks-metric-help", children=in_layout(metric_help, None))]),
                     dcc.Dropdown(id="sinks-metric", clearable=False, value=metric, style={"minWidth": "300px"},
                                  options=[{"label": fs.METRICS[m]["label"], "value": m} for m in GRID_METRICS]),
                 ]),
@@ -128,8 +123,8 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                                    options=[{"label": RULE_LABELS[r], "value": r} for r in sink_defs.SINK_RULES]),
                 ]),
             ]),
-            html.P(id="sinks-rate", className="sink-rate", children=_given(rate, None)),
-            dcc.Graph(id="sinks-grid", config={"displaylogo": False}, figure=_given(grid_fig, EMPTY)),
+            html.P(id="sinks-rate", className="sink-rate", children=in_layout(rate, None)),
+            dcc.Graph(id="sinks-grid", config={"displaylogo": False}, figure=in_layout(grid_fig, EMPTY)),
             html.P("Hover a cell for its value; click a cell to open that head on the run page. "
                    "Red outlines: heads whose prompt-mean alpha(first) > eps.", className="muted"),
         ]),
@@ -140,15 +135,15 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                 html.Div(className="field", children=[html.Label("Layer"), dcc.Dropdown(
                     id="sinks-layer", clearable=False, options=layers, value=layer)]),
             ]),
-            html.Div(id="sinks-prompt-error", children=_given(prompt_error, None)),
-            dcc.Graph(id="sinks-received", config={"displaylogo": False}, figure=_given(rec_fig, EMPTY)),
+            html.Div(id="sinks-prompt-error", children=in_layout(prompt_error, None)),
+            dcc.Graph(id="sinks-received", config={"displaylogo": False}, figure=in_layout(rec_fig, EMPTY)),
             html.P(["Massive activations ", help_text(MASSIVE_SOURCE)], className="muted"),
-            dcc.Graph(id="sinks-massive", config={"displaylogo": False}, figure=_given(mas_fig, EMPTY)),
+            dcc.Graph(id="sinks-massive", config={"displaylogo": False}, figure=in_layout(mas_fig, EMPTY)),
         ]),
         html.Div(id="sinks-streaming-card", className="card", style=stream_style, children=[
             html.H3(["StreamingLLM experiment ", help_text(STREAMING_SOURCE)]),
-            html.Div(id="sinks-streaming-text", className="muted", children=_given(stream_text, None)),
-            dcc.Graph(id="sinks-streaming", config={"displaylogo": False}, figure=_given(stream_fig, EMPTY)),
+            html.Div(id="sinks-streaming-text", className="muted", children=in_layout(stream_text, None)),
+            dcc.Graph(id="sinks-streaming", config={"displaylogo": False}, figure=in_layout(stream_fig, EMPTY)),
         ]),
     ])
 
