@@ -9,6 +9,13 @@
 # instead by pointing TORCH_INDEX_URL at a CUDA wheel index, e.g.
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t attention-atlas .
 # (PyPI's own Linux x86_64 torch wheel is a CUDA build too: --build-arg TORCH_INDEX_URL=https://pypi.org/simple).
+# plotly.js with only the trace types the app draws (scripts/build_plotly.sh); the app falls back to the full one
+FROM node:22-slim AS plotly
+WORKDIR /build
+COPY scripts/build_plotly.sh ./scripts/
+COPY scripts/plotly_bundle/package.json scripts/plotly_bundle/package-lock.json scripts/plotly_bundle/entry.js scripts/plotly_bundle/build.js ./scripts/plotly_bundle/
+RUN bash scripts/build_plotly.sh
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -29,6 +36,7 @@ COPY backend ./backend
 COPY workers ./workers
 COPY docs ./docs
 COPY asset[s] ./assets/
+COPY --from=plotly /build/assets/vendor ./assets/vendor/
 # Editable, so that settings.REPO_ROOT is /app and /app/assets/models is a model root.
 RUN pip install -e .
 

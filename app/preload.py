@@ -10,40 +10,71 @@ returning browser asked the server again on every page (a 304, one more round tr
 These names carry no version: after an upgrade of Dash or plotly a browser may use its cached copy until
 :data:`MAX_AGE_S` has passed, then revalidates (``stale-while-revalidate`` lets it use the old copy once more
 while it does). Keep the lifetime short for that reason.
+
+When ``assets/vendor/plotly-atlas.min.js`` is there (plotly.js with only the trace types the app draws, built by
+``scripts/build_plotly.sh``), Dash includes it in every page as an asset script; it sets ``window.Plotly``, which
+dcc's graphs use instead of fetching the full plotly.js, so the full one is not preloaded. Asset URLs carry their
+file's modification time (``?m=``), so they get a year's lifetime like Dash's fingerprinted bundles.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from dash import Dash
 from flask import Response, request
 
 SUITES = "_dash-component-suites/"
+FULL_PLOTLY = "plotly/package_data/plotly.min.js"
+"""The full plotly.js, as Dash's renderer asks for it (``window._dashPlotlyJSURL``)."""
 PRELOADED = (
-    "plotly/package_data/plotly.min.js",
+    FULL_PLOTLY,
     "dash/dcc/async-graph.js",
     "dash/dcc/async-dropdown.js",
 )
-"""Script paths under ``_dash-component-suites/`` that Dash requests by these fixed names, as its renderer asks
-for them (``window._dashPlotlyJSURL`` and dcc's chunk names)."""
+"""Script paths under ``_dash-component-suites/`` that Dash requests by these fixed names (the full plotly.js and
+dcc's chunk names)."""
+SMALL_PLOTLY = Path("vendor") / "plotly-atlas.min.js"
+"""The small plotly.js bundle, relative to the assets folder (``scripts/build_plotly.sh``)."""
 MAX_AGE_S = 3600
 STALE_S = 7 * 24 * 3600
+ASSET_MAX_AGE_S = 365 * 24 * 3600
 
 
-def preload_links(prefix: str) -> str:
-    """The ``<link rel=preload>`` tags for :data:`PRELOADED` under the app's ``requests_pathname_prefix``."""
-    return "".join(f'<link rel="preload" as="script" href="{prefix}{SUITES}{path}">' for path in PRELOADED)
+def preloaded(assets_folder: str | Path) -> tuple[str, ...]:
+    """:data:`PRELOADED`, without the full plotly.js when the small bundle is in ``assets_folder``."""
+    small = (Path(assets_folder) / SMALL_PLOTLY).is_file()
+    return tuple(p for p in PRELOADED if not (small and p == FULL_PLOTLY))
+
+
+def preload_links(prefix: str, paths: tuple[str, ...] = PRELOADED) -> str:
+    """The ``<link rel=preload>`` tags for ``paths`` under the app's ``requests_pathname_prefix``."""
+    return "".join(f'<link rel="preload" as="script" href="{prefix}{SUITES}{path}">' for path in paths)
 
 
 def cache_unversioned(resp: Response) -> Response:
-    """Give a component-suite response without a lifetime (the unfingerprinted chunks) :data:`MAX_AGE_S`."""
-    if (SUITES in request.path and resp.status_code in (200, 304) and not resp.cache_control.max_age
-            and request.path.endswith(".js")):
+    """Give a component-suite response without a lifetime (the unfingerprinted chunks) :data:`MAX_AGE_S`, and an
+    asset asked for with its modification time (``/assets/...?m=``, as Dash writes asset URLs) a year."""
+    if resp.status_code not in (200, 304) or resp.cache_control.max_age:
+        return resp
+    if SUITES in request.path and request.path.endswith(".js"):
         resp.headers["Cache-Control"] = f"public, max-age={MAX_AGE_S}, stale-while-revalidate={STALE_S}"
+    elif request.path.startswith(_assets_path()) and request.args.get("m"):
+        resp.headers["Cache-Control"] = f"public, max-age={ASSET_MAX_AGE_S}, immutable"
     return resp
+
+
+def _assets_path() -> str:
+    from flask import current_app  # noqa: PLC0415
+
+    return current_app.config.get("ATLAS_ASSETS_PATH", "/assets/")
 
 
 def install(app: Dash) -> None:
     """Preload tags in the page template's head and cache lifetimes on the app's server."""
-    links = preload_links(app.config.requests_pathname_prefix or "/")
+    prefix = app.config.requests_pathname_prefix or "/"
+    links = preload_links(prefix, preloaded(app.config.assets_folder))
     app.index_string = app.index_string.replace("{%metas%}", "{%metas%}\n        " + links, 1)
+    routes = app.config.routes_pathname_prefix or "/"
+    app.server.config["ATLAS_ASSETS_PATH"] = f"{routes}{app.config.assets_url_path.strip('/')}/"
     app.server.after_request(cache_unversioned)

