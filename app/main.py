@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dash
 from dash import Dash, dcc, html
 
-from app import access, api, not_found, preload
+from app import access, api, first_page, not_found, preload
 from backend.settings import get_settings
 
 HERE = Path(__file__).resolve().parent
@@ -34,7 +33,7 @@ def root_layout() -> html.Div:
                                                      "the labelled variants (docs/REFERENCES.md)"),
             ]),
         ]),
-        html.Main(dash.page_container, className="content"),
+        html.Main(first_page.container(), className="content"),  # the first page rendered in (app/first_page.py)
     ])
 
 
@@ -45,6 +44,7 @@ def create_app() -> Dash:
         compress=True,  # flask-compress: responses (figures, bundles) in zstd/brotli/gzip, as the browser accepts
     )
     app.layout = root_layout
+    app.server.after_request(first_page.set_referrer_policy)
     preload.install(app)  # plotly.js and the dcc chunks asked for at once and cached (app/preload.py)
     access.install(app.server, get_settings().access_token)  # first: it guards everything registered below
     api.register(app.server)

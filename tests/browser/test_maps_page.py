@@ -151,8 +151,8 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
     _wait_title(other, "#maps-head-fig", "layer 2 head 4 · UMAP (raw)")
     other.wait_for_selector("#maps-token-text", timeout=30_000)
     other.wait_for_timeout(500)
-    # the map, the hover table and the selected token's attention come with the page's layout: one request
-    assert [r["output"] for r in loading] == [".._pages_content.children..._pages_store.data.."]
+    # the map, the hover table and the selected token's attention come with the app's layout: no request
+    assert loading == []
     assert other.input_value("#maps-search") == "cat"
     other.wait_for_function(f"document.querySelector('#maps-search-summary')?.textContent.includes('{n_cat} points')")
     assert other.evaluate(f"{PLOT.format(sel='#maps-head-fig')}._fullData[0].marker.colorscale") is not None
@@ -210,9 +210,9 @@ def test_bad_view_parameters_fall_back(live_app, text_run, browser) -> None:
     assert code == 400 and "no tsne map" in err["error"]
 
 
-def test_maps_draw_with_the_small_plotly_bundle(live_app, text_run, browser) -> None:
-    """The page's graphs use assets/vendor/plotly-atlas.min.js (built by scripts/setup.sh), never the full plotly.js,
-    and it draws the map (WebGL scatter) and the matrix."""
+def test_maps_page_loads_lean(live_app, text_run, browser) -> None:
+    """A load draws with assets/vendor/plotly-atlas.min.js (built by scripts/setup.sh), never the full plotly.js,
+    and from the layout alone (app/first_page.py: no routing callback); links inside the app still route."""
     from plotly.offline import get_plotlyjs_version
 
     from app import preload
@@ -221,13 +221,26 @@ def test_maps_draw_with_the_small_plotly_bundle(live_app, text_run, browser) -> 
     assert (ASSETS / preload.SMALL_PLOTLY).is_file(), "scripts/build_plotly.sh has not built the bundle"
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
     scripts: list[str] = []
+    routed: list[str] = []
     page.on("request", lambda r: scripts.append(r.url) if r.resource_type == "script" else None)
+    page.on("request", lambda r: routed.append(r.url) if "_dash-update-component" in r.url
+            and "_pages_content" in (r.post_data or "") else None)
     page.goto(f"{live_app}/runs/{text_run}/maps?view=head&layer=1&head=2&method=umap")
     _wait_title(page, "#maps-head-fig", "layer 1 head 2 · UMAP")
     assert page.evaluate("window.Plotly.version") == get_plotlyjs_version()
     assert page.evaluate(f"{PLOT.format(sel='#maps-head-fig')}._fullData.map(t => t.type)")[:2] == ["scattergl"] * 2
     assert any("plotly-atlas.min.js" in u for u in scripts)
     assert not any(preload.FULL_PLOTLY in u for u in scripts), scripts
+    assert page.title() == "Query-key maps · Attention Atlas"
+    page.wait_for_timeout(500)
+    assert routed == []  # the page came in the layout
+
+    page.click("header >> text=Recent runs")  # in-app navigation: the routing callback renders the next page
+    page.wait_for_url(f"{live_app}/runs")
+    page.wait_for_function("document.title === 'Recent runs · Attention Atlas'")
+    assert len(routed) == 1
+    page.go_back()
+    _wait_title(page, "#maps-head-fig", "layer 1 head 2 · UMAP")
     page.goto(f"{live_app}/runs/{text_run}/maps")
     _wait_title(page, "#maps-matrix", "UMAP maps of all heads")
     page.close()
