@@ -118,7 +118,11 @@ def test_gpu_worker_reserves_a_gpu(compose):
 
 def test_dockerfile_installs_torch_before_the_package():
     lines = [ln.strip() for ln in DOCKERFILE.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    assert lines[0].startswith("FROM python:3.11-slim")
+    stages = [ln for ln in lines if ln.startswith("FROM ")]
+    assert stages[-1].startswith("FROM python:3.11-slim")  # the image; earlier stages only build files for it
+    assert stages[:-1] == ["FROM node:22-slim AS plotly"]  # plotly.js with the app's traces (scripts/build_plotly.sh)
+    assert "COPY --from=plotly /build/assets/vendor ./assets/vendor/" in lines
+    lines = lines[lines.index(stages[-1]):]
     pip_lines = [i for i, ln in enumerate(lines) if re.match(r"RUN\b.*\bpip install\b", ln)]
     torch = [i for i in pip_lines if re.search(r"[\"']?torch==2\.13\.0\b", lines[i])]
     package = [i for i in pip_lines if re.search(r"pip install\b.*(?:\s-e)?\s+\.(?:\[[\w,]+\])?\s*$", lines[i])]
