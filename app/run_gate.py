@@ -185,6 +185,20 @@ def _check(run_id: str, load: Callable[[str], Any], analysis: str | None, side: 
     return Gate(data, True, "", m)
 
 
+def pair_at_layout(a: str | None, b: str | None, load: Callable[[str], Any],
+                   analysis: str | None) -> tuple[Any, bool, Any]:
+    """:func:`pair_poll` when a two-run page's layout is built: (the pair's data or None, stop polling, status). A
+    cached pair's page holds its figures in the layout; its poll and render callbacks wait for a change."""
+    data, stop, status = pair_poll(a, b, load, analysis, picked=False)
+    return (None if data is no_update else data), stop, status
+
+
+def pair_poll_interval(prefix: str, stop: bool) -> dcc.Interval:
+    """The poll timer of a two-run page, ``{prefix}-poll``; disabled from the start when there is nothing to wait
+    for (it stays in the layout: picking another run restarts it)."""
+    return dcc.Interval(id=f"{prefix}-poll", interval=POLL_MS, n_intervals=0, disabled=stop)
+
+
 def sync_url(url_id: str, inputs: Sequence[tuple[str, str]], ready: tuple[str, str],
              to_query: Callable[..., dict[str, Any] | None], safe: str = "", prevent_initial_call: bool = True) -> None:
     """Register the callback that writes ``?`` + the view's query into ``url_id``'s search whenever one of

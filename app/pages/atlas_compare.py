@@ -14,8 +14,8 @@ import dash
 from dash import Input, Output, callback, ctx, dash_table, dcc, html, no_update
 
 from app import compare_data, state
-from app.components import alert, empty_state, field
-from app.run_gate import pair_poll, poll_interval, sync_url
+from app.components import alert, empty_state, field, figure_kwargs, in_layout
+from app.run_gate import pair_at_layout, pair_poll, pair_poll_interval, sync_url
 from backend import figures_atlas
 
 dash.register_page(__name__, path="/atlas/compare", title="Compare head atlases · Attention Atlas",
@@ -25,9 +25,9 @@ HIDDEN, SHOWN = {"display": "none"}, {"display": "block"}
 ANALYSIS = "roles"
 
 
-def _table(table_id: str, columns: list[tuple[str, str]]) -> dash_table.DataTable:
+def _table(table_id: str, columns: list[tuple[str, str]], data: list | None = None) -> dash_table.DataTable:
     return dash_table.DataTable(
-        id=table_id, columns=[{"name": n, "id": i} for i, n in columns], data=[], sort_action="native",
+        id=table_id, columns=[{"name": n, "id": i} for i, n in columns], data=data or [], sort_action="native",
         filter_action="native", page_size=20, style_table={"overflowX": "auto"},
         style_cell={"fontFamily": "Inter, system-ui, sans-serif", "fontSize": 13, "padding": "4px 8px"},
         style_header={"fontWeight": 600},
@@ -48,10 +48,13 @@ def layout(a: str | None = None, b: str | None = None, **_query: str) -> html.Di
             "models, or two checkpoints of one model) with the “Head roles” analysis, or add head roles to a "
             "finished run from its atlas page, then come back here.", [("New analysis", "/"), ("Recent runs", "/runs")],
             state_id="cmp-empty")])
+    data, stop, status = pair_at_layout(a, b, compare_data.atlas_side, ANALYSIS)
+    # a cached pair's figures and tables are in the layout: the page needs no callback round before them
+    body_style, grids_fig, depth_fig, roles, heads, mode, heads_style = render(data)
     return html.Div([
         dcc.Location(id="cmp-url", refresh=False),
-        dcc.Store(id="cmp-data"),
-        poll_interval("cmp"),
+        dcc.Store(id="cmp-data", data=data),
+        pair_poll_interval("cmp", stop),
         html.Div(className="card", children=[
             html.H2("Compare head atlases"),
             html.P("Pick two runs with head roles (two models, or two checkpoints of one model, on any prompts).",
@@ -60,24 +63,25 @@ def layout(a: str | None = None, b: str | None = None, **_query: str) -> html.Di
                 field("Run A", dcc.Dropdown(id="cmp-a", options=opts, value=a, placeholder="pick run A"), "420px"),
                 field("Run B", dcc.Dropdown(id="cmp-b", options=opts, value=b, placeholder="pick run B"), "420px"),
             ]),
-            html.Div(id="cmp-status"),
+            html.Div(id="cmp-status", children=status),
         ]),
-        html.Div(id="cmp-body", style={"display": "none"}, children=[
+        html.Div(id="cmp-body", style=body_style, children=[
             html.Div(className="card", children=[
-                html.Div(id="cmp-mode", className="muted"),
-                dcc.Graph(id="cmp-grids", config={"displaylogo": False}),
+                html.Div(id="cmp-mode", className="muted", children=in_layout(mode)),
+                dcc.Graph(id="cmp-grids", config={"displaylogo": False}, **figure_kwargs(grids_fig)),
             ]),
             html.Div(className="card", children=[
                 html.H3("Roles: appear, move, vanish"),
                 _table("cmp-roles", [("role", "role"), ("status", "from A to B"), ("count_a", "heads in A"),
                                      ("count_b", "heads in B"), ("kept", "same heads"), ("gained", "new heads"),
-                                     ("lost", "heads lost"), ("depth_a", "mean depth A"), ("depth_b", "mean depth B")]),
-                dcc.Graph(id="cmp-depth", config={"displaylogo": False}),
+                                     ("lost", "heads lost"), ("depth_a", "mean depth A"), ("depth_b", "mean depth B")],
+                       in_layout(roles, [])),
+                dcc.Graph(id="cmp-depth", config={"displaylogo": False}, **figure_kwargs(depth_fig)),
             ]),
-            html.Div(id="cmp-heads-card", className="card", children=[
+            html.Div(id="cmp-heads-card", className="card", style=in_layout(heads_style, None), children=[
                 html.H3("Heads whose dominant role changed"),
                 _table("cmp-heads", [("layer", "layer"), ("head", "head"), ("role_a", "role in A"),
-                                     ("role_b", "role in B"), ("change", "change")]),
+                                     ("role_b", "role in B"), ("change", "change")], in_layout(heads, [])),
             ]),
         ]),
     ])
@@ -86,6 +90,7 @@ def layout(a: str | None = None, b: str | None = None, **_query: str) -> html.Di
 @callback(
     Output("cmp-data", "data"), Output("cmp-poll", "disabled"), Output("cmp-status", "children"),
     Input("cmp-poll", "n_intervals"), Input("cmp-a", "value"), Input("cmp-b", "value"),
+    prevent_initial_call=True,  # the layout holds the first answer (pair_at_layout)
 )
 def poll(_n: int, a: str | None, b: str | None) -> tuple[Any, bool, Any]:
     """Wait for both runs, then hand their atlases to :func:`render`."""
@@ -96,7 +101,7 @@ def poll(_n: int, a: str | None, b: str | None) -> tuple[Any, bool, Any]:
     Output("cmp-body", "style"), Output("cmp-grids", "figure"), Output("cmp-depth", "figure"),
     Output("cmp-roles", "data"), Output("cmp-heads", "data"), Output("cmp-mode", "children"),
     Output("cmp-heads-card", "style"),
-    Input("cmp-data", "data"),
+    Input("cmp-data", "data"), prevent_initial_call=True,  # in the layout
 )
 def render(data: dict[str, Any] | None) -> tuple:
     if not data:

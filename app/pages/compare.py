@@ -14,8 +14,8 @@ import dash
 from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import compare_data, state
-from app.components import alert, empty_figure, empty_state, field, help_text
-from app.run_gate import pair_poll, poll_interval, sync_url
+from app.components import alert, empty_figure, empty_state, field, figure_kwargs, help_text, in_layout
+from app.run_gate import pair_at_layout, pair_poll, pair_poll_interval, sync_url
 from backend import figures_sinks as fs
 from backend.vocab import GRID_METRICS
 
@@ -38,10 +38,13 @@ def layout(a: str | None = None, b: str | None = None, metric: str | None = None
             "prompts, or one model on two prompt sets: submit runs with the “Per-head metrics” analysis "
             "(on by default), then come back here.", [("New analysis", "/"), ("Recent runs", "/runs")],
             state_id="compare-empty")])
+    data, stop, status = pair_at_layout(a, b, compare_data.sinks_side, ANALYSIS)
+    # a cached pair's figures are in the layout: the page needs no callback round before them
+    body_style, fig_a, fig_b, text_a, text_b, diff_fig, diff_style, message = render(data, metric)
     return html.Div([
         dcc.Location(id="compare-url", refresh=False),
-        dcc.Store(id="compare-data"),
-        poll_interval("compare"),
+        dcc.Store(id="compare-data", data=data),
+        pair_poll_interval("compare", stop),
         html.Div(className="card", children=[
             html.H2(["Compare two runs ", help_text(fs.METRICS["sink_first"]["help"])]),
             html.P("Pick two runs: two models on the same prompts, or one model on two prompt sets.", className="muted"),
@@ -52,18 +55,20 @@ def layout(a: str | None = None, b: str | None = None, metric: str | None = None
                                              options=[{"label": fs.METRICS[m]["label"], "value": m}
                                                       for m in GRID_METRICS]), "280px"),
             ]),
-            html.Div(id="compare-status"),
-            html.Div(id="compare-message"),
+            html.Div(id="compare-status", children=status),
+            html.Div(id="compare-message", children=message),
         ]),
-        html.Div(id="compare-body", style=HIDDEN, children=[
+        html.Div(id="compare-body", style=body_style, children=[
             html.Div(className="grid2", children=[
-                html.Div(className="card", children=[html.Div(id="compare-a-text", className="muted"),
-                                                     dcc.Graph(id="compare-grid-a", config={"displaylogo": False})]),
-                html.Div(className="card", children=[html.Div(id="compare-b-text", className="muted"),
-                                                     dcc.Graph(id="compare-grid-b", config={"displaylogo": False})]),
+                html.Div(className="card", children=[
+                    html.Div(id="compare-a-text", className="muted", children=in_layout(text_a)),
+                    dcc.Graph(id="compare-grid-a", config={"displaylogo": False}, **figure_kwargs(fig_a))]),
+                html.Div(className="card", children=[
+                    html.Div(id="compare-b-text", className="muted", children=in_layout(text_b)),
+                    dcc.Graph(id="compare-grid-b", config={"displaylogo": False}, **figure_kwargs(fig_b))]),
             ]),
-            html.Div(id="compare-diff-card", className="card", style=HIDDEN, children=[
-                dcc.Graph(id="compare-diff", config={"displaylogo": False}),
+            html.Div(id="compare-diff-card", className="card", style=diff_style, children=[
+                dcc.Graph(id="compare-diff", config={"displaylogo": False}, **figure_kwargs(diff_fig)),
             ]),
         ]),
     ])
@@ -72,6 +77,7 @@ def layout(a: str | None = None, b: str | None = None, metric: str | None = None
 @callback(
     Output("compare-data", "data"), Output("compare-poll", "disabled"), Output("compare-status", "children"),
     Input("compare-poll", "n_intervals"), Input("compare-a", "value"), Input("compare-b", "value"),
+    prevent_initial_call=True,  # the layout holds the first answer (pair_at_layout)
 )
 def poll(_n: int, a: str | None, b: str | None) -> tuple[Any, bool, Any]:
     """Wait for both runs, then hand their grids to :func:`render`."""
@@ -82,7 +88,7 @@ def poll(_n: int, a: str | None, b: str | None) -> tuple[Any, bool, Any]:
     Output("compare-body", "style"), Output("compare-grid-a", "figure"), Output("compare-grid-b", "figure"),
     Output("compare-a-text", "children"), Output("compare-b-text", "children"), Output("compare-diff", "figure"),
     Output("compare-diff-card", "style"), Output("compare-message", "children"),
-    Input("compare-data", "data"), Input("compare-metric", "value"),
+    Input("compare-data", "data"), Input("compare-metric", "value"), prevent_initial_call=True,  # in the layout
 )
 def render(data: dict[str, Any] | None, metric: str) -> tuple:
     if not data or metric not in GRID_METRICS:

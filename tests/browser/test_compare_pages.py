@@ -62,9 +62,13 @@ def test_sinks_compare_from_dropdowns(live_app, runs, browser) -> None:
 
     # the URL reopens the same pair and metric; a malformed id says so through the gate
     other = browser.new_page(viewport={"width": 1300, "height": 1000})
+    calls: list[str] = []
+    other.on("request", lambda r: calls.append(r.url) if "_dash-update-component" in r.url else None)
     other.goto(page.url)
     other.wait_for_selector("#compare-message [role=alert]:has-text('differ in shape')", timeout=60_000)
     assert "special" in _title(other, "compare-grid-b")
+    other.wait_for_timeout(500)
+    assert calls == []  # a cached pair: its grids come with the layout
     other.goto(f"{live_app}/compare?a={runs['a']}&b=not-a-run")
     other.wait_for_selector("#gate-b:has-text('No run with id not-a-run')", timeout=30_000)
     assert other.locator("#compare-body").is_hidden()
@@ -90,6 +94,18 @@ def test_atlas_compare_from_dropdowns(live_app, runs, browser) -> None:
     pick_option(page, "cmp-b", "“Attention heads often")  # same shape: heads matched one by one
     page.wait_for_function("document.querySelector('#cmp-mode')?.innerText.includes('Same shape')", timeout=60_000)
     assert page.locator("#cmp-heads-card").is_visible()
+    page.wait_for_function(f"window.location.search.includes('b={runs['b']}')")
+
+    other = browser.new_page(viewport={"width": 1300, "height": 1000})  # the URL reopens the pair from the layout
+    calls: list[str] = []
+    other.on("request", lambda r: calls.append(r.url) if "_dash-update-component" in r.url else None)
+    other.goto(page.url)
+    other.wait_for_selector("#cmp-grids .heatmaplayer", state="attached", timeout=60_000)
+    assert "Same shape" in other.locator("#cmp-mode").inner_text() and other.locator("#cmp-heads-card").is_visible()
+    assert other.locator("#cmp-roles td[data-dash-column='status']").count() > 0
+    other.wait_for_timeout(500)
+    assert calls == []
+    other.close()
     page.close()
 
 
