@@ -67,7 +67,12 @@ PAGES = [
     ("atlas", "smollm2", "/atlas", "#atlas-grid"),
     ("sinks", "minilm", "/sinks", "#sinks-grid"),
     ("sinks", "smollm2", "/sinks", "#sinks-grid"),
+    ("heads", "minilm", "/heads", "#heads-grid"),
+    ("heads", "smollm2", "/heads", "#heads-grid"),
+    ("compare", "pair", "/compare?a={minilm}&b={smollm2}", "#compare-grid-b"),
+    ("atlas_compare", "pair", "/atlas/compare?a={minilm}&b={smollm2}", "#cmp-grids"),
 ]
+"""``run`` "pair": ``path`` is the page's whole path, with the two runs' ids filled in."""
 DRAWN = """(sel) => { const gd = document.querySelector(sel + ' .js-plotly-plot');
   const drawn = !!(gd && gd._fullData && gd._fullData.some(t => (t.x && t.x.length) || (t.z && t.z.length)));
   return drawn && performance.now(); }"""
@@ -219,7 +224,8 @@ def bench_pages(browser, apps: dict[str, str], ids: dict[str, str], loads: int, 
         for i in range(loads + 1):
             for a, url in apps.items():
                 ctx = ctxs[a] if profile == "persistent" else browser.new_context(viewport=viewport)
-                dt, n = load_page(ctx, f"{url}/runs/{ids[run]}{path}", sel)
+                target = f"{url}{path.format(**ids)}" if run == "pair" else f"{url}/runs/{ids[run]}{path}"
+                dt, n = load_page(ctx, target, sel)
                 if ctx is not ctxs[a]:
                     ctx.close()
                 if i:  # the first load warms the browser cache and the web process

@@ -13,8 +13,8 @@ import dash
 from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import heads_data, state
-from app.components import alert, empty_figure, field, help_text, query_int
-from app.run_gate import poll_interval, sync_url, wait_for_run
+from app.components import alert, empty_figure, field, help_text, in_layout, query_int
+from app.run_gate import gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_heads, token_text
 
@@ -44,32 +44,45 @@ def parse_view(query: dict[str, Any]) -> dict[str, Any]:
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     v = parse_view(query)
+    words = ["1"] if v["words"] else []
+    ready = gate_at_layout(run_id, heads_data.load_info)
+    # a cached run's grid is in the layout: the page needs no callback round before it (the callbacks below wait
+    # for a change; while the run is not finished, the poll fills them in turn)
+    run = ready.data if ready else None
+    body_style, prompt_options, prompt = setup_view(run, v)
+    token_opts, token = token_choices(prompt, words, run, v, None)
+    fig, summary, error, pattern_poll_off = grid_view(token, v["scale"], prompt, words, run_id, run)
     return html.Div([
-        dcc.Store(id="heads-run-id", data=run_id), dcc.Store(id="heads-run"), dcc.Store(id="heads-view", data=v),
+        dcc.Store(id="heads-run-id", data=run_id), dcc.Store(id="heads-run", data=run),
+        dcc.Store(id="heads-view", data=v),
         dcc.Location(id="heads-url", refresh=False),
         dcc.Location(id="heads-go", refresh="callback-nav"),
-        poll_interval("heads"),
-        dcc.Interval(id="heads-pattern-poll", interval=PATTERN_POLL_MS, n_intervals=0, disabled=True),
+        poll_interval("heads", ready),
+        dcc.Interval(id="heads-pattern-poll", interval=PATTERN_POLL_MS, n_intervals=0,
+                     disabled=in_layout(pattern_poll_off, True)),
         html.Div(className="card", children=[
             html.H2(["All heads", help_text(HEADS_HELP)]),
-            html.Div(id="heads-model", className="muted"),
+            html.Div(id="heads-model", className="muted", children=_model_text(run, run_id) if run else None),
             dcc.Link("← back to the run", href=f"/runs/{run_id}", className="muted"),
-            html.Div(id="heads-status", children=html.P("loading…", className="muted")),
+            html.Div(id="heads-status", children="" if ready else html.P("loading…", className="muted")),
         ]),
-        html.Div(id="heads-body", className="card", style={"display": "none"}, children=[
+        html.Div(id="heads-body", className="card", style=body_style, children=[
             html.Div(className="row", children=[
-                field("Prompt", dcc.Dropdown(id="heads-prompt", clearable=False), "260px"),
-                field("Query token", dcc.Dropdown(id="heads-token", clearable=False), "220px"),
+                field("Prompt", dcc.Dropdown(id="heads-prompt", clearable=False, options=prompt_options,
+                                             value=prompt), "260px"),
+                field("Query token", dcc.Dropdown(id="heads-token", clearable=False, options=token_opts,
+                                                  value=in_layout(token)), "220px"),
                 field("Colour", dcc.RadioItems(id="heads-scale", value=v["scale"], options=[
                     {"label": "attention (0 – 1)", "value": "shared"},
                     {"label": "each head to its max", "value": "head"}],
                     inputStyle={"marginRight": "4px", "marginLeft": "8px"}), "300px"),
                 dcc.Checklist(id="heads-words", options=[{"label": " Merge sub-words into words", "value": "1"}],
-                              value=["1"] if v["words"] else [], className="field"),
+                              value=words, className="field"),
             ]),
-            html.Div(id="heads-summary", className="muted"),
-            html.Div(id="heads-error"),
-            dcc.Loading(dcc.Graph(id="heads-grid", config={"displaylogo": False}, figure=empty_figure())),
+            html.Div(id="heads-summary", className="muted", children=in_layout(summary)),
+            html.Div(id="heads-error", children=in_layout(error)),
+            dcc.Loading(dcc.Graph(id="heads-grid", config={"displaylogo": False},
+                                  figure=in_layout(fig, None) or empty_figure())),
             html.Div(id="heads-link"),
         ]),
     ])
@@ -84,15 +97,23 @@ def load(_n, run_id):
     gate = wait_for_run(run_id, heads_data.load_info)
     if not gate.ready:
         return gate.data, gate.status, gate.stop, gate.blank
-    d = gate.data
-    return d, "", True, f"{d['model']} · {d['n_layers']} layers × {d['n_heads']} heads · run {run_id[:12]}"
+    return gate.data, "", True, _model_text(gate.data, run_id)
+
+
+def _model_text(run: dict[str, Any], run_id: str) -> str:
+    return f"{run['model']} · {run['n_layers']} layers × {run['n_heads']} heads · run {run_id[:12]}"
 
 
 @callback(
     Output("heads-body", "style"), Output("heads-prompt", "options"), Output("heads-prompt", "value"),
-    Input("heads-run", "data"), State("heads-view", "data"),
+    Input("heads-run", "data"), State("heads-view", "data"), prevent_initial_call=True,  # a cached run: in the layout
 )
 def setup(run, view):
+    return setup_view(run, view)
+
+
+def setup_view(run: dict[str, Any] | None, view: dict[str, Any]) -> tuple:
+    """(body style, prompt options, prompt) for the run's info (None: not loaded yet)."""
     if not run:
         return {"display": "none"}, [], None
     stored = set(run["stored"])
@@ -113,9 +134,14 @@ def _shown(run: dict[str, Any], prompt: int, words: bool) -> list[str]:
 @callback(
     Output("heads-token", "options"), Output("heads-token", "value"),
     Input("heads-prompt", "value"), Input("heads-words", "value"), State("heads-run", "data"),
-    State("heads-view", "data"), State("heads-token", "value"),
+    State("heads-view", "data"), State("heads-token", "value"), prevent_initial_call=True,  # in the layout
 )
 def token_options(prompt, words, run, view, current):
+    return token_choices(prompt, words, run, view, current)
+
+
+def token_choices(prompt: int | None, words: list | None, run: dict[str, Any] | None, view: dict[str, Any],
+                  current: int | None) -> tuple:
     """The query-token choices of the prompt (words when merged); the URL's token on first load."""
     if not run or prompt is None:
         return [], no_update
@@ -131,18 +157,23 @@ def token_options(prompt, words, run, view, current):
     Output("heads-pattern-poll", "disabled"),
     Input("heads-token", "value"), Input("heads-scale", "value"), Input("heads-pattern-poll", "n_intervals"),
     State("heads-prompt", "value"), State("heads-words", "value"), State("heads-run-id", "data"),
-    State("heads-run", "data"),
+    State("heads-run", "data"), prevent_initial_call=True,  # a cached run: in the layout
 )
 def render(token, scale, _tick, prompt, words, run_id, run):
-    """Draw every head for the chosen prompt (and query token); while full patterns are computed on request, say
-    so and poll."""
+    return grid_view(token, scale, prompt, words, run_id, run, polled=ctx.triggered_id == "heads-pattern-poll")
+
+
+def grid_view(token: int | None, scale: str | None, prompt: int | None, words: list | None, run_id: str | None,
+              run: dict[str, Any] | None, polled: bool = False) -> tuple:
+    """(figure, summary, error, pattern poll disabled): every head for the chosen prompt (and query token); while
+    full patterns are computed on request, say so and poll (``polled``: this is the poll's look, keep the figure)."""
     if not run or prompt is None or token is None:
         return no_update, no_update, no_update, True
     q = None if token == ALL else int(token)
     try:
         g = heads_data.grid(run_id, prompt, q, "1" in (words or []))
     except state.PatternPending as exc:
-        fig = no_update if ctx.triggered_id == "heads-pattern-poll" else empty_figure(str(exc))
+        fig = no_update if polled else empty_figure(str(exc))
         return fig, "", alert(str(exc), "info"), False
     except (state.ViewError, state.NotReady, LookupError) as exc:
         return empty_figure(str(exc)), "", alert(str(exc), "warn"), True

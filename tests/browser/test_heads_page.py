@@ -65,11 +65,15 @@ def test_heads_grid_hover_token_and_click_opens_the_head(live_app, worker, brows
     page.click("#run-heads-link")
     page.wait_for_function("document.querySelector('#heads-grid .gtitle')?.textContent.includes('attention from 3:')",
                            timeout=60_000)
-    # a shared link reopens the same view
+    # a shared link reopens the same view, from the layout alone (its patterns are cached by now)
+    calls: list[str] = []
+    page.on("request", lambda r: calls.append(r.url) if "_dash-update-component" in r.url else None)
     page.goto(f"{live_app}/runs/{run_id}/heads?prompt=0&token=3&scale=head")
     page.wait_for_function("document.querySelector('#heads-grid .gtitle')?.textContent.includes('attention from 3:')",
                            timeout=60_000)
     assert page.locator("#heads-scale input[value='head']").is_checked()
+    page.wait_for_timeout(500)
+    assert calls == []
     page.close()
 
 
