@@ -15,6 +15,10 @@ When ``assets/vendor/plotly-atlas.min.js`` is there (plotly.js with only the tra
 ``scripts/build_plotly.sh``), Dash includes it in every page as an asset script; it sets ``window.Plotly``, which
 dcc's graphs use instead of fetching the full plotly.js, so the full one is not preloaded. Asset URLs carry their
 file's modification time (``?m=``), so they get a year's lifetime like Dash's fingerprinted bundles.
+
+The app's layout (``_dash-layout``, which holds the page's first figures: :mod:`app.first_page`) is preloaded too:
+the server computes it while the browser loads and boots the scripts, and Dash's renderer's own request for it
+(same URL, same-origin credentials) takes the preloaded response instead of asking again.
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ def install(app: Dash) -> None:
     """Preload tags in the page template's head and cache lifetimes on the app's server."""
     prefix = app.config.requests_pathname_prefix or "/"
     links = preload_links(prefix, preloaded(app.config.assets_folder))
+    # the layout (with the page's first figures, app/first_page.py) is computed while the scripts load and boot
+    links += f'<link rel="preload" as="fetch" href="{prefix}_dash-layout" crossorigin>'
+
     app.index_string = app.index_string.replace("{%metas%}", "{%metas%}\n        " + links, 1)
     routes = app.config.routes_pathname_prefix or "/"
     app.server.config["ATLAS_ASSETS_PATH"] = f"{routes}{app.config.assets_url_path.strip('/')}/"

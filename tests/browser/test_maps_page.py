@@ -222,7 +222,9 @@ def test_maps_page_loads_lean(live_app, text_run, browser) -> None:
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
     scripts: list[str] = []
     routed: list[str] = []
+    layouts: list[str] = []
     page.on("request", lambda r: scripts.append(r.url) if r.resource_type == "script" else None)
+    page.on("request", lambda r: layouts.append(r.url) if "_dash-layout" in r.url else None)
     page.on("request", lambda r: routed.append(r.url) if "_dash-update-component" in r.url
             and "_pages_content" in (r.post_data or "") else None)
     page.goto(f"{live_app}/runs/{text_run}/maps?view=head&layer=1&head=2&method=umap")
@@ -234,6 +236,7 @@ def test_maps_page_loads_lean(live_app, text_run, browser) -> None:
     assert page.title() == "Query-key maps · Attention Atlas"
     page.wait_for_timeout(500)
     assert routed == []  # the page came in the layout
+    assert len(layouts) == 1  # preloaded (app/preload.py), and the renderer took that response
 
     page.click("header >> text=Recent runs")  # in-app navigation: the routing callback renders the next page
     page.wait_for_url(f"{live_app}/runs")

@@ -24,6 +24,7 @@ def test_pages_preload_the_late_scripts_and_they_are_cached() -> None:
 
     assert hrefs == [f"/_dash-component-suites/{p}" for p in preload.preloaded(ASSETS)]
     assert "/_dash-component-suites/dash/dcc/async-graph.js" in hrefs
+    assert '<link rel="preload" as="fetch" href="/_dash-layout" crossorigin>' in head  # the renderer's request
     small = (ASSETS / preload.SMALL_PLOTLY).is_file()
     assert (f"/_dash-component-suites/{preload.FULL_PLOTLY}" in hrefs) != small  # window._dashPlotlyJSURL
     if small:
