@@ -257,7 +257,13 @@ def atlas_attention(
                 scores = scores.add_(mask)
             else:
                 scores = scores + mask
-        weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        if scores.dtype == torch.float32 and scores.device.type == "cpu" and not scores.requires_grad and (
+                session is None or session.score_mod is None):
+            # in place over this chunk's own scores (bit for bit the same values): on the CPU a fresh pattern-size
+            # output per layer is fresh memory from the system (page faults) once the allocator has returned it
+            weights = torch.softmax(scores, dim=-1, out=scores).to(query.dtype)
+        else:
+            weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         if session is not None and session.weights_mod is not None:
             weights = session.weights_mod(view, q0, weights)
         if session is not None:
