@@ -18,7 +18,7 @@ import torch
 from backend import names, patterns
 from backend.engine import inputs as model_inputs
 from backend.engine.cancel import Cancelled
-from backend.engine.capture import BaseReducer, CaptureSession, LayerView
+from backend.engine.capture import BaseReducer, CaptureSession, LayerView, ScoresBuffer
 from backend.engine.models import LoadedModel, load_model
 from backend.engine.stages import capture_reducers, post_stages
 from backend.model_refs import resolve_model
@@ -145,6 +145,7 @@ def _capture_pass(
     adapter = model_inputs.adapter(loaded, settings)
     adapter.start(inputs, info, emit)
     chunks = _batches(len(inputs), settings.batch_size)
+    scores = ScoresBuffer()  # one buffer for every layer's scores (the pass returns no attention weights)
     for n, rows in enumerate(chunks):
         if should_cancel():
             raise Cancelled("cancelled by the user")
@@ -155,6 +156,7 @@ def _capture_pass(
             model, reducers=reducers, chunk_size=256 if width > 1024 else None,
             prompts=rows, lengths=lengths, special=special,
             fused=loaded.device.type == "cuda",  # metrics from log-sum-exp statistics where no pattern is kept
+            scores_buffer=scores,
         )
         with torch.no_grad(), session:
             # a text model's logits are never read here: an LM head on the last position only

@@ -108,6 +108,26 @@ def layer_index_map(model: nn.Module) -> dict[int, int]:
     return out
 
 
+class ScoresBuffer:
+    """One flat buffer that every chunk of scores of a capture pass is computed into (and softmaxed in place), for
+    passes that return no attention weights (:func:`backend.engine.analyze.analyze`): on the CPU a fresh
+    pattern-size tensor per layer is fresh memory from the system (page faults, about as much time as the product
+    itself at MiniLM's sizes) once the allocator has returned the previous one."""
+
+    def __init__(self) -> None:
+        self._flat: torch.Tensor | None = None
+
+    def get(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A tensor of ``shape`` viewing the buffer (grown when too small); its values are garbage."""
+        numel = 1
+        for n in shape:
+            numel *= n
+        flat = self._flat
+        if flat is None or flat.numel() < numel or flat.dtype != dtype or flat.device != device:
+            flat = self._flat = torch.empty(numel, dtype=dtype, device=device)
+        return flat[:numel].view(shape)
+
+
 @dataclass
 class CaptureSession:
     """Context manager that activates capture for forward passes run inside it.
@@ -137,6 +157,9 @@ class CaptureSession:
     # no pattern chunks when every reducer declares ``fused`` (and no gradient, dropout or softcap is involved):
     # the output through scaled_dot_product_attention, reducers fed its log-sum-exp (backend.engine.fused_metrics)
     fused: bool = False
+    # when set (and no gradient is recorded): every chunk's scores and weights live in this one buffer, so a layer
+    # returns no attention weights (``output_attentions`` gets None); for passes that read patterns through reducers
+    scores_buffer: ScoresBuffer | None = None
     calls: int = 0
     _token: contextvars.Token | None = None
     _layers: dict[int, int] = field(default_factory=dict)
@@ -239,11 +262,17 @@ def atlas_attention(
 
     outs = []
     weights_full = None
+    shared = session.scores_buffer if session is not None and not torch.is_grad_enabled() else None
     for q0 in range(0, t, chunk):
         q1 = min(t, q0 + chunk)
         # scaling and masking in place: no further full-size temporaries (the matmul's output is not saved for
         # backward, so autograd allows it; the values are those of the out-of-place ops, bit for bit)
-        scores = torch.matmul(query[:, :, q0:q1], key_r.transpose(2, 3)).mul_(scale)  # [B, Hq, tq, S]
+        k_t = key_r.transpose(2, 3)
+        if shared is not None:
+            buf = shared.get((b, hq, q1 - q0, s), torch.result_type(query, key_r), query.device)
+            scores = torch.matmul(query[:, :, q0:q1], k_t, out=buf).mul_(scale)  # [B, Hq, tq, S]
+        else:
+            scores = torch.matmul(query[:, :, q0:q1], k_t).mul_(scale)  # [B, Hq, tq, S]
         if session is not None and session.score_mod is not None:
             scores = session.score_mod(view, q0, scores)
         if softcap is not None:
@@ -257,7 +286,13 @@ def atlas_attention(
                 scores = scores.add_(mask)
             else:
                 scores = scores + mask
-        weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        if scores.dtype == torch.float32 and scores.device.type == "cpu" and not scores.requires_grad and (
+                session is None or session.score_mod is None):
+            # in place over this chunk's own scores (bit for bit the same values): on the CPU a fresh pattern-size
+            # output per layer is fresh memory from the system (page faults) once the allocator has returned it
+            weights = torch.softmax(scores, dim=-1, out=scores).to(query.dtype)
+        else:
+            weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         if session is not None and session.weights_mod is not None:
             weights = session.weights_mod(view, q0, weights)
         if session is not None:
@@ -269,7 +304,7 @@ def atlas_attention(
         if gate is not None:
             out = out * (gate[:, :, q0:q1] if gate.shape[2] > 1 else gate)
         outs.append(out)
-        if chunk >= t:
+        if chunk >= t and shared is None:
             weights_full = weights
     if session is not None:
         for r in session.reducers:

@@ -19,6 +19,7 @@ import torch
 
 from backend import names
 from backend.engine.capture import BaseReducer, LayerView
+from backend.engine.threads import one_thread
 from backend.figures_heads import MAX_BINS, position_bins
 
 Emit = Callable[[str, np.ndarray], None]
@@ -40,20 +41,43 @@ def _bin_matrix(n: int, max_bins: int) -> np.ndarray:
     return m
 
 
-class _Row:
-    """Running sums of one batch row in the current layer."""
+class _Runs:
+    """One length's runs of positions on one device: ``runs [n]`` (each position's run), ``bins [n, nb]``
+    (:func:`bin_matrix`) and ``counts [nb]`` float64 (positions per run)."""
 
-    def __init__(self, prompt: int, n: int, n_heads: int, device: torch.device, max_bins: int) -> None:
-        self.prompt, self.n = prompt, n
-        self.bins = torch.from_numpy(bin_matrix(n, max_bins)).to(device)  # [n, nb]
-        self.counts = self.bins.sum(dim=0).double().cpu().numpy()  # positions per run
-        nb = self.bins.shape[1]
-        self.pooled = np.zeros((n_heads, nb, nb), dtype=np.float64)  # sums over query and key runs
-        self.received = np.zeros((n_heads, n), dtype=np.float64)  # column sums over queries
+    def __init__(self, n: int, max_bins: int, device: torch.device) -> None:
+        m = _bin_matrix(n, max_bins)
+        counts = m.sum(axis=0, dtype=np.float64)
+        self.runs = torch.from_numpy(np.repeat(np.arange(m.shape[1]), counts.astype(np.int64))).to(device)
+        self.bins = torch.from_numpy(m.copy()).to(device)
+        self.counts = torch.from_numpy(counts).to(device)
+
+    def add(self, pooled: torch.Tensor, q0: int, x: torch.Tensor, segmented: bool | None = None) -> None:
+        """``pooled [H, nb, n] +=`` the rows of ``x [H, r, n]`` (positions ``q0 .. q0+r``) summed per run: on the
+        CPU (``segmented``) each row added into its run in order, one pass over ``x``; elsewhere the product with
+        the one-hot run matrix (``index_add_`` is atomic, and contended, on GPUs)."""
+        q1 = q0 + x.shape[1]
+        if x.device.type == "cpu" if segmented is None else segmented:
+            pooled.index_add_(1, self.runs[q0:q1], x)
+        else:
+            pooled += torch.matmul(self.bins[q0:q1].T, x)
+
+
+class _Row:
+    """Running sums of one batch row in the current layer: its query runs summed, keys at full resolution."""
+
+    def __init__(self, prompt: int, n: int, n_heads: int, runs: _Runs) -> None:
+        self.prompt, self.n, self.runs = prompt, n, runs
+        self.pooled = torch.zeros(n_heads, runs.bins.shape[1], n, device=runs.bins.device)  # [H, nb, n] float32
 
 
 class GridReducer(BaseReducer):
     """Thumbnails and top keys of every head of every prompt, emitted per prompt after its last layer.
+
+    Per batch row and chunk, one segmented sum of the chunk's real rows into their query runs (``index_add_`` on
+    the CPU, one pass over the pattern; a matrix product with the run matrix elsewhere) under one intra-op thread
+    (:mod:`backend.engine.threads`); at the layer's end the keys are summed per run and the column sums (the
+    attention each key receives, for the top keys) are the sums over the query runs.
 
     ``fused``: in a fused session (CUDA, :mod:`backend.engine.fused_metrics`) it rebuilds each chunk of the pattern
     from the scores and the layer's log-sum-exp instead of making the layer materialise it (``causal``: the
@@ -66,24 +90,28 @@ class GridReducer(BaseReducer):
         self.emit, self.n_layers, self.n_heads, self.max_bins = emit, n_layers, n_heads, max_bins
         self.causal = causal
         self._rows: list[_Row] = []
+        self._runs: dict[tuple[int, torch.device], _Runs] = {}  # per length and device, for the whole run
         self._done: dict[int, dict[str, list]] = {}  # prompt -> per-layer thumbs / top keys / weights
 
     def begin_layer(self, view: LayerView) -> None:
         device = view.query.device
         h = view.query.shape[1]
-        self._rows = [_Row(p, n, h, device, self.max_bins) for p, n in zip(view.prompts, view.lengths)]
+        self._rows = [_Row(p, n, h, self._runs_of(n, device)) for p, n in zip(view.prompts, view.lengths)]
+
+    def _runs_of(self, n: int, device: torch.device) -> _Runs:
+        key = (n, device)
+        if key not in self._runs:
+            self._runs[key] = _Runs(n, self.max_bins, device)
+        return self._runs[key]
 
     def chunk(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
         tq = pattern.shape[2]
-        for b, row in enumerate(self._rows):
-            if q0 >= row.n:
-                continue
-            q1 = min(row.n, q0 + tq)
-            x = pattern[b, :, : q1 - q0, : row.n].float()  # [H, r, n]
-            keyed = torch.matmul(x, row.bins)  # [H, r, nb]: keys summed per run
-            pooled = torch.matmul(row.bins[q0:q1].T, keyed)  # [H, nb, nb]: queries summed per run
-            row.pooled += pooled.double().cpu().numpy()
-            row.received += x.sum(dim=1).double().cpu().numpy()
+        with one_thread():  # small ops per row (backend.engine.threads)
+            for b, row in enumerate(self._rows):
+                if q0 >= row.n:
+                    continue
+                q1 = min(row.n, q0 + tq)
+                row.runs.add(row.pooled, q0, pattern[b, :, : q1 - q0, : row.n].float())  # [H, r, n]
 
     def lse_layer(self, view: LayerView, lse: torch.Tensor, mask: torch.Tensor | None, chunk: int) -> None:
         """The pattern's rows ``q0 .. q0+chunk`` as ``exp(scores - lse)`` (float32), fed to :meth:`chunk`."""
@@ -101,17 +129,21 @@ class GridReducer(BaseReducer):
             self.chunk(view, q0, torch.exp(s - lse[:, :, q0:q1, None].float()))
 
     def end_layer(self, view: LayerView) -> None:
-        for row in self._rows:
-            thumbs = row.pooled / row.counts[None, :, None]
-            mean = row.received / row.n
-            top = np.argmax(mean, axis=1)
-            d = self._done.setdefault(row.prompt, {"thumbs": [], "top": [], "weight": []})
-            d["thumbs"].append(thumbs.astype(np.float16))
-            d["top"].append(top.astype(np.int32))
-            d["weight"].append(mean[np.arange(mean.shape[0]), top].astype(np.float32))
-            if view.layer == self.n_layers - 1 and len(d["thumbs"]) == self.n_layers:
-                self.emit(names.attn_thumbs(row.prompt), np.stack(d["thumbs"]))
-                self.emit(names.attn_top_key(row.prompt), np.stack(d["top"]))
-                self.emit(names.attn_top_weight(row.prompt), np.stack(d["weight"]))
-                del self._done[row.prompt]
+        with one_thread():
+            for row in self._rows:
+                d = self._done.setdefault(row.prompt, {"pooled": [], "received": []})
+                d["pooled"].append(torch.matmul(row.pooled, row.runs.bins))  # [H, nb, nb]: keys summed per run
+                d["received"].append(row.pooled.sum(dim=1, dtype=torch.float64))  # [H, n]: column sums
+                if view.layer == self.n_layers - 1 and len(d["pooled"]) == self.n_layers:
+                    self._emit(row, d)
+                    del self._done[row.prompt]
         self._rows = []
+
+    def _emit(self, row: _Row, d: dict[str, list]) -> None:
+        """The prompt's thumbnails (queries averaged per run) and top keys of every layer at once."""
+        thumbs = torch.stack(d["pooled"]).double() / row.runs.counts[:, None]  # [L, H, nb, nb]
+        mean = torch.stack(d["received"]) / row.n  # [L, H, n]: attention received, averaged over queries
+        weight, top = mean.max(dim=-1)  # first index on ties, as np.argmax
+        self.emit(names.attn_thumbs(row.prompt), thumbs.to(torch.float16).cpu().numpy())
+        self.emit(names.attn_top_key(row.prompt), top.to(torch.int32).cpu().numpy())
+        self.emit(names.attn_top_weight(row.prompt), weight.float().cpu().numpy())

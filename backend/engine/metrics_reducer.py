@@ -92,7 +92,9 @@ class SinkMetricsReducer(BaseReducer):
 
     def _chunk_sums(self, view: LayerView, q0: int, pattern: torch.Tensor) -> None:
         """Each row's sums over its own real query rows and keys only (``p[b, :, :rows, :n]``): the padding of a
-        batch is often most of its pattern (32 MiniLM prompts in batches of 8: 37 % of the area is real)."""
+        batch is often most of its pattern (32 MiniLM prompts in batches of 8: 37 % of the area is real). Each
+        sum is one call writing into this chunk's float32 sums (``out=``), added to the float64 accumulators once
+        per chunk: few calls per row (the rows are small, the calls' overhead is a large part of their cost)."""
         b, h, tq, s = pattern.shape  # [B, H, tq, S]
         dev = pattern.device
         _, lengths = _rows(view.prompts, view.lengths, b, s)
@@ -102,7 +104,8 @@ class SinkMetricsReducer(BaseReducer):
         dist = (q[:, None] - k[None, :]).abs().float()  # [tq, S] |t - j|
         seen = (k[None, :] <= q[:, None]).float() if self.causal else None  # [tq, S] alpha's queries t >= k
         buf = self._scratch(h * tq * s, dev)  # one temporary, reused by the entropy and the distance of every row
-        acc = self._acc
+        sums = torch.zeros(4, b, h, dtype=torch.float32, device=dev)  # entropy, distance, previous token, spare
+        received = torch.zeros(b, h, s, dtype=torch.float32, device=dev)
         for i, n in enumerate(lengths):
             rows = min(tq, n - q0)  # this chunk's real query rows of batch row i
             if rows <= 0:
@@ -112,18 +115,21 @@ class SinkMetricsReducer(BaseReducer):
             # column sums in float32 within the chunk, float64 across chunks: a float64 sum over the query dim is
             # ~14x slower on CPU (benchmarks/bench_sinks_long.py); the difference is ~1e-7
             if seen is not None:  # causal: alpha counts only the queries t >= k, as the reference (whatever the mask)
-                acc["received"][i, :, :n] += torch.mul(p, seen[:rows, :n], out=tmp).sum(dim=1).double()
+                torch.sum(torch.mul(p, seen[:rows, :n], out=tmp), dim=1, out=received[i, :, :n])
             else:
-                acc["received"][i, :, :n] += p.sum(dim=1).double()
+                torch.sum(p, dim=1, out=received[i, :, :n])
             # entropy: p * log(max(p, tiny)) equals xlogy(p, p) (0 for p = 0) without its NaN/zero branches, which
             # made xlogy ~3x slower on the CPU
             torch.clamp(p, min=_TINY, out=tmp).log_().mul_(p)
-            acc["entropy"][i] -= tmp.sum(dim=-1).sum(dim=-1, dtype=torch.float64)
-            torch.mul(p, dist[:rows, :n], out=tmp)
-            acc["distance"][i] += tmp.sum(dim=-1).sum(dim=-1, dtype=torch.float64)
+            torch.sum(tmp, dim=(1, 2), out=sums[0, i])
+            torch.sum(torch.mul(p, dist[:rows, :n], out=tmp), dim=(1, 2), out=sums[1, i])
             # A[t, t-1] for this chunk's queries t = q0 + j >= 1: the diagonal at offset q0 - 1 of [rows, n]
-            prev = torch.diagonal(pattern[i, :, :rows, :n], offset=q0 - 1, dim1=-2, dim2=-1)  # [H, rows or rows-1]
-            acc["previous_token"][i] += prev.sum(dim=-1, dtype=torch.float64)
+            torch.sum(torch.diagonal(p, offset=q0 - 1, dim1=-2, dim2=-1), dim=-1, out=sums[2, i])  # [H]
+        acc, sums = self._acc, sums.double()
+        acc["received"] += received.double()
+        acc["entropy"] -= sums[0]
+        acc["distance"] += sums[1]
+        acc["previous_token"] += sums[2]
 
     def _scratch(self, numel: int, device: torch.device) -> torch.Tensor:
         """A flat float32 buffer of at least ``numel`` entries, kept across chunks and layers (a fresh pattern-size
@@ -189,6 +195,17 @@ class SinkMetricsReducer(BaseReducer):
         return out
 
 
+def _median_in_place(flat: np.ndarray) -> float:
+    """numpy's median of ``flat`` (the mean of the two middle values when their number is even), reordering it:
+    one selection; after partitioning at the upper middle, the lower middle is the largest entry left of it (a
+    linear max instead of a second selection)."""
+    m = flat.size
+    hi = m // 2
+    flat.partition(hi)
+    c = flat[hi]
+    return float((flat[:hi].max() + c) / np.float32(2)) if m % 2 == 0 else float(c)
+
+
 class MassiveActivationReducer(BaseReducer):
     """Massive activations (Sun et al., 2024) from the residual stream after each block.
 
@@ -215,24 +232,37 @@ class MassiveActivationReducer(BaseReducer):
             raise ValueError(f"layer {layer} outside 0..{self.n_layers - 1}")
         b, t, d = hidden.shape  # [B, T, D]
         prompts, lengths = _rows(prompts, lengths, b, t)
+        if hidden.device.type == "cpu":
+            self._hidden_numpy(layer, hidden.detach().float().numpy(), prompts, lengths)
+            return
         with one_thread():  # small ops (backend.engine.threads)
             h = hidden.detach().float().abs()  # [B, T, D]
-            if h.device.type == "cpu":  # numpy's argmax is ~4x faster than torch's max with indices here
-                hn = h.numpy()
-                dim_np = hn.argmax(axis=-1)  # [B, T]; first index on ties (and on NaN), as torch.max
-                top_np = np.take_along_axis(hn, dim_np[..., None], axis=-1)[..., 0]
-            else:
-                top, dim = h.max(dim=-1)  # [B, T]; first index on ties, like np.argmax
-                top_np, dim_np = top.cpu().numpy(), dim.cpu().numpy()
+            top, dim = h.max(dim=-1)  # [B, T]; first index on ties, like np.argmax
+            top_np, dim_np = top.cpu().numpy(), dim.cpu().numpy()
             meds = self._medians(h, lengths)
+        for row, (p, n) in enumerate(zip(prompts, lengths)):
+            if n >= 1:
+                self._keep(p, layer, top_np[row, :n], dim_np[row, :n], float(meds[row]))
+
+    def _hidden_numpy(self, layer: int, hn: np.ndarray, prompts: list[int], lengths: list[int]) -> None:
+        """The CPU path, in numpy (its argmax is ~4x faster than torch's max with indices here, and its selection
+        runs without torch's thread pool): per row, ``|h|`` of the real tokens only into a scratch buffer, each
+        token's largest entry, then the median by one selection in place (no copy of the row)."""
+        d = hn.shape[-1]
+        scratch = np.empty(max(lengths, default=0) * d, dtype=np.float32)
         for row, (p, n) in enumerate(zip(prompts, lengths)):
             if n < 1:
                 continue
-            med = float(meds[row])
-            ratio = top_np[row, :n].astype(np.float64) / med if med > 0 else np.full(n, np.inf)
-            self._top[(p, layer)] = top_np[row, :n].astype(np.float32)
-            self._dim[(p, layer)] = dim_np[row, :n].astype(np.int64)
-            self._ratio[(p, layer)] = np.asarray(ratio.max())
+            a = np.abs(hn[row, :n], out=scratch[: n * d].reshape(n, d))  # [n, D]
+            dim = a.argmax(axis=-1)  # first index on ties (and on NaN), as torch.max
+            top = a[np.arange(n), dim]
+            self._keep(p, layer, top, dim, _median_in_place(scratch[: n * d]))
+
+    def _keep(self, p: int, layer: int, top: np.ndarray, dim: np.ndarray, med: float) -> None:
+        ratio = top.astype(np.float64) / med if med > 0 else np.full(len(top), np.inf)
+        self._top[(p, layer)] = top.astype(np.float32)
+        self._dim[(p, layer)] = dim.astype(np.int64)
+        self._ratio[(p, layer)] = np.asarray(ratio.max())
 
     def _medians(self, h: torch.Tensor, lengths: list[int], method: str = "auto") -> list[float]:
         """Median of each row's real ``T_p x D`` entries of ``|h|``, as numpy defines it (the mean of the two
@@ -243,19 +273,8 @@ class MassiveActivationReducer(BaseReducer):
                       else "sort" if b > 1 and h.numel() <= self.SORT_MAX_ELEMENTS else "kthvalue")
         if method == "numpy":  # numpy's linear-time selection, row by row, without torch's thread pool
             hn = h.numpy()
-            out = []
-            for row, n in enumerate(lengths):
-                if n < 1:
-                    out.append(float("nan"))
-                    continue
-                m = n * d
-                hi = m // 2
-                # one selection: after partitioning at hi, the lower middle value (even counts) is the largest
-                # entry left of it, a linear max instead of a second selection
-                part = np.partition(hn[row, :n].reshape(-1), hi)
-                c = part[hi]
-                out.append(float((part[:hi].max() + c) / np.float32(2)) if m % 2 == 0 else float(c))
-            return out
+            return [_median_in_place(hn[row, :n].reshape(-1).copy()) if n >= 1 else float("nan")
+                    for row, n in enumerate(lengths)]
         if method == "sort":  # one sort for the batch; padding sorts last
             n = torch.tensor(lengths, device=h.device)
             pad = torch.arange(t, device=h.device)[None, :] >= n[:, None]  # [B, T]

@@ -106,3 +106,26 @@ def test_model_runs_normally_outside_a_session() -> None:
     inputs = sample_inputs("gpt2")
     with torch.no_grad():
         assert torch.allclose(ours(**inputs).logits, eager(**inputs).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_a_shared_scores_buffer_gives_the_same_patterns_and_outputs(arch: str, chunk: int | None) -> None:
+    """Scores computed into one buffer for every layer (and softmaxed in place): the patterns reducers see and the
+    outputs equal a session without it, number for number; the layers then return no attention weights."""
+    from backend.engine.capture import ScoresBuffer  # noqa: PLC0415
+
+    model = build(arch, ATTN_IMPLEMENTATION)
+    inputs = sample_inputs(arch)
+    runs = []
+    for shared in (None, ScoresBuffer()):
+        keep = KeepPatterns()
+        with torch.no_grad(), CaptureSession(model, reducers=[keep], chunk_size=chunk, scores_buffer=shared):
+            out = model(**inputs, output_attentions=True)
+        runs.append((keep.layers, out))
+    (plain, out_plain), (buffered, out_buffered) = runs
+    assert sorted(plain) == sorted(buffered)
+    for layer in plain:
+        assert torch.equal(plain[layer], buffered[layer])
+    assert torch.equal(out_plain.logits, out_buffered.logits)
+    assert all(a is None for a in (out_buffered.attentions or ()))

@@ -39,6 +39,23 @@ def test_bin_matrix_follows_position_bins() -> None:
         assert [np.flatnonzero(m[:, b]).tolist() for b in range(m.shape[1])] == groups
 
 
+@pytest.mark.parametrize("segmented", [True, False])
+def test_run_sums_of_a_chunk_equal_the_one_hot_product(segmented: bool) -> None:
+    """Both ways of summing a chunk's rows into their query runs (rows added in order on the CPU, the product with
+    the run matrix elsewhere) give the float64 product, for chunks that cut across runs."""
+    from backend.engine.grid_reducer import _Runs  # noqa: PLC0415
+
+    n, heads = 9, 3  # 4 runs of 3, 2, 2, 2 positions
+    runs = _Runs(n, 4, torch.device("cpu"))
+    x = torch.rand(heads, n, n, generator=torch.Generator().manual_seed(0))
+    pooled = torch.zeros(heads, 4, n)
+    for q0 in range(0, n, 4):
+        runs.add(pooled, q0, x[:, q0:q0 + 4], segmented=segmented)
+    want = torch.from_numpy(bin_matrix(n, 4)).double().T @ x.double()
+    np.testing.assert_allclose(pooled.double().numpy(), want.numpy(), atol=1e-6, rtol=0)
+    assert runs.counts.tolist() == [3, 2, 2, 2]
+
+
 @pytest.mark.parametrize("chunk", [None, 3])
 def test_thumbnails_equal_a_block_mean_of_the_full_pattern(chunk) -> None:
     """Padded batch (lengths 9 and 6), optionally in query chunks of 3 rows that cut across the thumbnail runs:
