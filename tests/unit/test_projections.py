@@ -346,3 +346,24 @@ def test_umap_range_is_the_tested_minor_version() -> None:
     assert locked in spec
     major, minor = (int(x) for x in locked.split(".")[:2])
     assert f"{major}.{minor + 1}.0" not in spec
+
+
+@pytest.mark.parametrize("n, d, dup", [(60, 8, 0), (258, 64, 0), (120, 16, 10)])
+def test_fuzzy_graph_is_umaps_bit_for_bit(n: int, d: int, dup: int) -> None:
+    """The serial, nogil fuzzy-graph kernels give exactly umap's ``fuzzy_simplicial_set`` (same sparse structure,
+    same float32 memberships), duplicated points (zero distances) included."""
+    from umap.umap_ import fuzzy_simplicial_set
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[:dup] = x[dup: 2 * dup]  # exact duplicates
+    idx, dist = embedding_projection._knn(x, embedding_projection.N_NEIGHBORS, 0)
+    want, _, _ = fuzzy_simplicial_set(x, embedding_projection.N_NEIGHBORS, np.random.RandomState(0), "cosine",
+                                      knn_indices=idx, knn_dists=dist)
+    got = embedding_projection.fuzzy_graph(n, idx, dist)
+    want, got = want.tocsr(), got.tocsr()
+    want.sort_indices()
+    got.sort_indices()
+    assert got.dtype == want.dtype
+    assert np.array_equal(got.indptr, want.indptr) and np.array_equal(got.indices, want.indices)
+    assert np.array_equal(got.data, want.data)
