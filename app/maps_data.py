@@ -12,7 +12,7 @@ import numpy as np
 
 from app import state
 from app.memo import LRU
-from backend import embedding_points, names, token_text
+from backend import embedding_points, jobs, names, token_text
 from backend.vocab import METHOD_NAMES
 
 BASE_METHODS = METHOD_NAMES
@@ -54,6 +54,20 @@ _TABLES: LRU[PointTable] = LRU(8)
 _MATRICES: LRU[tuple[dict, dict]] = LRU(4)
 
 
+def gate_analysis(run_id: str | None, normalised: bool) -> str:
+    """The analysis the maps page waits for: "embedding", or :data:`RAW_ANALYSIS` when the view asks for the maps
+    without normalisation of a finished run that has the normalised ones but not those (the page then offers to
+    compute them, shows the extension's progress, then the view)."""
+    if normalised or not run_id:
+        return "embedding"
+    try:
+        m = state.done_manifest(run_id)
+        run = map_run(run_id)
+    except (state.ViewError, state.NotReady, LookupError):
+        return "embedding"
+    return "embedding" if has_raw_maps(run_id, run.methods[0]) or RAW_ANALYSIS in jobs.run_analyses(m) else RAW_ANALYSIS
+
+
 def map_run(run_id: str) -> MapRun:
     """The finished run's shape and map methods (ViewError when it has no maps). Memoised once done: a run's
     shape never changes, and an evicted array is still noticed when it is read (:func:`state.load_arrays`)."""
@@ -73,15 +87,38 @@ def map_run(run_id: str) -> MapRun:
     return _RUNS.get(run_id, make)
 
 
-def method_name(run: MapRun, method: Any, normalised: bool) -> str:
-    """Stored map name: ``umap`` (normalised) or ``umap_raw``; ViewError for a method the run lacks."""
+RAW_ANALYSIS = "embedding_raw"
+"""The analysis of the maps without normalisation, computed on request (:mod:`backend.engine.embedding_stage`)."""
+
+
+class RawMapsMissing(state.ViewError):
+    """The run has no maps without normalisation yet: they are added on request (the run is extended with
+    :data:`RAW_ANALYSIS`)."""
+
+
+def has_raw_maps(run_id: str, method: str) -> bool:
+    """Whether the finished run stores ``method``'s maps without normalisation (runs from before they were computed
+    on request always do; others once asked for, or extended with, :data:`RAW_ANALYSIS`). Read from the manifest
+    each time: an extension adds them to a run whose shape (:func:`map_run`) is memoised."""
+    return names.embedding(0, 0, f"{method}_raw") in (state.done_manifest(run_id).get("sizes") or {})
+
+
+def method_name(run: MapRun, method: Any, normalised: bool, run_id: str | None = None) -> str:
+    """Stored map name: ``umap`` (normalised) or ``umap_raw``; ViewError for a method the run lacks,
+    :class:`RawMapsMissing` (with ``run_id``) for raw maps it does not have yet."""
     if method not in BASE_METHODS:
         raise state.ViewError(f"method must be one of {', '.join(BASE_METHODS)} (add _raw for the map without "
                               "normalisation)")
     if method not in run.methods:
         raise state.ViewError(f"this run has no {method} map; submit it with the 'embedding' analysis and that "
                               f"method (it has: {', '.join(run.methods)})")
-    return str(method) if normalised else f"{method}_raw"
+    if normalised:
+        return str(method)
+    if run_id is not None and not has_raw_maps(run_id, str(method)):
+        raise RawMapsMissing(f"this run has no maps without normalisation yet: they are computed on request (extend "
+                             f"the run with the '{RAW_ANALYSIS}' analysis: POST /api/runs/{run_id}/extend with "
+                             f'{{"analyses": ["{RAW_ANALYSIS}"]}}, or untick the normalisation on the maps page)')
+    return f"{method}_raw"
 
 
 def head(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +126,7 @@ def head(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool = Tr
     run = map_run(run_id)
     l = state.check_index("layer", layer, run.n_layers)
     h = state.check_index("head", head_, run.n_heads)
-    name = method_name(run, method, normalised)
+    name = method_name(run, method, normalised, run_id)
 
     def load() -> tuple[np.ndarray, np.ndarray]:
         xy, meta = state.load_arrays(run_id, [names.embedding(l, h, name), names.embedding_meta(l, h)])
@@ -130,7 +167,7 @@ def point_table(run_id: str, run: MapRun, meta: np.ndarray) -> PointTable:
 def matrix(run_id: str, method: Any, normalised: bool = True) -> tuple[dict, dict]:
     """Thumbnails of every head (``{(l, h): Thumbnail}``) and their hover texts, from one pipelined read."""
     run = map_run(run_id)
-    name = method_name(run, method, normalised)
+    name = method_name(run, method, normalised, run_id)
 
     def make() -> tuple[dict, dict]:
         heads = [(l, h) for l in range(run.n_layers) for h in range(run.n_heads)]

@@ -20,6 +20,8 @@ and changes only its costs:
 - BLAS on one thread while heads run in parallel (see :func:`_single_threaded_blas`);
 - the SGD epoch is UMAP's own kernel compiled with ``nogil=True``, so heads run on threads at once (one per
   core) while each head stays single-threaded and seeded: the map does not depend on the thread count.
+  UMAP's fuzzy-graph kernels likewise run serial and nogil (:func:`fuzzy_graph`, umap's values bit for bit):
+  their ``parallel=True`` fork/join per call cost more than the work on a few hundred points.
 
 numba compiles these kernels once per process (10-80 s): call :func:`warm_up` when a worker process starts.
 """
@@ -324,12 +326,52 @@ def _ab() -> tuple[float, float]:
     return float(a), float(b)
 
 
+_FUZZY = None  # UMAP's two fuzzy-graph kernels compiled serial and nogil (see _fuzzy_fns)
+
+
+def _fuzzy_fns():
+    """``(smooth_knn_dist, compute_membership_strengths)`` of umap-learn compiled without ``parallel`` and with
+    ``nogil``. umap compiles both with ``parallel=True``: on a few hundred points each call is a few microseconds
+    of work and an OpenMP fork/join, and with heads already running on every core (or another process on the
+    machine) the join waits for a descheduled thread (measured on 2 cores under load: 1.5-20 ms per head for the
+    two calls, against 0.7-9 ms serial). The values are umap's bit for bit (checked on every head of a SmolLM2 run
+    and in tests/unit/test_projections.py): its ``prange`` bodies are outlined by numba's parfor pass, which drops
+    the ``locals`` float32 annotations, so the serial copies are compiled without them too."""
+    global _FUZZY
+    if _FUZZY is None:
+        import numba
+        from umap import umap_
+
+        jit = numba.njit(parallel=False, nogil=True)
+        _FUZZY = (jit(umap_.smooth_knn_dist.py_func), jit(umap_.compute_membership_strengths.py_func))
+    return _FUZZY
+
+
+def fuzzy_graph(n: int, knn_indices: np.ndarray, knn_dists: np.ndarray):
+    """UMAP's fuzzy graph of ``n`` points from their ``k`` nearest neighbours (self first): what
+    ``umap.umap_.fuzzy_simplicial_set(X, k, rng, metric, knn_indices=..., knn_dists=...)`` returns with its
+    defaults (local connectivity 1, fuzzy union), step for step, with the serial kernels of :func:`_fuzzy_fns`."""
+    import scipy.sparse
+
+    smooth, membership = _fuzzy_fns()
+    knn_dists = knn_dists.astype(np.float32)
+    sigmas, rhos = smooth(knn_dists, float(knn_indices.shape[1]), local_connectivity=1.0)
+    rows, cols, vals, _ = membership(knn_indices, knn_dists, sigmas, rhos, None)
+    result = scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(n, n))
+    result.eliminate_zeros()
+    transpose = result.transpose()
+    prod_matrix = result.multiply(transpose)
+    result = 1.0 * (result + transpose - prod_matrix) + (1.0 - 1.0) * prod_matrix  # set_op_mix_ratio = 1
+    result.eliminate_zeros()
+    return result
+
+
 def _umap_fast(x: np.ndarray, seed: int) -> np.ndarray:
-    from umap.umap_ import fuzzy_simplicial_set, noisy_scale_coords
+    from umap.umap_ import noisy_scale_coords
 
     rng = np.random.RandomState(seed)
     idx, dist = _knn(_search_space(x), N_NEIGHBORS, seed)
-    graph, _, _ = fuzzy_simplicial_set(x, N_NEIGHBORS, rng, "cosine", knn_indices=idx, knn_dists=dist)
+    graph = fuzzy_graph(len(x), idx, dist)
     init = noisy_scale_coords(_pca(x, seed), rng, max_coord=10, noise=0.0001)
     return _layout(graph, init, FAST_EPOCHS, seed, FAST_NEGATIVE_RATE).astype(np.float32)
 
@@ -394,6 +436,7 @@ def project_heads(
             _serial(one, range(start, n), out, progress)
         else:
             _epoch_fn()
+            _fuzzy_fns()
             _pool(one, start, n, jobs, out, progress)
     return out  # type: ignore[return-value]
 
@@ -463,10 +506,6 @@ def warm_up() -> float:
     x = rng.standard_normal((4200, 8)).astype(np.float32)  # >= 4,096 points: the NN-descent path
     idx, dist = _knn(x, N_NEIGHBORS, 0)
     _knn(x[:300], N_NEIGHBORS, 0)
-    from umap.umap_ import fuzzy_simplicial_set
-
-    graph, _, _ = fuzzy_simplicial_set(
-        x, N_NEIGHBORS, np.random.RandomState(0), "cosine", knn_indices=idx, knn_dists=dist
-    )
+    graph = fuzzy_graph(len(x), idx, dist)
     _layout(graph, _pca(x, 0), 2, 0, FAST_NEGATIVE_RATE)
     return time.perf_counter() - t0

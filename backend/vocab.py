@@ -84,6 +84,7 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("attention", "Attention patterns (always)"),
     Analysis("metrics", "Sink & head metrics"),
     Analysis("embedding", "Joint query-key maps (AttentionViz)"),
+    Analysis("embedding_raw", "Query-key maps without normalisation (also offered on the maps page)"),
     Analysis("importance", "Head importance"),
     Analysis("roles", "Head roles (head atlas)"),
     Analysis("streaming", "StreamingLLM experiment (causal LMs: first prompt, long text)"),

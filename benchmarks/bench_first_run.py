@@ -4,7 +4,8 @@ Issue 19 measured this first run at 215 s (40 s waiting for the worker, then 60 
 its goal is <= 30 s of work once the worker is warm. This benchmark runs the worker's own job function
 (:func:`workers.tasks.run_analysis`: the model from the worker's registry, arrays written to a real Redis) in
 this process after the worker's warm-up (:func:`workers.main.warm_up`: numba, the model preloaded), and times the
-run and each of its stages. Beside it, one plain forward of the same prompts (the ratio says what the analyses
+run and each of its stages (the capture pass and each post-capture stage timed around its function, the pruning
+curves inside head importance likewise; "other" is loading the model, the inputs and writing to Redis). Beside it, one plain forward of the same prompts (the ratio says what the analyses
 cost on top of reading the model once).
 
 Run: ``python benchmarks/bench_first_run.py [--models all-MiniLM-L6-v2 smollm2-135m]``.
@@ -30,8 +31,54 @@ TARGET_S = 30.0
 OPTIONS = {"analyses": ["attention", "metrics", "embedding", "importance", "roles"]}
 
 
-def _stage_name(label: str) -> str:
-    return label.split(":", 1)[0].strip() or label
+STAGE_NAMES = {"roles": "roles", "importance": "head importance", "embedding": "query-key maps",
+               "streaming": "streaming"}
+
+
+class StageTimer:
+    """Seconds spent in the capture pass, each post-capture stage and the pruning curves, timed around the
+    functions themselves (installed for the benchmark, removed afterwards)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._undo: list = []
+
+    def _timed(self, name: str, fn):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        return run
+
+    def _patch(self, obj, attr: str, value) -> None:
+        self._undo.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, value)
+
+    def install(self) -> None:
+        import dataclasses
+
+        from backend.engine import analyze, importance_stage, stages
+
+        self._patch(analyze, "_capture_pass", self._timed("capture", analyze._capture_pass))
+        self._patch(importance_stage, "pruning_curves", self._timed("pruning curves", importance_stage.pruning_curves))
+        self._patch(stages, "STAGES", tuple(dataclasses.replace(s, run=self._timed(STAGE_NAMES.get(s.analysis, s.analysis), s.run))
+                                            for s in stages.STAGES))
+
+    def remove(self) -> None:
+        for obj, attr, value in reversed(self._undo):
+            setattr(obj, attr, value)
+        self._undo.clear()
+
+    def breakdown(self, total_s: float) -> dict[str, float]:
+        """Stage seconds, head importance without its curves, and "other" (the rest of the run)."""
+        out = dict(self.seconds)
+        if "pruning curves" in out and "head importance" in out:
+            out["head importance"] -= out["pruning curves"]
+        out["other (loading, writing)"] = total_s - sum(self.seconds.get(k, 0.0) for k in
+                                                        ("capture", *STAGE_NAMES.values()))
+        return {k: round(v, 2) for k, v in out.items()}
 
 
 def run(models: list[str], redis_url: str) -> dict:
@@ -44,7 +91,6 @@ def run(models: list[str], redis_url: str) -> dict:
     from app.examples import _prose
     from backend import jobs
     from backend.cache import Cache
-    from backend.engine import analyze as analyze_mod
     from backend.engine.inputs import encode_text, text_batch
     from backend.model_refs import resolve_model
     from backend.redis_conn import connect
@@ -55,19 +101,10 @@ def run(models: list[str], redis_url: str) -> dict:
     settings = get_settings()
     cache = Cache(connect(settings), settings)
     prompts = _prose(cache)
-    timeline: list[tuple[float, str]] = []
-    real_analyze = analyze_mod.analyze
-
-    def recording_analyze(loaded, inputs, options, emit, progress=None, *a, **kw):
-        def rec(frac: float, stage: str) -> None:
-            timeline.append((time.perf_counter(), stage))
-            if progress:
-                progress(frac, stage)
-        return real_analyze(loaded, inputs, options, emit, rec, *a, **kw)
-
+    timer = StageTimer()
     rows = []
     try:
-        analyze_mod.analyze = recording_analyze
+        timer.install()
         for model in models:
             t0 = time.perf_counter()
             worker_main.warm_up(model)
@@ -83,26 +120,22 @@ def run(models: list[str], redis_url: str) -> dict:
                 plain_s = time.perf_counter() - t0
             run_id, queued = jobs.submit(cache, settings, model, prompts, dict(OPTIONS))
             assert queued, "the run existed already"
-            timeline.clear()
+            timer.seconds.clear()
+            load_before = os.getloadavg()
             t0 = time.perf_counter()
             outcome = tasks.run_analysis(run_id)
             total_s = time.perf_counter() - t0
             assert outcome == "done", (outcome, cache.manifest(run_id).get("error"))
-            stages: dict[str, float] = {}
-            prev_t, prev_stage = t0, "loading model"
-            for t, stage in timeline:
-                stages[_stage_name(prev_stage)] = stages.get(_stage_name(prev_stage), 0.0) + (t - prev_t)
-                prev_t, prev_stage = t, stage
-            stages["writing and finishing"] = t0 + total_s - prev_t
             row = {"model": model, "n_prompts": len(prompts), "tokens": n_tokens, "analyses": OPTIONS["analyses"],
                    "warm_up_s": round(warm_s, 2), "plain_forward_s": round(plain_s, 3), "run_s": round(total_s, 2),
                    "ratio_to_plain_forward": round(total_s / plain_s, 1),
-                   "stages_s": {k: round(v, 2) for k, v in stages.items()},
+                   "stages_s": timer.breakdown(total_s), "threads": torch.get_num_threads(),
+                   "load_average_before": load_before, "load_average_after": os.getloadavg(),
                    "meets_target": total_s <= TARGET_S}
             print(json.dumps(row))
             rows.append(row)
     finally:
-        analyze_mod.analyze = real_analyze
+        timer.remove()
         r = redis.Redis.from_url(redis_url)
         for key in r.scan_iter(f"{prefix}*", count=1000):
             r.delete(key)

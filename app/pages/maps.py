@@ -17,9 +17,9 @@ from dash import ClientsideFunction, Input, Output, State, callback, clientside_
 
 from app import maps_data, state, vit_data
 from app.components import alert, empty_figure, field, help_text, in_layout, query_int
-from app.run_gate import Gate, gate_at_layout, poll_interval, sync_url, wait_for_run
+from app.run_gate import Gate, extension_offer, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
-from backend import embedding_points, figures, figures_maps, figures_vit, token_text, vit
+from backend import embedding_points, figures, figures_maps, figures_vit, jobs, token_text, vit
 from backend.vocab import METHOD_LABELS
 
 dash.register_page(__name__, path_template="/runs/<run_id>/maps", title="Query-key maps · Attention Atlas",
@@ -61,7 +61,7 @@ def _store(id_: str, data: Any) -> dcc.Store:
 
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     v = parse_view(query)
-    ready = gate_at_layout(run_id, maps_data.map_run, analysis="embedding")
+    ready = gate_at_layout(run_id, maps_data.map_run, analysis=maps_data.gate_analysis(run_id, v["norm"]))
     run, model, pickers = _ready(ready, run_id, v) if ready else (None, None, ([], [], [], v["method"], v["layer"], v["head"]))
     method_opts, layer_opts, head_opts, method, layer, head = pickers
     show = ({"display": "block"}, {"display": "none"}) if v["view"] == "matrix" else ({"display": "none"}, {"display": "block"})
@@ -127,7 +127,7 @@ def setup(_n, run_id, view):
     """Show progress (per head while the maps are computed) until the run is done, then fill the pickers
     (hidden until then: they cannot work without the run's maps)."""
     nothing = (no_update,) * 6
-    gate = wait_for_run(run_id, maps_data.map_run, analysis="embedding")
+    gate = wait_for_run(run_id, maps_data.map_run, analysis=maps_data.gate_analysis(run_id, (view or {}).get("norm", True)))
     m = gate.manifest
     model = f"{(m.get('model') or {}).get('ref')} · run {run_id[:12]}" if m else gate.blank
     if not gate.ready:
@@ -184,7 +184,12 @@ def show_mode(mode, run):
     return (on, off) if mode == "matrix" else (off, on)
 
 
-def _errors(exc: Exception):
+def _errors(exc: Exception, run_id: str | None = None):
+    """The error line; the maps without normalisation, not computed yet, are offered instead (the run is extended,
+    the page reloads at the same URL and shows the progress, then the maps)."""
+    if isinstance(exc, maps_data.RawMapsMissing) and run_id:
+        ext = jobs.extension_status(state.cache(), run_id)
+        return extension_offer(run_id, maps_data.RAW_ANALYSIS, ext)
     return alert(state.REDIS_DOWN if isinstance(exc, state.REDIS_ERRORS) else str(exc).strip("'\""), "warn")
 
 
@@ -205,7 +210,7 @@ def matrix_view(run: dict, method: str, norm: list | None, layer: Any, head: Any
     try:
         thumbs, hover = maps_data.matrix(run_id, method, normalised)
     except VIEW_ERRORS as exc:
-        return empty_figure("not available"), _errors(exc)
+        return empty_figure("not available"), _errors(exc, run_id)
     sel = (layer, head) if isinstance(layer, int) and isinstance(head, int) else None
     title = f"{METHOD_LABELS.get(method, method)} maps of all heads ({'normalised' if normalised else 'raw'} query/key vectors)"
     return figures_maps.matrix(thumbs, run["n_layers"], run["n_heads"], hover=hover, selected=sel, title=title), ""
@@ -270,7 +275,7 @@ def head_view(run: dict, layer: int, head: int, method: str, norm: list | None, 
         table = maps_data.point_table(run_id, run_info, meta)
         input_names = maps_data.image_names(run_id) if run.get("image") else None
     except VIEW_ERRORS as exc:
-        return {"fig": empty_figure("not available")}, no_update, no_update, "", _errors(exc)
+        return {"fig": empty_figure("not available")}, no_update, no_update, "", _errors(exc, run_id)
     search_error = None
     try:
         mask = embedding_points.search_mask(run_info.tokens, meta, search or "")

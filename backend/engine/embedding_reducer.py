@@ -132,13 +132,15 @@ def compute_head_maps(
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     n_jobs: int | None = None,
+    normalised: bool = True,
 ) -> dict[str, np.ndarray]:
     """Joint query-key maps of every head in ``samples``, as named arrays.
 
     Per head ``(l, h)``: ``names.embedding(l, h, method)`` ``[n_q + n_k, 2]`` float32 (queries first, then keys)
     for each method, and ``names.embedding_meta(l, h)`` ``[n_q + n_k, 3]`` int32 (kind 0=query 1=key, prompt,
     position). ``normalise``: AttentionViz translation + scaling (:func:`backend.embedding_projection.normalise_qk`).
-    ``raw=True`` adds the un-normalised map under method ``f"{method}_raw"``. ``progress(done, total)`` counts
+    ``raw=True`` adds the un-normalised map under method ``f"{method}_raw"``; ``normalised=False`` leaves out the
+    ``method`` maps (with ``raw``: the raw maps alone, as a run extended with them computes them). ``progress(done, total)`` counts
     (head, variant) projections; ``should_cancel()`` is checked between heads and raises
     ``backend.engine.cancel.Cancelled``. Each variant runs :func:`backend.embedding_projection.project_heads` over all
     heads (``n_jobs`` threads); the numba kernels must be warm (``embedding_projection.warm_up()``) or the first head
@@ -146,7 +148,7 @@ def compute_head_maps(
     """
     heads = sorted(samples)
     out: dict[str, np.ndarray] = {}
-    variants: list[tuple[str, bool]] = [(m, normalise) for m in methods]
+    variants: list[tuple[str, bool]] = [(m, normalise) for m in methods] if normalised else []
     if raw:
         variants += [(f"{m}_raw", False) for m in methods]
     total = len(heads) * len(variants)

@@ -31,7 +31,8 @@ interact, e.g. a mixture-of-experts with capacity limits, would break this; none
 families do.) Padded positions get no gradient and are not counted as tokens.
 
 Pruning (paper section 4): remove ``step_fraction`` of all heads per step, lowest importance first,
-recomputing importance over the remaining heads after each step (``recompute=True``); a layer may
+recomputing importance over the remaining heads after each step (``recompute=True``; not before the last
+step, which removes every head left whatever their ranking: :func:`_needs_ranking`); a layer may
 lose all its heads, as in the paper (the residual stream carries on). With ``normalise_layers`` the
 scores are divided by their l2 norm within each layer over the remaining heads (the paper's default).
 """
@@ -410,6 +411,16 @@ def evaluate_with_gates(model: nn.Module, batches: list[dict], task: str, gates,
     return metrics
 
 
+def _needs_ranking(counts: list[int], k: int, recompute: bool, ranked: bool) -> bool:
+    """Whether step ``k`` of a deterministic curve runs the gradient pass that ranks the heads left: after each
+    step with ``recompute`` (else once), except when the next step removes every head left (all of them go,
+    whatever their order: the gradient would choose nothing; they are listed in the latest ranking's order).
+    The first ranking always runs."""
+    if k + 1 >= len(counts):
+        return False
+    return not ranked or (recompute and counts[k + 1] < counts[-1])
+
+
 def _order(scores: np.ndarray, alive: np.ndarray, descending: bool) -> np.ndarray:
     """Flat indices of alive heads, lowest score first (highest with ``descending``), ties by index."""
     flat = np.flatnonzero(alive.ravel())
@@ -476,7 +487,7 @@ def pruning_curve(
     removed: list[list[int]] = []
     scores = None
     for k, c in enumerate(counts):
-        need = c < total and (recompute or scores is None)
+        need = _needs_ranking(counts, k, recompute, scores is not None)
         gates = base * torch.as_tensor(alive, dtype=base.dtype, device=base.device)
         imp, n, metrics = _pass(model, batches, task, targets, gates, need, should_cancel)
         for key in curve:
@@ -557,7 +568,7 @@ def pruning_curves(
     for k, c in enumerate(counts):
         if not det:
             break
-        need = c < total and (recompute or state[det[0]]["scores"] is None)
+        need = _needs_ranking(counts, k, recompute, state[det[0]]["scores"] is not None)
         settings = [base * torch.as_tensor(state[o]["alive"], dtype=base.dtype, device=base.device) for o in det]
         for o, (imp, n, metrics) in zip(det, ev.run(settings, need)):
             st = state[o]

@@ -18,7 +18,8 @@ The stage (``"importance"`` in the run's analyses) emits
   importance and the reverse order's gate settings, and the ``3 seeds x steps`` random settings go in a few wide
   forward passes; the data set is capped to keep a CPU run short): ``pruning.{importance|reverse|random}``
   ``.fractions|.loss|.perplexity|.accuracy`` (+ ``_std`` for random: mean and population std over seeds
-  0, 1, 2), ``.removed``; 10 % of the heads per step, importance (by the run's rule) recomputed after each step;
+  0, 1, 2), ``.removed``; 10 % of the heads per step, importance (by the run's rule) recomputed after each step
+  (but the one before the last, which removes every head left: no ranking needed, no gradient pass);
 * ``importance.meta``: UTF-8 JSON (uint8) with the task, the objective in words, the label source, the
   prompts used and the baseline metrics (see :func:`describe`);
 

@@ -50,16 +50,18 @@ class Stage:
 
     analysis: str
     run: StageFn
+    also: tuple[str, ...] = ()
+    """Other analyses this stage computes (it runs when the run asks for any of them)."""
 
     def wanted(self, options: dict[str, Any]) -> bool:
-        return self.analysis in _analyses(options)
+        return any(a in _analyses(options) for a in (self.analysis, *self.also))
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("streaming", streaming.streaming_stage),
     Stage("roles", roles_stage.roles_stage),
     Stage("importance", importance_stage.importance_stage),
-    Stage("embedding", embedding_stage.embedding_stage),
+    Stage("embedding", embedding_stage.embedding_stage, also=(embedding_stage.RAW,)),
 )
 
 

@@ -26,9 +26,9 @@ PROMPTS = [
 PLOT = "document.querySelector('{sel} .js-plotly-plot')"
 
 
-def _wait_title(page, sel: str, text: str) -> None:
+def _wait_title(page, sel: str, text: str, timeout: float = 60_000) -> None:
     page.wait_for_function(f"{PLOT.format(sel=sel)}?.querySelector('.gtitle')?.textContent.includes({text!r})",
-                           timeout=60_000)
+                           timeout=timeout)
 
 
 def _pixel(page, sel: str, x: float, y: float) -> tuple[float, float]:
@@ -129,13 +129,21 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
     ringed = page.evaluate(f"{PLOT.format(sel='#maps-head-fig')}._fullData.find(t => t.name.startsWith('matches')).x.length")
     assert ringed == n_cat
 
-    # colouring and normalisation go to the URL; the raw map is another map
+    # colouring and normalisation go to the URL; the raw map is another map, computed on request: the run has none,
+    # so the page offers it, extends the run (same id, same URL) and shows the progress, then the raw map
     page.click("#maps-colour")
     page.get_by_role("option", name="normalised position", exact=True).click()
     page.wait_for_function("window.location.search.includes('colour=position')")
+    code, refused = api_call(live_app, f"/api/runs/{run_id}/embedding?layer=2&head=4&method=umap_raw")
+    assert code == 400 and "computed on request" in refused["error"]
     page.uncheck("#maps-norm input[type=checkbox]")
     page.wait_for_function("window.location.search.includes('norm=0')")
-    _wait_title(page, "#maps-head-fig", "UMAP (raw)")
+    page.wait_for_selector("#maps-error #extend-offer button", timeout=30_000)
+    page.click("#maps-error #extend-offer button")
+    _wait_title(page, "#maps-head-fig", "UMAP (raw)", timeout=120_000)
+    assert "norm=0" in page.url and "colour=position" in page.url and "sel=" in page.url
+    _, body = api_call(live_app, f"/api/runs/{run_id}")
+    assert body["analyses"] == ["attention", "embedding", "embedding_raw"] and body["extension"]["status"] == "done"
 
     with page.expect_download() as dl:
         page.click("#maps-csv-btn")

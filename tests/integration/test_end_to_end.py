@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 
 import numpy as np
 import pytest
@@ -105,6 +106,15 @@ def test_embedding_points_for_each_head(live_app, worker) -> None:
     final = wait_done(live_app, body["run_id"])
     assert final["status"] == "done", final
     n_tokens = sum(len(t) for t in final["tokens"])
+    # the maps without normalisation are computed on request: refused until the run is extended with them
+    code, err = _call(live_app, f"/api/runs/{body['run_id']}/embedding?layer=0&head=0&method=pca_raw")
+    assert code == 400 and "computed on request" in err["error"] and "embedding_raw" in err["error"]
+    code, ext = _call(live_app, f"/api/runs/{body['run_id']}/extend", {"analyses": ["embedding_raw"]})
+    assert code == 202 and ext["extension"]["analyses"] == ["embedding_raw"], (code, ext)
+    deadline = time.monotonic() + 120
+    while _call(live_app, f"/api/runs/{body['run_id']}")[1]["extension"]["status"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
     for layer, head in [(0, 0), (5, 11)]:
         for method in ("pca", "pca_raw"):
             code, emb = _call(live_app, f"/api/runs/{body['run_id']}/embedding?layer={layer}&head={head}&method={method}")

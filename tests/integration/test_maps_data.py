@@ -127,3 +127,36 @@ def test_binary_coordinates_equal_the_json_points(stored_run) -> None:
         resp = client.get(f"/api/runs/{run_id}/embedding.f32?{q}")
         assert resp.status_code == code and words in resp.get_json()["error"], resp.get_json()
     assert client.get(f"/api/runs/{'0' * 32}/embedding.f32?layer=0&head=0").status_code == 404
+
+
+def test_raw_maps_missing_are_offered_on_request(cache, stored_run) -> None:
+    """A run without the maps without normalisation (computed on request): the data layer says so with its own
+    error (the page offers to extend the run), the maps page waits for "embedding_raw"; once the run has them
+    (extended), they are read like any map. A run that stored them (stored_run) needs nothing."""
+    from app import maps_data
+
+    run_id, arrays = stored_run
+    assert maps_data.gate_analysis(run_id, False) == "embedding"
+    bare = uuid.uuid4().hex
+    normalised = {k: v for k, v in arrays.items() if not k.endswith("_raw")}
+    cache.create_run(bare, {"inputs": [" ".join(t) for t in TOKENS], "options": {"analyses": ["attention", "embedding"]}},
+                     {"ref": "test"}, "test")
+    sizes = cache.put_arrays(bare, list(normalised.items()))
+    cache.update(bare, status="done", progress=1.0, info={"n_layers": L, "n_heads": H, "tokens": TOKENS,
+                                                          "kind": "text"}, sizes=sizes)
+    try:
+        assert np.array_equal(maps_data.head(bare, 1, 2, "umap")[0], arrays[names.embedding(1, 2, "umap")])
+        for read in (lambda: maps_data.head(bare, 1, 2, "umap", normalised=False),
+                     lambda: maps_data.matrix(bare, "umap", normalised=False)):
+            with pytest.raises(maps_data.RawMapsMissing, match="computed on request.*embedding_raw"):
+                read()
+        assert maps_data.gate_analysis(bare, True) == "embedding"
+        assert maps_data.gate_analysis(bare, False) == "embedding_raw"
+        raw = {k: v for k, v in arrays.items() if k.endswith("_raw")}
+        sizes = {**sizes, **cache.put_arrays(bare, list(raw.items()))}
+        cache.update(bare, sizes=sizes, extra_analyses=["embedding_raw"])
+        assert maps_data.gate_analysis(bare, False) == "embedding"
+        assert np.array_equal(maps_data.head(bare, 1, 2, "umap", normalised=False)[0],
+                              arrays[names.embedding(1, 2, "umap_raw")])
+    finally:
+        cache.delete_arrays(bare)

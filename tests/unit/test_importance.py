@@ -459,3 +459,46 @@ def test_evaluator_on_length_groups_equals_the_padded_batch(arch: str, task: str
     ref = evaluate_with_gates(model, batches, task, gates, targets=targets)
     assert metrics["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     assert metrics["accuracy"] == ref["accuracy"] and metrics["count"] == ref["count"]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_last_step_needs_no_ranking(batched: bool, monkeypatch) -> None:
+    """The step before the last removes every head left, so no gradient pass ranks them: the curves (every point)
+    and the heads removed at each step are those of ranking after every step, one gradient pass fewer per order;
+    the last step's heads are listed in the latest ranking's order."""
+    from backend.engine import importance_gates as ig
+
+    model = _build("llama", ATTN_IMPLEMENTATION)
+    batches = [_inputs("llama")]
+    targets = _targets(model, batches)
+    grads: list[bool] = []
+    real_pass = ig._pass
+
+    def counting_pass(*args, **kwargs):
+        grads.append(bool(args[5]))
+        return real_pass(*args, **kwargs)
+
+    def run() -> dict:
+        grads.clear()
+        if batched:
+            ev = GateEvaluator(model, batches, "causal_lm", targets)
+            real_eval = ev._evaluate
+            ev._evaluate = lambda todo, grad, progress: (grads.append(grad), real_eval(todo, grad, progress))[1]
+            return pruning_curves(model, batches, "causal_lm", ("importance", "reverse"), step_fraction=0.25,
+                                  evaluator=ev)
+        monkeypatch.setattr(ig, "_pass", counting_pass)
+        return {o: pruning_curve(model, batches, "causal_lm", order=o, step_fraction=0.25, targets=targets,
+                                 batched=False) for o in ("importance", "reverse")}
+
+    got, got_grads = run(), list(grads)
+    monkeypatch.setattr(ig, "_needs_ranking", lambda counts, k, recompute, ranked: counts[k] < counts[-1])
+    ref, ref_grads = run(), list(grads)
+    assert sum(ref_grads) - sum(got_grads) == (1 if batched else 2)  # one ranking pass fewer per order
+    for order in ("importance", "reverse"):
+        g, r = got[order], ref[order]
+        assert g["n_removed"] == r["n_removed"] == [0, 2, 4, 6, 8]
+        for key in ("loss", "perplexity", "accuracy"):
+            np.testing.assert_allclose(g[key], r[key], rtol=1e-6, atol=0, err_msg=key)
+        for a, b in zip(g["n_removed"][:-1], g["n_removed"][1:]):
+            assert sorted(map(tuple, g["removed"][a:b])) == sorted(map(tuple, r["removed"][a:b]))
+        assert g["removed"][:6] == r["removed"][:6]

@@ -346,3 +346,57 @@ def test_umap_range_is_the_tested_minor_version() -> None:
     assert locked in spec
     major, minor = (int(x) for x in locked.split(".")[:2])
     assert f"{major}.{minor + 1}.0" not in spec
+
+
+@pytest.mark.parametrize("n, d, dup", [(60, 8, 0), (258, 64, 0), (120, 16, 10)])
+def test_fuzzy_graph_is_umaps_bit_for_bit(n: int, d: int, dup: int) -> None:
+    """The serial, nogil fuzzy-graph kernels give exactly umap's ``fuzzy_simplicial_set`` (same sparse structure,
+    same float32 memberships), duplicated points (zero distances) included."""
+    from umap.umap_ import fuzzy_simplicial_set
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[:dup] = x[dup: 2 * dup]  # exact duplicates
+    idx, dist = embedding_projection._knn(x, embedding_projection.N_NEIGHBORS, 0)
+    want, _, _ = fuzzy_simplicial_set(x, embedding_projection.N_NEIGHBORS, np.random.RandomState(0), "cosine",
+                                      knn_indices=idx, knn_dists=dist)
+    got = embedding_projection.fuzzy_graph(n, idx, dist)
+    want, got = want.tocsr(), got.tocsr()
+    want.sort_indices()
+    got.sort_indices()
+    assert got.dtype == want.dtype
+    assert np.array_equal(got.indptr, want.indptr) and np.array_equal(got.indices, want.indices)
+    assert np.array_equal(got.data, want.data)
+
+
+def test_raw_maps_are_on_request_and_equal_the_combined_stage() -> None:
+    """A run with "embedding" projects the normalised maps only; extending it with "embedding_raw" (the capture
+    pass samples the same queries and keys again) gives exactly the raw maps a run asking for both computes, and
+    the same point tables."""
+    from backend.engine.analyze import analyze
+    from backend.engine.models import load_model
+    from backend.model_refs import resolve_model
+    from backend.settings import get_settings
+    from backend.spec import normalise_options
+
+    s = get_settings()
+    loaded = load_model(resolve_model("tiny-pydoc-lm", s), s)
+    prompts = ["The list is a mutable sequence.", "A tuple is an immutable sequence of values."]
+    runs = {}
+    for key, analyses in (("default", ["embedding"]), ("both", ["embedding_raw"]),
+                          ("extension", ["attention", "embedding_raw"])):
+        opts = normalise_options({"analyses": analyses, "embedding_methods": ["umap", "pca"]})
+        if key == "extension":  # as workers.tasks.run_extension: the spec's options, the added analyses only
+            opts = {**opts, "analyses": analyses}
+        arrays: dict = {}
+        analyze(loaded, prompts, opts, arrays.__setitem__, settings=s, store_patterns=key != "extension")
+        runs[key] = {k: v for k, v in arrays.items() if k.startswith("embedding.")}
+    assert normalise_options({"analyses": ["embedding_raw"]})["analyses"] == ["attention", "embedding", "embedding_raw"]
+    raw = {k for k in runs["both"] if k.endswith("_raw")}
+    assert raw and len(raw) == 2 * loaded.n_layers * loaded.n_heads
+    assert not [k for k in runs["default"] if k.endswith("_raw")]
+    assert set(runs["extension"]) == raw | {k for k in runs["both"] if k.endswith(".meta")}
+    for k, v in runs["extension"].items():
+        assert np.array_equal(v, runs["both"][k]), k
+    for k, v in runs["default"].items():
+        assert np.array_equal(v, runs["both"][k]), k
