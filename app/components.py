@@ -66,6 +66,12 @@ def in_layout(value: Any, default: Any = None) -> Any:
     return default if value is no_update else value
 
 
+def store(id_: str, data: Any) -> dcc.Store:
+    """A store holding ``data``; without a ``data`` prop when None (a Store given ``data=None`` sets its data on
+    mount, which would fire every callback on it: a cached page's first figures are already in the layout)."""
+    return dcc.Store(id=id_) if data is None else dcc.Store(id=id_, data=data)
+
+
 def figure_kwargs(fig: Any) -> dict:
     """A dcc.Graph's ``figure`` keyword for a page's layout: none where the view drew nothing (``no_update`` or
     None)."""

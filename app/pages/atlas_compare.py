@@ -14,7 +14,7 @@ import dash
 from dash import Input, Output, callback, ctx, dash_table, dcc, html, no_update
 
 from app import compare_data, state
-from app.components import alert, empty_state, field, figure_kwargs, in_layout
+from app.components import alert, empty_state, field, figure_kwargs, in_layout, store
 from app.run_gate import pair_at_layout, pair_poll, pair_poll_interval, sync_url
 from backend import figures_atlas
 
@@ -53,7 +53,7 @@ def layout(a: str | None = None, b: str | None = None, **_query: str) -> html.Di
     body_style, grids_fig, depth_fig, roles, heads, mode, heads_style = render(data)
     return html.Div([
         dcc.Location(id="cmp-url", refresh=False),
-        dcc.Store(id="cmp-data", data=data),
+        store("cmp-data", data),
         pair_poll_interval("cmp", stop),
         html.Div(className="card", children=[
             html.H2("Compare head atlases"),

@@ -14,7 +14,7 @@ import dash
 from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import compare_data, state
-from app.components import alert, empty_figure, empty_state, field, figure_kwargs, help_text, in_layout
+from app.components import alert, empty_figure, empty_state, field, figure_kwargs, help_text, in_layout, store
 from app.run_gate import pair_at_layout, pair_poll, pair_poll_interval, sync_url
 from backend import figures_sinks as fs
 from backend.vocab import GRID_METRICS
@@ -43,7 +43,7 @@ def layout(a: str | None = None, b: str | None = None, metric: str | None = None
     body_style, fig_a, fig_b, text_a, text_b, diff_fig, diff_style, message = render(data, metric)
     return html.Div([
         dcc.Location(id="compare-url", refresh=False),
-        dcc.Store(id="compare-data", data=data),
+        store("compare-data", data),
         pair_poll_interval("compare", stop),
         html.Div(className="card", children=[
             html.H2(["Compare two runs ", help_text(fs.METRICS["sink_first"]["help"])]),

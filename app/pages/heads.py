@@ -13,7 +13,7 @@ import dash
 from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app import heads_data, state
-from app.components import alert, empty_figure, field, help_text, in_layout, query_int
+from app.components import alert, empty_figure, field, help_text, in_layout, query_int, store
 from app.run_gate import gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import figures_heads, token_text
@@ -53,7 +53,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     token_opts, token = token_choices(prompt, words, run, v, None)
     fig, summary, error, pattern_poll_off = grid_view(token, v["scale"], prompt, words, run_id, run)
     return html.Div([
-        dcc.Store(id="heads-run-id", data=run_id), dcc.Store(id="heads-run", data=run),
+        dcc.Store(id="heads-run-id", data=run_id), store("heads-run", run),
         dcc.Store(id="heads-view", data=v),
         dcc.Location(id="heads-url", refresh=False),
         dcc.Location(id="heads-go", refresh="callback-nav"),

@@ -16,7 +16,7 @@ import numpy as np
 from dash import ClientsideFunction, Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
 from app import maps_data, state, vit_data
-from app.components import alert, empty_figure, field, help_text, in_layout, query_int
+from app.components import alert, empty_figure, field, help_text, in_layout, query_int, store
 from app.run_gate import Gate, extension_offer, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import embedding_points, figures, figures_maps, figures_vit, jobs, token_text, vit
@@ -53,12 +53,6 @@ def parse_view(query: dict) -> dict:
     }
 
 
-def _store(id_: str, data: Any) -> dcc.Store:
-    """A store holding ``data``; without a ``data`` prop when None (a Store given ``data=None`` sets its data on
-    mount, which would fire every callback on it: a cached page's first figures are already in the layout)."""
-    return dcc.Store(id=id_) if data is None else dcc.Store(id=id_, data=data)
-
-
 def layout(run_id: str | None = None, **query: str) -> html.Div:
     v = parse_view(query)
     ready = gate_at_layout(run_id, maps_data.map_run, analysis=maps_data.gate_analysis(run_id, v["norm"]))
@@ -69,9 +63,9 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
     first = _first_views(run, v, method, layer, head, run_id) if ready else FirstViews()
     return html.Div([
         dcc.Store(id="maps-id", data=run_id), dcc.Store(id="maps-run", data=run), dcc.Store(id="maps-view", data=v),
-        _store("maps-sel", v["sel"]),
-        _store("maps-head-raw", first.head[0]), _store("maps-hover", first.head[1]),
-        _store("maps-hover-key", first.head[2]),
+        store("maps-sel", v["sel"]),
+        store("maps-head-raw", first.head[0]), store("maps-hover", first.head[1]),
+        store("maps-hover-key", first.head[2]),
         dcc.Store(id="maps-pick"),
         dcc.Location(id="maps-url", refresh=False),
         poll_interval("maps", ready),
