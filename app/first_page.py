@@ -19,14 +19,16 @@ from urllib.parse import urlsplit
 
 import dash
 from dash import _pages, dcc, html
+from dash.dash import _ID_CONTENT, _ID_DUMMY, _ID_LOCATION, _ID_STORE
 from flask import has_request_context, request
 
 from app import not_found
+from app.components import store
 
 log = logging.getLogger(__name__)
 
-# Dash's ids for the page container (dash.dash._ID_*): the routing callback and the title callback use them
-ID_LOCATION, ID_CONTENT, ID_STORE, ID_DUMMY = "_pages_location", "_pages_content", "_pages_store", "_pages_dummy"
+# Dash's ids for the page container: the routing callback and the title callback use them
+ID_LOCATION, ID_CONTENT, ID_STORE, ID_DUMMY = _ID_LOCATION, _ID_CONTENT, _ID_STORE, _ID_DUMMY
 REFERRER_POLICY = "same-origin"
 """Sent with every response: same-origin requests carry the page's full URL (the default policy does too, but a
 page-level policy keeps it so under browsers whose default differs); other origins get none."""
@@ -35,14 +37,14 @@ page-level policy keeps it so under browsers whose default differs); other origi
 def container() -> html.Div:
     """Dash's page container, holding the page of the URL this layout is fetched for when that page is known."""
     first = _first_page()
-    if first is None:
-        return html.Div([dcc.Location(id=ID_LOCATION, refresh="callback-nav"),
-                         html.Div(id=ID_CONTENT, disable_n_clicks=True), dcc.Store(id=ID_STORE),
-                         html.Div(id=ID_DUMMY, disable_n_clicks=True)])
-    path, search, content, title = first
-    return html.Div([dcc.Location(id=ID_LOCATION, refresh="callback-nav", pathname=path, search=search),
+    url, content, title = {}, None, None
+    if first is not None:
+        path, search, content, title = first
+        url = {"pathname": path, "search": search}  # given its URL, the Location reports nothing on mount
+    return html.Div([dcc.Location(id=ID_LOCATION, refresh="callback-nav", **url),
                      html.Div(content, id=ID_CONTENT, disable_n_clicks=True),
-                     dcc.Store(id=ID_STORE, data={"title": title}), html.Div(id=ID_DUMMY, disable_n_clicks=True)])
+                     store(ID_STORE, None if first is None else {"title": title}),
+                     html.Div(id=ID_DUMMY, disable_n_clicks=True)])
 
 
 def _first_page() -> tuple[str, str, object, str] | None:
