@@ -23,6 +23,7 @@ the server computes it while the browser loads and boots the scripts, and Dash's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from dash import Dash
@@ -56,22 +57,21 @@ def preload_links(prefix: str, paths: tuple[str, ...] = PRELOADED) -> str:
     return "".join(f'<link rel="preload" as="script" href="{prefix}{SUITES}{path}">' for path in paths)
 
 
-def cache_unversioned(resp: Response) -> Response:
-    """Give a component-suite response without a lifetime (the unfingerprinted chunks) :data:`MAX_AGE_S`, and an
-    asset asked for with its modification time (``/assets/...?m=``, as Dash writes asset URLs) a year."""
-    if resp.status_code not in (200, 304) or resp.cache_control.max_age:
+def cache_lifetimes(assets_path: str) -> Callable[[Response], Response]:
+    """An ``after_request`` hook: a component-suite response without a lifetime (the unfingerprinted chunks) gets
+    :data:`MAX_AGE_S`, an asset under ``assets_path`` asked for with its modification time (``?m=``, as Dash writes
+    asset URLs) a year."""
+
+    def hook(resp: Response) -> Response:
+        if resp.status_code not in (200, 304) or resp.cache_control.max_age:
+            return resp
+        if SUITES in request.path and request.path.endswith(".js"):
+            resp.headers["Cache-Control"] = f"public, max-age={MAX_AGE_S}, stale-while-revalidate={STALE_S}"
+        elif request.path.startswith(assets_path) and request.args.get("m"):
+            resp.headers["Cache-Control"] = f"public, max-age={ASSET_MAX_AGE_S}, immutable"
         return resp
-    if SUITES in request.path and request.path.endswith(".js"):
-        resp.headers["Cache-Control"] = f"public, max-age={MAX_AGE_S}, stale-while-revalidate={STALE_S}"
-    elif request.path.startswith(_assets_path()) and request.args.get("m"):
-        resp.headers["Cache-Control"] = f"public, max-age={ASSET_MAX_AGE_S}, immutable"
-    return resp
 
-
-def _assets_path() -> str:
-    from flask import current_app  # noqa: PLC0415
-
-    return current_app.config.get("ATLAS_ASSETS_PATH", "/assets/")
+    return hook
 
 
 def install(app: Dash) -> None:
@@ -83,5 +83,4 @@ def install(app: Dash) -> None:
 
     app.index_string = app.index_string.replace("{%metas%}", "{%metas%}\n        " + links, 1)
     routes = app.config.routes_pathname_prefix or "/"
-    app.server.config["ATLAS_ASSETS_PATH"] = f"{routes}{app.config.assets_url_path.strip('/')}/"
-    app.server.after_request(cache_unversioned)
+    app.server.after_request(cache_lifetimes(f"{routes}{app.config.assets_url_path.strip('/')}/"))
