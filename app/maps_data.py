@@ -13,7 +13,7 @@ import numpy as np
 from app import state
 from app.memo import LRU
 from backend import embedding_points, jobs, names, token_text
-from backend.vocab import METHOD_NAMES
+from backend.vocab import METHOD_NAMES, RAW_MAPS
 
 BASE_METHODS = METHOD_NAMES
 MATRIX_POINTS = 60_000  # points in the matrix view, over all heads (each head at most MATRIX_PER_HEAD)
@@ -87,7 +87,7 @@ def map_run(run_id: str) -> MapRun:
     return _RUNS.get(run_id, make)
 
 
-RAW_ANALYSIS = "embedding_raw"
+RAW_ANALYSIS = RAW_MAPS
 """The analysis of the maps without normalisation, computed on request (:mod:`backend.engine.embedding_stage`)."""
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from backend import ENGINE_VERSION
 from backend.settings import Settings
 from backend import vocab
-from backend.vocab import ANALYSIS_NAMES, INPUT_KINDS, METHOD_NAMES
+from backend.vocab import ANALYSIS_NAMES, INPUT_KINDS, METHOD_NAMES, RAW_MAPS
 
 DTYPES = ("float32", "bfloat16", "float16")
 ANALYSES = ANALYSIS_NAMES
@@ -85,7 +85,7 @@ def normalise_options(raw: dict[str, Any] | None) -> dict[str, Any]:
     analyses = opts["analyses"]
     if not isinstance(analyses, list) or not all(a in ANALYSES for a in analyses):
         raise SpecError(f"analyses must be a list drawn from {', '.join(ANALYSES)}")
-    opts["analyses"] = sorted(set(analyses) | {"attention"} | ({"embedding"} if "embedding_raw" in analyses else set()))
+    opts["analyses"] = sorted(set(analyses) | {"attention"} | ({"embedding"} if RAW_MAPS in analyses else set()))
     methods = opts["embedding_methods"]
     if not isinstance(methods, list) or not all(m in METHOD_NAMES for m in methods):
         raise SpecError(f"embedding_methods must be a list drawn from {', '.join(METHOD_NAMES)}")

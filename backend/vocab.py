@@ -80,11 +80,14 @@ class Analysis:
     label: str
 
 
+RAW_MAPS = "embedding_raw"
+"""The analysis of the query-key maps without normalisation (``*_raw``), computed on request: it implies
+"embedding" (:mod:`backend.engine.embedding_stage`)."""
 ANALYSES: tuple[Analysis, ...] = (
     Analysis("attention", "Attention patterns (always)"),
     Analysis("metrics", "Sink & head metrics"),
     Analysis("embedding", "Joint query-key maps (AttentionViz)"),
-    Analysis("embedding_raw", "Query-key maps without normalisation (also offered on the maps page)"),
+    Analysis(RAW_MAPS, "Query-key maps without normalisation (also offered on the maps page)"),
     Analysis("importance", "Head importance"),
     Analysis("roles", "Head roles (head atlas)"),
     Analysis("streaming", "StreamingLLM experiment (causal LMs: first prompt, long text)"),

@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from backend.engine.embedding_reducer import QKSampleReducer, compute_head_maps
+from backend.vocab import RAW_MAPS
 
-RAW = "embedding_raw"
+RAW = RAW_MAPS
 """The analysis of the maps without normalisation."""
 
 
