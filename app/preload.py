@@ -14,7 +14,9 @@ while it does). Keep the lifetime short for that reason.
 When ``assets/vendor/plotly-atlas.min.js`` is there (plotly.js with only the trace types the app draws, built by
 ``scripts/build_plotly.sh``), Dash includes it in every page as an asset script; it sets ``window.Plotly``, which
 dcc's graphs use instead of fetching the full plotly.js, so the full one is not preloaded. Asset URLs carry their
-file's modification time (``?m=``), so they get a year's lifetime like Dash's fingerprinted bundles.
+file's modification time (``?m=``), so they get a year's lifetime like Dash's fingerprinted bundles. That bundle
+also defines ``regeneratorRuntime`` (its banner says so), the one global of Dash's ``@babel/polyfill`` that Dash's
+scripts still use in a current browser: the pages then leave out that 100 kB polyfill (:func:`drop_polyfill`).
 
 The app's layout (``_dash-layout``, which holds the page's first figures: :mod:`app.first_page`) is preloaded too:
 the server computes it while the browser loads and boots the scripts, and Dash's renderer's own request for it
@@ -23,6 +25,7 @@ the server computes it while the browser loads and boots the scripts, and Dash's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +44,8 @@ PRELOADED = (
 dcc's chunk names)."""
 SMALL_PLOTLY = Path("vendor") / "plotly-atlas.min.js"
 """The small plotly.js bundle, relative to the assets folder (``scripts/build_plotly.sh``)."""
+POLYFILL_TAG = re.compile(r'<script src="[^"]*/deps/polyfill@[^"]*"></script>\s*')
+"""Dash's script tag of ``@babel/polyfill`` (``dash/deps/polyfill@7.x.min.js``)."""
 MAX_AGE_S = 3600
 STALE_S = 7 * 24 * 3600
 ASSET_MAX_AGE_S = 365 * 24 * 3600
@@ -50,6 +55,21 @@ def preloaded(assets_folder: str | Path) -> tuple[str, ...]:
     """:data:`PRELOADED`, without the full plotly.js when the small bundle is in ``assets_folder``."""
     small = (Path(assets_folder) / SMALL_PLOTLY).is_file()
     return tuple(p for p in PRELOADED if not (small and p == FULL_PLOTLY))
+
+
+def bundle_has_regenerator(assets_folder: str | Path) -> bool:
+    """Whether the small plotly.js bundle in ``assets_folder`` defines ``regeneratorRuntime`` (its banner names
+    regenerator-runtime; bundles built before it was added do not)."""
+    try:
+        with open(Path(assets_folder) / SMALL_PLOTLY, encoding="utf-8", errors="replace") as f:
+            return "regenerator-runtime" in f.readline(1000)
+    except OSError:
+        return False
+
+
+def drop_polyfill(scripts: str) -> str:
+    """``scripts`` (the page's script tags) without Dash's ``@babel/polyfill``."""
+    return POLYFILL_TAG.sub("", scripts, count=1)
 
 
 def preload_links(prefix: str, paths: tuple[str, ...] = PRELOADED) -> str:
@@ -82,5 +102,12 @@ def install(app: Dash) -> None:
     links += f'<link rel="preload" as="fetch" href="{prefix}_dash-layout" crossorigin>'
 
     app.index_string = app.index_string.replace("{%metas%}", "{%metas%}\n        " + links, 1)
+    if bundle_has_regenerator(app.config.assets_folder):
+        interpolate = app.interpolate_index
+
+        def without_polyfill(**kwargs: str) -> str:
+            return interpolate(**{**kwargs, "scripts": drop_polyfill(kwargs.get("scripts", ""))})
+
+        app.interpolate_index = without_polyfill  # type: ignore[method-assign]
     routes = app.config.routes_pathname_prefix or "/"
     app.server.after_request(cache_lifetimes(f"{routes}{app.config.assets_url_path.strip('/')}/"))

@@ -24,7 +24,7 @@ esbuild.build({
     minify: true,
     sourcemap: false,
     legalComments: 'none',
-    banner: { js: `/* plotly.js ${require('plotly.js/package.json').version} (MIT, Plotly, Inc.): bar, heatmap, image, scatter, scattergl */` },
+    banner: { js: `/* plotly.js ${require('plotly.js/package.json').version} (MIT, Plotly, Inc.): bar, heatmap, image, scatter, scattergl; regenerator-runtime ${require('regenerator-runtime/package.json').version} (MIT, Facebook, Inc.) */` },
     plugins: [InlineCSSPlugin(), glsl({ minify: true }), environmentPlugin({ NODE_DEBUG: false })],
     alias: { regl: '@plotly/regl', stream: 'stream-browserify' },
     define: { global: 'window', 'define.amd': 'false' },

@@ -219,7 +219,8 @@ def test_bad_view_parameters_fall_back(live_app, text_run, browser) -> None:
 
 
 def test_maps_page_loads_lean(live_app, text_run, browser) -> None:
-    """A load draws with assets/vendor/plotly-atlas.min.js (built by scripts/setup.sh), never the full plotly.js,
+    """A load draws with assets/vendor/plotly-atlas.min.js (built by scripts/setup.sh), never the full plotly.js nor
+    Dash's @babel/polyfill (the bundle defines regeneratorRuntime, which the lazily loaded graph chunk needs),
     and from the layout alone (app/first_page.py: no routing callback); links inside the app still route."""
     from plotly.offline import get_plotlyjs_version
 
@@ -241,6 +242,8 @@ def test_maps_page_loads_lean(live_app, text_run, browser) -> None:
     assert page.evaluate(f"{PLOT.format(sel='#maps-head-fig')}._fullData.map(t => t.type)")[:2] == ["scattergl"] * 2
     assert any("plotly-atlas.min.js" in u for u in scripts)
     assert not any(preload.FULL_PLOTLY in u for u in scripts), scripts
+    assert not any("/deps/polyfill@" in u for u in scripts), scripts  # the bundle defines regeneratorRuntime
+    assert page.evaluate("typeof window.regeneratorRuntime.mark") == "function"
     assert page.title() == "Query-key maps · Attention Atlas"
     page.wait_for_timeout(500)
     assert routed == []  # the page came in the layout

@@ -49,3 +49,28 @@ def test_fingerprinted_bundles_and_other_responses_keep_their_headers() -> None:
     assert client.get(bundle).headers["Cache-Control"] == "max-age=31536000"  # Dash's year, untouched
     assert "max-age" not in client.get("/").headers.get("Cache-Control", "")  # pages are never cached
     assert "stale-while-revalidate" not in client.get("/docs/references").headers.get("Cache-Control", "")
+
+
+def test_pages_leave_out_the_polyfill_only_when_the_bundle_defines_regenerator_runtime(tmp_path) -> None:
+    """Dash's @babel/polyfill is dropped from the page's scripts when the small bundle's banner names
+    regenerator-runtime (the one global Dash's scripts still need); with an older bundle, or none, it stays."""
+    from app.main import ASSETS
+
+    client = _client()
+    page = client.get("/runs").get_data(as_text=True)
+    has = preload.bundle_has_regenerator(ASSETS)
+    assert ("/deps/polyfill@" in page) != has
+    assert "react-dom@" in page and "dash_renderer" in page  # the other scripts are all there
+    assert page.index("react@") < page.index("plotly-atlas.min.js") < page.index("dash_renderer") if has else True
+
+    (tmp_path / "vendor").mkdir()
+    bundle = tmp_path / preload.SMALL_PLOTLY
+    assert not preload.bundle_has_regenerator(tmp_path)  # no bundle
+    bundle.write_text("/* plotly.js 4.1.1 (MIT, Plotly, Inc.): bar */\nvar Plotly;\n")
+    assert not preload.bundle_has_regenerator(tmp_path)  # built before regenerator-runtime was added
+    bundle.write_text("/* plotly.js 4.1.1: bar; regenerator-runtime 0.14.1 (MIT, Facebook, Inc.) */\nvar Plotly;\n")
+    assert preload.bundle_has_regenerator(tmp_path)
+
+    tags = ('<script src="/_dash-component-suites/dash/deps/polyfill@7.12.1.min.js?v=4.4.1&m=1"></script>\n'
+            '<script src="/_dash-component-suites/dash/deps/react@18.3.1.min.js?v=4.4.1&m=1"></script>')
+    assert preload.drop_polyfill(tags) == '<script src="/_dash-component-suites/dash/deps/react@18.3.1.min.js?v=4.4.1&m=1"></script>'
