@@ -165,7 +165,8 @@ def point_table(run_id: str, run: MapRun, meta: np.ndarray) -> PointTable:
 
 
 def matrix(run_id: str, method: Any, normalised: bool = True) -> tuple[dict, dict]:
-    """Thumbnails of every head (``{(l, h): Thumbnail}``) and their hover texts, from one pipelined read."""
+    """Thumbnails of every head (``{(l, h): Thumbnail}``) and their points' hover texts (the token only: the figure's
+    hover template adds the layer, head and kind, :func:`backend.figures_maps.matrix`), from one pipelined read."""
     run = map_run(run_id)
     name = method_name(run, method, normalised, run_id)
 
@@ -179,8 +180,7 @@ def matrix(run_id: str, method: Any, normalised: bool = True) -> tuple[dict, dic
             xy, meta = arrays[2 * i], arrays[2 * i + 1]
             index = embedding_points.thumbnail_indices(meta, per_head)
             thumbs[(l, h)] = embedding_points.thumbnail(xy, meta, index)
-            hover[(l, h)] = [f"layer {l} head {h} · {embedding_points.KIND_NAMES[k]} '{html.escape(run.label(p, pos))}'"
-                             for k, p, pos in meta[index].tolist()]
+            hover[(l, h)] = [f"'{html.escape(run.label(p, pos))}'" for _, p, pos in meta[index].tolist()]
         return thumbs, hover
 
     return _MATRICES.get((run_id, name), make)

@@ -87,6 +87,20 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
     _, pts0 = api_call(live_app, f"/api/runs/{run_id}/embedding?layer=0&head=0&method=umap")
     assert n_matrix == 72 * len(pts0["points"])  # a small run: every point of every head
 
+    # hovering a point names its layer, head, kind and token (the layer and head are its rounded coordinates: a point
+    # left of and above its cell's centre, whose coordinates are negative in cell (0, 0), says "layer 0 head 0")
+    for cell in ((0, 0), (1, 2)):
+        x, y = page.evaluate(f"""([l, h]) => {{ const t = {PLOT.format(sel='#maps-matrix')}._fullData[1];
+            for (let i = 0; i < t.x.length; i++) {{ if (t.x[i] < h - 0.05 && t.x[i] > h - 0.44 && t.y[i] < l - 0.05
+                && t.y[i] > l - 0.44) return [t.x[i], t.y[i]]; }} return null; }}""", list(cell))
+        page.mouse.move(2, 2)
+        page.mouse.move(*_pixel(page, "#maps-matrix", x, y))
+        text = page.wait_for_function(
+            "(() => { const e = document.querySelector('#maps-matrix .hoverlayer .hovertext'); return e && e.textContent; })()",
+            timeout=10_000).json_value()
+        assert re.match(rf"layer {cell[0]} head {cell[1]} · (query|key) '.+'", text), text
+    page.mouse.move(2, 2)
+
     # a click inside a cell (not on a point) opens that head
     px, py = _pixel(page, "#maps-matrix", 4.38, 2.41)
     page.mouse.click(px, py)

@@ -4,6 +4,7 @@ time and as the matrix, clicks mapped to tokens, the CSV, and an evicted head (t
 from __future__ import annotations
 
 import csv
+import html
 import io
 import uuid
 
@@ -54,7 +55,8 @@ def test_head_matrix_points_and_csv(stored_run) -> None:
     for (l, h), th in thumbs.items():
         full = arrays[names.embedding(l, h, "umap")]
         assert np.allclose(th.xy, embedding_points.fit_cell(full)[th.index])
-        assert hover[(l, h)][0].startswith(f"layer {l} head {h} · ")
+        labels = [f"'{html.escape(run.label(p, pos))}'" for _, p, pos in arrays[names.embedding_meta(l, h)][th.index]]
+        assert hover[(l, h)] == labels  # the token only: the figure's hover template names the layer and head
     assert any("&lt;b&gt;dog&lt;/b&gt;" in t for t in hover[(0, 0)])  # tokens are escaped in hover labels
 
     # a click at a point's coordinates selects that token

@@ -161,4 +161,7 @@ def test_matrix_places_each_head_in_its_cell() -> None:
         for xi, yi, text in zip(x, y, tr.hovertext):
             cell = embedding_points.cell_of(xi, yi, 2, 3)
             assert text == f"L{cell[0]}H{cell[1]}"
+        # the layer and head are the rounded coordinates (d3-format ".0f", as plotly.js formats them)
+        assert tr.hovertemplate.startswith("layer %{y:.0f} head %{x:.0f} · ")
+        assert np.abs(x - np.round(x)).max() < 0.45 and np.abs(y - np.round(y)).max() < 0.45
     assert fig.layout.shapes[0].x0 == 1.5 and fig.layout.shapes[0].y0 == 0.5
