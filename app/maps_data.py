@@ -164,24 +164,21 @@ def point_table(run_id: str, run: MapRun, meta: np.ndarray) -> PointTable:
     return _TABLES.get((run_id, digest), make)
 
 
-def matrix(run_id: str, method: Any, normalised: bool = True) -> tuple[dict, dict]:
-    """Thumbnails of every head (``{(l, h): Thumbnail}``) and their points' hover texts (the token only: the figure's
-    hover template adds the layer, head and kind, :func:`backend.figures_maps.matrix`), from one pipelined read."""
+def matrix(run_id: str, method: Any, normalised: bool = True) -> dict:
+    """Thumbnails of every head (``{(l, h): Thumbnail}``), from one pipelined read."""
     run = map_run(run_id)
     name = method_name(run, method, normalised, run_id)
 
-    def make() -> tuple[dict, dict]:
+    def make() -> dict:
         heads = [(l, h) for l in range(run.n_layers) for h in range(run.n_heads)]
         wanted = [n for l, h in heads for n in (names.embedding(l, h, name), names.embedding_meta(l, h))]
         arrays = state.load_arrays(run_id, wanted)
         per_head = max(40, min(MATRIX_PER_HEAD, MATRIX_POINTS // max(len(heads), 1)))
-        thumbs, hover = {}, {}
+        thumbs = {}
         for i, (l, h) in enumerate(heads):
             xy, meta = arrays[2 * i], arrays[2 * i + 1]
-            index = embedding_points.thumbnail_indices(meta, per_head)
-            thumbs[(l, h)] = embedding_points.thumbnail(xy, meta, index)
-            hover[(l, h)] = [f"'{html.escape(run.label(p, pos))}'" for _, p, pos in meta[index].tolist()]
-        return thumbs, hover
+            thumbs[(l, h)] = embedding_points.thumbnail(xy, meta, embedding_points.thumbnail_indices(meta, per_head))
+        return thumbs
 
     return _MATRICES.get((run_id, name), make)
 

@@ -1,6 +1,7 @@
 """Figures of the joint query-key maps (AttentionViz, docs/REFERENCES.md section 1): arrays in, ``go.Figure`` out.
 
-Points go to the browser as float32 arrays (Plotly sends them as base64 typed arrays) in WebGL traces.
+A head's points go to the browser as float32 arrays (Plotly sends them as base64 typed arrays) in WebGL traces; the
+matrix of all heads as one PNG image (:func:`matrix`).
 """
 
 from __future__ import annotations
@@ -140,43 +141,91 @@ def head_map(
     return _frame(fig, title, 640, uirevision)
 
 
+CELL_PX = 96
+"""Pixels per cell side of the matrix's raster (a cell is drawn about this size on a 1,300-px page)."""
+DOT_OFFSETS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
+"""The pixels of one point in the raster: a plus of 5 pixels, about the old 2.5-px WebGL marker."""
+DOT_OPACITY = 0.7
+CELL_BACKGROUND = "#f4f5f8"
+CELL_GAP_PX = 2
+"""Each cell's background is drawn into the raster, inset by this many transparent pixels on every side."""
+
+
+def matrix_raster(thumbs: Mapping[tuple[int, int], Thumbnail], n_layers: int, n_heads: int,
+                  cell_px: int = CELL_PX) -> np.ndarray:
+    """``[n_layers * cell_px, n_heads * cell_px, 4]`` uint8 RGBA: every head's thumbnail points drawn in its cell
+    (cell ``(l, h)``: rows ``l * cell_px ..``, columns ``h * cell_px ..``; a point at ``(x, y)`` in the cell's unit
+    square, y up, lands on pixel column ``(x + 0.5) * cell_px``, row ``(0.5 - y) * cell_px``), queries then keys over
+    them, each point a plus of :data:`DOT_OFFSETS` in its kind's colour at :data:`DOT_OPACITY` ("over": ``n``
+    points on one pixel give alpha ``1 - 0.3^n``), over each cell's opaque :data:`CELL_BACKGROUND` (transparent in
+    the :data:`CELL_GAP_PX` gap around it)."""
+    h_px, w_px = n_layers * cell_px, n_heads * cell_px
+    counts = np.zeros((2, h_px, w_px), dtype=np.int32)
+    for (l, h), th in thumbs.items():
+        col = np.clip(np.floor((th.xy[:, 0].astype(np.float64) + 0.5) * cell_px), 0, cell_px - 1).astype(np.int64)
+        row = np.clip(np.floor((0.5 - th.xy[:, 1].astype(np.float64)) * cell_px), 0, cell_px - 1).astype(np.int64)
+        for k in (QUERY, KEY):
+            m = th.kind == k
+            for dr, dc in DOT_OFFSETS:
+                r, c = row[m] + dr, col[m] + dc
+                ok = (r >= 0) & (r < cell_px) & (c >= 0) & (c < cell_px)  # a dot stays inside its cell
+                np.add.at(counts[k], (l * cell_px + r[ok], h * cell_px + c[ok]), 1)
+    out = np.zeros((h_px, w_px, 4), dtype=np.float64)
+    inside = np.zeros(cell_px, dtype=bool)
+    inside[CELL_GAP_PX: cell_px - CELL_GAP_PX] = True
+    cell = np.tile(inside, n_layers)[:, None] & np.tile(inside, n_heads)[None, :]  # [H, W]
+    out[cell, :3] = _rgb(CELL_BACKGROUND)
+    out[cell, 3] = 1.0
+    for k in (QUERY, KEY):  # keys over queries
+        a = 1.0 - (1.0 - DOT_OPACITY) ** counts[k]  # [H, W]
+        rgb = _rgb(KIND_COLOURS[k])
+        alpha = a + out[..., 3] * (1 - a)
+        safe = np.where(alpha > 0, alpha, 1)
+        out[..., :3] = (rgb * a[..., None] + out[..., :3] * (out[..., 3] * (1 - a))[..., None]) / safe[..., None]
+        out[..., 3] = alpha
+    return np.rint(out * 255).astype(np.uint8)
+
+
+def _rgb(hex_colour: str) -> np.ndarray:
+    return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.float64) / 255
+
+
+def png_data_uri(rgba: np.ndarray) -> str:
+    """``rgba [H, W, 4]`` uint8 as a ``data:image/png;base64,`` URI."""
+    import base64  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=6)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def matrix(
     thumbs: Mapping[tuple[int, int], Thumbnail],
     n_layers: int,
     n_heads: int,
-    hover: Mapping[tuple[int, int], Sequence[str]] | None = None,
     selected: tuple[int, int] | None = None,
     title: str = "",
+    cell_px: int = CELL_PX,
 ) -> go.Figure:
     """All heads at once: cell ``(l, h)`` (centred on ``x = h, y = l``, layer 0 at the top) holds that head's
-    thumbnail, queries and keys as two WebGL traces; ``hover[(l, h)]`` labels each point (its token), the hover
-    template adds the layer, head and kind. A flat background heatmap makes the whole cell clickable;
-    :func:`backend.embedding_points.cell_of` maps click coordinates back to a head."""
-    xs: dict[int, list[np.ndarray]] = {QUERY: [], KEY: []}
-    ys: dict[int, list[np.ndarray]] = {QUERY: [], KEY: []}
-    texts: dict[int, list[np.ndarray]] = {QUERY: [], KEY: []}
-    for (l, h), th in sorted(thumbs.items()):
-        for k in (QUERY, KEY):
-            m = th.kind == k
-            xs[k].append(h + th.xy[m, 0])
-            ys[k].append(l - th.xy[m, 1])  # the y axis is reversed; keep each map's own up
-            if hover is not None:
-                texts[k].append(np.asarray(hover[(l, h)], dtype=object)[m])
-    fig = go.Figure(go.Heatmap(
-        z=np.zeros((n_layers, n_heads), dtype=np.float32), x=np.arange(n_heads), y=np.arange(n_layers),
-        colorscale=[[0, "#f4f5f8"], [1, "#f4f5f8"]], showscale=False, xgap=4, ygap=4,
-        hovertemplate="layer %{y} head %{x}: click to open<extra></extra>", name="heads",
+    thumbnail, queries and keys drawn into one PNG image (:func:`matrix_raster`): an overview of hundreds of heads
+    and tens of thousands of points that the browser draws as one picture, without WebGL (creating a WebGL context
+    alone took ~185 ms of a load in software rendering, and a WebGL canvas as tall as SmolLM2's 30 layers another
+    ~230 ms to composite). The image holds the cells' backgrounds too; hovering or clicking anywhere in a cell names
+    or opens that head (:func:`backend.embedding_points.cell_of` maps click coordinates back to a head); a head's
+    own map has the points' hover details."""
+    step = 1.0 / cell_px
+    fig = go.Figure(go.Image(
+        source=png_data_uri(matrix_raster(thumbs, n_layers, n_heads, cell_px)), name="heads",
+        x0=-0.5 + step / 2, dx=step, y0=-0.5 + step / 2, dy=step,
+        hovertemplate="layer %{y:.0f} head %{x:.0f}: click to open<extra></extra>",
     ))
-    for k in (QUERY, KEY):
-        if not xs[k]:
-            continue
-        text = np.concatenate(texts[k]) if texts[k] else None
-        # the layer and head are the cell's, rounded from the point's coordinates (each point lies within 0.44 of
-        # its cell's centre): only the token travels per point (SmolLM2's 60,000 points: a quarter of the bytes)
-        fig.add_trace(_points(np.concatenate(xs[k]), np.concatenate(ys[k]), KIND_PLURALS[k], hovertext=text,
-                              hovertemplate=(f"layer %{{y:.0f}} head %{{x:.0f}} · {KIND_NAMES[k]} %{{hovertext}}"
-                                             "<extra></extra>") if text is not None else None,
-                              marker=dict(size=2.5, color=KIND_COLOURS[k], opacity=0.7)))
+    for k in (QUERY, KEY):  # legend entries only
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=KIND_PLURALS[k], hoverinfo="skip",
+                                 marker=dict(size=7, color=KIND_COLOURS[k], opacity=DOT_OPACITY)))
     if selected is not None:
         l, h = selected
         fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5, line=dict(color="#111", width=2))
@@ -186,6 +235,6 @@ def matrix(
                      range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False, scaleanchor="x", scaleratio=1,
                      constrain="domain")
     fig = _frame(fig, title, max(320, 95 * n_layers + 110))
-    fig.update_layout(margin=dict(l=50, r=20, t=90, b=20), legend=dict(y=1.0, yanchor="bottom", x=1, xanchor="right"),
-                      dragmode=False)
+    fig.update_layout(margin=dict(l=50, r=20, t=100, b=20), dragmode=False, showlegend=True,
+                      legend=dict(y=1.0, yanchor="top", x=1, xanchor="right", yref="container", xref="container"))
     return fig

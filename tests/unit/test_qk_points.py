@@ -147,21 +147,62 @@ def test_head_map_without_hover_carries_indices_into_the_table() -> None:
 
 
 def test_matrix_places_each_head_in_its_cell() -> None:
+    """Each head's points are drawn in its own cell of the raster, at the pixel their cell coordinates give (y up),
+    in their kind's colour; the figure's image spans the cells exactly, so a click or hover maps to the head."""
     rng = np.random.default_rng(1)
     meta = np.array([[i % 2, 0, i // 2] for i in range(60)], dtype=np.int32)
     idx = embedding_points.thumbnail_indices(meta, 60)
     thumbs = {(l, h): embedding_points.thumbnail(rng.normal(size=(60, 2)), meta, idx) for l in range(2) for h in range(3)}
-    hover = {k: [f"L{k[0]}H{k[1]}"] * 60 for k in thumbs}
-    fig = figures_maps.matrix(thumbs, 2, 3, hover=hover, selected=(1, 2))
-    heat, qs, ks = fig.data
-    assert np.asarray(heat.z).shape == (2, 3)
-    for tr in (qs, ks):
-        x, y = np.asarray(tr.x), np.asarray(tr.y)
-        assert len(x) == 60 * 6 // 2
-        for xi, yi, text in zip(x, y, tr.hovertext):
-            cell = embedding_points.cell_of(xi, yi, 2, 3)
-            assert text == f"L{cell[0]}H{cell[1]}"
-        # the layer and head are the rounded coordinates (d3-format ".0f", as plotly.js formats them)
-        assert tr.hovertemplate.startswith("layer %{y:.0f} head %{x:.0f} · ")
-        assert np.abs(x - np.round(x)).max() < 0.45 and np.abs(y - np.round(y)).max() < 0.45
+    px = 20
+    raster = figures_maps.matrix_raster(thumbs, 2, 3, cell_px=px)
+    assert raster.shape == (40, 60, 4) and raster.dtype == np.uint8
+    colours = {k: [int(figures_maps.KIND_COLOURS[k][i:i + 2], 16) for i in (1, 3, 5)] for k in (0, 1)}
+    drawn = np.zeros((40, 60), dtype=bool)
+    for (l, h), th in thumbs.items():
+        for (x, y), k in zip(th.xy, th.kind):
+            r, c = l * px + int((0.5 - y) * px), h * px + int((x + 0.5) * px)
+            assert (raster[r, c, :3] != np.rint(np.array(figures_maps._rgb(figures_maps.CELL_BACKGROUND)) * 255)).any()
+            drawn[r, c] = True
+    # a pixel only queries cover has the query colour; an empty pixel is transparent
+    q_only = np.zeros((40, 60), dtype=bool)
+    for (l, h), th in thumbs.items():
+        k0 = th.kind == 0
+        q_only[l * px + ((0.5 - th.xy[k0, 1]) * px).astype(int), h * px + ((th.xy[k0, 0] + 0.5) * px).astype(int)] = True
+    one = np.zeros((2, 40, 60), dtype=int)
+    for (l, h), th in thumbs.items():
+        for k in (0, 1):
+            m = th.kind == k
+            for dr, dc in figures_maps.DOT_OFFSETS:
+                r = ((0.5 - th.xy[m, 1]) * px).astype(int) + dr
+                c = ((th.xy[m, 0] + 0.5) * px).astype(int) + dc
+                ok = (r >= 0) & (r < px) & (c >= 0) & (c < px)
+                np.add.at(one[k], (l * px + r[ok], h * px + c[ok]), 1)
+    bg = np.array(figures_maps._rgb(figures_maps.CELL_BACKGROUND))
+    gap = figures_maps.CELL_GAP_PX
+    inside = np.zeros((40, 60), dtype=bool)
+    for l in range(2):
+        for h in range(3):
+            inside[l * px + gap: (l + 1) * px - gap, h * px + gap: (h + 1) * px - gap] = True
+
+    def over(colour, n):  # n points of one colour over the opaque background
+        a = 1 - 0.3 ** n
+        return np.rint((np.array(colour) / 255 * a + bg * (1 - a)) * 255)
+
+    only_q = (one[0] == 1) & (one[1] == 0) & inside
+    assert only_q.any()
+    assert (raster[only_q, :3] == over(colours[0], 1)).all() and (raster[only_q, 3] == 255).all()
+    only_k = (one[1] == 2) & (one[0] == 0) & inside
+    if only_k.any():
+        assert (raster[only_k, :3] == over(colours[1], 2)).all()
+    empty = (one[0] == 0) & (one[1] == 0)
+    assert (raster[empty & inside] == [*np.rint(bg * 255), 255]).all()  # the cell's background
+    assert (raster[empty & ~inside] == 0).all()  # the gaps between cells are transparent
+
+    fig = figures_maps.matrix(thumbs, 2, 3, selected=(1, 2), cell_px=px)
+    image = fig.data[0]
+    assert image.type == "image" and image.source.startswith("data:image/png;base64,")
+    assert image.x0 - image.dx / 2 == pytest.approx(-0.5) and image.y0 - image.dy / 2 == pytest.approx(-0.5)
+    assert image.dx * px == pytest.approx(1.0) and image.dy * px == pytest.approx(1.0)
+    assert [t.name for t in fig.data[1:]] == ["queries", "keys"]  # legend entries
+    assert not any(t.type == "scattergl" for t in fig.data)  # no WebGL context for the overview
     assert fig.layout.shapes[0].x0 == 1.5 and fig.layout.shapes[0].y0 == 0.5
