@@ -12,7 +12,7 @@ import numpy as np
 
 from app import state
 from app.memo import LRU
-from backend import embedding_points, jobs, names, token_text
+from backend import embedding_points, figures_maps, jobs, names, token_text
 from backend.vocab import METHOD_NAMES, RAW_MAPS
 
 BASE_METHODS = METHOD_NAMES
@@ -51,7 +51,8 @@ class PointTable:
 _RUNS: LRU[MapRun] = LRU(16)
 _HEADS: LRU[tuple[np.ndarray, np.ndarray]] = LRU(24)
 _TABLES: LRU[PointTable] = LRU(8)
-_MATRICES: LRU[tuple[dict, dict]] = LRU(4)
+_MATRICES: LRU[dict] = LRU(4)
+_MATRIX_IMAGES: LRU[str] = LRU(8)
 
 
 def gate_analysis(run_id: str | None, normalised: bool) -> str:
@@ -181,6 +182,15 @@ def matrix(run_id: str, method: Any, normalised: bool = True) -> dict:
         return thumbs
 
     return _MATRICES.get((run_id, name), make)
+
+
+def matrix_image(run_id: str, method: Any, normalised: bool = True) -> str:
+    """The matrix of all heads as a PNG ``data:`` URI (:func:`backend.figures_maps.matrix_source`), memoised: the
+    raster of SmolLM2's 270 heads takes ~0.2 s to draw and encode, and the page asks for it on every load."""
+    run = map_run(run_id)
+    name = method_name(run, method, normalised, run_id)
+    return _MATRIX_IMAGES.get((run_id, name), lambda: figures_maps.matrix_source(
+        matrix(run_id, method, normalised), run.n_layers, run.n_heads))
 
 
 def selected_point(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool, x: Any, y: Any) -> list[int] | None:

@@ -151,59 +151,84 @@ CELL_GAP_PX = 2
 """Each cell's background is drawn into the raster, inset by this many transparent pixels on every side."""
 
 
-def matrix_raster(thumbs: Mapping[tuple[int, int], Thumbnail], n_layers: int, n_heads: int,
-                  cell_px: int = CELL_PX) -> np.ndarray:
-    """``[n_layers * cell_px, n_heads * cell_px, 4]`` uint8 RGBA: every head's thumbnail points drawn in its cell
-    (cell ``(l, h)``: rows ``l * cell_px ..``, columns ``h * cell_px ..``; a point at ``(x, y)`` in the cell's unit
-    square, y up, lands on pixel column ``(x + 0.5) * cell_px``, row ``(0.5 - y) * cell_px``), queries then keys over
-    them, each point a plus of :data:`DOT_OFFSETS` in its kind's colour at :data:`DOT_OPACITY` ("over": ``n``
-    points on one pixel give alpha ``1 - 0.3^n``), over each cell's opaque :data:`CELL_BACKGROUND` (transparent in
-    the :data:`CELL_GAP_PX` gap around it)."""
+MAX_LEVEL = 3
+"""Points on one pixel counted up to this many per kind (4 points of one colour at 0.7 opacity look as 3 do)."""
+
+
+def matrix_indices(thumbs: Mapping[tuple[int, int], Thumbnail], n_layers: int, n_heads: int,
+                   cell_px: int = CELL_PX) -> np.ndarray:
+    """``[n_layers * cell_px, n_heads * cell_px]`` uint8 palette indices of the matrix raster (:data:`MATRIX_PALETTE`):
+    0 in the :data:`CELL_GAP_PX` gap around each cell, else ``1 + 4 * queries + keys``, the numbers of query and key
+    points covering the pixel (each capped at :data:`MAX_LEVEL`). Cell ``(l, h)`` is rows ``l * cell_px ..``,
+    columns ``h * cell_px ..``; a point at ``(x, y)`` of the cell's unit square (y up) covers the plus of
+    :data:`DOT_OFFSETS` around column ``(x + 0.5) * cell_px``, row ``(0.5 - y) * cell_px``, within its cell."""
     h_px, w_px = n_layers * cell_px, n_heads * cell_px
-    counts = np.zeros((2, h_px, w_px), dtype=np.int32)
-    for (l, h), th in thumbs.items():
-        col = np.clip(np.floor((th.xy[:, 0].astype(np.float64) + 0.5) * cell_px), 0, cell_px - 1).astype(np.int64)
-        row = np.clip(np.floor((0.5 - th.xy[:, 1].astype(np.float64)) * cell_px), 0, cell_px - 1).astype(np.int64)
-        for k in (QUERY, KEY):
+    counts = np.zeros((2, h_px * w_px), dtype=np.int64)
+    for k in (QUERY, KEY):
+        flat = []
+        for (l, h), th in thumbs.items():
             m = th.kind == k
+            col = np.clip(np.floor((th.xy[m, 0].astype(np.float64) + 0.5) * cell_px), 0, cell_px - 1).astype(np.int64)
+            row = np.clip(np.floor((0.5 - th.xy[m, 1].astype(np.float64)) * cell_px), 0, cell_px - 1).astype(np.int64)
             for dr, dc in DOT_OFFSETS:
-                r, c = row[m] + dr, col[m] + dc
+                r, c = row + dr, col + dc
                 ok = (r >= 0) & (r < cell_px) & (c >= 0) & (c < cell_px)  # a dot stays inside its cell
-                np.add.at(counts[k], (l * cell_px + r[ok], h * cell_px + c[ok]), 1)
-    out = np.zeros((h_px, w_px, 4), dtype=np.float64)
+                flat.append((l * cell_px + r[ok]) * w_px + h * cell_px + c[ok])
+        if flat:
+            counts[k] = np.bincount(np.concatenate(flat), minlength=h_px * w_px)
+    np.minimum(counts, MAX_LEVEL, out=counts)
+    out = (1 + (MAX_LEVEL + 1) * counts[QUERY] + counts[KEY]).astype(np.uint8).reshape(h_px, w_px)
     inside = np.zeros(cell_px, dtype=bool)
     inside[CELL_GAP_PX: cell_px - CELL_GAP_PX] = True
-    cell = np.tile(inside, n_layers)[:, None] & np.tile(inside, n_heads)[None, :]  # [H, W]
-    out[cell, :3] = _rgb(CELL_BACKGROUND)
-    out[cell, 3] = 1.0
-    for k in (QUERY, KEY):  # keys over queries
-        a = 1.0 - (1.0 - DOT_OPACITY) ** counts[k]  # [H, W]
-        rgb = _rgb(KIND_COLOURS[k])
-        alpha = a + out[..., 3] * (1 - a)
-        safe = np.where(alpha > 0, alpha, 1)
-        out[..., :3] = (rgb * a[..., None] + out[..., :3] * (out[..., 3] * (1 - a))[..., None]) / safe[..., None]
-        out[..., 3] = alpha
-    return np.rint(out * 255).astype(np.uint8)
+    out[~(np.tile(inside, n_layers)[:, None] & np.tile(inside, n_heads)[None, :])] = 0
+    return out
 
 
 def _rgb(hex_colour: str) -> np.ndarray:
     return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.float64) / 255
 
 
-def png_data_uri(rgba: np.ndarray) -> str:
-    """``rgba [H, W, 4]`` uint8 as a ``data:image/png;base64,`` URI."""
+def _palette() -> np.ndarray:
+    """``[1 + (MAX_LEVEL + 1)^2, 4]`` uint8 RGBA: transparent, then each (queries, keys) count pair's colour: that
+    many query dots then key dots at :data:`DOT_OPACITY`, "over" the opaque :data:`CELL_BACKGROUND`."""
+    rows = [np.zeros(4)]
+    for nq in range(MAX_LEVEL + 1):
+        for nk in range(MAX_LEVEL + 1):
+            rgb = _rgb(CELL_BACKGROUND)
+            for colour, n in ((KIND_COLOURS[QUERY], nq), (KIND_COLOURS[KEY], nk)):
+                a = 1.0 - (1.0 - DOT_OPACITY) ** n
+                rgb = _rgb(colour) * a + rgb * (1 - a)
+            rows.append(np.array([*(rgb * 255), 255]))
+    return np.rint(np.array(rows)).astype(np.uint8)
+
+
+MATRIX_PALETTE = _palette()
+
+
+def matrix_raster(thumbs: Mapping[tuple[int, int], Thumbnail], n_layers: int, n_heads: int,
+                  cell_px: int = CELL_PX) -> np.ndarray:
+    """The matrix raster as ``[H, W, 4]`` uint8 RGBA (:func:`matrix_indices` through :data:`MATRIX_PALETTE`)."""
+    return MATRIX_PALETTE[matrix_indices(thumbs, n_layers, n_heads, cell_px)]
+
+
+def matrix_source(thumbs: Mapping[tuple[int, int], Thumbnail], n_layers: int, n_heads: int,
+                  cell_px: int = CELL_PX) -> str:
+    """The matrix raster as a palette PNG ``data:`` URI (one byte a pixel before compression; index 0 transparent),
+    for :func:`matrix`'s ``source``."""
     import base64  # noqa: PLC0415
     import io  # noqa: PLC0415
 
     from PIL import Image  # noqa: PLC0415
 
+    img = Image.fromarray(matrix_indices(thumbs, n_layers, n_heads, cell_px), "P")
+    img.putpalette(MATRIX_PALETTE[:, :3].reshape(-1).tolist())
     buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=6)
+    img.save(buf, format="PNG", transparency=0, compress_level=6)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def matrix(
-    thumbs: Mapping[tuple[int, int], Thumbnail],
+    source: str,
     n_layers: int,
     n_heads: int,
     selected: tuple[int, int] | None = None,
@@ -211,7 +236,8 @@ def matrix(
     cell_px: int = CELL_PX,
 ) -> go.Figure:
     """All heads at once: cell ``(l, h)`` (centred on ``x = h, y = l``, layer 0 at the top) holds that head's
-    thumbnail, queries and keys drawn into one PNG image (:func:`matrix_raster`): an overview of hundreds of heads
+    thumbnail, queries and keys drawn into one PNG image, ``source`` (:func:`matrix_source`, ``cell_px`` pixels a
+    cell): an overview of hundreds of heads
     and tens of thousands of points that the browser draws as one picture, without WebGL (creating a WebGL context
     alone took ~185 ms of a load in software rendering, and a WebGL canvas as tall as SmolLM2's 30 layers another
     ~230 ms to composite). The image holds the cells' backgrounds too; hovering or clicking anywhere in a cell names
@@ -219,7 +245,7 @@ def matrix(
     own map has the points' hover details."""
     step = 1.0 / cell_px
     fig = go.Figure(go.Image(
-        source=png_data_uri(matrix_raster(thumbs, n_layers, n_heads, cell_px)), name="heads",
+        source=source, name="heads",
         x0=-0.5 + step / 2, dx=step, y0=-0.5 + step / 2, dy=step,
         hovertemplate="layer %{y:.0f} head %{x:.0f}: click to open<extra></extra>",
     ))

@@ -202,12 +202,12 @@ def matrix_view(run: dict, method: str, norm: list | None, layer: Any, head: Any
     """The matrix figure of all heads and the error line."""
     normalised = "on" in (norm or [])
     try:
-        thumbs = maps_data.matrix(run_id, method, normalised)
+        source = maps_data.matrix_image(run_id, method, normalised)
     except VIEW_ERRORS as exc:
         return empty_figure("not available"), _errors(exc, run_id)
     sel = (layer, head) if isinstance(layer, int) and isinstance(head, int) else None
     title = f"{METHOD_LABELS.get(method, method)} maps of all heads ({'normalised' if normalised else 'raw'} query/key vectors)"
-    return figures_maps.matrix(thumbs, run["n_layers"], run["n_heads"], selected=sel, title=title), ""
+    return figures_maps.matrix(source, run["n_layers"], run["n_heads"], selected=sel, title=title), ""
 
 
 @callback(

@@ -198,9 +198,16 @@ def test_matrix_places_each_head_in_its_cell() -> None:
     assert (raster[empty & inside] == [*np.rint(bg * 255), 255]).all()  # the cell's background
     assert (raster[empty & ~inside] == 0).all()  # the gaps between cells are transparent
 
-    fig = figures_maps.matrix(thumbs, 2, 3, selected=(1, 2), cell_px=px)
+    source = figures_maps.matrix_source(thumbs, 2, 3, cell_px=px)
+    from PIL import Image  # noqa: PLC0415
+    import base64, io  # noqa: E401, PLC0415
+
+    png = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+    assert png.mode == "P" and png.size == (60, 40)
+    assert (np.asarray(png.convert("RGBA")) == raster).all()  # the PNG is the raster, transparency included
+    fig = figures_maps.matrix(source, 2, 3, selected=(1, 2), cell_px=px)
     image = fig.data[0]
-    assert image.type == "image" and image.source.startswith("data:image/png;base64,")
+    assert image.type == "image" and image.source == source
     assert image.x0 - image.dx / 2 == pytest.approx(-0.5) and image.y0 - image.dy / 2 == pytest.approx(-0.5)
     assert image.dx * px == pytest.approx(1.0) and image.dy * px == pytest.approx(1.0)
     assert [t.name for t in fig.data[1:]] == ["queries", "keys"]  # legend entries
