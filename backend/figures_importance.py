@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from backend.figures import FONT
+from backend.figures import CELL_TEXT_MAX_CELLS, FONT
 
 METRIC_LABELS = {"loss": "loss (nats)", "perplexity": "perplexity", "accuracy": "accuracy"}
 ORDER_STYLE = {
@@ -33,13 +33,13 @@ def _base(fig: go.Figure, title: str, height: int) -> go.Figure:
 def importance_grid(values: np.ndarray, normalised: bool, title: str = "",
                     off: list[list[int]] | None = None) -> go.Figure:
     """``values [layer, head]``: layer down, head across, the score on hover (and in the cells when the
-    grid is small); heads in ``off`` are outlined."""
+    grid has at most :data:`backend.figures.CELL_TEXT_MAX_CELLS` cells); heads in ``off`` are outlined."""
     v = np.ascontiguousarray(np.asarray(values, dtype=np.float32))
     layers, heads = v.shape
     finite = v[np.isfinite(v)]
     hi = float(finite.max()) if finite.size else 1.0
     label = "importance / layer l2 norm" if normalised else "importance E|dL/dξ|"
-    show_text = layers * heads <= 400
+    show_text = layers * heads <= CELL_TEXT_MAX_CELLS
     fig = go.Figure(go.Heatmap(
         z=v, x=np.arange(heads), y=np.arange(layers), colorscale="Viridis", zmin=0.0, zmax=max(hi, 1e-12),
         colorbar=dict(title="score", exponentformat="e" if 0 < hi < 1e-3 else "none"),

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from backend.figures import FONT
+from backend.figures import CELL_TEXT_MAX_CELLS, FONT
 from backend.vocab import METRIC_BY_NAME, SINK_EPS
 
 METRICS: dict[str, dict[str, str]] = {
@@ -61,7 +61,8 @@ def head_grid(values: np.ndarray, metric: str, title: str = "", eps: float | Non
     sink = metric in ("sink_first", "sink_special")
     finite = v[np.isfinite(v)]
     hi = zmax if zmax is not None else (1.0 if sink else float(finite.max()) if finite.size else 1.0)
-    show_text = layers * heads <= 400
+    show_text = layers * heads <= CELL_TEXT_MAX_CELLS
+    outlined = layers * heads <= 400
     fig = go.Figure(go.Heatmap(
         z=v, x=np.arange(heads), y=np.arange(layers), colorscale="Blues" if sink else "Viridis",
         zmin=0.0, zmax=max(hi, 1e-9), colorbar=dict(title=meta["unit"]),
@@ -69,7 +70,7 @@ def head_grid(values: np.ndarray, metric: str, title: str = "", eps: float | Non
         hovertemplate=f"layer %{{y}} head %{{x}}<br>{meta['label']} %{{z:.4f}}<br>click: open this head<extra></extra>",
         xgap=1, ygap=1,
     ))
-    if sink and eps is not None and show_text:  # outlines only on grids small enough to read
+    if sink and eps is not None and outlined:  # outlines only on grids small enough to read
         outline = cell_outline_path(v > eps)
         if outline:  # one path shape for every outlined cell (a shape per cell took 4 s on a 30 x 9 grid)
             fig.add_shape(type="path", path=outline, line=dict(color="#d62728", width=2), layer="above")

@@ -92,3 +92,18 @@ def test_streaming_scores_only_tokens_after_the_first_eviction() -> None:
     assert list(fig.layout.xaxis.range) == [w + k + 1, n]
     short = fs.streaming_perplexity(full[:5], window[:5], sink[:5], w, k)  # never evicts
     assert short["n"] == 0 and np.isnan(short["full"])
+
+
+def test_cell_numbers_on_small_grids_only() -> None:
+    """MiniLM's 6 x 12 grid prints its numbers; SmolLM2's 30 x 9 gives them on hover (the browser measures every
+    cell's text) and keeps its sink outlines."""
+    from backend import figures_importance as fi
+    from backend.figures import CELL_TEXT_MAX_CELLS
+
+    assert 72 <= CELL_TEXT_MAX_CELLS < 270
+    assert fs.head_grid(np.full((6, 12), 0.5), "sink_first").data[0].texttemplate == "%{z:.2f}"
+    big = fs.head_grid(np.full((30, 9), 0.9), "sink_first")
+    assert big.data[0].texttemplate is None and "%{z:.4f}" in big.data[0].hovertemplate
+    assert len(big.layout.shapes) == 1
+    assert fi.importance_grid(np.ones((6, 12)), False).data[0].texttemplate == "%{z:.2g}"
+    assert fi.importance_grid(np.ones((30, 9)), False).data[0].texttemplate is None
