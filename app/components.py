@@ -7,6 +7,8 @@ from typing import Any
 import plotly.graph_objects as go
 from dash import dcc, html, no_update
 
+from backend.figures import TEMPLATE
+
 
 def progress_bar(fraction: float, stage: str, status: str, bar_id: str = "progress") -> html.Div:
     """An accessible progress bar (role=progressbar) with percent and stage text."""
@@ -46,7 +48,7 @@ def field(label: Any, child: Any, width: str = "160px") -> html.Div:
 def empty_figure(message: str = "", height: int = 300) -> go.Figure:
     """A blank figure, optionally with a centred message (before data arrives, or when it is unavailable)."""
     fig = go.Figure()
-    fig.update_layout(template="plotly_white", height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+    fig.update_layout(template=TEMPLATE, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
                       annotations=[dict(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")]
                       if message else [])
     return fig

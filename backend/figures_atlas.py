@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from backend import roles as hr
-from backend.figures import FONT
+from backend.figures import FONT, TEMPLATE
 
 CHANGE_NAMES = ("same role", "role appears", "role vanishes", "role changes")
 CHANGE_COLOURS = ("#f3f4f6", "#2ca02c", "#d62728", "#ff7f0e")
@@ -21,7 +21,7 @@ CHANGE_COLOURS = ("#f3f4f6", "#2ca02c", "#d62728", "#ff7f0e")
 
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT,
-                      margin=dict(l=60, r=20, t=60, b=40), template="plotly_white")
+                      margin=dict(l=60, r=20, t=60, b=40), template=TEMPLATE)
     return fig
 
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from backend.figures import TEMPLATE
 from backend.token_text import merge_words
 
 MAX_BINS = 32
@@ -128,7 +129,7 @@ def heads_grid(thumbs: np.ndarray, hover: Sequence[Sequence[str]] | None = None,
                      scaleratio=ratio, constrain="domain", fixedrange=True)
     cell_px = 64 if not strip else 20
     fig.update_layout(
-        title=dict(text=title, x=0.01, font=dict(size=14)), template="plotly_white", dragmode=False,
+        title=dict(text=title, x=0.01, font=dict(size=14)), template=TEMPLATE, dragmode=False,
         font=dict(family="Inter, system-ui, sans-serif", size=12), margin=dict(l=50, r=20, t=80, b=20),
         height=max(260, cell_px * n_layers + 110), plot_bgcolor="#ffffff",
     )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from backend.figures import CELL_TEXT_MAX_CELLS, FONT
+from backend.figures import CELL_TEXT_MAX_CELLS, FONT, TEMPLATE
 
 METRIC_LABELS = {"loss": "loss (nats)", "perplexity": "perplexity", "accuracy": "accuracy"}
 ORDER_STYLE = {
@@ -25,7 +25,7 @@ ORDER_STYLE = {
 def _base(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT,
-        margin=dict(l=70, r=20, t=44, b=48), template="plotly_white",
+        margin=dict(l=70, r=20, t=44, b=48), template=TEMPLATE,
     )
     return fig
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from backend.figures import CELL_TEXT_MAX_CELLS, FONT
+from backend.figures import CELL_TEXT_MAX_CELLS, FONT, TEMPLATE
 from backend.vocab import METRIC_BY_NAME, SINK_EPS
 
 METRICS: dict[str, dict[str, str]] = {
@@ -24,7 +24,7 @@ METRICS: dict[str, dict[str, str]] = {
 def _base(fig: go.Figure, title: str, height: int, margin_l: int = 70) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT,
-        margin=dict(l=margin_l, r=20, t=44, b=44), template="plotly_white",
+        margin=dict(l=margin_l, r=20, t=44, b=44), template=TEMPLATE,
     )
     return fig
 

@@ -107,3 +107,18 @@ def test_cell_numbers_on_small_grids_only() -> None:
     assert len(big.layout.shapes) == 1
     assert fi.importance_grid(np.ones((6, 12)), False).data[0].texttemplate == "%{z:.2g}"
     assert fi.importance_grid(np.ones((30, 9)), False).data[0].texttemplate is None
+
+
+def test_figures_let_tick_labels_pass_the_edge() -> None:
+    """Every figure's template allows tick labels past the graph's edge, so plotly.js does not measure each one to
+    hide it (its default on linear axes)."""
+    from backend import figures, figures_importance as fi, figures_maps
+
+    figs = [fs.head_grid(np.full((6, 12), 0.5), "entropy"), fi.importance_grid(np.ones((6, 12)), False),
+            figures.attention_row(["a", "b", "c"], np.array([0.2, 0.3, 0.5]), 1),
+            figures_maps.matrix("data:image/png;base64,", 2, 3)]
+    for fig in figs:
+        for axis in (fig.layout.template.layout.xaxis, fig.layout.template.layout.yaxis):
+            assert axis.ticklabeloverflow == "allow"
+        assert fig.layout.template.layout.paper_bgcolor == "white"  # plotly_white underneath
+        assert all(t.colorbar.ticklabeloverflow == "allow" for t in fig.layout.template.data.heatmap)
