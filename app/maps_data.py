@@ -168,7 +168,11 @@ def point_table(run_id: str, run: MapRun, meta: np.ndarray) -> PointTable:
 def matrix(run_id: str, method: Any, normalised: bool = True) -> dict:
     """Thumbnails of every head (``{(l, h): Thumbnail}``), from one pipelined read."""
     run = map_run(run_id)
-    name = method_name(run, method, normalised, run_id)
+    return _thumbnails(run_id, run, method_name(run, method, normalised, run_id))
+
+
+def _thumbnails(run_id: str, run: MapRun, name: str) -> dict:
+    """:func:`matrix` of the stored maps ``name``, memoised."""
 
     def make() -> dict:
         heads = [(l, h) for l in range(run.n_layers) for h in range(run.n_heads)]
@@ -190,7 +194,7 @@ def matrix_image(run_id: str, method: Any, normalised: bool = True) -> str:
     run = map_run(run_id)
     name = method_name(run, method, normalised, run_id)
     return _MATRIX_IMAGES.get((run_id, name), lambda: figures_maps.matrix_source(
-        matrix(run_id, method, normalised), run.n_layers, run.n_heads))
+        _thumbnails(run_id, run, name), run.n_layers, run.n_heads))
 
 
 def selected_point(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool, x: Any, y: Any) -> list[int] | None:

@@ -239,9 +239,9 @@ def matrix(
     thumbnail, queries and keys drawn into one PNG image, ``source`` (:func:`matrix_source`, ``cell_px`` pixels a
     cell): an overview of hundreds of heads and tens of thousands of points that the browser draws as one picture,
     without WebGL (creating a WebGL context alone took ~185 ms of a load in software rendering, and a WebGL canvas as
-    tall as SmolLM2's 30 layers another ~230 ms to composite). The image holds the cells' backgrounds too; hovering or clicking anywhere in a cell names
-    or opens that head (:func:`backend.embedding_points.cell_of` maps click coordinates back to a head); a head's
-    own map has the points' hover details."""
+    tall as SmolLM2's 30 layers another ~230 ms to composite). The image holds the cells' backgrounds too; hovering
+    or clicking anywhere in a cell names or opens that head (:func:`backend.embedding_points.cell_of` maps click
+    coordinates back to a head); a head's own map has the points' hover details."""
     step = 1.0 / cell_px
     fig = go.Figure(go.Image(
         source=source, name="heads",
