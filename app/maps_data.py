@@ -56,7 +56,7 @@ _MATRIX_IMAGES: LRU[str] = LRU(8)
 
 
 def gate_analysis(run_id: str | None, normalised: bool) -> str:
-    """The analysis the maps page waits for: "embedding", or :data:`RAW_ANALYSIS` when the view asks for the maps
+    """The analysis the maps page waits for: "embedding", or :data:`RAW_MAPS` when the view asks for the maps
     without normalisation of a finished run that has the normalised ones but not those (the page then offers to
     compute them, shows the extension's progress, then the view)."""
     if normalised or not run_id:
@@ -66,7 +66,7 @@ def gate_analysis(run_id: str | None, normalised: bool) -> str:
         run = map_run(run_id)
     except (state.ViewError, state.NotReady, LookupError):
         return "embedding"
-    return "embedding" if has_raw_maps(run_id, run.methods[0]) or RAW_ANALYSIS in jobs.run_analyses(m) else RAW_ANALYSIS
+    return "embedding" if has_raw_maps(run_id, run.methods[0]) or RAW_MAPS in jobs.run_analyses(m) else RAW_MAPS
 
 
 def map_run(run_id: str) -> MapRun:
@@ -88,18 +88,14 @@ def map_run(run_id: str) -> MapRun:
     return _RUNS.get(run_id, make)
 
 
-RAW_ANALYSIS = RAW_MAPS
-"""The analysis of the maps without normalisation, computed on request (:mod:`backend.engine.embedding_stage`)."""
-
-
 class RawMapsMissing(state.ViewError):
     """The run has no maps without normalisation yet: they are added on request (the run is extended with
-    :data:`RAW_ANALYSIS`)."""
+    :data:`RAW_MAPS`)."""
 
 
 def has_raw_maps(run_id: str, method: str) -> bool:
     """Whether the finished run stores ``method``'s maps without normalisation (runs from before they were computed
-    on request always do; others once asked for, or extended with, :data:`RAW_ANALYSIS`). Read from the manifest
+    on request always do; others once asked for, or extended with, :data:`RAW_MAPS`). Read from the manifest
     each time: an extension adds them to a run whose shape (:func:`map_run`) is memoised."""
     return names.embedding(0, 0, f"{method}_raw") in (state.done_manifest(run_id).get("sizes") or {})
 
@@ -117,8 +113,8 @@ def method_name(run: MapRun, method: Any, normalised: bool, run_id: str | None =
         return str(method)
     if run_id is not None and not has_raw_maps(run_id, str(method)):
         raise RawMapsMissing(f"this run has no maps without normalisation yet: they are computed on request (extend "
-                             f"the run with the '{RAW_ANALYSIS}' analysis: POST /api/runs/{run_id}/extend with "
-                             f'{{"analyses": ["{RAW_ANALYSIS}"]}}, or untick the normalisation on the maps page)')
+                             f"the run with the '{RAW_MAPS}' analysis: POST /api/runs/{run_id}/extend with "
+                             f'{{"analyses": ["{RAW_MAPS}"]}}, or untick the normalisation on the maps page)')
     return f"{method}_raw"
 
 

@@ -20,7 +20,7 @@ from app.components import alert, empty_figure, field, help_text, in_layout, que
 from app.run_gate import Gate, extension_offer, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import embedding_points, figures, figures_maps, figures_vit, jobs, token_text, vit
-from backend.vocab import METHOD_LABELS
+from backend.vocab import METHOD_LABELS, RAW_MAPS
 
 dash.register_page(__name__, path_template="/runs/<run_id>/maps", title="Query-key maps · Attention Atlas",
                    name="Query-key maps", order=1)  # before the run page, whose /runs/<run_id> would match too
@@ -183,7 +183,7 @@ def _errors(exc: Exception, run_id: str | None = None):
     the page reloads at the same URL and shows the progress, then the maps)."""
     if isinstance(exc, maps_data.RawMapsMissing) and run_id:
         ext = jobs.extension_status(state.cache(), run_id)
-        return extension_offer(run_id, maps_data.RAW_ANALYSIS, ext)
+        return extension_offer(run_id, RAW_MAPS, ext)
     return alert(state.REDIS_DOWN if isinstance(exc, state.REDIS_ERRORS) else str(exc).strip("'\""), "warn")
 
 

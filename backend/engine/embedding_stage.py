@@ -16,9 +16,6 @@ from typing import Any
 from backend.engine.embedding_reducer import QKSampleReducer, compute_head_maps
 from backend.vocab import RAW_MAPS
 
-RAW = RAW_MAPS
-"""The analysis of the maps without normalisation."""
-
 
 class EmbeddingSampler(QKSampleReducer):
     """The QK sampler as a run reducer: it emits nothing itself; the stage below projects its samples."""
@@ -33,7 +30,7 @@ class EmbeddingSampler(QKSampleReducer):
 def reducers(loaded, options: dict[str, Any]) -> list:
     """The sampler, when the run asks for "embedding" or "embedding_raw"."""
     analyses = options.get("analyses", [])
-    if "embedding" not in analyses and RAW not in analyses:
+    if "embedding" not in analyses and RAW_MAPS not in analyses:
         return []
     return [EmbeddingSampler(loaded.n_layers, loaded.n_heads, int(options["max_points_per_head"]), int(options["seed"]))]
 
@@ -47,7 +44,7 @@ def embedding_stage(loaded, inputs, options, reducers, emit, progress, should_ca
         progress(done / max(total, 1), f"query-key maps: {done}/{total}")
 
     maps = compute_head_maps(sampler.samples(), options["embedding_methods"], seed=int(options["seed"]),
-                             normalise=True, raw=RAW in analyses, normalised="embedding" in analyses,
+                             normalise=True, raw=RAW_MAPS in analyses, normalised="embedding" in analyses,
                              progress=report, should_cancel=should_cancel)
     for name, arr in maps.items():
         emit(name, arr)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from backend.engine import embedding_stage, importance_stage, roles_stage, streaming, token_norms
 from backend.engine.metrics_reducer import MassiveActivationReducer, SinkMetricsReducer
 from backend.engine.models import LoadedModel
+from backend.vocab import RAW_MAPS
 
 ReducerFactory = Callable[[LoadedModel, dict[str, Any]], list]
 StageFn = Callable[..., None]
@@ -61,7 +62,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("streaming", streaming.streaming_stage),
     Stage("roles", roles_stage.roles_stage),
     Stage("importance", importance_stage.importance_stage),
-    Stage("embedding", embedding_stage.embedding_stage, also=(embedding_stage.RAW,)),
+    Stage("embedding", embedding_stage.embedding_stage, also=(RAW_MAPS,)),
 )
 
 
