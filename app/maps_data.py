@@ -230,13 +230,15 @@ def csv_text(run_id: str, layer: Any, head_: Any, method: Any, normalised: bool)
 
 
 PATTERN_WAIT_S = 20.0
-"""A clicked point's pattern, when computed on request, is waited for this long inside the callback (the map page
-does not poll; past it the page says the pattern is being computed, and the next click finds it)."""
+"""A clicked point's pattern, when computed on request, is waited for this long inside the callback; past it the
+page says the pattern is being computed and polls (without waiting) until it is there."""
 
 
-def pattern(run_id: str, prompt: Any, layer: Any, head_: Any) -> tuple[list[str], np.ndarray]:
-    """Tokens and the ``[query, key]`` pattern of one head for one prompt (the selected token's attention)."""
-    return state.pattern(run_id, prompt, layer, head_, PATTERN_WAIT_S)
+def pattern(run_id: str, prompt: Any, layer: Any, head_: Any,
+            wait_s: float = PATTERN_WAIT_S) -> tuple[list[str], np.ndarray]:
+    """Tokens and the ``[query, key]`` pattern of one head for one prompt (the selected token's attention);
+    ``state.PatternPending`` past ``wait_s`` while it is computed on request."""
+    return state.pattern(run_id, prompt, layer, head_, wait_s)
 
 
 def image_names(run_id: str) -> list[str]:

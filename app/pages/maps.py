@@ -17,7 +17,7 @@ from dash import ClientsideFunction, Input, Output, State, callback, clientside_
 
 from app import maps_data, state, vit_data
 from app.components import alert, empty_figure, field, help_text, in_layout, query_int, store
-from app.run_gate import Gate, extension_offer, gate_at_layout, poll_interval, sync_url, wait_for_run
+from app.run_gate import POLL_MS, Gate, extension_offer, gate_at_layout, poll_interval, sync_url, wait_for_run
 from app.view_links import register_view
 from backend import embedding_points, figures, figures_maps, figures_vit, jobs, token_text, vit
 from backend.vocab import METHOD_LABELS, RAW_MAPS
@@ -106,6 +106,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
             dcc.Graph(id="maps-head-fig", config=GL_CONFIG, figure=empty_figure()),
             html.Div(id="maps-token", children=first.token[0]),
             dcc.Graph(id="maps-token-fig", config={"displaylogo": False}, figure=first.token[1], style=first.token[2]),
+            dcc.Interval(id="maps-token-poll", interval=POLL_MS, n_intervals=0, disabled=first.token[3]),
         ]),
     ])
 
@@ -155,7 +156,7 @@ class FirstViews(NamedTuple):
     matrix: Any = None
     error: Any = None
     head: tuple = (None, None, None, None)
-    token: tuple = (html.P(PLACEHOLDER, className="muted"), empty_figure(), {"display": "none"})
+    token: tuple = (html.P(PLACEHOLDER, className="muted"), empty_figure(), {"display": "none"}, True)
 
 
 def _first_views(run: dict, v: dict, method: str, layer: int, head: int, run_id: str) -> FirstViews:
@@ -330,29 +331,33 @@ def _token_spans(tokens: list[str], weights: np.ndarray, position: int) -> list[
 
 @callback(
     Output("maps-token", "children"), Output("maps-token-fig", "figure"), Output("maps-token-fig", "style"),
+    Output("maps-token-poll", "disabled"),
     Input("maps-sel", "data"), Input("maps-layer", "value"), Input("maps-head", "value"), Input("maps-run", "data"),
+    Input("maps-token-poll", "n_intervals"),
     State("maps-id", "data"), prevent_initial_call=True,  # a cached run's selection is drawn in the layout
 )
-def render_token(sel, layer, head, run, run_id):
+def render_token(sel, layer, head, run, _poll, run_id):
     if not sel and dash.ctx.triggered_id != "maps-sel":
-        return no_update, no_update, no_update  # nothing selected, nothing cleared: the placeholder stays (a head
-        # switch must not redraw the hidden figure: the browser's time is the map's)
-    return token_view(sel, layer, head, run, run_id)
+        return no_update, no_update, no_update, True  # nothing selected, nothing cleared: the placeholder stays (a
+        # head switch must not redraw the hidden figure: the browser's time is the map's)
+    return token_view(sel, layer, head, run, run_id, polled=dash.ctx.triggered_id == "maps-token-poll")
 
 
-def token_view(sel: list | None, layer: Any, head: Any, run: dict | None, run_id: str) -> tuple:
-    """The selected token's attention in its own prompt: a query's row (where it attends) or a key's column
-    (which queries attend to it); over the image for image runs."""
+def token_view(sel: list | None, layer: Any, head: Any, run: dict | None, run_id: str,
+               polled: bool = False) -> tuple:
+    """(panel, figure, figure style, poll disabled): the selected token's attention in its own prompt: a query's row
+    (where it attends) or a key's column (which queries attend to it); over the image for image runs. While the
+    pattern is computed on request the panel says so and the poll stays on (``polled``: its look, without waiting)."""
     hidden = {"display": "none"}
     if not run or not sel or layer is None or head is None:
-        return html.P(PLACEHOLDER, className="muted"), empty_figure(), hidden
+        return html.P(PLACEHOLDER, className="muted"), empty_figure(), hidden, True
     kind, p, pos = sel
     try:
-        tokens, pat = maps_data.pattern(run_id, p, layer, head)
+        tokens, pat = maps_data.pattern(run_id, p, layer, head, 0.0 if polled else maps_data.PATTERN_WAIT_S)
         if not 0 <= pos < len(tokens):
             raise state.ViewError("the selected token is outside its prompt")
     except VIEW_ERRORS as exc:
-        return _errors(exc), empty_figure(), hidden
+        return _errors(exc), empty_figure(), hidden, not isinstance(exc, state.PatternPending)
     weights = pat[pos] if kind == embedding_points.QUERY else pat[:, pos]
     shown = tokens if run.get("image") else token_text.labels(tokens)
     what = (f"where the query '{shown[pos]}' attends" if kind == embedding_points.QUERY
@@ -365,15 +370,15 @@ def token_view(sel: list | None, layer: Any, head: Any, run: dict | None, run_id
             lay = vit.token_layout(tokens)
             uri, w, h = vit_data.display(run_id, p, lay.rows, lay.cols)
         except VIEW_ERRORS as exc:
-            return _errors(exc), empty_figure(), hidden
+            return _errors(exc), empty_figure(), hidden, True
         grid = weights[lay.n_prefix:].reshape(lay.rows, lay.cols)
         fig = figures_vit.overlay(uri, w, h, grid, lay, 0.6, title=title, selected=lay.patch_at(pos))
-        return html.Div([html.H4(f"{embedding_points.KIND_NAMES[kind]} {tokens[pos]} of image {p}"), link]), fig, {}
+        return html.Div([html.H4(f"{embedding_points.KIND_NAMES[kind]} {tokens[pos]} of image {p}"), link]), fig, {}, True
     body = html.Div([
         html.H4(f"{embedding_points.KIND_NAMES[kind]} '{shown[pos]}' · input {p}, position {pos}"),
         html.Div(_token_spans(shown, weights, pos), className="tokens", id="maps-token-text"), link,
     ])
-    return body, figures.attention_row(shown, weights, pos, title=title), {}
+    return body, figures.attention_row(shown, weights, pos, title=title), {}, True
 
 
 def _view_query(mode, method, norm, layer, head, colour, search, sel, run) -> dict | None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from backend import keys, names, patterns, tensor_io
-from tests.conftest import api_call, wait_done
+from tests.conftest import api_call, submit_run, wait_done
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -126,3 +126,24 @@ def test_embedding_points_for_each_head(live_app, worker) -> None:
                 assert final["tokens"][p["prompt"]][p["position"]] == p["token"]
     code, err = _call(live_app, f"/api/runs/{body['run_id']}/embedding?layer=0&head=0&method=umap")
     assert code == 400 and "no umap map" in err["error"]
+
+
+def test_maps_token_view_polls_while_its_pattern_is_computed(live_app, worker) -> None:
+    """A clicked token whose pattern is still computed on request says so with the poll on; a poll's look (no
+    wait) draws the token view once the worker has computed it, and turns the poll off."""
+    from app.main import create_app
+
+    create_app()  # registers the pages
+    from app.pages import maps
+
+    run_id = submit_run(live_app, {"model": "all-MiniLM-L6-v2", "prompts": ["The cat sat on the mat.", "A dog ran."],
+                                   "options": {"analyses": ["attention"]}})
+    sel = [0, 1, 2]  # the query at position 2 of prompt 1
+    panel, _, style, poll_off = maps.token_view(sel, 1, 3, {"image": False}, run_id, polled=True)
+    assert poll_off is False and style == {"display": "none"}
+    assert "computing layer 1 of prompt 2" in str(panel)
+    deadline = time.time() + 120
+    while poll_off is False and time.time() < deadline:
+        time.sleep(0.8)
+        panel, _, style, poll_off = maps.token_view(sel, 1, 3, {"image": False}, run_id, polled=True)
+    assert poll_off is True and style == {} and "maps-token-text" in str(panel)
