@@ -131,10 +131,12 @@ def test_embedding_points_for_each_head(live_app, worker) -> None:
 def test_maps_token_view_polls_while_its_pattern_is_computed(live_app, worker) -> None:
     """A clicked token whose pattern is still computed on request says so with the poll on; a poll's look (no
     wait) draws the token view once the worker has computed it, and turns the poll off."""
+    import sys
+
     from app.main import create_app
 
-    create_app()  # registers the pages
-    from app.pages import maps
+    create_app()  # Dash imports the pages as "pages.*" (importing "app.pages.maps" would register it twice)
+    maps = sys.modules["pages.maps"]
 
     run_id = submit_run(live_app, {"model": "all-MiniLM-L6-v2", "prompts": ["The cat sat on the mat.", "A dog ran."],
                                    "options": {"analyses": ["attention"]}})
