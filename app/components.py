@@ -7,7 +7,7 @@ from typing import Any
 import plotly.graph_objects as go
 from dash import dcc, html, no_update
 
-from backend.figures import TEMPLATE
+import backend.figures  # noqa: F401  (registers plotly's default template: backend.figures.TEMPLATE)
 
 
 def progress_bar(fraction: float, stage: str, status: str, bar_id: str = "progress") -> html.Div:
@@ -48,7 +48,7 @@ def field(label: Any, child: Any, width: str = "160px") -> html.Div:
 def empty_figure(message: str = "", height: int = 300) -> go.Figure:
     """A blank figure, optionally with a centred message (before data arrives, or when it is unavailable)."""
     fig = go.Figure()
-    fig.update_layout(template=TEMPLATE, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+    fig.update_layout(height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
                       annotations=[dict(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")]
                       if message else [])
     return fig

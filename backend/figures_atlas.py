@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from backend import roles as hr
-from backend.figures import FONT, TEMPLATE
+from backend.figures import FONT, grid_axes
 
 CHANGE_NAMES = ("same role", "role appears", "role vanishes", "role changes")
 CHANGE_COLOURS = ("#f3f4f6", "#2ca02c", "#d62728", "#ff7f0e")
@@ -21,7 +21,7 @@ CHANGE_COLOURS = ("#f3f4f6", "#2ca02c", "#d62728", "#ff7f0e")
 
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT,
-                      margin=dict(l=60, r=20, t=60, b=40), template=TEMPLATE)
+                      margin=dict(l=60, r=20, t=60, b=40))
     return fig
 
 
@@ -88,6 +88,7 @@ def role_grid(dominant: np.ndarray, scores: Mapping[str, np.ndarray], title: str
     fig = go.Figure(_grid_trace(dominant, scores, colour_by))
     fig.update_yaxes(autorange="reversed", title="layer")
     fig.update_xaxes(title="head", side="top")
+    grid_axes(fig)
     return _layout(fig, title, height=int(min(1400, max(320, 30 * L + 140))))
 
 
@@ -111,6 +112,7 @@ def compare_grids(dom_a: np.ndarray, dom_b: np.ndarray, scores_a: Mapping[str, n
             hovertemplate="layer %{y} head %{x}<br>%{customdata}<extra></extra>",
         ), row=1, col=3)
     fig.update_yaxes(autorange="reversed")
+    grid_axes(fig)
     L = max(dom_a.shape[0], dom_b.shape[0])
     return _layout(fig, "", height=int(min(1400, max(340, 30 * L + 160))))
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from backend.figures import TEMPLATE
+from backend.figures import grid_axes
 from backend.token_text import merge_words
 
 MAX_BINS = 32
@@ -127,9 +127,10 @@ def heads_grid(thumbs: np.ndarray, hover: Sequence[Sequence[str]] | None = None,
     fig.update_yaxes(tickvals=list(range(n_layers)), ticktext=[f"L{l}" for l in range(n_layers)],
                      range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False, scaleanchor="x",
                      scaleratio=ratio, constrain="domain", fixedrange=True)
+    grid_axes(fig)
     cell_px = 64 if not strip else 20
     fig.update_layout(
-        title=dict(text=title, x=0.01, font=dict(size=14)), template=TEMPLATE, dragmode=False,
+        title=dict(text=title, x=0.01, font=dict(size=14)), dragmode=False,
         font=dict(family="Inter, system-ui, sans-serif", size=12), margin=dict(l=50, r=20, t=80, b=20),
         height=max(260, cell_px * n_layers + 110), plot_bgcolor="#ffffff",
     )

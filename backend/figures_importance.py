@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from backend.figures import CELL_TEXT_MAX_CELLS, FONT, TEMPLATE
+from backend.figures import CELL_TEXT_MAX_CELLS, FONT, grid_axes
 
 METRIC_LABELS = {"loss": "loss (nats)", "perplexity": "perplexity", "accuracy": "accuracy"}
 ORDER_STYLE = {
@@ -25,7 +25,7 @@ ORDER_STYLE = {
 def _base(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT,
-        margin=dict(l=70, r=20, t=44, b=48), template=TEMPLATE,
+        margin=dict(l=70, r=20, t=44, b=48),
     )
     return fig
 
@@ -52,6 +52,7 @@ def importance_grid(values: np.ndarray, normalised: bool, title: str = "",
                       line=dict(color="#d62728", width=2))
     fig.update_xaxes(title="head", tickmode="linear", dtick=1 if heads <= 32 else max(1, heads // 16))
     fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if layers <= 48 else 4)
+    grid_axes(fig)
     return _base(fig, title or label, height=max(300, min(900, 28 * layers + 130)))
 
 

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from backend.figures import FONT, TEMPLATE
+from backend.figures import FONT
 from backend.embedding_points import KEY, KIND_NAMES, QUERY, Thumbnail
 
 KIND_COLOURS = ("#3aa655", "#d6409f")  # queries green, keys pink, as in AttentionViz
@@ -47,7 +47,7 @@ def prompt_label(prompt: int, names: Sequence[str] | None = None) -> str:
 
 def _frame(fig: go.Figure, title: str, height: int, uirevision: str | None = None) -> go.Figure:
     fig.update_layout(
-        title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT, template=TEMPLATE,
+        title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT,
         margin=dict(l=50, r=20, t=60, b=30), legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1, xanchor="right"),
         hoverlabel=dict(namelength=0), uirevision=uirevision,
     )

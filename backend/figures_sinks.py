@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from backend.figures import CELL_TEXT_MAX_CELLS, FONT, TEMPLATE
+from backend.figures import CELL_TEXT_MAX_CELLS, FONT, grid_axes
 from backend.vocab import METRIC_BY_NAME, SINK_EPS
 
 METRICS: dict[str, dict[str, str]] = {
@@ -24,7 +24,7 @@ METRICS: dict[str, dict[str, str]] = {
 def _base(fig: go.Figure, title: str, height: int, margin_l: int = 70) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=FONT,
-        margin=dict(l=margin_l, r=20, t=44, b=44), template=TEMPLATE,
+        margin=dict(l=margin_l, r=20, t=44, b=44),
     )
     return fig
 
@@ -76,6 +76,7 @@ def head_grid(values: np.ndarray, metric: str, title: str = "", eps: float | Non
             fig.add_shape(type="path", path=outline, line=dict(color="#d62728", width=2), layer="above")
     fig.update_xaxes(title="head", tickmode="linear", dtick=1 if heads <= 32 else max(1, heads // 16))
     fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if layers <= 48 else 4)
+    grid_axes(fig)
     return _base(fig, title or meta["label"], height=max(300, min(900, 28 * layers + 120)))
 
 
@@ -95,6 +96,7 @@ def diff_grid(a: np.ndarray, b: np.ndarray, metric: str, title: str = "") -> go.
     ))
     fig.update_xaxes(title="head", tickmode="linear", dtick=1 if a.shape[1] <= 32 else max(1, a.shape[1] // 16))
     fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if a.shape[0] <= 48 else 4)
+    grid_axes(fig)
     return _base(fig, title or f"difference B - A: {meta['label']}", height=max(300, min(900, 28 * a.shape[0] + 120)))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from backend.figures import FONT, TEMPLATE
+from backend.figures import FONT
 from backend.vit import TokenLayout, upsample_bilinear
 
 DISPLAY_MAX = 320  # long side of the displayed image, pixels
@@ -24,7 +24,7 @@ COLORSCALE = "Inferno"
 def _base(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, font=dict(size=13)), height=height, font=FONT,
-        margin=dict(l=10, r=10, t=40, b=10), template=TEMPLATE,
+        margin=dict(l=10, r=10, t=40, b=10),
     )
     return fig
 

@@ -122,3 +122,24 @@ def test_figures_let_tick_labels_pass_the_edge() -> None:
             assert axis.ticklabeloverflow == "allow"
         assert fig.layout.template.layout.paper_bgcolor == "white"  # plotly_white underneath
         assert all(t.colorbar.ticklabeloverflow == "allow" for t in fig.layout.template.data.heatmap)
+        # no axis-title standoff: with one, plotly.js measures every tick label to place the title
+        assert "standoff" not in fig.to_plotly_json()["layout"]["template"]["layout"]["xaxis"].get("title", {})
+
+
+def test_layer_head_grids_measure_no_tick_labels_and_figures_get_the_template_free() -> None:
+    """Grids of heads draw without automargin (their short labels fit the margins, and plotly.js measures every tick
+    label to grow them); the template is plotly's default here, so a figure gets it without validating a copy."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from backend import figures, figures_atlas, figures_heads, figures_importance as fi
+
+    assert pio.templates.default == figures.TEMPLATE_NAME
+    assert go.Figure().layout.template.layout.xaxis.ticklabeloverflow == "allow"
+    dom = np.zeros((6, 12), dtype=np.int32)
+    grids = [fs.head_grid(np.full((6, 12), 0.5), "entropy"), fi.importance_grid(np.ones((6, 12)), False),
+             figures_atlas.role_grid(dom, {}), figures_atlas.compare_grids(dom, dom, {}, {}),
+             figures_heads.heads_grid(np.zeros((6, 12, 4, 4)))]
+    for fig in grids:
+        axes = [v for k, v in fig.to_plotly_json()["layout"].items() if k.startswith(("xaxis", "yaxis"))]
+        assert axes and all(a.get("automargin") is False for a in axes)
