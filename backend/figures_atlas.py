@@ -10,10 +10,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from backend import roles as hr
-from backend.figures import FONT, grid_axes
+from backend.figures import FONT, grid_axes, row_of_plots
 
 CHANGE_NAMES = ("same role", "role appears", "role vanishes", "role changes")
 CHANGE_COLOURS = ("#f3f4f6", "#2ca02c", "#d62728", "#ff7f0e")
@@ -56,7 +55,7 @@ def _hover(dominant: np.ndarray, scores: Mapping[str, np.ndarray]) -> tuple[np.n
 
 
 def _grid_trace(dominant: np.ndarray, scores: Mapping[str, np.ndarray], colour_by: str = "role",
-                showscale: bool = True) -> go.Heatmap:
+                showscale: bool = True, **axes: str) -> go.Heatmap:
     dominant = np.asarray(dominant, dtype=np.int32)
     L, H = dominant.shape
     custom, hover = _hover(dominant, scores)
@@ -64,7 +63,7 @@ def _grid_trace(dominant: np.ndarray, scores: Mapping[str, np.ndarray], colour_b
     common = dict(
         x=[f"H{h}" for h in range(H)], y=[f"L{l}" for l in range(L)], customdata=custom, hovertemplate=hover,
         text=glyphs, texttemplate="%{text}" if H <= 40 and L <= 48 else "", textfont=dict(size=13),
-        xgap=1, ygap=1, showscale=showscale,
+        xgap=1, ygap=1, showscale=showscale, **axes,
     )
     if colour_by == "role" or colour_by not in scores:
         n = len(hr.ROLES)
@@ -99,18 +98,19 @@ def compare_grids(dom_a: np.ndarray, dom_b: np.ndarray, scores_a: Mapping[str, n
     dom_a, dom_b = np.asarray(dom_a), np.asarray(dom_b)
     matched = dom_a.shape == dom_b.shape
     titles = [label_a, label_b] + (["change A → B"] if matched else [])
-    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.06)
-    fig.add_trace(_grid_trace(dom_a, scores_a, showscale=False), row=1, col=1)
-    fig.add_trace(_grid_trace(dom_b, scores_b, showscale=True), row=1, col=2)
+    fig, refs = row_of_plots(titles, 0.06)
+    traces = [_grid_trace(dom_a, scores_a, showscale=False, **refs[0]),
+              _grid_trace(dom_b, scores_b, showscale=True, **refs[1])]
     if matched:
         codes = hr.change_codes(dom_a, dom_b)
         L, H = codes.shape
         text = np.vectorize(lambda a, b: f"{hr.ROLE_LABELS[hr.ROLES[a]]} → {hr.ROLE_LABELS[hr.ROLES[b]]}")(dom_a, dom_b)
-        fig.add_trace(go.Heatmap(
+        traces.append(go.Heatmap(
             z=codes, zmin=-0.5, zmax=3.5, colorscale=_discrete_scale(CHANGE_COLOURS), showscale=False,
             x=[f"H{h}" for h in range(H)], y=[f"L{l}" for l in range(L)], customdata=text, xgap=1, ygap=1,
-            hovertemplate="layer %{y} head %{x}<br>%{customdata}<extra></extra>",
-        ), row=1, col=3)
+            hovertemplate="layer %{y} head %{x}<br>%{customdata}<extra></extra>", **refs[2],
+        ))
+    fig.add_traces(traces)
     fig.update_yaxes(autorange="reversed")
     grid_axes(fig)
     L = max(dom_a.shape[0], dom_b.shape[0])
@@ -125,19 +125,20 @@ def role_depth_bars(comparison: Mapping[str, Any], label_a: str = "A", label_b: 
     nb = int(np.prod(comparison["shape_b"])) or 1
     if not roles:
         return _layout(go.Figure(), "no head has a role in either run", 200)
-    fig = make_subplots(rows=1, cols=len(roles), shared_yaxes=True,
-                        subplot_titles=[f"{hr.ROLE_GLYPHS[r['role']]} {hr.ROLE_LABELS[r['role']]} ({r['status']})"
-                                        for r in roles])
-    for i, r in enumerate(roles, start=1):
+    fig, refs = row_of_plots([f"{hr.ROLE_GLYPHS[r['role']]} {hr.ROLE_LABELS[r['role']]} ({r['status']})"
+                              for r in roles], 0.2 / len(roles), shared_y=True, title_size=11)
+    traces = []
+    for i, r in enumerate(roles):
         colour = hr.ROLE_COLOURS[r["role"]]
         for label, counts, n, pattern in ((label_a, r["by_depth_a"], na, ""), (label_b, r["by_depth_b"], nb, "/")):
-            fig.add_trace(go.Bar(
-                x=list(hr.DEPTH_BINS), y=[c / n for c in counts], name=label, legendgroup=label, showlegend=i == 1,
+            traces.append(go.Bar(
+                x=list(hr.DEPTH_BINS), y=[c / n for c in counts], name=label, legendgroup=label, showlegend=i == 0,
                 marker=dict(color=colour, pattern_shape=pattern, line=dict(color="#333", width=0.5)),
                 customdata=counts, hovertemplate=f"{label}<br>%{{x}}: %{{customdata}} heads (%{{y:.1%}})<extra></extra>",
-            ), row=1, col=i)
+                **refs[i],
+            ))
+    fig.add_traces(traces)
     fig.update_yaxes(tickformat=".0%", rangemode="tozero")
-    fig.update_yaxes(title="share of heads", row=1, col=1)
+    fig.layout.yaxis.title = "share of heads"
     fig.update_layout(barmode="group")
-    fig.update_annotations(font_size=11)
     return _layout(fig, "roles by relative depth (quarters of the layer stack)", 320)

@@ -143,3 +143,27 @@ def test_layer_head_grids_measure_no_tick_labels_and_figures_get_the_template_fr
     for fig in grids:
         axes = [v for k, v in fig.to_plotly_json()["layout"].items() if k.startswith(("xaxis", "yaxis"))]
         assert axes and all(a.get("automargin") is False for a in axes)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_row_of_plots_is_laid_out_as_make_subplots(n: int, shared: bool) -> None:
+    """backend.figures.row_of_plots builds in one layout what make_subplots(rows=1) builds step by step: the same
+    axis domains and anchors, shared y axes matched, and the same subplot titles."""
+    from plotly.subplots import make_subplots
+
+    from backend.figures import row_of_plots
+
+    titles = [f"plot {i}" for i in range(n)]
+    spacing = 0.2 / n
+    ours, refs = row_of_plots(titles, spacing, shared_y=shared)
+    want = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=spacing, shared_yaxes=shared)
+    for i in range(n):
+        k = "" if i == 0 else str(i + 1)
+        for axis in (f"xaxis{k}", f"yaxis{k}"):
+            np.testing.assert_allclose(ours.layout[axis].domain, want.layout[axis].domain, atol=1e-9)
+            assert ours.layout[axis].anchor == want.layout[axis].anchor
+        assert ours.layout[f"yaxis{k}"].matches == want.layout[f"yaxis{k}"].matches
+        assert refs[i] == {"xaxis": f"x{k}", "yaxis": f"y{k}"}
+    got_titles = [(a.text, round(a.x, 9), a.y, a.xref, a.yref) for a in ours.layout.annotations]
+    assert got_titles == [(a.text, round(a.x, 9), a.y, a.xref, a.yref) for a in want.layout.annotations]
