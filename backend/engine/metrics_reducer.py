@@ -106,6 +106,9 @@ class SinkMetricsReducer(BaseReducer):
         buf = self._scratch(h * tq * s, dev)  # one temporary, reused by the entropy and the distance of every row
         sums = torch.zeros(4, b, h, dtype=torch.float32, device=dev)  # entropy, distance, previous token, spare
         received = torch.zeros(b, h, s, dtype=torch.float32, device=dev)
+        # distance as p[i, :, :rows, :] (viewed [H, rows * S]) times |t - j| (viewed [rows * S]): one call, no
+        # temporary. Keys past a row's length add nothing: the engine's mask gives them exactly zero weight
+        whole_rows = pattern.is_contiguous() and dev.type == "cpu"
         for i, n in enumerate(lengths):
             rows = min(tq, n - q0)  # this chunk's real query rows of batch row i
             if rows <= 0:
@@ -122,7 +125,10 @@ class SinkMetricsReducer(BaseReducer):
             # made xlogy ~3x slower on the CPU
             torch.clamp(p, min=_TINY, out=tmp).log_().mul_(p)
             torch.sum(tmp, dim=(1, 2), out=sums[0, i])
-            torch.sum(torch.mul(p, dist[:rows, :n], out=tmp), dim=(1, 2), out=sums[1, i])
+            if whole_rows:  # one matrix-vector product over the rows' full width (zero weight on padded keys)
+                torch.mv(pattern[i, :, :rows].reshape(h, rows * s), dist[:rows].reshape(-1), out=sums[1, i])
+            else:
+                torch.sum(torch.mul(p, dist[:rows, :n], out=tmp), dim=(1, 2), out=sums[1, i])
             # A[t, t-1] for this chunk's queries t = q0 + j >= 1: the diagonal at offset q0 - 1 of [rows, n]
             torch.sum(torch.diagonal(p, offset=q0 - 1, dim1=-2, dim2=-1), dim=-1, out=sums[2, i])  # [H]
         acc, sums = self._acc, sums.double()
