@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, callback, ctx, dash_table, dcc, html, no_update
+from dash import Input, Output, callback, ctx, dcc, html, no_update
 
 from app import compare_data, state
-from app.components import alert, empty_state, field, figure_kwargs, in_layout, store
+from app.components import alert, empty_state, field, figure_kwargs, in_layout, plain_table, store
 from app.run_gate import pair_at_layout, pair_poll, pair_poll_interval, sync_url
 from backend import figures_atlas
 
@@ -25,15 +25,18 @@ HIDDEN, SHOWN = {"display": "none"}, {"display": "block"}
 ANALYSIS = "roles"
 
 
-def _table(table_id: str, columns: list[tuple[str, str]], data: list | None = None) -> dash_table.DataTable:
-    return dash_table.DataTable(
-        id=table_id, columns=[{"name": n, "id": i} for i, n in columns], data=data or [], sort_action="native",
-        filter_action="native", page_size=20, style_table={"overflowX": "auto"},
-        style_cell={"fontFamily": "Inter, system-ui, sans-serif", "fontSize": 13, "padding": "4px 8px"},
-        style_header={"fontWeight": 600},
-        style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"}
-                                for c in ("role", "status", "role_a", "role_b", "change")],
-    )
+ROLE_COLUMNS = [("role", "role"), ("status", "from A to B"), ("count_a", "heads in A"), ("count_b", "heads in B"),
+                ("kept", "same heads"), ("gained", "new heads"), ("lost", "heads lost"), ("depth_a", "mean depth A"),
+                ("depth_b", "mean depth B")]
+HEAD_COLUMNS = [("layer", "layer"), ("head", "head"), ("role_a", "role in A"), ("role_b", "role in B"),
+                ("change", "change")]
+
+
+def _table(table_id: str, children: list) -> html.Div:
+    """A plain table (one row per role, or per head of the model: it scrolls past a screenful); ``children``:
+    :func:`app.components.plain_table`."""
+    return html.Div(className="plain-table-wrap", children=html.Table(id=table_id, className="plain-table",
+                                                                      children=children))
 
 
 def layout(a: str | None = None, b: str | None = None, **_query: str) -> html.Div:
@@ -72,16 +75,12 @@ def layout(a: str | None = None, b: str | None = None, **_query: str) -> html.Di
             ]),
             html.Div(className="card", children=[
                 html.H3("Roles: appear, move, vanish"),
-                _table("cmp-roles", [("role", "role"), ("status", "from A to B"), ("count_a", "heads in A"),
-                                     ("count_b", "heads in B"), ("kept", "same heads"), ("gained", "new heads"),
-                                     ("lost", "heads lost"), ("depth_a", "mean depth A"), ("depth_b", "mean depth B")],
-                       in_layout(roles, [])),
+                _table("cmp-roles", in_layout(roles, plain_table(ROLE_COLUMNS, []))),
                 dcc.Graph(id="cmp-depth", config={"displaylogo": False}, **figure_kwargs(depth_fig)),
             ]),
             html.Div(id="cmp-heads-card", className="card", style=in_layout(heads_style, None), children=[
                 html.H3("Heads whose dominant role changed"),
-                _table("cmp-heads", [("layer", "layer"), ("head", "head"), ("role_a", "role in A"),
-                                     ("role_b", "role in B"), ("change", "change")], in_layout(heads, [])),
+                _table("cmp-heads", in_layout(heads, plain_table(HEAD_COLUMNS, []))),
             ]),
         ]),
     ])
@@ -99,7 +98,7 @@ def poll(_n: int, a: str | None, b: str | None) -> tuple[Any, bool, Any]:
 
 @callback(
     Output("cmp-body", "style"), Output("cmp-grids", "figure"), Output("cmp-depth", "figure"),
-    Output("cmp-roles", "data"), Output("cmp-heads", "data"), Output("cmp-mode", "children"),
+    Output("cmp-roles", "children"), Output("cmp-heads", "children"), Output("cmp-mode", "children"),
     Output("cmp-heads-card", "style"),
     Input("cmp-data", "data"), prevent_initial_call=True,  # in the layout
 )
@@ -113,7 +112,8 @@ def render(data: dict[str, Any] | None) -> tuple:
         figures_atlas.compare_grids(c["dom_a"], c["dom_b"], c["scores_a"], c["scores_b"], f"A: {da['label']}",
                                     f"B: {db['label']}"),
         figures_atlas.role_depth_bars(c["comparison"], "A", "B"),
-        c["roles"], c["heads"], c["mode"], SHOWN if c["matched"] else HIDDEN,
+        plain_table(ROLE_COLUMNS, c["roles"]), plain_table(HEAD_COLUMNS, c["heads"]), c["mode"],
+        SHOWN if c["matched"] else HIDDEN,
     )
 
 

@@ -85,8 +85,8 @@ def test_atlas_compare_from_dropdowns(live_app, runs, browser) -> None:
     pick_option(page, "cmp-b", "tiny-pydoc-lm · “The \"if\" statement")
     page.wait_for_selector("#cmp-grids .heatmaplayer", state="attached", timeout=60_000)
     assert "Different shapes" in page.locator("#cmp-mode").inner_text()
-    page.wait_for_selector("#cmp-roles td[data-dash-column='status']")
-    statuses = page.locator("#cmp-roles td[data-dash-column='status']").all_inner_texts()
+    page.wait_for_selector("#cmp-roles td[data-column='status']")
+    statuses = page.locator("#cmp-roles td[data-column='status']").all_inner_texts()
     assert statuses and set(statuses) <= {"appears in B", "vanishes in B", "moves", "stays"}
     page.wait_for_function(f"window.location.search.includes('a={runs['a']}') && "
                            f"window.location.search.includes('b={runs['lm']}')")
@@ -102,7 +102,7 @@ def test_atlas_compare_from_dropdowns(live_app, runs, browser) -> None:
     other.goto(page.url)
     other.wait_for_selector("#cmp-grids .heatmaplayer", state="attached", timeout=60_000)
     assert "Same shape" in other.locator("#cmp-mode").inner_text() and other.locator("#cmp-heads-card").is_visible()
-    assert other.locator("#cmp-roles td[data-dash-column='status']").count() > 0
+    assert other.locator("#cmp-roles td[data-column='status']").count() > 0
     other.wait_for_timeout(500)
     assert calls == []
     other.close()

@@ -314,3 +314,18 @@ def test_batched_trials_equal_one_by_one(arch) -> None:
     for (g_ids, g_top), (r_ids, r_top) in zip(got, ref):
         assert g_ids == r_ids
         np.testing.assert_array_equal(g_top, r_top)
+
+
+def test_the_comparison_tables_are_plain_tables_of_every_row() -> None:
+    """The atlas comparison's tables: one header cell and one cell per row for each column, marked with the column's
+    key; floats printed short, missing values blank."""
+    from app.components import plain_table
+
+    columns = [("role", "role"), ("count_a", "heads in A"), ("depth_a", "mean depth A")]
+    rows = [{"role": "⚓ first-token sink", "count_a": 56, "depth_a": 0.58333}, {"role": "R retrieval", "count_a": 0}]
+    head, body = plain_table(columns, rows)
+    assert [th.children for th in head.children.children] == ["role", "heads in A", "mean depth A"]
+    cells = [[(td.children, getattr(td, "data-column")) for td in tr.children] for tr in body.children]
+    assert cells == [[("⚓ first-token sink", "role"), ("56", "count_a"), ("0.58333", "depth_a")],
+                     [("R retrieval", "role"), ("0", "count_a"), ("", "depth_a")]]
+    assert plain_table(columns, None)[1].children == []
