@@ -48,7 +48,7 @@ def field(label: Any, child: Any, width: str = "160px") -> html.Div:
 def plain_table(columns: list[tuple[str, str]], rows: list[dict[str, Any]] | None) -> list:
     """The children of an ``html.Table`` (class ``plain-table``): a header of ``columns`` (``(key, title)``) and one row
     per dict of ``rows``, each cell marked ``data-column=<key>``. For short tables a page can show without sorting or
-    filtering: a dash_table.DataTable costs its script chunk and its React rendering on every load (~0.18 s of the
+    filtering: a dash_table.DataTable costs its script chunk and its React rendering on every load (~0.15 s of the
     atlas comparison's load on 2 cores)."""
     head = html.Thead(html.Tr([html.Th(title, **{"data-column": key}) for key, title in columns]))
     body = html.Tbody([html.Tr([html.Td(_cell(row.get(key)), **{"data-column": key}) for key, _ in columns])
