@@ -16,6 +16,7 @@ from backend.figures import FONT, grid_axes, row_of_plots
 
 CHANGE_NAMES = ("same role", "role appears", "role vanishes", "role changes")
 CHANGE_COLOURS = ("#f3f4f6", "#2ca02c", "#d62728", "#ff7f0e")
+LEGEND_GREY = "#9ca3af"
 
 
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
@@ -127,17 +128,22 @@ def role_depth_bars(comparison: Mapping[str, Any], label_a: str = "A", label_b: 
         return _layout(go.Figure(), "no head has a role in either run", 200)
     fig, refs = row_of_plots([f"{hr.ROLE_GLYPHS[r['role']]} {hr.ROLE_LABELS[r['role']]} ({r['status']})"
                               for r in roles], 0.2 / len(roles), shared_y=True, title_size=11)
-    traces = []
+    # the legend tells the runs apart by fill (solid A, hatched B) in a neutral grey: the bars' colours are the roles'
+    traces = [go.Bar(x=[None], y=[None], name=label, legendgroup=label, offsetgroup=label, hoverinfo="skip", **refs[0],
+                     marker=dict(color=LEGEND_GREY, pattern_shape=pattern, line=dict(color="#333", width=0.5)))
+              for label, pattern in ((label_a, ""), (label_b, "/"))]
     for i, r in enumerate(roles):
         colour = hr.ROLE_COLOURS[r["role"]]
         for label, counts, n, pattern in ((label_a, r["by_depth_a"], na, ""), (label_b, r["by_depth_b"], nb, "/")):
             traces.append(go.Bar(
-                x=list(hr.DEPTH_BINS), y=[c / n for c in counts], name=label, legendgroup=label, showlegend=i == 0,
+                x=list(hr.DEPTH_BINS), y=[c / n for c in counts], name=label, legendgroup=label, offsetgroup=label,
+                showlegend=False,
                 marker=dict(color=colour, pattern_shape=pattern, line=dict(color="#333", width=0.5)),
                 customdata=counts, hovertemplate=f"{label}<br>%{{x}}: %{{customdata}} heads (%{{y:.1%}})<extra></extra>",
                 **refs[i],
             ))
     fig.add_traces(traces)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(hr.DEPTH_BINS))
     fig.update_yaxes(tickformat=".0%", rangemode="tozero")
     fig.layout.yaxis.title = "share of heads"
     fig.update_layout(barmode="group")

@@ -296,6 +296,9 @@ def test_figures_carry_roles_glyphs_and_scores() -> None:
     assert len(fa.compare_grids(dom, np.zeros((3, 2), int), scores, {}).data) == 2
     bars = fa.role_depth_bars(hr.compare_roles(dom, np.zeros((3, 2), int)))
     assert {t.name for t in bars.data} == {"A", "B"}
+    legend = [t for t in bars.data if t.showlegend is not False]  # one neutral swatch per run: solid A, hatched B
+    assert [(t.name, t.marker.color, t.marker.pattern.shape) for t in legend] == [
+        ("A", fa.LEGEND_GREY, ""), ("B", fa.LEGEND_GREY, "/")]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
