@@ -38,6 +38,14 @@ def grid_axes(fig: go.Figure) -> go.Figure:
     return fig
 
 
+def layer_head_axes(fig: go.Figure, layers: int, heads: int) -> go.Figure:
+    """The axes of a ``[layer, head]`` heatmap: heads across, layers down (layer 0 at the top), every index ticked up
+    to 32 heads and 48 layers, and :func:`grid_axes`."""
+    fig.update_xaxes(title="head", tickmode="linear", dtick=1 if heads <= 32 else max(1, heads // 16))
+    fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if layers <= 48 else 4)
+    return grid_axes(fig)
+
+
 def row_of_plots(titles: Sequence[str], spacing: float, shared_y: bool = False,
                  title_size: int = 16) -> tuple[go.Figure, list[dict[str, str]]]:
     """One row of ``len(titles)`` plots, titled, as ``make_subplots(rows=1, cols=n, subplot_titles=titles,

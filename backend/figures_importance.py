@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from backend.figures import CELL_TEXT_MAX_CELLS, FONT, grid_axes
+from backend.figures import CELL_TEXT_MAX_CELLS, FONT, layer_head_axes
 
 METRIC_LABELS = {"loss": "loss (nats)", "perplexity": "perplexity", "accuracy": "accuracy"}
 ORDER_STYLE = {
@@ -50,9 +50,7 @@ def importance_grid(values: np.ndarray, normalised: bool, title: str = "",
     for layer, head in off or []:
         fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
                       line=dict(color="#d62728", width=2))
-    fig.update_xaxes(title="head", tickmode="linear", dtick=1 if heads <= 32 else max(1, heads // 16))
-    fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if layers <= 48 else 4)
-    grid_axes(fig)
+    layer_head_axes(fig, layers, heads)
     return _base(fig, title or label, height=max(300, min(900, 28 * layers + 130)))
 
 

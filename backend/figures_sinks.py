@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from backend.figures import CELL_TEXT_MAX_CELLS, FONT, grid_axes
+from backend.figures import CELL_TEXT_MAX_CELLS, FONT, layer_head_axes
 from backend.vocab import METRIC_BY_NAME, SINK_EPS
 
 METRICS: dict[str, dict[str, str]] = {
@@ -74,9 +74,7 @@ def head_grid(values: np.ndarray, metric: str, title: str = "", eps: float | Non
         outline = cell_outline_path(v > eps)
         if outline:  # one path shape for every outlined cell (a shape per cell took 4 s on a 30 x 9 grid)
             fig.add_shape(type="path", path=outline, line=dict(color="#d62728", width=2), layer="above")
-    fig.update_xaxes(title="head", tickmode="linear", dtick=1 if heads <= 32 else max(1, heads // 16))
-    fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if layers <= 48 else 4)
-    grid_axes(fig)
+    layer_head_axes(fig, layers, heads)
     return _base(fig, title or meta["label"], height=max(300, min(900, 28 * layers + 120)))
 
 
@@ -94,9 +92,7 @@ def diff_grid(a: np.ndarray, b: np.ndarray, metric: str, title: str = "") -> go.
         zmin=-lim, zmax=lim, colorbar=dict(title="B - A"), xgap=1, ygap=1,
         hovertemplate=f"layer %{{y}} head %{{x}}<br>B - A {meta['label']} %{{z:+.4f}}<extra></extra>",
     ))
-    fig.update_xaxes(title="head", tickmode="linear", dtick=1 if a.shape[1] <= 32 else max(1, a.shape[1] // 16))
-    fig.update_yaxes(title="layer", autorange="reversed", tickmode="linear", dtick=1 if a.shape[0] <= 48 else 4)
-    grid_axes(fig)
+    layer_head_axes(fig, *a.shape)
     return _base(fig, title or f"difference B - A: {meta['label']}", height=max(300, min(900, 28 * a.shape[0] + 120)))
 
 
