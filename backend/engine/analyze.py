@@ -18,7 +18,7 @@ import torch
 from backend import names, patterns
 from backend.engine import inputs as model_inputs
 from backend.engine.cancel import Cancelled
-from backend.engine.capture import BaseReducer, CaptureSession, LayerView, ScoresBuffer
+from backend.engine.capture import BaseReducer, CaptureSession, LayerView, ReusedBuffer
 from backend.engine.models import LoadedModel, load_model
 from backend.engine.stages import capture_reducers, post_stages
 from backend.model_refs import resolve_model
@@ -145,7 +145,7 @@ def _capture_pass(
     adapter = model_inputs.adapter(loaded, settings)
     adapter.start(inputs, info, emit)
     chunks = _batches(len(inputs), settings.batch_size)
-    scores = ScoresBuffer()  # one buffer for every layer's scores (the pass returns no attention weights)
+    scores = ReusedBuffer()  # one buffer for every layer's scores (the pass returns no attention weights)
     for n, rows in enumerate(chunks):
         if should_cancel():
             raise Cancelled("cancelled by the user")

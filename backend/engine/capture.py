@@ -108,11 +108,12 @@ def layer_index_map(model: nn.Module) -> dict[int, int]:
     return out
 
 
-class ScoresBuffer:
-    """One flat buffer that every chunk of scores of a capture pass is computed into (and softmaxed in place), for
-    passes that return no attention weights (:func:`backend.engine.analyze.analyze`): on the CPU a fresh
-    pattern-size tensor per layer is fresh memory from the system (page faults, about as much time as the product
-    itself at MiniLM's sizes) once the allocator has returned the previous one."""
+class ReusedBuffer:
+    """One flat buffer handed out again for every layer and chunk: the scores of a capture pass that returns no
+    attention weights (computed into it and softmaxed in place, :func:`backend.engine.analyze.analyze`), and the
+    reducers' pattern-size temporaries and sums. On the CPU a fresh pattern-size tensor per layer is fresh memory from
+    the system (page faults, about as much time as the product itself at MiniLM's sizes) once the allocator has
+    returned the previous one."""
 
     def __init__(self) -> None:
         self._flat: torch.Tensor | None = None
@@ -159,7 +160,7 @@ class CaptureSession:
     fused: bool = False
     # when set (and no gradient is recorded): every chunk's scores and weights live in this one buffer, so a layer
     # returns no attention weights (``output_attentions`` gets None); for passes that read patterns through reducers
-    scores_buffer: ScoresBuffer | None = None
+    scores_buffer: ReusedBuffer | None = None
     calls: int = 0
     _token: contextvars.Token | None = None
     _layers: dict[int, int] = field(default_factory=dict)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from backend import names
-from backend.engine.capture import BaseReducer, LayerView
+from backend.engine.capture import BaseReducer, LayerView, ReusedBuffer
 from backend.engine.threads import one_thread
 from backend.figures_heads import MAX_BINS, position_bins
 
@@ -93,7 +93,7 @@ class GridReducer(BaseReducer):
         self.causal = causal
         self._rows: list[_Row] = []
         self._pooled: torch.Tensor | None = None  # [B, H, nb, S]: the current layer's sums of the batch
-        self._flat: torch.Tensor | None = None  # the memory under _pooled, kept for the next layer (see begin_layer)
+        self._memory = ReusedBuffer()  # under _pooled, for every layer (see begin_layer)
         self._bins: tuple[tuple, torch.Tensor] | None = None  # the batch's run matrices [B, S, nb], per lengths
         self._runs: dict[tuple[int, torch.device], _Runs] = {}  # per length and device, for the whole run
         self._done: dict[int, dict[str, list]] = {}  # prompt -> per-layer thumbs / top keys / weights
@@ -106,10 +106,7 @@ class GridReducer(BaseReducer):
         nb = max((r.bins.shape[1] for r in runs), default=0)
         # zeroed in the previous layers' memory: a fresh [B, H, nb, S] per layer is fresh memory from the system
         # once the allocator has returned it (page faults: zeroing it took ~0.5 ms a layer on 2 cores, 3x the sums)
-        numel = b * h * nb * s
-        if self._flat is None or self._flat.numel() < numel or self._flat.device != device:
-            self._flat = torch.empty(numel, device=device)
-        self._pooled = self._flat[:numel].view(b, h, nb, s).zero_()
+        self._pooled = self._memory.get((b, h, nb, s), torch.float32, device).zero_()
         self._rows = [_Row(p, n, r, self._pooled[i, :, : r.bins.shape[1], :n])
                       for i, (p, n, r) in enumerate(zip(view.prompts, view.lengths, runs))]
 

@@ -19,7 +19,7 @@ import torch
 
 from backend import metrics as ref
 from backend import names
-from backend.engine.capture import BaseReducer, LayerView
+from backend.engine.capture import BaseReducer, LayerView, ReusedBuffer
 from backend.engine.fused_metrics import layer_stats
 from backend.engine.threads import one_thread
 from backend.vocab import HEAD_METRICS
@@ -65,7 +65,7 @@ class SinkMetricsReducer(BaseReducer):
         self._values: dict[str, dict[tuple[int, int], np.ndarray]] = {m: {} for m in HEAD_METRICS}
         self._received: dict[tuple[int, int], np.ndarray] = {}  # (prompt, layer) -> [H, T_p] float32
         self._acc: dict[str, torch.Tensor] = {}
-        self._buf: torch.Tensor | None = None  # scratch of the chunk sums (see _scratch)
+        self._scratch = ReusedBuffer()  # one temporary of the chunk sums, for every chunk and layer
 
     # --- engine hooks -----------------------------------------------------------------------------
 
@@ -103,7 +103,7 @@ class SinkMetricsReducer(BaseReducer):
         pattern = pattern.float()  # [B, H, tq, S]; never written
         dist = (q[:, None] - k[None, :]).abs().float()  # [tq, S] |t - j|
         seen = (k[None, :] <= q[:, None]).float() if self.causal else None  # [tq, S] alpha's queries t >= k
-        buf = self._scratch(h * tq * s, dev)  # one temporary, reused by the entropy and the distance of every row
+        buf = self._scratch.get((h * tq * s,), torch.float32, dev)  # reused by the entropy and distance of every row
         sums = torch.zeros(4, b, h, dtype=torch.float32, device=dev)  # entropy, distance, previous token, spare
         received = torch.zeros(b, h, s, dtype=torch.float32, device=dev)
         # distance as p[i, :, :rows, :] (viewed [H, rows * S]) times |t - j| (viewed [rows * S]): one call, no
@@ -136,14 +136,6 @@ class SinkMetricsReducer(BaseReducer):
         acc["entropy"] -= sums[0]
         acc["distance"] += sums[1]
         acc["previous_token"] += sums[2]
-
-    def _scratch(self, numel: int, device: torch.device) -> torch.Tensor:
-        """A flat float32 buffer of at least ``numel`` entries, kept across chunks and layers (a fresh pattern-size
-        allocation per chunk costs page faults on the CPU)."""
-        buf = self._buf
-        if buf is None or buf.numel() < numel or buf.device != device:
-            buf = self._buf = torch.empty(numel, dtype=torch.float32, device=device)
-        return buf
 
     def lse_layer(self, view: LayerView, lse: torch.Tensor, mask: torch.Tensor | None, chunk: int) -> None:
         """The same sums as :meth:`chunk`, from the scores and their log-sum-exp (no pattern)."""

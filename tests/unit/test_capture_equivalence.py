@@ -113,12 +113,12 @@ def test_model_runs_normally_outside_a_session() -> None:
 def test_a_shared_scores_buffer_gives_the_same_patterns_and_outputs(arch: str, chunk: int | None) -> None:
     """Scores computed into one buffer for every layer (and softmaxed in place): the patterns reducers see and the
     outputs equal a session without it, number for number; the layers then return no attention weights."""
-    from backend.engine.capture import ScoresBuffer  # noqa: PLC0415
+    from backend.engine.capture import ReusedBuffer  # noqa: PLC0415
 
     model = build(arch, ATTN_IMPLEMENTATION)
     inputs = sample_inputs(arch)
     runs = []
-    for shared in (None, ScoresBuffer()):
+    for shared in (None, ReusedBuffer()):
         keep = KeepPatterns()
         with torch.no_grad(), CaptureSession(model, reducers=[keep], chunk_size=chunk, scores_buffer=shared):
             out = model(**inputs, output_attentions=True)
