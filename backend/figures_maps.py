@@ -205,12 +205,6 @@ def _palette() -> np.ndarray:
 MATRIX_PALETTE = _palette()
 
 
-def matrix_raster(thumbs: Mapping[tuple[int, int], Thumbnail], n_layers: int, n_heads: int,
-                  cell_px: int = CELL_PX) -> np.ndarray:
-    """The matrix raster as ``[H, W, 4]`` uint8 RGBA (:func:`matrix_indices` through :data:`MATRIX_PALETTE`)."""
-    return MATRIX_PALETTE[matrix_indices(thumbs, n_layers, n_heads, cell_px)]
-
-
 def matrix_source(thumbs: Mapping[tuple[int, int], Thumbnail], n_layers: int, n_heads: int,
                   cell_px: int = CELL_PX) -> str:
     """The matrix raster as a palette PNG ``data:`` URI (one byte a pixel before compression; index 0 transparent),

@@ -146,6 +146,16 @@ def test_head_map_without_hover_carries_indices_into_the_table() -> None:
             assert np.asarray(t.customdata).tolist() == _indices(ref).tolist() == _indices(t).tolist()
 
 
+def _decode(source: str) -> np.ndarray:
+    """``[H, W, 4]`` uint8 RGBA of a PNG ``data:`` URI."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGBA"))
+
+
 def test_matrix_places_each_head_in_its_cell() -> None:
     """Each head's points are drawn in its own cell of the raster, at the pixel their cell coordinates give (y up),
     in their kind's colour; the figure's image spans the cells exactly, so a click or hover maps to the head."""
@@ -154,7 +164,7 @@ def test_matrix_places_each_head_in_its_cell() -> None:
     idx = embedding_points.thumbnail_indices(meta, 60)
     thumbs = {(l, h): embedding_points.thumbnail(rng.normal(size=(60, 2)), meta, idx) for l in range(2) for h in range(3)}
     px = 20
-    raster = figures_maps.matrix_raster(thumbs, 2, 3, cell_px=px)
+    raster = _decode(figures_maps.matrix_source(thumbs, 2, 3, cell_px=px))  # the PNG the page shows, as RGBA
     assert raster.shape == (40, 60, 4) and raster.dtype == np.uint8
     colours = {k: [int(figures_maps.KIND_COLOURS[k][i:i + 2], 16) for i in (1, 3, 5)] for k in (0, 1)}
     drawn = np.zeros((40, 60), dtype=bool)
