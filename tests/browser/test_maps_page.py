@@ -45,25 +45,45 @@ def _trace_points(page, sel: str, trace: int) -> np.ndarray:
         trace)).T
 
 
-def _hover_and_click(page, sel: str, x: float, y: float) -> str:
-    """Hover the point at (x, y), return its hover label, click it."""
-    label = ""
+def _hover(page, sel: str, x: float, y: float) -> str:
+    """Hover the point at (x, y) and return its hover label."""
     for _ in range(5):  # a late redraw of the figure (a callback landing after the title) clears the hover: hover again
         px, py = _pixel(page, sel, x, y)
         page.mouse.move(2, 2)  # off the graph: no stale label from an earlier hover
         page.wait_for_function(f"!document.querySelector('{sel} .hoverlayer .hovertext')", timeout=10_000)
         page.mouse.move(px, py)
         try:
-            label = page.wait_for_function(
+            return page.wait_for_function(
                 f"(() => {{ const e = document.querySelector('{sel} .hoverlayer .hovertext'); return e && e.textContent; }})()",
                 timeout=10_000).json_value()
-            break
         except PlaywrightTimeout:
             continue
-    assert label, "no hover label appeared after 5 tries"
-    page.mouse.down()
-    page.mouse.up()
-    return label
+    raise AssertionError("no hover label appeared after 5 tries")
+
+
+def _hover_and_click(page, sel: str, x: float, y: float, selected: str) -> str:
+    """Hover the point at (x, y), click it and wait until the URL holds the selection ``selected`` (``sel=...``);
+    returns the hover label. plotly.js clicks the point it last hovered: a redraw between the hover and the click
+    (a late callback) forgets it and the click selects nothing, so a click that selected nothing is tried again."""
+    for _ in range(3):
+        label = _hover(page, sel, x, y)
+        page.mouse.down()
+        page.mouse.up()
+        try:
+            page.wait_for_function(f"window.location.search.includes({selected!r})", timeout=10_000)
+            return label
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"three clicks on the point did not select it ({selected} is not in {page.url})")
+
+
+def _wait_token_text(page, timeout: float = 60_000) -> None:
+    """Wait for the selected token's attention (computed on request: the panel says so and polls meanwhile);
+    a timeout names what the panel showed."""
+    try:
+        page.wait_for_selector("#maps-token-text", timeout=timeout)
+    except PlaywrightTimeout:
+        raise AssertionError(f"no token view; its panel says: {page.locator('#maps-token').inner_text()!r}") from None
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +147,11 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
 
     # hover shows the token in context; a click shows where that query attends, equal to the stored pattern
     target = next(p for p in pts if p["kind"] == "query" and p["token"] == "chased")
-    label = _hover_and_click(page, "#maps-head-fig", target["x"], target["y"])
+    label = _hover_and_click(page, "#maps-head-fig", target["x"], target["y"],
+                             f"sel=q.{target['prompt']}.{target['position']}")
     assert "chased" in label and f"prompt {target['prompt']}, position {target['position']}" in label
     assert "[chased]" in label  # the context brackets the token
-    page.wait_for_selector("#maps-token-text", timeout=30_000)
-    page.wait_for_function(f"window.location.search.includes('sel=q.{target['prompt']}.{target['position']}')")
+    _wait_token_text(page)
     spans = page.locator("#maps-token-text .token")
     _, att = api_call(live_app, f"/api/runs/{run_id}/attention?prompt={target['prompt']}&layer=2&head=4&wait=60", timeout=90)
     assert spans.all_inner_texts() == att["tokens"]
@@ -177,7 +197,7 @@ def test_matrix_to_head_to_token(live_app, text_run, browser) -> None:
     other.on("request", lambda r: loading.append(r.post_data_json) if "_dash-update-component" in r.url else None)
     other.goto(page.url)
     _wait_title(other, "#maps-head-fig", "layer 2 head 4 · UMAP (raw)")
-    other.wait_for_selector("#maps-token-text", timeout=30_000)
+    _wait_token_text(other)
     other.wait_for_timeout(500)
     # the map, the hover table and the selected token's attention come with the app's layout: no request
     assert loading == []
@@ -293,9 +313,8 @@ def test_image_run_points_are_patches(live_app, worker, cache, browser) -> None:
     _wait_title(page, "#maps-head-fig", "layer 1 head 2 · PCA")
     _, api = api_call(live_app, f"/api/runs/{run_id}/embedding?layer=1&head=2&method=pca")
     target = next(p for p in api["points"] if p["kind"] == "query" and p["token"] == "patch r3 c4")
-    label = _hover_and_click(page, "#maps-head-fig", target["x"], target["y"])
+    label = _hover_and_click(page, "#maps-head-fig", target["x"], target["y"], "sel=q.")
     assert "patch r3 c4" in label and f"image {target['prompt']}" in label
-    page.wait_for_function("window.location.search.includes('sel=q.')")
     page.wait_for_selector("#maps-token-fig .heatmaplayer", state="attached", timeout=30_000)
     assert page.evaluate(f"{PLOT.format(sel='#maps-token-fig')}._fullData.some(t => t.type === 'image')")
     page.close()
