@@ -37,6 +37,21 @@ class RateLimited(RuntimeError):
     """Too many requests or unfinished jobs for one client."""
 
 
+INTERACTIVE_SUFFIX = "-interactive"
+
+
+def interactive_queue(name: str) -> str:
+    """The queue of the short jobs a page waits for (a clicked token's pattern, a head switched off, a lab
+    intervention) beside queue ``name``: workers serve it first, so they do not wait behind queued analyses."""
+    return name + INTERACTIVE_SUFFIX
+
+
+def served_queues(settings: Settings) -> list[str]:
+    """The queues a worker serves, in priority order: the interactive queue of each of ``ATLAS_WORKER_QUEUES``,
+    then those queues."""
+    return [interactive_queue(q) for q in settings.worker_queues] + list(settings.worker_queues)
+
+
 def queue_for(r: redis.Redis, settings: Settings, name: str | None = None) -> Queue:
     """The RQ queue ``name`` (default: ``ATLAS_QUEUE``, where submissions go)."""
     return Queue(keys._check(name or settings.queue_name), connection=r, serializer=JSONSerializer)
@@ -345,13 +360,14 @@ def derived_status(cache: Cache, digest: str, what: str) -> dict[str, Any] | Non
 def enqueue_derived(cache: Cache, settings: Settings, task: str, digest: str, record: dict[str, Any],
                     args: tuple, description: str) -> None:
     """Queue a job on a finished run (live pruning, lab, on-request pattern): its ``record`` goes under
-    ``keys.derived`` first, then an RQ job of id ``digest`` (a finished or failed RQ job of that id is replaced)."""
+    ``keys.derived`` first, then an RQ job of id ``digest`` (a finished or failed RQ job of that id is replaced)
+    on the interactive queue (:func:`interactive_queue`): a page waits for it."""
     cache.put_record(digest, record, settings.job_timeout_s + 600)
     try:
         Job.fetch(digest, connection=cache.connection, serializer=JSONSerializer).delete()
     except NoSuchJobError:
         pass
-    queue_for(cache.connection, settings).enqueue_call(
+    queue_for(cache.connection, settings, interactive_queue(settings.queue_name)).enqueue_call(
         task, args=args, job_id=digest, timeout=settings.job_timeout_s, result_ttl=600, failure_ttl=FAILURE_TTL_S,
         description=description,
     )

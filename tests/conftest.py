@@ -51,11 +51,14 @@ def purge_test_keys(r: redis.Redis, tag: str) -> None:
     for rid in r.zrange(f"{tag}:runs", 0, -1):  # run ids are job ids
         doomed += list(r.scan_iter(f"rq:*{rid.decode()}*", count=1000))
     for key in r.scan_iter("rq:job:*", count=1000):
-        if r.type(key) == b"hash" and r.hget(key, "origin") == tag.encode():
+        if r.type(key) == b"hash" and (r.hget(key, "origin") or b"").decode().startswith(tag):  # its interactive queue too
             job_id = key.decode().split(":", 2)[2]
             doomed += [key] + list(r.scan_iter(f"rq:*{job_id}*", count=1000))
     for i in range(0, len(doomed), 500):
         r.delete(*doomed[i : i + 500])
+    gone = [q for q in r.smembers("rq:queues") if tag.encode() in q]  # RQ's set of queue names
+    if gone:
+        r.srem("rq:queues", *gone)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from backend.cache import Cache
-from backend.jobs import queue_for
+from backend.jobs import queue_for, served_queues
 from backend.model_refs import DEFAULT_MODEL, ModelError, resolve_model
 from backend.recovery import worker_name
 from backend.redis_conn import connect
@@ -166,7 +166,7 @@ def serve(conn: redis.Redis, name: str, burst: bool = False) -> None:
     from rq.exceptions import StopRequested
 
     settings = get_settings()
-    queues = [queue_for(conn, settings, q) for q in settings.worker_queues]
+    queues = [queue_for(conn, settings, q) for q in served_queues(settings)]
     while True:
         worker = AtlasWorker(queues, connection=conn, serializer=JSONSerializer, name=name)
         try:
@@ -218,7 +218,7 @@ def main(burst: bool = False, preload: str | None = DEFAULT_MODEL) -> None:
     else:
         import_engine(report)  # every job needs it; the rest runs beside the jobs
         _background_warm_up(preload, report)
-    log.info("serving queue(s) %s", ", ".join(settings.worker_queues))
+    log.info("serving queue(s) %s", ", ".join(served_queues(settings)))
     try:
         serve(conn, name, burst)
     finally:
