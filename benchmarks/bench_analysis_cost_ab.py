@@ -1,7 +1,9 @@
 """Before/after of ``bench_analysis_cost.py --default-only``: processes of a baseline tree and of this tree,
 alternating (base, new, base, new, ...), each timing plain vs the default run interleaved; then one summary.
 
-The baseline tree is an export of the revision before the change with this tree's benchmark script copied in::
+The baseline tree is an export of the revision before the change, with this tree's benchmark script copied in
+when the comparison should time the same batches (leave the base's own script where the batching changed: each
+side's ``plain`` row is then a forward of its own worker's batches)::
 
     mkdir /tmp/base && git archive c79b9d3 | tar -x -C /tmp/base
     cp benchmarks/bench_analysis_cost.py /tmp/base/benchmarks/
@@ -45,6 +47,11 @@ def summary(files: dict[str, list[Path]]) -> dict:
             "seconds_per_process": [{name: row[name]["seconds"] for name in ("plain", "default")} for row in rows],
             "plain_seconds_min": min(row["plain"]["seconds_min"] for row in rows),
             "default_seconds_min": min(row["default"]["seconds_min"] for row in rows),
+            # a plain forward of the prompts in input order, where the side's benchmark times it (since the worker
+            # batches by length; before, its plain row was that)
+            "plain_input_order_seconds_min": min((row["plain_input_order"]["seconds_min"] for row in rows
+                                                  if "plain_input_order" in row), default=None),
+            "widths": rows[0].get("widths"),
             "max_abs_diff_to_reference": {k: max(row["max_abs_diff_to_reference"][k] for row in rows)
                                           for k in rows[0]["max_abs_diff_to_reference"]},
             "omp_num_threads": reports[0].get("omp_num_threads"),

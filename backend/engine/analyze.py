@@ -101,10 +101,6 @@ class PatternStore(BaseReducer):
         self._rows = []
 
 
-def _batches(n: int, size: int) -> list[range]:
-    return [range(i, min(n, i + size)) for i in range(0, n, size)]
-
-
 def keeps_full_patterns(loaded: LoadedModel, full_patterns: bool | None = None) -> bool:
     """Whether a run stores full patterns: image runs do (the ViT page's CLS->patch overlays and rollout read
     every layer; a 197-token ViT image is small), text runs do not (the views read thumbnails and top keys, and
@@ -144,12 +140,11 @@ def _capture_pass(
     model = loaded.model
     adapter = model_inputs.adapter(loaded, settings)
     adapter.start(inputs, info, emit)
-    chunks = _batches(len(inputs), settings.batch_size)
+    chunks = model_inputs.length_batches([len(t) for t in info.tokens], settings.batch_size)
     scores = ReusedBuffer()  # one buffer for every layer's scores (the pass returns no attention weights)
     for n, rows in enumerate(chunks):
         if should_cancel():
             raise Cancelled("cancelled by the user")
-        rows = list(rows)
         batch, special, lengths = adapter.batch(inputs, rows, info)
         width = max(lengths)
         session = CaptureSession(

@@ -169,3 +169,28 @@ def test_smollm2_pattern_on_request_and_thumbnails() -> None:
         np.testing.assert_array_equal(layer_pattern(loaded, [prompt], 0, layer, s, info.tokens[0]), full)
         want = figures_heads.thumbnails(full, figures_heads.position_bins(n))
         np.testing.assert_allclose(arrays[names.attn_thumbs(0)][layer].astype(np.float64), want, atol=2.0**-11)
+
+
+def test_batches_by_length_keep_every_array_under_its_prompt(loaded) -> None:
+    """The capture pass batches prompts by length (:func:`backend.engine.inputs.length_batches`); every array of
+    the run stays under its own prompt: equal to the run of batches of one prompt each, in input order."""
+    import dataclasses
+
+    from backend.engine.inputs import length_batches
+
+    assert length_batches([5, 3, 9, 3, 1], 2) == [[4, 1], [3, 0], [2]]
+    assert length_batches([], 8) == []
+    prompts = [PROMPTS[1], "x = 1", PROMPTS[0], "def f(a, b):\n    return a + b", "The end."]
+    s = get_settings()
+    opts = normalise_options({"analyses": ["attention", "metrics"]})
+    batched: dict = {}
+    analyze(loaded, prompts, opts, batched.__setitem__, settings=dataclasses.replace(s, batch_size=2))
+    alone: dict = {}
+    analyze(loaded, prompts, opts, alone.__setitem__, settings=dataclasses.replace(s, batch_size=1))
+    assert batched.keys() == alone.keys()
+    assert any(k.startswith("prompt.4.") for k in batched)
+    for name, want in alone.items():
+        got = batched[name]
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), atol=2e-3 if got.dtype == np.float16
+                                   else 1e-5, rtol=0, err_msg=name)
