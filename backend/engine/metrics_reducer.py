@@ -145,27 +145,37 @@ class SinkMetricsReducer(BaseReducer):
             self._acc[name] += value
 
     def end_layer(self, view: LayerView) -> None:
+        """The layer's values of every batch row at once (per-row numpy calls were most of this step's cost),
+        then kept per prompt."""
         acc = {name: t.cpu().numpy() for name, t in self._acc.items()}
         self._acc = {}
         b, _, s = acc["received"].shape
         prompts, lengths = _rows(view.prompts, view.lengths, b, s)
-        special = view.special.detach().bool().cpu().numpy() if view.special is not None else None
-        for row, (p, n) in enumerate(zip(prompts, lengths)):
-            if n < 1:
+        n = np.asarray(lengths, dtype=np.int64)[:, None]  # [B, 1]
+        real = np.arange(s)[None, :] < n  # [B, S]
+        # alpha's denominator: the queries that see key k (t >= k when causal); 1 on padding, never read
+        denom = np.where(real, n - np.arange(s)[None, :] if self.causal else n, 1)
+        alpha = acc["received"] / denom[:, None, :]  # [B, H, S]
+        n_real = np.maximum(n, 1)
+        vals = {
+            "sink_first": alpha[:, :, 0],
+            "entropy": acc["entropy"] / n_real,
+            "distance": acc["distance"] / n_real,
+            "previous_token": np.where(n > 1, acc["previous_token"] / np.maximum(n - 1, 1), 0.0),
+        }
+        if view.special is not None:
+            sp = view.special.detach().bool().cpu().numpy()[:, :s] & real  # [B, S]
+            count = sp.sum(axis=1)[:, None]
+            vals["sink_special"] = np.where(count > 0, np.einsum("bhs,bs->bh", alpha, sp.astype(np.float64))
+                                            / np.maximum(count, 1), 0.0)
+        else:
+            vals["sink_special"] = np.zeros(alpha.shape[:2])
+        for row, (p, k) in enumerate(zip(prompts, lengths)):
+            if k < 1:
                 continue
-            denom = (n - np.arange(n)) if self.causal else np.full(n, n)
-            alpha = acc["received"][row, :, :n] / denom  # [H, T_p]
-            self._received[(p, view.layer)] = alpha.astype(np.float32)
-            sp = special[row, :n] if special is not None else None
-            vals = {
-                "sink_first": alpha[:, 0],
-                "sink_special": alpha[:, sp].mean(axis=1) if sp is not None and sp.any() else np.zeros(len(alpha)),
-                "entropy": acc["entropy"][row] / n,
-                "distance": acc["distance"][row] / n,
-                "previous_token": acc["previous_token"][row] / (n - 1) if n > 1 else np.zeros(len(alpha)),
-            }
+            self._received[(p, view.layer)] = alpha[row, :, :k].astype(np.float32)  # [H, T_p]
             for name, v in vals.items():
-                self._values[name][(p, view.layer)] = v
+                self._values[name][(p, view.layer)] = v[row]
 
     # --- results ----------------------------------------------------------------------------------
 

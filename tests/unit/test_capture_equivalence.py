@@ -129,3 +129,19 @@ def test_a_shared_scores_buffer_gives_the_same_patterns_and_outputs(arch: str, c
         assert torch.equal(plain[layer], buffered[layer])
     assert torch.equal(out_plain.logits, out_buffered.logits)
     assert all(a is None for a in (out_buffered.attentions or ()))
+
+
+def test_layer_map_is_built_once_per_model_and_again_when_its_modules_change() -> None:
+    import copy
+
+    from backend.engine import capture
+
+    model = build("llama", ATTN_IMPLEMENTATION)
+    attn = [m for m in model.modules() if type(m).__name__.endswith("Attention")]
+    assert [capture.layer_of_module(model, m) for m in attn] == list(range(len(attn)))
+    kept = capture._LAYER_MAPS[model]
+    assert capture.layer_of_module(model, attn[1]) == 1 and capture._LAYER_MAPS[model] is kept  # built once
+    fresh = copy.deepcopy(attn[1])  # a replaced module: not in the map, so the map is built again
+    model.model.layers[1].self_attn = fresh
+    assert capture.layer_of_module(model, fresh) == 1 and capture._LAYER_MAPS[model] is not kept
+    assert capture.layer_of_module(model, torch.nn.Linear(2, 2)) is None
