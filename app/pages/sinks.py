@@ -115,7 +115,7 @@ def layout(run_id: str | None = None, **query: str) -> html.Div:
                                                                   f"alpha(first) > eps; Gu et al. use {SINK_EPS:g}.")]),
                     dcc.Slider(id="sinks-eps", min=0.0, max=1.0, step=0.01, value=eps,
                                marks={v / 10: f"{v / 10:g}" for v in range(0, 11, 2)},
-                               tooltip={"placement": "bottom", "always_visible": True}),
+                               tooltip={"placement": "bottom", "always_visible": False}),  # the box beside it shows the value
                 ]),
                 html.Div(className="field", children=[
                     html.Label(["Sink-rate rule ", help_text(SINK_SOURCE)]),
